@@ -1,0 +1,54 @@
+"""The error types of servefiles.
+
+Each is mapped to an HTTP status and to a CLI exit in exactly one place each
+(the middleware and ``servefiles.cli``), so callers catch types, never strings.
+"""
+
+from __future__ import annotations
+
+
+class ServeFilesError(Exception):
+    """Base class: every error servefiles raises on purpose derives from it."""
+
+
+class InvalidKey(ServeFilesError, ValueError):
+    """A key (an upload name or a URL path) that the key gate rejects.
+
+    HTTP maps it to 404 on GET (no oracle) and 400 on upload.
+    """
+
+
+class NotFound(ServeFilesError, LookupError):
+    """The key does not exist in the store (never written, or deleted)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no such key: {key}")
+        self.key = key
+
+
+class ContentChanged(ServeFilesError):
+    """The key was replaced or deleted while it was being read.
+
+    Raised instead of returning bytes of a version other than the one the
+    caller asked for, so a response never mixes two versions.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"content of {key} changed during the read")
+        self.key = key
+
+
+class StoreUnavailable(ServeFilesError):
+    """The database cannot be reached (down, refused, timed out, bad credentials)."""
+
+
+class InvalidURL(ServeFilesError, ValueError):
+    """A database URL servefiles cannot use."""
+
+
+class SchemaTooNew(ServeFilesError):
+    """The database was initialised by a newer servefiles than this one."""
+
+
+class InvalidContentType(ServeFilesError, ValueError):
+    """A content type that is not a plain ``type/subtype[; params]`` header value."""

@@ -1,0 +1,67 @@
+"""The key gate: the one function that turns an upload name or a URL path into a key.
+
+Every key that reaches the store, a cache or (later) a filesystem path has been
+through :func:`canonical_key`. Nothing downstream builds a path from a URL.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from .errors import InvalidKey
+
+MAX_KEY_BYTES = 1024
+"""Upper bound of a key's UTF-8 length: fits any database index and URL."""
+
+MAX_SEGMENT_BYTES = 255
+"""Upper bound of one ``/``-separated segment: the NAME_MAX of common filesystems."""
+
+# Unicode categories refused anywhere in a key: control characters (C0, DEL, C1),
+# lone surrogates, and the line/paragraph separators that some clients treat as
+# newlines (header injection through a Content-Disposition filename).
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def canonical_key(raw: str | bytes) -> str:
+    """Return the canonical form of ``raw``, or raise :class:`InvalidKey`.
+
+    Rules: relative, ``/``-separated, no empty, ``.`` or ``..`` segment, no
+    backslash, NUL or control character, valid UTF-8, NFC-normalised, at most
+    :data:`MAX_KEY_BYTES` bytes and :data:`MAX_SEGMENT_BYTES` per segment.
+    U+FFFD is refused too: ASGI servers decode invalid UTF-8 in a URL into it,
+    so accepting it would let two different byte strings name one key.
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey("key is not valid UTF-8") from None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise InvalidKey(f"key must be str or bytes, not {type(raw).__name__}")
+    if not text:
+        raise InvalidKey("key is empty")
+    for char in text:
+        if char == "\\":
+            raise InvalidKey("key contains a backslash")
+        if char == _REPLACEMENT_CHARACTER:
+            raise InvalidKey("key contains U+FFFD (invalid UTF-8)")
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidKey(f"key contains control character U+{ord(char):04X}")
+    key = unicodedata.normalize("NFC", text)
+    encoded_length = len(key.encode("utf-8"))
+    if encoded_length > MAX_KEY_BYTES:
+        raise InvalidKey(f"key is longer than {MAX_KEY_BYTES} bytes")
+    if key.startswith("/"):
+        raise InvalidKey("key must be relative (no leading '/')")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKey("key has an empty segment ('//' or a trailing '/')")
+        if segment in (".", ".."):
+            raise InvalidKey(f"key has a '{segment}' segment")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidKey(f"key has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+    return key
+

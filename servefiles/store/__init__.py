@@ -1,0 +1,62 @@
+"""The store: files in a database, behind one API whatever the database.
+
+``open_store(url)`` picks the backend from the URL's scheme. Nothing outside
+this package knows which database it talks to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..errors import InvalidURL
+from .base import CHUNK_SIZE, PutSource, Store
+from .types import Change, FileMeta
+
+__all__ = ["CHUNK_SIZE", "Change", "FileMeta", "PutSource", "Store", "connect", "open_store", "sqlite_path"]
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:///path`` URL names (``sqlite:////abs`` for an absolute path)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/") or parts.query:
+        raise InvalidURL(f"not a SQLite URL (want sqlite:///relative/path or sqlite:////absolute/path): {url}")
+    path = unquote(parts.path[1:])
+    if not path or path == ":memory:":
+        raise InvalidURL(f"a SQLite URL must name a database file: {url}")
+    return Path(path)
+
+
+async def connect(url: str) -> Store:
+    """Open the store ``url`` names; the caller must ``await store.close()``.
+
+    Prefer :func:`open_store`, which closes it for you.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return await SQLiteStore.open(sqlite_path(url))
+    if scheme in POSTGRES_SCHEMES:
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise InvalidURL(f"unsupported database URL (want postgresql://… or sqlite:///path): {url.split('@')[-1]}")
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    """``async with open_store(url) as store:`` — the store for ``url``, closed on exit.
+
+    ``postgresql://user@host/db`` (asyncpg DSN, multi-host included) or
+    ``sqlite:///path/to/files.db``. The schema is created on first use.
+    """
+    store = await connect(url)
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,271 @@
+"""The store API, and what every backend shares.
+
+A backend supplies a handful of primitives (locate a key, fetch a run of
+chunks, write a stream of chunks as a new version, delete, list, changes);
+this module turns any accepted upload source into fixed-size chunks with their
+sha256, and turns a byte range into exactly the chunks that cover it. So the
+chunking, hashing and range arithmetic exist once, for both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any, Protocol, Self, runtime_checkable
+
+from ..content_types import check_content_type, guess_content_type
+from ..errors import ContentChanged, NotFound
+from ..keys import canonical_key
+from .types import Change, FileMeta
+
+CHUNK_SIZE = 256 * 1024
+"""Bytes per stored chunk: big enough to keep row overhead small, small enough
+that a range read fetches little more than it needs."""
+
+READ_BATCH_CHUNKS = 4
+"""Chunks fetched per query when reading: bounds a read's memory to ~1 MiB."""
+
+MAX_LIST_LIMIT = 10_000
+
+
+@runtime_checkable
+class AsyncReadable(Protocol):
+    """A binary file with an ``async def read(n)``, such as an aiofiles file."""
+
+    async def read(self, size: int = -1, /) -> bytes: ...
+
+
+PutSource = bytes | bytearray | memoryview | IO[bytes] | AsyncIterable[bytes] | AsyncReadable
+"""What :meth:`Store.put` accepts: bytes, a binary file (sync or async), or an
+async iterator of bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """Where a version's content lives: a never-reused blob id and its chunk size."""
+
+    blob_id: int
+    chunk_size: int
+
+
+async def _pieces(source: PutSource) -> AsyncIterator[bytes]:
+    """Yield the bytes of ``source`` in whatever pieces it naturally comes in."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield bytes(source)
+    elif isinstance(source, AsyncIterable):
+        async for piece in source:
+            if not isinstance(piece, bytes | bytearray | memoryview):
+                raise TypeError(f"upload iterator yielded {type(piece).__name__}, not bytes")
+            yield bytes(piece)
+    elif inspect.iscoroutinefunction(getattr(source, "read", None)):
+        reader: Any = source
+        while piece := await reader.read(CHUNK_SIZE):
+            yield piece
+    elif callable(getattr(source, "read", None)):
+        # A plain file: read it off the event loop, so a slow disk blocks nobody.
+        blocking_read = source.read
+        while piece := await asyncio.to_thread(blocking_read, CHUNK_SIZE):
+            if not isinstance(piece, bytes):
+                raise TypeError("upload file must be opened in binary mode")
+            yield piece
+    else:
+        raise TypeError(f"cannot upload a {type(source).__name__}: give bytes, a binary file or an async iterator")
+
+
+class HashedChunks:
+    """Re-cut an upload into ``chunk_size`` pieces, hashing them as they pass.
+
+    Memory stays bounded by one chunk plus one incoming piece, whatever the
+    upload's size; :attr:`sha256` and :attr:`size` are final once exhausted.
+    """
+
+    def __init__(self, source: PutSource, chunk_size: int = CHUNK_SIZE) -> None:
+        self._source = source
+        self.chunk_size = chunk_size
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def _emit(self, chunk: bytes) -> bytes:
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = self.chunk_size
+        pending = bytearray()
+        async for piece in _pieces(self._source):
+            view = memoryview(piece)
+            if pending:
+                take = size - len(pending)
+                pending += view[:take]
+                view = view[take:]
+                if len(pending) < size:
+                    continue
+                yield self._emit(bytes(pending))
+                pending.clear()
+            while len(view) >= size:
+                yield self._emit(bytes(view[:size]))
+                view = view[size:]
+            pending += view
+        if pending:
+            yield self._emit(bytes(pending))
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    Turns a prefix filter into an index range (``prefix <= key < bound``) in
+    code-point order, which is both SQLite's BINARY and PostgreSQL's "C"
+    collation for UTF-8. None means "no upper bound" (empty prefix).
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:  # skip the surrogate block
+                nxt = 0xE000
+            return "".join(chars) + chr(nxt)
+    return None
+
+
+class Store(ABC):
+    """An async store of files, keyed by canonical keys, in a database.
+
+    Use it through :func:`servefiles.open_store`. Every write and delete takes a
+    new version from one monotonic sequence; deletes leave tombstones that
+    :meth:`changes` reports.
+    """
+
+    url: str
+
+    # -- the public API -------------------------------------------------------------
+
+    async def put(self, key: str, data: PutSource, content_type: str | None = None) -> FileMeta:
+        """Store ``data`` under ``key`` as a new version, and return its metadata.
+
+        ``data`` is streamed in chunks (bounded memory) and hashed on the way.
+        The write is atomic: until it commits, readers see the previous version;
+        if it fails, the previous version stays intact.
+        """
+        key = canonical_key(key)
+        content_type = check_content_type(content_type) if content_type else guess_content_type(key)
+        return await self._write(key, HashedChunks(data), content_type)
+
+    async def stat(self, key: str) -> FileMeta | None:
+        """The live file's metadata, or None when the key is missing or deleted."""
+        located = await self._locate(canonical_key(key))
+        return located[0] if located else None
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None, *, version: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[start, end)`` of ``key`` (``end`` None: to the end).
+
+        Only the chunks covering the range are fetched, a few at a time. With
+        ``version``, raise :class:`ContentChanged` rather than yield bytes of any
+        other version; the same happens if the key is replaced mid-read. Raises
+        :class:`NotFound` for a missing key (on first iteration).
+        """
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"bad byte range [{start}, {end})")
+        key = canonical_key(key)
+        located = await self._locate(key)
+        if located is None:
+            raise NotFound(key)
+        meta, blob = located
+        if version is not None and meta.version != version:
+            raise ContentChanged(key)
+        stop = meta.size if end is None else min(end, meta.size)
+        if start >= stop:
+            return
+        size, chunk_size = meta.size, blob.chunk_size
+        seq, last = start // chunk_size, (stop - 1) // chunk_size
+        while seq <= last:
+            batch_last = min(last, seq + READ_BATCH_CHUNKS - 1)
+            chunks = await self._fetch_chunks(blob.blob_id, seq, batch_last)
+            if len(chunks) != batch_last - seq + 1:
+                raise ContentChanged(key)
+            for data in chunks:
+                offset = seq * chunk_size
+                if len(data) != min(chunk_size, size - offset):
+                    raise ContentChanged(key)
+                lo, hi = max(start - offset, 0), min(stop - offset, len(data))
+                yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+                seq += 1
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``, leaving a tombstone version. False when it was not there."""
+        return await self._delete(canonical_key(key))
+
+    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
+        """One page of live files whose key starts with ``prefix``, in key order.
+
+        Pass the last key of a page as ``after`` to get the next page.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        prefix = unicodedata.normalize("NFC", prefix)
+        low = max(prefix, after) if after is not None else prefix
+        return await self._list(low, after is not None and after >= prefix, prefix_upper_bound(prefix), limit)
+
+    async def changes(self, since_version: int = 0, limit: int = 1000) -> list[Change]:
+        """What changed after ``since_version``: each key's newest version or tombstone, in version order."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        return await self._changes(since_version, limit)
+
+    async def last_version(self) -> int:
+        """The newest version in the store (0 when empty): where a change feed starts."""
+        return await self._last_version()
+
+    async def close(self) -> None:
+        """Release the store's connections; the store is unusable afterwards."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- what a backend provides ----------------------------------------------------
+
+    @abstractmethod
+    async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
+        """The live row for ``key`` and where its content is, or None."""
+
+    @abstractmethod
+    async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
+        """Chunks ``first..last`` (inclusive) of a blob, in order; fewer if the blob is gone."""
+
+    @abstractmethod
+    async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
+        """Store every chunk, then publish them as ``key``'s new version atomically."""
+
+    @abstractmethod
+    async def _delete(self, key: str) -> bool:
+        """Replace ``key``'s row by a tombstone with a new version; free its chunks."""
+
+    @abstractmethod
+    async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> list[FileMeta]:
+        """Live rows with ``low <(=) key < high`` in key order, at most ``limit``."""
+
+    @abstractmethod
+    async def _changes(self, since_version: int, limit: int) -> list[Change]:
+        """Rows (live or tombstone) with version > ``since_version``, in version order."""
+
+    @abstractmethod
+    async def _last_version(self) -> int:
+        """The highest version ever handed out."""

@@ -1,0 +1,226 @@
+"""The production store: PostgreSQL through an asyncpg connection pool.
+
+Content lives in ``servefiles_chunks`` as uncompressed bytea rows (uploads
+are mostly already-compressed media; EXTERNAL storage also makes them cheap
+to read). An upload is one transaction: its chunks go in under a fresh blob
+id, and the key's row is switched to that blob at the end, so a dropped
+connection rolls the whole upload back and the old version stays readable.
+
+Versions are handed out under a transaction-scoped advisory lock held until
+commit, so versions become visible in the order they were taken: a change
+feed that has seen version V can never later meet a smaller one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from ..errors import SchemaTooNew, StoreUnavailable
+from .base import BlobRef, HashedChunks, Store
+from .types import Change, FileMeta
+
+SCHEMA_VERSION = 1
+INIT_LOCK = 0x5345_5256_4649_0001  # "SERVFI" + 1: serialises schema set-up
+WRITE_LOCK = 0x5345_5256_4649_0002  # serialises version hand-out until commit
+
+# -- SQL --------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS servefiles_meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS servefiles_version_seq;
+CREATE SEQUENCE IF NOT EXISTS servefiles_blob_seq;
+CREATE TABLE IF NOT EXISTS servefiles_files (
+    key text COLLATE "C" PRIMARY KEY,
+    version bigint NOT NULL UNIQUE,
+    deleted boolean NOT NULL DEFAULT false,
+    blob_id bigint,
+    chunk_size integer,
+    size bigint NOT NULL DEFAULT 0,
+    sha256 text,
+    content_type text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS servefiles_chunks (
+    blob_id bigint NOT NULL,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (blob_id, seq)
+);
+ALTER TABLE servefiles_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+"""
+LOCK = "SELECT pg_advisory_xact_lock($1)"
+GET_SCHEMA_VERSION = "SELECT value::int FROM servefiles_meta WHERE name = 'schema_version'"
+SET_SCHEMA_VERSION = """
+    INSERT INTO servefiles_meta (name, value) VALUES ('schema_version', $1::int::text)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
+_META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at"
+LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
+FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
+NEXT_BLOB = "SELECT nextval('servefiles_blob_seq')"
+INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES ($1, $2, $3)"
+DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = $1"
+CURRENT_ROW = "SELECT blob_id, deleted FROM servefiles_files WHERE key = $1"
+UPSERT_FILE = f"""
+    INSERT INTO servefiles_files AS f
+        (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
+    VALUES ($1, nextval('servefiles_version_seq'), false, $2, $3, $4, $5, $6, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (key) DO UPDATE SET
+        version = excluded.version, deleted = false, blob_id = excluded.blob_id,
+        chunk_size = excluded.chunk_size, size = excluded.size, sha256 = excluded.sha256,
+        content_type = excluded.content_type, updated_at = excluded.updated_at,
+        created_at = CASE WHEN f.deleted THEN excluded.created_at ELSE f.created_at END
+    RETURNING {_META_COLUMNS}"""
+TOMBSTONE = """
+    UPDATE servefiles_files SET version = nextval('servefiles_version_seq'), deleted = true,
+        blob_id = NULL, chunk_size = NULL, size = 0, sha256 = NULL, content_type = NULL,
+        updated_at = clock_timestamp()
+    WHERE key = $1"""
+LIST = f"""
+    SELECT {_META_COLUMNS} FROM servefiles_files
+    WHERE NOT deleted AND (key > $1 OR (key = $1 AND NOT $2)) AND ($3::text IS NULL OR key < $3)
+    ORDER BY key LIMIT $4"""
+CHANGES = "SELECT key, version, deleted FROM servefiles_files WHERE version > $1 ORDER BY version LIMIT $2"
+LAST_VERSION = "SELECT coalesce(max(version), 0) AS last_value FROM servefiles_files"
+
+# Failures that mean "the database is not there right now", as opposed to a bug.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, pg_terminate_backend
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidPasswordError,
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
+    asyncpg.InterfaceError,  # connection closed under us
+)
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a DSN, for messages: never the password."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2] or "localhost"
+    return f"{host}{parts.path or ''}"
+
+
+def _meta(row: asyncpg.Record) -> FileMeta:
+    return FileMeta(
+        row["key"], row["version"], row["sha256"], row["size"], row["content_type"],
+        row["created_at"], row["updated_at"],
+    )  # fmt: skip
+
+
+class PostgresStore(Store):
+    """A :class:`Store` in a PostgreSQL database."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool) -> None:
+        self.url = dsn
+        self._where = describe_dsn(dsn)
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> PostgresStore:
+        """Connect a pool to ``dsn`` and make sure the schema is there."""
+        where = describe_dsn(dsn)
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, timeout=connect_timeout)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {_reason(exc)}") from exc
+        store = cls(dsn, pool)
+        try:
+            await store._init_schema()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; connection-level failures become StoreUnavailable."""
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL at {self._where}: {_reason(exc)}") from exc
+
+    async def _init_schema(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(LOCK, INIT_LOCK)
+            await conn.execute(SCHEMA)
+            found = await conn.fetchval(GET_SCHEMA_VERSION) or 0
+            if found > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the database at {self._where} has schema version {found}; "
+                    f"this servefiles supports up to {SCHEMA_VERSION}"
+                )
+            if found < SCHEMA_VERSION:
+                await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+
+    async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
+        rows = await self._fetch(LOCATE, key)
+        return (_meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"])) if rows else None
+
+    async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
+        return [row["data"] for row in await self._fetch(FETCH_CHUNKS, blob_id, first, last)]
+
+    async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> list[FileMeta]:
+        return [_meta(row) for row in await self._fetch(LIST, low, exclusive, high, limit)]
+
+    async def _changes(self, since_version: int, limit: int) -> list[Change]:
+        rows = await self._fetch(CHANGES, since_version, limit)
+        return [Change(row["key"], row["version"], row["deleted"]) for row in rows]
+
+    async def _last_version(self) -> int:
+        rows = await self._fetch(LAST_VERSION)
+        return int(rows[0]["last_value"])
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
+        async with self._connection() as conn, conn.transaction():
+            blob_id = await conn.fetchval(NEXT_BLOB)
+            seq = 0
+            async for chunk in chunks:
+                await conn.execute(INSERT_CHUNK, blob_id, seq, chunk)
+                seq += 1
+            await conn.execute(LOCK, WRITE_LOCK)
+            current = await conn.fetchrow(CURRENT_ROW, key)
+            row = await conn.fetchrow(
+                UPSERT_FILE, key, blob_id, chunks.chunk_size, chunks.size, chunks.sha256, content_type
+            )
+            if current is not None and current["blob_id"] is not None:
+                await conn.execute(DELETE_CHUNKS, current["blob_id"])
+            return _meta(row)
+
+    async def _delete(self, key: str) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(LOCK, WRITE_LOCK)
+            current = await conn.fetchrow(CURRENT_ROW, key)
+            if current is None or current["deleted"]:
+                return False
+            await conn.execute(TOMBSTONE, key)
+            if current["blob_id"] is not None:
+                await conn.execute(DELETE_CHUNKS, current["blob_id"])
+            return True
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
