@@ -1,0 +1,5 @@
+"""``python -m servefiles`` is the ``servefiles`` command."""
+
+from .cli import main
+
+main()

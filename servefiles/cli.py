@@ -1,0 +1,333 @@
+"""The ``servefiles`` command.
+
+Every option can come from the environment (``SERVEFILES_DB``,
+``SERVEFILES_CACHE_DIR``, ``SERVEFILES_UPLOAD_TOKEN``, ``SERVEFILES_HOST``,
+``SERVEFILES_PORT``, ``SERVEFILES_PREFIX``) and every command shares the same
+defaults (:mod:`servefiles.config`). Errors are one line on stderr and a
+non-zero exit, mapped from servefiles' error types in :class:`_Commands`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+
+from . import config
+from .errors import InvalidKey, NotFound, ServeFilesError
+from .keys import canonical_key
+from .store import Store, connect
+from .store.types import FileMeta
+
+_T = TypeVar("_T")
+HASH_BLOCK = 1024 * 1024
+EXIT_ERROR = 1
+
+
+class _Commands(click.Group):
+    """The one place where errors become CLI exits: a line on stderr, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ServeFilesError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="SERVEFILES_DB",
+        default=None,
+        metavar="URL",
+        help="postgresql://… or sqlite:///path (env SERVEFILES_DB). "
+        "Default: an embedded SQLite file in the servefiles data directory.",
+    )(func)
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(main)
+
+
+def with_store(func: Callable[..., Coroutine[Any, Any, _T]]) -> Callable[..., _T]:
+    """Open the store named by ``--db`` for an async command body, and close it after."""
+
+    @functools.wraps(func)
+    def wrapper(db_url: str | None, **kwargs: Any) -> _T:
+        url = resolve_db_url(db_url)
+
+        async def body() -> _T:
+            store = await connect(url)
+            try:
+                return await func(store, **kwargs)
+            finally:
+                await store.close()
+
+        return _run(body())
+
+    return db_option(wrapper)
+
+
+def resolve_db_url(db_url: str | None) -> str:
+    """The URL to use; the default embedded database's directory is created on demand."""
+    if db_url:
+        return db_url
+    config.data_dir().mkdir(parents=True, exist_ok=True)
+    return config.default_db_url()
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="servefiles")
+def main() -> None:
+    """Serve uploaded files from the database, fast, on every frontend."""
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--cache-dir", envvar="SERVEFILES_CACHE_DIR", type=click.Path(path_type=Path), default=None,
+              help="Local cache directory (env SERVEFILES_CACHE_DIR). Default: the user cache directory.")
+@click.option("--host", envvar="SERVEFILES_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="SERVEFILES_PORT", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--prefix", envvar="SERVEFILES_PREFIX", default="/media", show_default=True,
+              help="URL prefix the files are served under: {prefix}/{key}.")
+@click.option("--upload-token", envvar="SERVEFILES_UPLOAD_TOKEN", default=None,
+              help="Bearer token for HTTP uploads (env SERVEFILES_UPLOAD_TOKEN); reserved: "
+              "HTTP uploads are not implemented yet, use `servefiles put`.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
+          upload_token: str | None, log_level: str) -> None:  # fmt: skip
+    """Run a standalone file server: GET {prefix}/{key}."""
+    import uvicorn
+
+    from .middleware import ServeFiles
+
+    url = resolve_db_url(db_url)
+
+    async def check() -> None:  # fail fast, in one line, if the database is not there
+        store = await connect(url)
+        await store.close()
+
+    _run(check())
+    app = ServeFiles(None, db=url, prefix=prefix)
+    click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+# -- one-shot commands -------------------------------------------------------------------
+
+
+@main.command()
+@with_store
+async def init(store: Store) -> None:
+    """Create the database schema (it is also created on first use)."""
+    click.echo(f"schema ready in {store.url.rpartition('@')[2]}")
+
+
+@main.command()
+@click.argument("local_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=str))
+@click.argument("key", required=False)
+@click.option("--content-type", "-t", default=None, help="Stored type; default: guessed from the key.")
+@with_store
+async def put(store: Store, local_file: str, key: str | None, content_type: str | None) -> None:
+    """Upload LOCAL_FILE (or - for stdin) as KEY (default: the file's name)."""
+    if key is None:
+        if local_file == "-":
+            raise click.ClickException("reading from stdin (-) needs a KEY")
+        key = Path(local_file).name
+    if local_file == "-":
+        meta = await store.put(key, sys.stdin.buffer, content_type)
+    else:
+        with open(local_file, "rb") as source:
+            meta = await store.put(key, source, content_type)
+    click.echo(_describe(meta))
+
+
+@main.command()
+@click.argument("key")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+@with_store
+async def get(store: Store, key: str, output: Path | None) -> None:
+    """Write KEY's content to stdout or to a file."""
+    meta = await store.stat(key)
+    if meta is None:
+        raise NotFound(canonical_key(key))
+    if output is None:
+        out = sys.stdout.buffer
+        async for chunk in store.read(meta.key, version=meta.version):
+            out.write(chunk)
+        out.flush()
+        return
+    await _download(store, meta, output)
+
+
+@main.command()
+@click.argument("key")
+@with_store
+async def rm(store: Store, key: str) -> None:
+    """Delete KEY (a tombstone version tells every frontend)."""
+    if not await store.delete(key):
+        raise NotFound(canonical_key(key))
+
+
+@main.command(name="ls")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as a JSON array.")
+@with_store
+async def ls(store: Store, prefix: str, as_json: bool) -> None:
+    """List files whose key starts with PREFIX."""
+    first = True
+    if as_json:
+        click.echo("[", nl=False)
+    async for meta in _all_files(store, prefix):
+        if as_json:
+            click.echo(("" if first else ",") + "\n  " + json.dumps(_as_json(meta)), nl=False)
+        else:
+            stamp = meta.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{meta.size:>12}  {stamp}  {meta.content_type:<24}  {meta.key}")
+        first = False
+    if as_json:
+        click.echo("\n]" if not first else "]")
+
+
+@main.command(name="import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--prefix", default="", help="Key prefix for the imported files, e.g. 'blog/'.")
+@with_store
+async def import_(store: Store, directory: Path, prefix: str) -> None:
+    """Upload every file under DIRECTORY, skipping those whose content is unchanged."""
+    files = sorted(_walk(directory))
+    uploaded = unchanged = 0
+    problems: list[str] = []
+    total = sum(size for _, size in files)
+    with click.progressbar(length=total, label="importing", file=sys.stderr, show_pos=False) as bar:
+        for path, size in files:
+            relative = path.relative_to(directory).as_posix()
+            try:
+                key = canonical_key(prefix + relative)
+                current = await store.stat(key)
+                if current is not None and current.size == size and current.sha256 == await _sha256_of(path):
+                    unchanged += 1
+                else:
+                    with open(path, "rb") as source:
+                        await store.put(key, source)
+                    uploaded += 1
+            except (InvalidKey, OSError) as exc:  # this file's problem; a store failure stops the run
+                problems.append(f"{relative}: {exc}")
+            bar.update(size)
+    click.echo(f"imported {uploaded}, unchanged {unchanged}, failed {len(problems)}")
+    for problem in problems:
+        click.echo(f"  skipped {problem}", err=True)
+    if problems:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prefix", default="", help="Export only keys starting with this.")
+@with_store
+async def export(store: Store, directory: Path, prefix: str) -> None:
+    """Write every file to DIRECTORY/KEY (atomically, one file at a time)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root = directory.resolve()
+    written = 0
+    problems: list[str] = []
+    async for meta in _all_files(store, prefix):
+        target = root.joinpath(*meta.key.split("/"))
+        try:
+            await _download(store, meta, target)
+            written += 1
+        except OSError as exc:  # e.g. key "a" and key "a/b": a file where a directory must be
+            problems.append(f"{meta.key}: {exc.strerror or exc}")
+    click.echo(f"exported {written} files to {directory}, failed {len(problems)}")
+    for problem in problems:
+        click.echo(f"  skipped {problem}", err=True)
+    if problems:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _describe(meta: FileMeta) -> str:
+    return f"{meta.key}  version {meta.version}  {meta.size} bytes  {meta.content_type}  sha256:{meta.sha256}"
+
+
+def _as_json(meta: FileMeta) -> dict[str, Any]:
+    return {
+        "key": meta.key,
+        "version": meta.version,
+        "size": meta.size,
+        "content_type": meta.content_type,
+        "sha256": meta.sha256,
+        "created_at": meta.created_at.isoformat(),
+        "updated_at": meta.updated_at.isoformat(),
+    }
+
+
+async def _all_files(store: Store, prefix: str) -> AsyncIterator[FileMeta]:
+    after: str | None = None
+    while page := await store.list(prefix, limit=1000, after=after):
+        for meta in page:
+            yield meta
+        after = page[-1].key
+
+
+def _walk(directory: Path) -> Iterator[tuple[Path, int]]:
+    """Regular files under ``directory`` with their sizes; symlinked directories are not entered."""
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(root, name)
+            if path.is_file():
+                yield path, path.stat().st_size
+
+
+async def _sha256_of(path: Path) -> str:
+    def digest() -> str:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as source:
+            while block := source.read(HASH_BLOCK):
+                hasher.update(block)
+        return hasher.hexdigest()
+
+    return await asyncio.to_thread(digest)
+
+
+async def _download(store: Store, meta: FileMeta, target: Path) -> None:
+    """Write ``meta``'s content to ``target`` via a temp file and a rename: never a half file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".servefiles-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            await _copy_to(store, meta, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+async def _copy_to(store: Store, meta: FileMeta, out: BinaryIO) -> None:
+    async for chunk in store.read(meta.key, version=meta.version):
+        await asyncio.to_thread(out.write, chunk)
