@@ -1,6 +1,7 @@
 """servefiles: serve uploaded files from the database, fast, on every frontend.
 
-The public API: :func:`open_store` and the types and errors it hands out.
+The public API: :func:`open_store`, the :class:`ServeFiles` ASGI app, and the
+types and errors they hand out.
 """
 
 from .errors import (
@@ -14,6 +15,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .keys import canonical_key
+from .middleware import ServeFiles
 from .store import Change, FileMeta, Store, open_store
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "InvalidURL",
     "NotFound",
     "SchemaTooNew",
+    "ServeFiles",
     "ServeFilesError",
     "Store",
     "StoreUnavailable",

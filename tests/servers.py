@@ -20,7 +20,9 @@ def free_port() -> int:
         return port
 
 
-def cli(*args: str, env: Mapping[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str, env: Mapping[str, str] | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``servefiles ARGS`` as a real process (a fresh interpreter, like a user's shell)."""
     return subprocess.run(
         [sys.executable, "-m", "servefiles", *args],

@@ -10,11 +10,12 @@ chunking, hashing and range arithmetic exist once, for both databases.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import inspect
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
@@ -69,7 +70,7 @@ async def _pieces(source: PutSource) -> AsyncIterator[bytes]:
             yield piece
     elif callable(getattr(source, "read", None)):
         # A plain file: read it off the event loop, so a slow disk blocks nobody.
-        blocking_read = source.read
+        blocking_read: Callable[[int], bytes] = source.read  # type: ignore[assignment]
         while piece := await asyncio.to_thread(blocking_read, CHUNK_SIZE):
             if not isinstance(piece, bytes):
                 raise TypeError("upload file must be opened in binary mode")
@@ -208,7 +209,7 @@ class Store(ABC):
         """Delete ``key``, leaving a tombstone version. False when it was not there."""
         return await self._delete(canonical_key(key))
 
-    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
+    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> builtins.list[FileMeta]:
         """One page of live files whose key starts with ``prefix``, in key order.
 
         Pass the last key of a page as ``after`` to get the next page.
@@ -219,7 +220,7 @@ class Store(ABC):
         low = max(prefix, after) if after is not None else prefix
         return await self._list(low, after is not None and after >= prefix, prefix_upper_bound(prefix), limit)
 
-    async def changes(self, since_version: int = 0, limit: int = 1000) -> list[Change]:
+    async def changes(self, since_version: int = 0, limit: int = 1000) -> builtins.list[Change]:
         """What changed after ``since_version``: each key's newest version or tombstone, in version order."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
@@ -229,6 +230,7 @@ class Store(ABC):
         """The newest version in the store (0 when empty): where a change feed starts."""
         return await self._last_version()
 
+    @abstractmethod
     async def close(self) -> None:
         """Release the store's connections; the store is unusable afterwards."""
 
@@ -259,11 +261,11 @@ class Store(ABC):
         """Replace ``key``'s row by a tombstone with a new version; free its chunks."""
 
     @abstractmethod
-    async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> list[FileMeta]:
+    async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> builtins.list[FileMeta]:
         """Live rows with ``low <(=) key < high`` in key order, at most ``limit``."""
 
     @abstractmethod
-    async def _changes(self, since_version: int, limit: int) -> list[Change]:
+    async def _changes(self, since_version: int, limit: int) -> builtins.list[Change]:
         """Rows (live or tombstone) with version > ``since_version``, in version order."""
 
     @abstractmethod

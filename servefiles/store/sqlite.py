@@ -299,7 +299,8 @@ def _publish(conn: sqlite3.Connection, key: str, blob_id: int, chunks: HashedChu
         version = _next_version(conn)
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
         created_at = current[2] if current is not None and not current[1] else now
-        conn.execute(UPSERT_FILE, (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now))
+        row = (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now)
+        conn.execute(UPSERT_FILE, row)
         if current is not None and current[0] is not None:
             conn.execute(DELETE_CHUNKS, (current[0],))
     return FileMeta(key, version, sha256, size, content_type, _to_datetime(created_at), _to_datetime(now))
