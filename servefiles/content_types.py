@@ -21,6 +21,7 @@ for _type, _extension in (
     ("image/webp", ".webp"),
     ("font/woff", ".woff"),
     ("font/woff2", ".woff2"),
+    ("text/javascript", ".js"),  # RFC 9239; Python 3.11 says application/javascript, 3.12+ agrees
     ("text/javascript", ".mjs"),
     ("application/wasm", ".wasm"),
     ("text/markdown", ".md"),
@@ -46,7 +47,9 @@ _CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*[\x20-\x7e]*)?")
 
 def guess_content_type(key: str) -> str:
     """The type for ``key``'s extension, or ``application/octet-stream``."""
-    guessed, encoding = _TABLE.guess_type(key, strict=False)
+    # The leading "/" keeps a key such as "data:text/html,x" from being parsed as a
+    # data: URL (whose type mimetypes would return): only the extension counts.
+    guessed, encoding = _TABLE.guess_type("/" + key, strict=False)
     if encoding is not None:
         return _ENCODING_TYPES.get(encoding, DEFAULT_CONTENT_TYPE)
     return guessed or DEFAULT_CONTENT_TYPE

@@ -24,6 +24,12 @@ from .pg import PgServer, find_postgres
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test (nor any server it starts) touches the user's real database or cache."""
+    os.environ["SERVEFILES_DATA_DIR"] = str(tmp_path_factory.mktemp("servefiles-home"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     """Under CI=true a skipped PostgreSQL test is a failure, not a pass."""

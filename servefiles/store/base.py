@@ -217,6 +217,8 @@ class Store(ABC):
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
         prefix = unicodedata.normalize("NFC", prefix)
+        if after is not None:
+            after = unicodedata.normalize("NFC", after)  # keys are NFC: compare like with like
         low = max(prefix, after) if after is not None else prefix
         return await self._list(low, after is not None and after >= prefix, prefix_upper_bound(prefix), limit)
 

@@ -52,8 +52,11 @@ CREATE TABLE IF NOT EXISTS servefiles_chunks (
     data bytea NOT NULL,
     PRIMARY KEY (blob_id, seq)
 );
-ALTER TABLE servefiles_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 """
+# Run once, when the schema is first created: ALTER TABLE takes an ACCESS EXCLUSIVE
+# lock, so running it on every open would make a starting frontend wait for every
+# upload in progress, and every reader wait behind it.
+SET_CHUNK_STORAGE = "ALTER TABLE servefiles_chunks ALTER COLUMN data SET STORAGE EXTERNAL"
 LOCK = "SELECT pg_advisory_xact_lock($1)"
 GET_SCHEMA_VERSION = "SELECT value::int FROM servefiles_meta WHERE name = 'schema_version'"
 SET_SCHEMA_VERSION = """
@@ -163,6 +166,7 @@ class PostgresStore(Store):
                     f"this servefiles supports up to {SCHEMA_VERSION}"
                 )
             if found < SCHEMA_VERSION:
+                await conn.execute(SET_CHUNK_STORAGE)
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
 
     # -- reads ------------------------------------------------------------------------

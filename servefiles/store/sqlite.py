@@ -157,8 +157,12 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            try:
+                _use_wal(conn)
+                conn.execute("PRAGMA synchronous = FULL")
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -267,6 +271,25 @@ class SQLiteStore(Store):
         return await self._run(_tombstone, key)
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL mode (it stays so).
+
+    On a fresh file, connections opened at once race to switch it, and SQLite
+    answers the losers "database is locked" at once, without its busy timeout:
+    retry them until the timeout, as the busy handler would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _begin_upload(conn: sqlite3.Connection) -> int:
     with _Transaction(conn):
         blob_id = conn.execute(BEGIN_UPLOAD, (_now_us(),)).lastrowid
@@ -276,14 +299,20 @@ def _begin_upload(conn: sqlite3.Connection) -> int:
 
 def _stage_chunks(conn: sqlite3.Connection, blob_id: int, rows: list[tuple[int, int, bytes]]) -> None:
     with _Transaction(conn):
+        # A cancelled put's clean-up may run before this (both wait for the write lock
+        # in different threads): staging into an abandoned upload would leave chunks
+        # that nothing references and no sweep finds.
+        if conn.execute(TOUCH_UPLOAD, (_now_us(), blob_id)).rowcount != 1:
+            raise ServeFilesError(f"upload {blob_id} was abandoned or swept; nothing staged")
         conn.executemany(INSERT_CHUNK, rows)
-        conn.execute(TOUCH_UPLOAD, (_now_us(), blob_id))
 
 
 def _abandon_upload(conn: sqlite3.Connection, blob_id: int) -> None:
     with _Transaction(conn):
-        conn.execute(DELETE_CHUNKS, (blob_id,))
-        conn.execute(END_UPLOAD, (blob_id,))
+        # No upload row: the publish already committed (the put was cancelled after it),
+        # so the chunks are the live version's now and must stay.
+        if conn.execute(END_UPLOAD, (blob_id,)).rowcount == 1:
+            conn.execute(DELETE_CHUNKS, (blob_id,))
 
 
 def _next_version(conn: sqlite3.Connection) -> int:

@@ -24,6 +24,15 @@ class FileMeta:
     created_at: datetime
     updated_at: datetime
 
+    @property
+    def revision(self) -> tuple[int, str]:
+        """What a cached copy must match to be this file: version AND content hash.
+
+        The version alone is not enough: two databases (a cache dir reused
+        against another one, a restored backup) hand out the same numbers.
+        """
+        return (self.version, self.sha256)
+
 
 class Change(NamedTuple):
     """One entry of the change feed: the key's newest version, or its tombstone."""
