@@ -101,10 +101,34 @@ def main() -> None:
 # -- serve ------------------------------------------------------------------------------
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(ctx: click.Context | None, param: click.Parameter | None, value: str | int) -> int:
+    """``512M``, ``10GiB``, ``1048576``: sizes as people type them (powers of 1024)."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    number = text.rstrip("KMGT")
+    try:
+        size = int(float(number) * _SIZE_UNITS[text[len(number) :]])
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"not a size: {value!r} (try 512M or 10GiB)") from None
+    if size < 0:
+        raise click.BadParameter("a size cannot be negative")
+    return size
+
+
+def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--cache-dir", envvar="SERVEFILES_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Local cache directory (env SERVEFILES_CACHE_DIR). Default: the servefiles cache directory.",
+    )(func)  # fmt: skip
+
+
 @main.command()
 @db_option
-@click.option("--cache-dir", envvar="SERVEFILES_CACHE_DIR", type=click.Path(path_type=Path), default=None,
-              help="Local cache directory (env SERVEFILES_CACHE_DIR). Default: the user cache directory.")
+@cache_dir_option
 @click.option("--host", envvar="SERVEFILES_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="SERVEFILES_PORT", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--prefix", envvar="SERVEFILES_PREFIX", default="/media", show_default=True,
@@ -112,10 +136,24 @@ def main() -> None:
 @click.option("--upload-token", envvar="SERVEFILES_UPLOAD_TOKEN", default=None,
               help="Bearer token for HTTP uploads (env SERVEFILES_UPLOAD_TOKEN); reserved: "
               "HTTP uploads are not implemented yet, use `servefiles put`.")
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--cache-size", envvar="SERVEFILES_CACHE_SIZE", callback=parse_size, default="1GiB", show_default=True,
+              help="Disk-tier budget; least recently used files are evicted beyond it.")
+@click.option("--memory-size", envvar="SERVEFILES_MEMORY_SIZE", callback=parse_size, default="64MiB", show_default=True,
+              help="Memory-tier budget for small hot files.")
+@click.option("--freshness", envvar="SERVEFILES_FRESHNESS", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Seconds a cached file is served before its version is checked against the database again.")
+@click.option("--cache-control", envvar="SERVEFILES_CACHE_CONTROL", default="no-cache", show_default=True,
+              help="Cache-Control sent with files.")
+@click.option("--active-content", envvar="SERVEFILES_ACTIVE_CONTENT", default="attachment", show_default=True,
+              type=click.Choice(["attachment", "sandbox"]),
+              help="How HTML, SVG, XML and JavaScript uploads are kept from running on this origin.")
+@click.option("--metrics/--no-metrics", envvar="SERVEFILES_METRICS", default=False, show_default=True,
+              help="Expose Prometheus counters at /_servefiles/metrics.")
+@click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
-          upload_token: str | None, log_level: str) -> None:  # fmt: skip
+          upload_token: str | None, cache_size: int, memory_size: int, freshness: float, cache_control: str,
+          active_content: str, metrics: bool, log_level: str) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
 
@@ -128,9 +166,37 @@ def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, pref
         await store.close()
 
     _run(check())
-    app = ServeFiles(None, db=url, prefix=prefix)
+    app = ServeFiles(
+        None, db=url, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
+        disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
+        cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
+        metrics=metrics,
+    )  # fmt: skip
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+@main.command()
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+def stats(cache_dir: Path | None, as_json: bool) -> None:
+    """Show what a cache directory holds."""
+    from .cache.disk import DiskCache
+
+    root = cache_dir or config.default_cache_dir()
+    if not root.is_dir():
+        raise click.ClickException(f"no cache directory at {root}")
+    disk = DiskCache(root, max_bytes=0)
+    report = disk.open(sweep=False)
+    try:
+        numbers = {"cache_dir": str(root), "entries": report.entries, "bytes": report.bytes}
+    finally:
+        disk.close()
+    if as_json:
+        click.echo(json.dumps(numbers))
+    else:
+        for name, value in numbers.items():
+            click.echo(f"{name:<10} {value}")
 
 
 # -- one-shot commands -------------------------------------------------------------------

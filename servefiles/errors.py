@@ -52,3 +52,10 @@ class SchemaTooNew(ServeFilesError):
 
 class InvalidContentType(ServeFilesError, ValueError):
     """A content type that is not a plain ``type/subtype[; params]`` header value."""
+
+
+class CacheWriteError(ServeFilesError):
+    """The disk tier could not store a file (disk full, read-only, bytes not as announced).
+
+    A cache failure never fails a request: the caller serves from the store instead.
+    """

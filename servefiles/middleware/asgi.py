@@ -1,24 +1,26 @@
-"""``ServeFiles``: pure ASGI middleware that serves ``{prefix}/{key}`` from the store.
+"""``ServeFiles``: pure ASGI middleware that serves ``{prefix}/{key}``.
 
-This first version serves straight from the store (no memory or disk tier
-yet): GET and HEAD, with the file's ETag, Last-Modified, Content-Type and
-Content-Length, 404 for missing or rejected keys (one identical answer), 405
-for other methods, and 503 with Retry-After when the database is down.
-Requests outside the prefix, and lifespan, go to the wrapped app untouched.
+It only carries out what :class:`servefiles.service.FileService` decides:
+it picks the request headers that matter, sends the reply's status and
+headers, then its body segments — with ``http.response.pathsend`` when the
+server offers it and the whole file is on disk. Requests outside the prefix,
+and lifespan, go to the wrapped app untouched.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from email.utils import format_datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from ..errors import ContentChanged, InvalidKey, NotFound, StoreUnavailable
-from ..keys import canonical_key
-from ..store import Store, connect
-from ..store.types import FileMeta
+from .. import config, http
+from ..errors import ServeFilesError, StoreUnavailable
+from ..http import ByteRange, HttpPolicy
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..service import CacheSettings, FileService, MemoryBody, Reply
+from ..store import Store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,118 +30,160 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("servefiles")
 
-RETRY_AFTER_SECONDS = 5
-_TEXT = (b"content-type", b"text/plain; charset=utf-8")
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
+HEALTH_PATH = "/_servefiles/health"
+METRICS_PATH = "/_servefiles/metrics"
+REQUEST_HEADERS = frozenset(
+    (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+)
+"""The only request headers a decision reads; the rest are never even decoded."""
 
 
-def _etag(meta: FileMeta) -> bytes:
-    return f'"{meta.sha256}"'.encode("ascii")
-
-
-def _file_headers(meta: FileMeta) -> list[tuple[bytes, bytes]]:
-    content_type = meta.content_type
-    if content_type.startswith("text/") and "charset" not in content_type:
-        content_type += "; charset=utf-8"
-    return [
-        (b"content-type", content_type.encode("latin-1")),
-        (b"content-length", str(meta.size).encode("ascii")),
-        (b"etag", _etag(meta)),
-        (b"last-modified", format_datetime(meta.updated_at, usegmt=True).encode("ascii")),
-        (b"cache-control", b"no-cache"),
-        _NOSNIFF,
-    ]
-
-
-async def _plain(send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = text.encode("utf-8")
-    headers = [_TEXT, (b"content-length", str(len(body)).encode("ascii")), _NOSNIFF, *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers a decision needs, by lower-case name; repeats joined with ", " (RFC 9110 §5.3)."""
+    found: dict[str, str] = {}
+    for name, value in raw:
+        name = name.lower()
+        if name in REQUEST_HEADERS:
+            text, key = value.decode("latin-1"), name.decode("latin-1")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
 
 
 class ServeFiles:
     """Serve the store's files under ``prefix``; pass everything else to ``app``.
 
-    ``db`` is a database URL (opened on first use, closed at lifespan shutdown
-    when standalone) or an already open :class:`Store` (the caller closes it).
-    ``app`` may be None for a standalone file server.
+    ``db`` is a database URL (opened on first use) or an open :class:`Store`
+    (the caller closes it). ``app`` may be None for a standalone file server;
+    then lifespan events start and stop the service. With an ``app``, call
+    :meth:`aclose` from the app's own shutdown if the process lives on.
     """
 
-    def __init__(self, app: ASGIApp | None, db: str | Store, prefix: str = "/media") -> None:
+    def __init__(
+        self,
+        app: ASGIApp | None,
+        db: str | Store,
+        prefix: str = "/media",
+        cache_dir: str | Path | None = None,
+        *,
+        cache_control: str = "no-cache",
+        active_content: Literal["attachment", "sandbox"] = "attachment",
+        memory_bytes: int = CacheSettings.memory_bytes,
+        memory_file_bytes: int = CacheSettings.memory_file_bytes,
+        disk_bytes: int = CacheSettings.disk_bytes,
+        freshness_seconds: float = CacheSettings.freshness_seconds,
+        fill_wait_seconds: float = CacheSettings.fill_wait_seconds,
+        metrics: bool = False,
+    ) -> None:
         self.app = app
         self.prefix = "/" + prefix.strip("/")
-        self._url = db if isinstance(db, str) else None
-        self._store = None if isinstance(db, str) else db
-        self._opening = asyncio.Lock()
+        self._under_prefix = self.prefix.rstrip("/") + "/"
+        self.metrics_enabled = metrics
+        self.service = FileService(
+            db,
+            Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
+            HttpPolicy(cache_control=cache_control, active_content=active_content),
+            CacheSettings(memory_bytes, memory_file_bytes, disk_bytes, freshness_seconds, fill_wait_seconds),
+        )
 
-    async def store(self) -> Store:
-        """The store, opened on first use (at most once, however many requests race)."""
-        if self._store is None:
-            async with self._opening:
-                if self._store is None:
-                    assert self._url is not None
-                    self._store = await connect(self._url)
-        return self._store
-
-    async def close(self) -> None:
-        """Close a store this middleware opened itself."""
-        if self._url is not None and self._store is not None:
-            store, self._store = self._store, None
-            await store.close()
+    async def aclose(self) -> None:
+        """Stop fills, close the disk index, and close a store this middleware opened."""
+        await self.service.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(self.prefix + "/"):
-                await self._serve(scope, path[len(self.prefix) + 1 :], send)
+            if path.startswith(self._under_prefix):
+                reply = await self.service.serve(
+                    scope["method"], path[len(self._under_prefix) :], request_headers(scope["headers"])
+                )
+                await self._send(reply, scope, send)
+                return
+            if path == HEALTH_PATH:
+                await self._health(send)
+                return
+            if path == METRICS_PATH and self.metrics_enabled:
+                await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE)
                 return
         if self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await _plain(send, 404, "Not Found")
+            await self._send(Reply(http.not_found()), scope, send)
+
+    async def _send(self, reply: Reply, scope: Scope, send: Send) -> None:
+        response, body = reply.response, reply.body
+        segments = response.body
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        sent = self.service.metrics.bytes_sent
+        try:
+            if body is None or not any(isinstance(s, ByteRange) for s in segments):
+                await send({"type": "http.response.body", "body": b"".join(segments)})  # type: ignore[arg-type]
+                return
+            if isinstance(body, MemoryBody) and len(segments) == 1 and response.status == 200:
+                await send({"type": "http.response.body", "body": body.data})  # the hot path: one message
+                sent.inc(len(body.data))
+                return
+            if body.path is not None and response.status == 200 and _offers_pathsend(scope):
+                await send({"type": "http.response.pathsend", "path": body.path})
+                sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
+                return
+            for segment in segments:
+                if isinstance(segment, bytes):
+                    await send({"type": "http.response.body", "body": segment, "more_body": True})
+                    continue
+                async for chunk in body.chunks(segment):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    sent.inc(len(chunk))
+            await send({"type": "http.response.body", "body": b""})
+        except (ServeFilesError, OSError) as exc:
+            # The status line is gone already: end without completing the body, so
+            # the server cuts the connection and the client sees a short response
+            # rather than bytes that do not match the headers.
+            logger.warning("aborting response for %s: %s", scope["path"], exc)
+        finally:
+            if body is not None:
+                body.close()
+
+    async def _health(self, send: Send) -> None:
+        """Liveness plus what a load balancer may want to know; 200 while this process can serve."""
+        report: dict[str, Any] = {"status": "ok"}
+        try:
+            await self.service.start()
+            report["store"] = "ok"
+            report["last_version"] = await self.service.store.last_version()
+        except StoreUnavailable as exc:
+            report["store"] = f"unavailable: {exc}"
+        stats = self.service.disk.stats()
+        report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+        report["memory"] = {"entries": len(self.service.memory), "bytes": self.service.memory.bytes}
+        await _send_simple(send, 200, json.dumps(report).encode(), "application/json")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await self.service.start()
+                except StoreUnavailable as exc:
+                    logger.warning("starting without the store, will retry on first request: %s", exc)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.close()
+                await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _serve(self, scope: Scope, raw_key: str, send: Send) -> None:
-        method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            await _plain(send, 405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
-            return
-        try:
-            key = canonical_key(raw_key)
-            store = await self.store()
-            meta = await store.stat(key)
-        except InvalidKey:
-            meta = None
-        except StoreUnavailable as exc:
-            logger.warning("store unavailable: %s", exc)
-            await _plain(send, 503, "Service Unavailable", [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
-            return
-        if meta is None:
-            await _plain(send, 404, "Not Found")
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": _file_headers(meta)})
-        if method == "HEAD" or meta.size == 0:
-            await send({"type": "http.response.body", "body": b""})
-            return
-        try:
-            async for chunk in store.read(key, version=meta.version):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (ContentChanged, NotFound, StoreUnavailable) as exc:
-            # Headers are gone already: end without completing the body, so the
-            # server cuts the connection and the client sees a short response
-            # rather than bytes that do not match the ETag.
-            logger.warning("aborting response for %s: %s", key, exc)
-            return
-        await send({"type": "http.response.body", "body": b""})
+
+def _offers_pathsend(scope: Scope) -> bool:
+    return "http.response.pathsend" in scope.get("extensions", {})
+
+
+async def _send_simple(send: Send, status: int, body: bytes, content_type: str) -> None:
+    headers = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,301 @@
+"""Filling the cache on a miss: one store fetch per key, streamed while written.
+
+A :class:`Fill` is the one fetch of one version of one key. It runs as its
+own task, so a client that disconnects neither aborts nor corrupts it, and
+every request that wants that version joins it:
+
+* a small file (one that fits the memory tier) is read whole, written to the
+  disk tier, kept in memory, and handed to every waiter at once;
+* a large file streams into a disk-tier temp file; waiters read that file
+  (one shared descriptor, positional reads) as far as it has been written,
+  so the first bytes go out before the last ones have arrived.
+
+Across processes that share a cache dir, the disk tier's lock file elects one
+filler; the others wait for its entry, and a waiter that waits longer than
+``wait_seconds`` reads from the store itself. If the disk write fails (disk
+full, read-only), the bytes beyond what reached the disk come from the store:
+a cache failure never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from ..errors import CacheWriteError
+from ..http import ByteRange, PreparedFile
+from ..metrics import Metrics
+from ..store import Store
+from ..store.types import FileMeta
+from .disk import DiskCache, DiskEntry, DiskWriter, FillLock
+from .memory import MemoryEntry, MemoryTier
+
+logger = logging.getLogger("servefiles")
+
+READ_BLOCK = 64 * 1024
+REMOTE_POLL_SECONDS = 0.05
+
+
+async def read_fd(fd: int, start: int, end: int, inline: bool) -> AsyncIterator[bytes]:
+    """Yield bytes ``[start, end)`` of an open file in 64 KiB blocks.
+
+    ``inline`` reads on the event loop (small files, page cache); otherwise
+    each read runs on a thread, so a slow disk blocks no other request.
+    """
+    pos = start
+    while pos < end:
+        want = min(READ_BLOCK, end - pos)
+        data = os.pread(fd, want, pos) if inline else await asyncio.to_thread(os.pread, fd, want, pos)
+        if not data:
+            raise OSError(f"cache file ended at byte {pos} of {end}")
+        pos += len(data)
+        yield data
+
+
+class Fill:
+    """The state of one fetch, shared by the task that runs it and the requests that read it."""
+
+    def __init__(self, meta: FileMeta, file: PreparedFile, small: bool) -> None:
+        self.meta = meta
+        self.file = file
+        self.small = small
+        self.written = 0
+        self.disk_limit: int | None = None  # set when the disk copy stops short of the end
+        self.body: bytes | None = None  # a small file's bytes, once done
+        self.error: BaseException | None = None
+        self.done = False
+        self.fd: int | None = None
+        self._readers = 0
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def advance(self, count: int) -> None:
+        self.written += count
+        self._notify()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.done = True
+        if self.disk_limit is None and self.written < self.meta.size:
+            self.disk_limit = self.written
+        self._notify()
+        self._maybe_close_fd()
+
+    async def wait_past(self, pos: int) -> None:
+        """Until byte ``pos`` is on disk or nothing more will come; a small file: until done."""
+        while not self.done and (self.small or (self.written <= pos and self.disk_limit is None)):
+            await self._changed.wait()
+
+    def join(self) -> None:
+        self._readers += 1
+
+    def leave(self) -> None:
+        self._readers -= 1
+        self._maybe_close_fd()
+
+    def _maybe_close_fd(self) -> None:
+        if self.done and self._readers == 0 and self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+class Filler:
+    """Runs fills, at most one per (key, version) in this process."""
+
+    def __init__(
+        self, store: Store, disk: DiskCache, memory: MemoryTier, metrics: Metrics, wait_seconds: float
+    ) -> None:
+        self.store = store
+        self.disk = disk
+        self.memory = memory
+        self.metrics = metrics
+        self.wait_seconds = wait_seconds
+        self._fills: dict[tuple[str, tuple[int, str]], Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, meta: FileMeta) -> Fill | None:
+        return self._fills.get((meta.key, meta.revision))
+
+    def start(self, meta: FileMeta, file: PreparedFile) -> Fill:
+        """The fill for this version: the running one, or a new one."""
+        running = self._fills.get((meta.key, meta.revision))
+        if running is not None:
+            return running
+        fill = Fill(meta, file, small=self.memory.fits(meta.size))
+        self._fills[(meta.key, meta.revision)] = fill
+        task = asyncio.create_task(self._run(fill), name=f"servefiles fill {meta.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Let running fills finish (their bytes are mostly fetched already), then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, fill: Fill) -> None:
+        meta = fill.meta
+        lock = self.disk.lock(meta.key)
+        locked = False
+        try:
+            locked = await asyncio.to_thread(lock.try_acquire)
+            entry = None
+            if not locked:
+                entry, locked = await self._wait_for_other_process(fill, lock)
+            if locked:
+                entry = await asyncio.to_thread(self._current_entry, meta)
+                if entry is None:
+                    await self._fetch(fill)
+                    return
+            if entry is not None:
+                await self._adopt(fill, entry)
+            fill.finish()  # still no entry: every waiter reads the store itself
+        except BaseException as exc:
+            fill.finish(exc)
+            if not isinstance(exc, Exception):
+                raise
+            logger.warning("fill of %s failed: %s", meta.key, exc)
+        finally:
+            self._fills.pop((meta.key, meta.revision), None)
+            if locked:
+                await asyncio.to_thread(lock.release)
+
+    def _current_entry(self, meta: FileMeta) -> DiskEntry | None:
+        entry = self.disk.get(meta.key)
+        return entry if entry is not None and entry.meta.revision == meta.revision else None
+
+    async def _wait_for_other_process(self, fill: Fill, lock: FillLock) -> tuple[DiskEntry | None, bool]:
+        """Another process holds the fill lock: wait for its entry, or for the lock.
+
+        Returns (entry, False) when its entry appears, (None, True) when the lock
+        came free (it finished or died), (None, False) after ``wait_seconds``.
+        """
+        deadline = time.monotonic() + self.wait_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(REMOTE_POLL_SECONDS)
+            entry = await asyncio.to_thread(self._current_entry, fill.meta)
+            if entry is not None:
+                return entry, False
+            if await asyncio.to_thread(lock.try_acquire):
+                return None, True
+        return None, False
+
+    async def _adopt(self, fill: Fill, entry: DiskEntry) -> None:
+        """Serve the waiters from an entry that is already on disk."""
+        fd = await asyncio.to_thread(self.disk.open_entry, entry)
+        if fd is None:
+            return
+        if fill.small:
+            try:
+                fill.body = await asyncio.to_thread(os.pread, fd, entry.meta.size, 0)
+            finally:
+                os.close(fd)
+            self.memory.put(entry.meta.key, MemoryEntry(fill.file, fill.body))
+        else:
+            fill.fd = fd
+        fill.written = entry.meta.size
+
+    async def _fetch(self, fill: Fill) -> None:
+        """The one store read: into the disk tier (and memory, for a small file)."""
+        meta = fill.meta
+        writer = await self._begin(meta)
+        if writer is not None and not fill.small:
+            fill.fd = os.open(writer.path, os.O_RDONLY | os.O_CLOEXEC)
+        elif not fill.small:
+            fill.finish()  # no disk copy at all: every waiter reads the store
+            return
+        pieces: list[bytes] = []
+        self.metrics.store_fetches.inc()
+        try:
+            async for chunk in self.store.read(meta.key, version=meta.version):
+                if writer is not None:
+                    writer = await self._write(writer, chunk, fill)
+                if fill.small:
+                    pieces.append(chunk)
+                elif writer is None:
+                    break  # the disk failed: waiters take the rest from the store
+                fill.advance(len(chunk))
+            if writer is not None:
+                try:
+                    await asyncio.to_thread(writer.commit)
+                except CacheWriteError as exc:
+                    self._count_failure(meta, exc)
+        except BaseException:
+            if writer is not None:
+                await asyncio.shield(asyncio.to_thread(writer.abort))
+            raise
+        if fill.small:
+            fill.body = b"".join(pieces)
+            if len(fill.body) == meta.size:
+                self.memory.put(meta.key, MemoryEntry(fill.file, fill.body))
+        fill.finish()
+
+    async def _begin(self, meta: FileMeta) -> DiskWriter | None:
+        try:
+            return await asyncio.to_thread(self.disk.begin, meta)
+        except CacheWriteError as exc:
+            self._count_failure(meta, exc)
+            return None
+
+    async def _write(self, writer: DiskWriter, chunk: bytes, fill: Fill) -> DiskWriter | None:
+        try:
+            await asyncio.to_thread(writer.write, chunk)
+            return writer
+        except CacheWriteError as exc:
+            self._count_failure(fill.meta, exc)
+            if not fill.small:  # a small fill goes on in memory; a large one stops here
+                fill.disk_limit = fill.written
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(writer.abort)
+            return None
+
+    def _count_failure(self, meta: FileMeta, exc: BaseException) -> None:
+        self.metrics.cache_write_failures.inc()
+        logger.warning("cache write for %s failed: %s", meta.key, exc)
+
+
+class FillReader:
+    """One request's view of a :class:`Fill`: the bytes it has, the store for the rest."""
+
+    def __init__(self, fill: Fill, store: Store, metrics: Metrics) -> None:
+        self.fill = fill
+        self.store = store
+        self.metrics = metrics
+        fill.join()
+
+    async def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        fill, pos, end = self.fill, segment.start, segment.end
+        while pos < end:
+            await fill.wait_past(pos)
+            if fill.error is not None:
+                raise fill.error
+            if fill.body is not None:
+                yield fill.body[pos:end] if (pos, end) != (0, len(fill.body)) else fill.body
+                return
+            limit = fill.disk_limit if fill.disk_limit is not None else fill.written
+            if fill.fd is None or pos >= limit:
+                async for chunk in self._from_store(pos, end):
+                    yield chunk
+                return
+            stop = min(limit, end)
+            async for chunk in read_fd(fill.fd, pos, stop, inline=False):
+                yield chunk
+            pos = stop
+
+    async def _from_store(self, start: int, end: int) -> AsyncIterator[bytes]:
+        self.metrics.store_fetches.inc()
+        async for chunk in self.store.read(self.fill.meta.key, start, end, version=self.fill.meta.version):
+            yield chunk
+
+    def close(self) -> None:
+        self.fill.leave()

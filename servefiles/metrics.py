@@ -1,0 +1,56 @@
+"""Prometheus counters for one servefiles instance.
+
+Each instance has its own registry (two middlewares in one process, as in
+the tests, never collide); the hit path increments pre-bound children only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _EvictionCollector(Collector):
+    """Evictions are counted by the tiers themselves; read them at scrape time."""
+
+    def __init__(self, sources: dict[str, Callable[[], int]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("servefiles_evictions", "Entries evicted from a cache tier", labels=["tier"])
+        for tier, read in self._sources.items():
+            family.add_metric([tier], read())
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        hits = Counter("servefiles_hits", "Requests answered from a cache tier", ["tier"], registry=self.registry)
+        self.memory_hits = hits.labels(tier="memory")
+        self.disk_hits = hits.labels(tier="disk")
+        self.misses = Counter("servefiles_misses", "Requests whose content had to come from the store",
+                              registry=self.registry)  # fmt: skip
+        self.store_fetches = Counter("servefiles_store_fetches", "Content reads from the store",
+                                     registry=self.registry)  # fmt: skip
+        self.bytes_sent = Counter("servefiles_bytes_sent", "Body bytes handed to the server",
+                                  registry=self.registry)  # fmt: skip
+        self.cache_write_failures = Counter("servefiles_cache_write_failures", "Disk-tier writes that failed",
+                                            registry=self.registry)  # fmt: skip
+        self.stale_served = Counter("servefiles_stale_served", "Cached files served while the store was unreachable",
+                                    registry=self.registry)  # fmt: skip
+
+    def watch_evictions(self, sources: dict[str, Callable[[], int]]) -> None:
+        self.registry.register(_EvictionCollector(sources))
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 when absent): for tests and ``stats``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

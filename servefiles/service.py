@@ -1,0 +1,342 @@
+"""The request path every adapter shares: key gate → memory → disk → store.
+
+:class:`FileService` answers ``(method, raw key, request headers)`` with a
+:class:`Reply`: the HTTP decision of :mod:`servefiles.http` and the body
+source that produces its byte ranges. The ASGI and WSGI adapters only carry
+replies out, so every rule here holds for both.
+
+Freshness: a cached entry is trusted for ``freshness_seconds`` after the
+store last confirmed its version (one metadata query, single-flight per key);
+past that it is revalidated before it is served, so a replaced file is never
+served for longer than the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cachetools import LRUCache
+
+from . import http
+from .cache.disk import DiskCache, DiskEntry
+from .cache.fill import Filler, FillReader, read_fd
+from .cache.memory import MemoryEntry, MemoryTier
+from .errors import InvalidKey, StoreUnavailable
+from .http import ByteRange, HttpPolicy, PreparedFile
+from .keys import canonical_key
+from .metrics import Metrics
+from .store import Store, connect
+from .store.types import FileMeta
+
+logger = logging.getLogger("servefiles")
+
+_T = TypeVar("_T")
+PREPARED_CACHE_ENTRIES = 4096
+VALIDATION_ENTRIES = 100_000
+"""Keys whose last revalidation time is remembered; a forgotten one costs one more metadata query."""
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Sizes and timings of the caches; the defaults suit a typical frontend."""
+
+    memory_bytes: int = 64 * 1024 * 1024
+    memory_file_bytes: int = 256 * 1024
+    disk_bytes: int = 1024 * 1024 * 1024
+    freshness_seconds: float = 1.0
+    fill_wait_seconds: float = 10.0
+
+
+class Body(ABC):
+    """Where a reply's :class:`ByteRange` segments come from."""
+
+    path: str | None = None
+    """A complete file on disk holding the whole content (for pathsend / sendfile)."""
+
+    @abstractmethod
+    def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None:  # noqa: B027 - most bodies hold nothing to release
+        """Release what the body holds; called once the response is over."""
+
+
+class MemoryBody(Body):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        if (segment.start, segment.end) == (0, len(self.data)):
+            yield self.data
+        else:
+            yield self.data[segment.start : segment.end]
+
+
+class DiskBody(Body):
+    def __init__(self, fd: int, path: Path, inline: bool) -> None:
+        self.fd = fd
+        self.path = str(path)
+        self.inline = inline
+
+    def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        return read_fd(self.fd, segment.start, segment.end, self.inline)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class StoreBody(Body):
+    """Bytes straight from the store: a cold range, or a cache that could not help."""
+
+    def __init__(self, store: Store, meta: FileMeta, metrics: Metrics) -> None:
+        self.store = store
+        self.meta = meta
+        self.metrics = metrics
+
+    async def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        self.metrics.store_fetches.inc()
+        async for chunk in self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version):
+            yield chunk
+
+
+class FillBody(Body):
+    def __init__(self, reader: FillReader) -> None:
+        self.reader = reader
+
+    def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        return self.reader.chunks(segment)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@dataclass(slots=True)
+class Reply:
+    response: http.Response
+    body: Body | None = None
+
+
+@dataclass(slots=True)
+class _Validation:
+    revision: tuple[int, str]
+    checked_at: float
+
+
+@dataclass
+class _Flights:
+    """Single-flight for coroutines keyed by a string: one runs, the others await it."""
+
+    running: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+
+    async def run(self, key: str, make: Callable[[], Awaitable[_T]]) -> _T:
+        future = self.running.get(key)
+        if future is None:
+            future = asyncio.ensure_future(make())
+            self.running[key] = future
+            future.add_done_callback(lambda _: self.running.pop(key, None))
+        result: _T = await asyncio.shield(future)
+        return result
+
+
+class FileService:
+    """Serves files from a store through the memory and disk tiers."""
+
+    def __init__(
+        self,
+        db: str | Store,
+        cache_dir: Path,
+        policy: HttpPolicy | None = None,
+        settings: CacheSettings | None = None,
+    ) -> None:
+        self.policy = policy or HttpPolicy()
+        self.settings = settings or CacheSettings()
+        self.metrics = Metrics()
+        self.memory = MemoryTier(self.settings.memory_bytes, self.settings.memory_file_bytes)
+        self.disk = DiskCache(cache_dir, self.settings.disk_bytes)
+        self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
+        self._url = db if isinstance(db, str) else None
+        self._store = None if isinstance(db, str) else db
+        self._filler: Filler | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._validated: LRUCache[str, _Validation] = LRUCache(VALIDATION_ENTRIES)
+        self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
+        self._stats = _Flights()
+        self._not_found = http.not_found()
+        self._not_allowed = http.method_not_allowed(self.policy)
+        self._unavailable = http.unavailable(RETRY_AFTER_SECONDS)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and the disk tier; runs once, however many requests race to it."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        try:
+            if self._store is None:
+                assert self._url is not None
+                self._store = await connect(self._url)
+            report = await asyncio.to_thread(self.disk.open)
+        except BaseException:
+            self._started = None  # let a later request try again (the database may come back)
+            raise
+        logger.info("disk cache %s: %d entries, %d bytes", self.disk.root, report.entries, report.bytes)
+        self._filler = Filler(self._store, self.disk, self.memory, self.metrics, self.settings.fill_wait_seconds)
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "FileService.start() first"
+        return self._store
+
+    async def close(self) -> None:
+        if self._filler is not None:
+            await self._filler.close()
+        if self._url is not None and self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+        self.disk.close()
+        self._started = None
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
+        if method not in ("GET", "HEAD"):
+            return Reply(self._not_allowed)
+        try:
+            key = canonical_key(raw_key)
+        except InvalidKey:
+            return Reply(self._not_found)
+        try:
+            if self._filler is None:
+                await self.start()
+            now = time.monotonic()
+            entry = self.memory.get(key)
+            if entry is not None and self._is_fresh(key, entry.file.meta.revision, now):
+                self.metrics.memory_hits.inc()
+                return Reply(http.respond(method, headers, entry.file), MemoryBody(entry.body))
+            disk_entry = self.disk.get(key)
+            if disk_entry is not None and self._is_fresh(key, disk_entry.meta.revision, now):
+                reply = self._from_disk(method, headers, disk_entry)
+                if reply is not None:
+                    return reply
+            return await self._from_store(method, headers, key, entry, disk_entry)
+        except StoreUnavailable as exc:
+            logger.warning("store unavailable: %s", exc)
+            return Reply(self._unavailable)
+
+    def _is_fresh(self, key: str, revision: tuple[int, str], now: float) -> bool:
+        seen = self._validated.get(key)
+        return (
+            seen is not None
+            and seen.revision == revision
+            and now - seen.checked_at < self.settings.freshness_seconds
+        )
+
+    def prepared(self, meta: FileMeta) -> PreparedFile:
+        """The per-version header work, done once and kept for the next request."""
+        prepared = self._prepared.get((meta.key, meta.revision))
+        if prepared is None or prepared.meta != meta:
+            prepared = PreparedFile(meta, self.policy)
+            self._prepared[(meta.key, meta.revision)] = prepared
+        return prepared
+
+    def _from_disk(self, method: str, headers: Mapping[str, str], entry: DiskEntry) -> Reply | None:
+        fd = self.disk.open_entry(entry)
+        if fd is None:
+            return None  # gone, truncated or tampered with: a miss
+        file = self.prepared(entry.meta)
+        self.metrics.disk_hits.inc()
+        self.disk.touch(entry.meta.key)
+        response = http.respond(method, headers, file)
+        if self.memory.fits(entry.meta.size):
+            try:
+                data = os.pread(fd, entry.meta.size, 0)
+            finally:
+                os.close(fd)
+            if len(data) == entry.meta.size:
+                self.memory.put(entry.meta.key, MemoryEntry(file, data))
+                return Reply(response, MemoryBody(data))
+            return None
+        return Reply(response, DiskBody(fd, entry.path, inline=False))
+
+    async def _from_store(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        key: str,
+        cached: MemoryEntry | None,
+        disk_entry: DiskEntry | None,
+    ) -> Reply:
+        cached_meta = cached.file.meta if cached else disk_entry.meta if disk_entry else None
+        try:
+            meta = await self._stats.run(key, lambda: self._revalidate(key))
+        except StoreUnavailable:
+            # The database is down but a copy is at hand: serve it (stale-if-error).
+            stale = self._stale_copy(method, headers, cached, disk_entry)
+            if stale is None:
+                raise
+            self.metrics.stale_served.inc()
+            return stale
+        if meta is None:
+            return Reply(self._not_found)
+        if cached_meta is not None and cached_meta.revision == meta.revision:
+            if cached is not None:
+                self.metrics.memory_hits.inc()
+                return Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
+            if disk_entry is not None:
+                reply = self._from_disk(method, headers, disk_entry)
+                if reply is not None:
+                    return reply
+        file = self.prepared(meta)
+        response = http.respond(method, headers, file)
+        if not any(isinstance(segment, ByteRange) for segment in response.body):
+            return Reply(response)  # HEAD, 304, 412, 416: no content needed
+        self.metrics.misses.inc()
+        logger.debug("miss: %s version %d", key, meta.version)
+        assert self._filler is not None
+        fill = self._filler.get(meta)
+        if response.status == 206 and fill is None:
+            # A cold range: answer it from the store now, and fill the cache behind it.
+            if meta.size <= self.settings.disk_bytes:
+                self._filler.start(meta, file)
+            return Reply(response, StoreBody(self.store, meta, self.metrics))
+        fill = fill or self._filler.start(meta, file)
+        return Reply(response, FillBody(FillReader(fill, self.store, self.metrics)))
+
+    def _stale_copy(
+        self, method: str, headers: Mapping[str, str], cached: MemoryEntry | None, disk_entry: DiskEntry | None
+    ) -> Reply | None:
+        if cached is not None:
+            return Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
+        return self._from_disk(method, headers, disk_entry) if disk_entry is not None else None
+
+    async def _revalidate(self, key: str) -> FileMeta | None:
+        """Ask the store for the key's current version; drop cached copies of any other."""
+        meta = await self.store.stat(key)
+        if meta is None:
+            self._validated.pop(key, None)
+            await self._discard(key)
+            return None
+        cached = self.memory.get(key)
+        disk_entry = self.disk.get(key)
+        stale = (cached is not None and cached.file.meta.revision != meta.revision) or (
+            disk_entry is not None and disk_entry.meta.revision != meta.revision
+        )
+        if stale:
+            await self._discard(key)
+        self._validated[key] = _Validation(meta.revision, time.monotonic())
+        return meta
+
+    async def _discard(self, key: str) -> None:
+        self.memory.discard(key)
+        await asyncio.to_thread(self.disk.discard, key)

@@ -1,0 +1,741 @@
+"""The disk tier, one rule per test, against real files (and real processes where a rule is about processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import multiprocessing
+import os
+import signal
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
+from servefiles.errors import CacheWriteError
+from servefiles.store.types import FileMeta
+
+MiB = 1024 * 1024
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+# Children start from a clean fork server (no SQLite connection or flock inherited from
+# pytest) that has this module imported already, so each one starts in milliseconds.
+SPAWN = multiprocessing.get_context("forkserver")
+SPAWN.set_forkserver_preload([__name__])
+
+
+def meta_for(key: str, data: bytes, version: int = 1, content_type: str = "image/png") -> FileMeta:
+    return FileMeta(
+        key, version, hashlib.sha256(data).hexdigest(), len(data), content_type, T0, T0 + timedelta(seconds=version)
+    )
+
+
+def put(cache: DiskCache, key: str, data: bytes, version: int = 1) -> DiskEntry:
+    with cache.begin(meta_for(key, data, version)) as writer:
+        writer.write(data)
+        return writer.commit()
+
+
+def all_paths(root: Path) -> list[Path]:
+    """Everything under ``root``, without following symlinks."""
+    found: list[Path] = []
+    for top, dirs, files in os.walk(root):
+        found += [Path(top, name) for name in dirs + files]
+    return found
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [path for path in all_paths(root / "objects") if path.name.startswith(TEMP_PREFIX)]
+
+
+def reopen(root: Path, max_bytes: int = MiB) -> tuple[DiskCache, StartupReport]:
+    cache = DiskCache(root, max_bytes)
+    return cache, cache.open()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(root: Path) -> Iterator[DiskCache]:
+    disk = DiskCache(root, MiB)
+    disk.open()
+    yield disk
+    disk.close()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts even a blocking open(2)."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- child processes (module level: the spawn context imports them) -----------------------
+
+
+def child_write_half_then_die(root: str, data: bytes) -> None:
+    cache = DiskCache(Path(root), MiB)
+    cache.open()
+    writer = cache.begin(meta_for("half", data))
+    writer.write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def child_write_slowly(root: str, data: bytes, halfway: Event, finish: Event) -> None:
+    cache = DiskCache(Path(root), MiB)
+    cache.open()
+    writer = cache.begin(meta_for("slow", data))
+    writer.write(data[: len(data) // 2])
+    halfway.set()
+    finish.wait(30)
+    writer.write(data[len(data) // 2 :])
+    writer.commit()
+    cache.close()
+
+
+def child_hold_fill_lock(root: str, key: str, held: Event) -> None:
+    cache = DiskCache(Path(root), MiB)
+    cache.open()
+    assert cache.lock(key).try_acquire()
+    held.set()
+    time.sleep(60)  # until the parent kills us
+
+
+def child_try_fill_lock(root: str, key: str, result: Connection) -> None:
+    cache = DiskCache(Path(root), MiB)
+    cache.open()
+    result.send(cache.lock(key).try_acquire())
+
+
+def child_write_past_file_size_limit(root: str, result: Connection) -> None:
+    import resource
+
+    cache = DiskCache(Path(root), 8 * MiB)
+    cache.open()
+    data = os.urandom(2 * MiB)
+    writer = cache.begin(meta_for("big", data))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the kernel answers EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    outcome: dict[str, object] = {"error": None}
+    try:
+        for start in range(0, len(data), 64 * 1024):
+            writer.write(data[start : start + 64 * 1024])
+    except CacheWriteError as exc:
+        cause = exc.__cause__
+        outcome = {"error": type(exc).__name__, "errno": cause.errno if isinstance(cause, OSError) else None}
+    outcome["temp_exists"] = writer.path.exists()
+    outcome["entry"] = cache.get("big") is not None
+    result.send(outcome)
+
+
+def child_begin_without_free_fds(root: str, result: Connection) -> None:
+    import resource
+
+    cache = DiskCache(Path(root), MiB)
+    cache.open()
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    with contextlib.suppress(OSError):
+        while True:  # fill the gaps below the limit
+            os.open(os.devnull, os.O_RDONLY)
+    outcome: dict[str, object] = {"error": None}
+    try:
+        cache.begin(meta_for("k", b"abc"))
+    except CacheWriteError as exc:
+        cause = exc.__cause__
+        outcome = {"error": type(exc).__name__, "errno": cause.errno if isinstance(cause, OSError) else None}
+    result.send(outcome)
+
+
+def child_commit_many(root: str, worker: int, max_bytes: int) -> None:
+    cache = DiskCache(Path(root), max_bytes)
+    cache.open()
+    for n in range(25):
+        data = f"shared {n % 5}".encode() * 40 if n % 2 else f"worker {worker} file {n}".encode() * 40
+        with contextlib.suppress(CacheWriteError):  # another worker cached a newer version
+            put(cache, f"k{n % 10}", data, version=worker * 100 + n)
+        if n % 3 == 0:
+            cache.touch(f"k{(n + 1) % 10}")
+        if n % 7 == 0:
+            cache.discard(f"k{(n + 2) % 10}")
+    cache.close()
+
+
+def run_child(target: Callable[..., object], *args: object, timeout: float = 30) -> int | None:
+    process = SPAWN.Process(target=target, args=args)
+    process.start()
+    process.join(timeout)
+    assert not process.is_alive(), "child process hung"
+    return process.exitcode
+
+
+# -- publish -------------------------------------------------------------------------------
+
+
+def test_commit_publishes_a_file_named_by_content_hash_never_by_key(cache: DiskCache, root: Path) -> None:
+    data = b"PNG bytes"
+    entry = put(cache, "avatars/alice.png", data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert entry.path == root.absolute() / "objects" / sha[:2] / sha
+    assert entry.path.read_bytes() == data
+    assert cache.get("avatars/alice.png") == entry
+    assert not any("alice" in str(path) or "avatars" in str(path) for path in all_paths(root))
+
+
+def test_a_file_being_written_is_invisible_until_commit(cache: DiskCache) -> None:
+    data = b"0123456789" * 1000
+    writer = cache.begin(meta_for("k", data))
+    writer.write(data[:5000])
+    final = cache.content_path(meta_for("k", data).sha256)
+    assert writer.path.parent == final.parent  # same directory: the rename is atomic
+    assert writer.path.name.startswith(TEMP_PREFIX)
+    assert not final.exists()
+    assert cache.get("k") is None
+    assert writer.path.read_bytes() == data[:5000]  # a reader may follow the writer
+    writer.write(data[5000:])
+    writer.commit()
+    assert final.read_bytes() == data
+    assert not writer.path.exists()
+
+
+@pytest.mark.parametrize(
+    "written",
+    [b"same size, other bytes!", b"short", b"same size, right bytes!" + b"too long"],
+    ids=["wrong-hash", "too-short", "too-long"],
+)
+def test_commit_fails_and_leaves_nothing_when_bytes_do_not_match_meta(
+    cache: DiskCache, root: Path, written: bytes
+) -> None:
+    meta = meta_for("k", b"same size, right bytes!")
+    writer = cache.begin(meta)
+    with pytest.raises(CacheWriteError):
+        writer.write(written)
+        writer.commit()
+    assert cache.get("k") is None
+    assert temp_files(root) == []
+    assert not cache.content_path(meta.sha256).exists()
+    assert cache.stats().entries == 0
+
+
+def test_abort_removes_the_temp_file_and_is_idempotent(cache: DiskCache) -> None:
+    writer = cache.begin(meta_for("k", b"abc"))
+    writer.write(b"ab")
+    writer.abort()
+    writer.abort()
+    assert not writer.path.exists()
+    with pytest.raises(CacheWriteError):
+        writer.write(b"c")
+
+
+def test_begin_refuses_a_file_larger_than_the_whole_cache(root: Path) -> None:
+    small = DiskCache(root, max_bytes=10)
+    small.open()
+    with pytest.raises(CacheWriteError):
+        small.begin(meta_for("k", b"x" * 11))
+    small.close()
+
+
+def test_begin_raises_cache_write_error_when_no_temp_file_can_be_created(cache: DiskCache, root: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    data = b"abc"
+    shard = cache.content_path(meta_for("k", data).sha256).parent
+    shard.mkdir()
+    shard.chmod(0o500)  # read-only: stands in for EROFS
+    try:
+        with pytest.raises(CacheWriteError) as caught:
+            cache.begin(meta_for("k", data))
+        assert isinstance(caught.value.__cause__, PermissionError)
+    finally:
+        shard.chmod(0o700)
+
+
+def test_begin_raises_cache_write_error_when_the_process_is_out_of_file_descriptors(root: Path) -> None:
+    """EMFILE from open(2): a real OSError that needs no root-only setup, unlike EROFS or ENOSPC."""
+    receive, send = SPAWN.Pipe(duplex=False)
+    assert run_child(child_begin_without_free_fds, str(root), send) == 0
+    assert receive.recv() == {"error": "CacheWriteError", "errno": errno.EMFILE}
+    assert temp_files(root) == []
+
+
+def test_write_failing_with_a_real_oserror_raises_cache_write_error_and_leaves_no_temp(root: Path) -> None:
+    """RLIMIT_FSIZE makes write(2) fail with EFBIG, a real OSError from the kernel.
+
+    It stands in for ENOSPC, which needs a small filesystem (a tmpfs is root-only):
+    the writer's path through the error is the same.
+    """
+    receive, send = SPAWN.Pipe(duplex=False)
+    assert run_child(child_write_past_file_size_limit, str(root), send) == 0
+    outcome = receive.recv()
+    assert outcome == {"error": "CacheWriteError", "errno": errno.EFBIG, "temp_exists": False, "entry": False}
+    assert temp_files(root) == []
+
+
+def test_a_newer_version_replaces_the_older_and_its_file(cache: DiskCache) -> None:
+    old = put(cache, "k", b"version one", version=1)
+    new = put(cache, "k", b"version two", version=2)
+    assert cache.get("k") == new
+    assert not old.path.exists()
+    assert cache.stats().entries == 1
+    assert cache.stats().bytes == len(b"version two")
+
+
+def test_an_older_version_never_replaces_a_newer_one(cache: DiskCache, root: Path) -> None:
+    new = put(cache, "k", b"version two", version=2)
+    with pytest.raises(CacheWriteError):
+        put(cache, "k", b"version one", version=1)
+    assert cache.get("k") == new
+    assert temp_files(root) == []
+    assert not cache.content_path(meta_for("k", b"version one").sha256).exists()
+
+
+# -- the index -----------------------------------------------------------------------------
+
+
+def test_the_index_survives_close_and_reopen(cache: DiskCache, root: Path) -> None:
+    entry = put(cache, "docs/report.pdf", b"%PDF-1.7 ...", version=42)
+    cache.close()
+    again, report = reopen(root)
+    assert again.get("docs/report.pdf") == entry
+    assert again.get("docs/report.pdf").meta.updated_at.tzinfo is not None  # type: ignore[union-attr]
+    assert (report.entries, report.bytes) == (1, len(b"%PDF-1.7 ..."))
+    assert (report.removed_temp, report.removed_unvouched, report.dropped_invalid) == (0, 0, 0)
+    again.close()
+
+
+def test_open_is_idempotent(cache: DiskCache) -> None:
+    put(cache, "k", b"abc")
+    assert cache.open() is cache.open()
+    assert cache.get("k") is not None
+
+
+def test_a_corrupt_index_is_rebuilt_empty_and_its_files_swept(cache: DiskCache, root: Path) -> None:
+    entry = put(cache, "k", b"abc")
+    cache.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root / 'index.sqlite3'}{suffix}").unlink(missing_ok=True)
+    (root / "index.sqlite3").write_bytes(b"this is not a database" * 100)
+    again, report = reopen(root)
+    assert report.entries == 0
+    assert report.removed_unvouched == 1
+    assert not entry.path.exists()
+    put(again, "k", b"abc")  # and it works again
+    again.close()
+
+
+def test_a_busy_index_is_not_mistaken_for_a_corrupt_one(cache: DiskCache, root: Path) -> None:
+    put(cache, "k", b"abc")
+    blocker = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    second = DiskCache(root, MiB)
+    second._index.busy_timeout = 0.2
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            second.open()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert cache.get("k") is not None  # nothing was rebuilt
+
+
+def test_a_tampered_index_row_never_becomes_a_path(cache: DiskCache, root: Path) -> None:
+    conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA ignore_check_constraints = ON")  # the schema's CHECKs would refuse it
+    conn.execute("INSERT INTO files VALUES ('../../../../etc/passwd', 3)")
+    conn.execute("INSERT INTO entries VALUES ('k', 1, '../../../../etc/passwd', 'text/plain', 0, 0, 0)")
+    conn.close()
+    assert cache.get("k") is None
+
+
+def test_open_without_sweep_only_reads(cache: DiskCache, root: Path) -> None:
+    entry = put(cache, "k", b"abc")
+    dead = entry.path.parent / f"{TEMP_PREFIX}dead"
+    dead.write_bytes(b"x")
+    look = DiskCache(root, max_bytes=0)
+    report = look.open(sweep=False)
+    look.close()
+    assert (report.entries, report.bytes, report.removed_temp) == (1, 3, 0)
+    assert dead.exists()
+
+
+# -- load: validate and sweep at start-up --------------------------------------------------
+
+
+def test_startup_sweep_removes_temp_files_and_files_nobody_vouches_for(cache: DiskCache, root: Path) -> None:
+    kept = put(cache, "kept", b"kept")
+    cache.close()
+    outside = root.parent / "outside.txt"
+    outside.write_bytes(b"not yours")
+    shard = kept.path.parent
+    junk_sha = hashlib.sha256(b"junk").hexdigest()
+    junk_shard = root / "objects" / junk_sha[:2]
+    junk_shard.mkdir(exist_ok=True)
+    (junk_shard / junk_sha).write_bytes(b"junk")  # a well-named file the index never heard of
+    (shard / f"{TEMP_PREFIX}12345-dead").write_bytes(b"half a fi")  # a dead writer's temp file
+    (shard / f"{TEMP_PREFIX}link").symlink_to(outside)
+    (shard / ("a" * 64)).symlink_to(outside)  # an unvouched symlink: removed, target untouched
+    os.mkfifo(shard / "fifo")
+    (shard / "directory").mkdir()
+    (shard / "directory" / "inner").write_bytes(b"x")
+    (root / "objects" / "README").write_bytes(b"stray")
+    (root / "objects" / "zz").mkdir()
+    (root / "objects" / "ff").symlink_to(root.parent)  # a shard that is a link: never walked into
+
+    with deadline(10):
+        again, report = reopen(root)
+    assert report.removed_temp == 2
+    assert report.removed_unvouched == 7
+    assert report.dropped_invalid == 0
+    assert again.get("kept") == kept
+    left = [path for path in all_paths(root / "objects") if not stat.S_ISDIR(path.lstat().st_mode)]
+    assert left == [kept.path]
+    assert not os.path.lexists(root / "objects" / "ff") or (root / "objects" / "ff").is_dir()
+    assert outside.read_bytes() == b"not yours"
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "grown", "symlink", "fifo", "directory", "missing"])
+def test_startup_drops_entries_whose_file_is_damaged(cache: DiskCache, root: Path, damage: str) -> None:
+    kept = put(cache, "kept", b"good file")
+    entry = put(cache, "victim", b"victim's bytes")
+    cache.close()
+    outside = root.parent / "outside.txt"
+    outside.write_bytes(b"victim's bytes")  # the right size: the link must still not be followed
+    entry.path.unlink()
+    if damage == "truncated":
+        entry.path.write_bytes(b"victim")
+    elif damage == "grown":
+        entry.path.write_bytes(b"victim's bytes and more")
+    elif damage == "symlink":
+        entry.path.symlink_to(outside)
+    elif damage == "fifo":
+        os.mkfifo(entry.path)
+    elif damage == "directory":
+        entry.path.mkdir()
+    with deadline(10):
+        again, report = reopen(root)
+    assert report.dropped_invalid == 1
+    assert (report.entries, report.bytes) == (1, len(b"good file"))
+    assert again.get("victim") is None
+    assert again.get("kept") == kept
+    assert not os.path.lexists(entry.path)
+    assert outside.read_bytes() == b"victim's bytes"
+    again.close()
+
+
+def test_startup_keeps_the_temp_file_of_a_live_writer_in_another_process(root: Path) -> None:
+    data = b"written by a live process " * 100
+    halfway, finish = SPAWN.Event(), SPAWN.Event()
+    writer = SPAWN.Process(target=child_write_slowly, args=(str(root), data, halfway, finish))
+    writer.start()
+    try:
+        assert halfway.wait(30)
+        cache, report = reopen(root)
+        assert report.removed_temp == 0
+        assert len(temp_files(root)) == 1
+    finally:
+        finish.set()
+        writer.join(30)
+    assert writer.exitcode == 0
+    entry = cache.get("slow")
+    assert entry is not None and entry.path.read_bytes() == data
+    cache.close()
+
+
+def test_kill_9_in_the_middle_of_a_write_leaves_no_entry_and_the_next_open_sweeps_it(root: Path) -> None:
+    DiskCache(root, MiB).open()
+    assert run_child(child_write_half_then_die, str(root), b"x" * 10_000) == -signal.SIGKILL
+    assert len(temp_files(root)) == 1
+    cache, report = reopen(root)
+    assert cache.get("half") is None
+    assert report.removed_temp == 1
+    assert report.entries == 0
+    assert temp_files(root) == []
+    cache.close()
+
+
+def test_startup_of_many_entries_is_fast(cache: DiskCache, root: Path) -> None:
+    """A smoke check of the batched loader; benchmarks/disk_startup.py measures 10^5."""
+    for n in range(300):
+        put(cache, f"k{n}", f"file {n}".encode())
+    cache.close()
+    again, report = reopen(root)
+    assert report.entries == 300
+    assert report.seconds < 2
+    again.close()
+
+
+# -- the hit path: hostile files are a miss ------------------------------------------------
+
+
+def test_open_entry_returns_a_blocking_fd_of_the_content(cache: DiskCache) -> None:
+    entry = put(cache, "k", b"content")
+    fd = cache.open_entry(entry)
+    assert fd is not None
+    try:
+        assert os.get_blocking(fd)
+        assert os.pread(fd, 100, 0) == b"content"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("damage", ["symlink", "fifo", "directory", "truncated", "grown", "missing"])
+def test_open_entry_refuses_what_is_not_the_indexed_file_and_forgets_it(
+    cache: DiskCache, root: Path, damage: str
+) -> None:
+    entry = put(cache, "k", b"twelve bytes")
+    outside = root.parent / "outside.txt"
+    outside.write_bytes(b"twelve bytes")  # right size, so only O_NOFOLLOW stops it
+    entry.path.unlink()
+    if damage == "symlink":
+        entry.path.symlink_to(outside)
+    elif damage == "fifo":
+        os.mkfifo(entry.path)
+    elif damage == "directory":
+        entry.path.mkdir()
+    elif damage == "truncated":
+        entry.path.write_bytes(b"twelve")
+    elif damage == "grown":
+        entry.path.write_bytes(b"twelve bytes and more")
+    with deadline(5):  # a FIFO opened without O_NONBLOCK would hang here
+        assert cache.open_entry(entry) is None
+    assert cache.get("k") is None
+    assert not os.path.lexists(entry.path)
+    assert outside.read_bytes() == b"twelve bytes"
+    assert cache.stats().entries == 0
+
+
+def test_a_damaged_shared_file_drops_every_entry_that_uses_it(cache: DiskCache) -> None:
+    first = put(cache, "a", b"same bytes")
+    put(cache, "b", b"same bytes")
+    first.path.unlink()
+    first.path.write_bytes(b"same")
+    assert cache.open_entry(first) is None
+    assert cache.get("a") is None and cache.get("b") is None
+
+
+def test_open_entry_keeps_a_good_copy_published_after_the_failed_open(cache: DiskCache) -> None:
+    entry = put(cache, "k", b"content")
+    entry.path.unlink()
+    stale = DiskEntry(entry.meta, entry.path)
+    put(cache, "k", b"content", version=2)  # another writer put it back meanwhile
+    fd = cache.open_entry(stale)
+    assert fd is not None
+    os.close(fd)
+    assert cache.get("k") is not None
+
+
+# -- evict ---------------------------------------------------------------------------------
+
+
+def test_lru_eviction_keeps_bytes_within_budget_and_evicts_least_recently_touched_first(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=30)
+    cache.open()
+    for key in "abc":
+        put(cache, key, key.encode() * 10)
+    cache.touch("a")
+    put(cache, "d", b"d" * 10)
+    assert [key for key in "abcd" if cache.get(key)] == ["a", "c", "d"]
+    put(cache, "e", b"e" * 10)
+    assert [key for key in "abcde" if cache.get(key)] == ["a", "d", "e"]
+    stats = cache.stats()
+    assert stats.bytes == 30 <= stats.max_bytes
+    assert stats.evictions == cache.evictions == 2
+    assert not cache.content_path(meta_for("b", b"b" * 10).sha256).exists()
+    cache.close()
+
+
+def test_touches_are_persisted_and_order_eviction_after_reopen(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=30)
+    cache.open()
+    for key in "abc":
+        put(cache, key, key.encode() * 10)
+    cache.touch("a")
+    cache.touch("b")
+    cache.close()
+    again, _ = reopen(root, max_bytes=30)
+    put(again, "d", b"d" * 10)
+    assert [key for key in "abcd" if again.get(key)] == ["a", "b", "d"]
+    again.close()
+
+
+def test_the_entry_just_committed_is_never_evicted(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=30)
+    cache.open()
+    put(cache, "old", b"o" * 25)
+    put(cache, "new", b"n" * 20)
+    assert cache.get("new") is not None
+    assert cache.get("old") is None
+    assert cache.stats().bytes == 20
+    cache.close()
+
+
+def test_shared_content_counts_once_against_the_budget(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=20)
+    cache.open()
+    for key in "abc":
+        put(cache, key, b"s" * 15)
+    assert all(cache.get(key) for key in "abc")
+    assert (cache.stats().entries, cache.stats().bytes, cache.evictions) == (3, 15, 0)
+    cache.close()
+
+
+# -- discard -------------------------------------------------------------------------------
+
+
+def test_discard_keeps_a_file_another_key_still_uses(cache: DiskCache) -> None:
+    first = put(cache, "a", b"same bytes")
+    second = put(cache, "b", b"same bytes")
+    assert first.path == second.path
+    cache.discard("a")
+    assert cache.get("a") is None
+    fd = cache.open_entry(second)
+    assert fd is not None
+    os.close(fd)
+    cache.discard("b")
+    assert not second.path.exists()
+    assert (cache.stats().entries, cache.stats().bytes) == (0, 0)
+    cache.discard("never cached")
+
+
+# -- fill locks ----------------------------------------------------------------------------
+
+
+def test_fill_lock_excludes_a_second_process(cache: DiskCache, root: Path) -> None:
+    lock = cache.lock("k")
+    assert lock.try_acquire()
+    receive, send = SPAWN.Pipe(duplex=False)
+    assert run_child(child_try_fill_lock, str(root), "k", send) == 0
+    assert receive.recv() is False
+    lock.release()
+    assert run_child(child_try_fill_lock, str(root), "k", send) == 0
+    assert receive.recv() is True
+
+
+def test_fill_lock_is_released_when_its_holder_is_killed(cache: DiskCache, root: Path) -> None:
+    held = SPAWN.Event()
+    holder = SPAWN.Process(target=child_hold_fill_lock, args=(str(root), "k", held))
+    holder.start()
+    try:
+        assert held.wait(30)
+        assert not cache.lock("k").try_acquire()
+        assert cache.lock("other key").try_acquire()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs
+        holder.join(30)
+    assert holder.exitcode == -signal.SIGKILL
+    lock = cache.lock("k")
+    assert lock.try_acquire()
+    lock.release()
+
+
+def test_fill_lock_files_are_named_by_hash_and_removed_on_release(cache: DiskCache, root: Path) -> None:
+    lock = cache.lock("../../etc/passwd")
+    with lock:
+        assert lock.held
+        assert lock.path.parent == root.absolute() / "locks"
+        assert "passwd" not in lock.path.name
+    assert not lock.path.exists()
+
+
+def test_fill_lock_as_a_context_manager_excludes_threads(cache: DiskCache) -> None:
+    inside = 0
+    overlaps = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal inside, overlaps
+        for _ in range(40):
+            with cache.lock("k"):
+                with guard:
+                    inside += 1
+                    overlaps += inside > 1
+                time.sleep(0.0002)
+                with guard:
+                    inside -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert overlaps == 0
+
+
+# -- many writers at once ------------------------------------------------------------------
+
+
+def test_concurrent_processes_keep_the_index_and_the_files_consistent(root: Path) -> None:
+    DiskCache(root, 4000).open()
+    workers = [SPAWN.Process(target=child_commit_many, args=(str(root), n, 4000)) for n in range(1, 4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert_consistent(root, max_bytes=4000)
+
+
+def test_concurrent_threads_keep_the_index_and_the_files_consistent(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=3000)
+    cache.open()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(30):
+                key = f"k{(n + i) % 8}"
+                with contextlib.suppress(CacheWriteError):  # a newer version from another thread won
+                    put(cache, key, f"{i % 4} shared".encode() * 30, version=n * 100 + i)
+                cache.touch(f"k{i % 8}")
+                entry = cache.get(f"k{(i + 3) % 8}")
+                if entry is not None and (fd := cache.open_entry(entry)) is not None:
+                    os.close(fd)
+                if i % 5 == 0:
+                    cache.discard(f"k{(n * i) % 8}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    cache.close()
+    assert_consistent(root, max_bytes=3000)
+
+
+def assert_consistent(root: Path, max_bytes: int) -> None:
+    """A fresh start-up finds nothing to repair, and every entry's file is whole."""
+    cache, report = reopen(root, max_bytes)
+    assert (report.removed_temp, report.removed_unvouched, report.dropped_invalid) == (0, 0, 0)
+    assert report.bytes <= max_bytes
+    files = [path for path in all_paths(root / "objects") if stat.S_ISREG(path.lstat().st_mode)]
+    assert sum(path.stat().st_size for path in files) == report.bytes
+    for n in range(10):
+        entry = cache.get(f"k{n}")
+        if entry is not None:
+            assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.meta.sha256
+    cache.close()

@@ -1,0 +1,207 @@
+"""The serving core's cache behaviour: single-flight, write-through, restarts, faults.
+
+In-process through httpx's ASGI transport, and across real ``servefiles serve``
+processes that share one cache dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servefiles import ServeFiles, open_store
+
+from .servers import free_port, serving
+
+TEMP_PREFIX = ".tmp-"  # the disk tier's temp-file prefix (servefiles.cache.disk.TEMP_PREFIX)
+
+
+async def put(store_url: str, key: str, data: bytes) -> None:
+    async with open_store(store_url) as store:
+        await store.put(key, data)
+
+
+@contextlib.asynccontextmanager
+async def client_for(app: ServeFiles) -> AsyncIterator[httpx.AsyncClient]:
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+            yield client
+    finally:
+        await app.aclose()
+
+
+def counter(app: ServeFiles, name: str, **labels: str) -> float:
+    return app.service.metrics.value(name, **labels)
+
+
+def scrape(base: str, name: str) -> float:
+    """A counter's value from a server's /_servefiles/metrics (Prometheus text)."""
+    text = httpx.get(f"{base}/_servefiles/metrics").text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, f"{name} not in metrics"
+    return float(match.group(1))
+
+
+def temp_files(cache_dir: Path) -> list[Path]:
+    return [p for p in cache_dir.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
+
+
+@pytest.mark.parametrize("size", [10_000, 3_000_000], ids=["small", "large"])
+async def test_100_concurrent_cold_requests_cause_one_store_fetch(store_url: str, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    await put(store_url, "hot.bin", data)
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    async with client_for(app) as client:
+        responses = await asyncio.gather(*(client.get("/media/hot.bin") for _ in range(100)))
+        assert {r.status_code for r in responses} == {200}
+        assert all(r.content == data for r in responses)
+        assert counter(app, "servefiles_store_fetches_total") == 1
+        again = await client.get("/media/hot.bin")
+        assert again.content == data
+        assert counter(app, "servefiles_store_fetches_total") == 1
+
+
+async def test_the_disk_cache_survives_a_restart(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(2_000_000)
+    await put(store_url, "keep.bin", data)
+    first = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    async with client_for(first) as client:
+        assert (await client.get("/media/keep.bin")).content == data
+    second = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    async with client_for(second) as client:
+        assert (await client.get("/media/keep.bin")).content == data
+        assert counter(second, "servefiles_hits_total", tier="disk") == 1
+        assert counter(second, "servefiles_store_fetches_total") == 0
+
+
+async def test_a_cold_range_reads_only_that_range_from_the_store(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(5_000_000)
+    await put(store_url, "video.mp4", data)
+    async with open_store(store_url) as store:
+        seen: list[tuple[int, int]] = []
+        original = store._fetch_chunks
+
+        async def recording(blob_id: int, first: int, last: int) -> list[bytes]:
+            seen.append((first, last))
+            return list(await original(blob_id, first, last))
+
+        store._fetch_chunks = recording  # type: ignore[method-assign]
+        app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache", disk_bytes=1)  # too small to fill
+        async with client_for(app) as client:
+            response = await client.get("/media/video.mp4", headers={"Range": "bytes=4000000-4000099"})
+        assert response.status_code == 206
+        assert response.content == data[4_000_000:4_000_100]
+        chunk = 256 * 1024
+        assert seen == [(4_000_000 // chunk, 4_000_099 // chunk)]
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, tiny filesystem (a 1 MiB tmpfs) for the cache dir: writes hit ENOSPC. Needs root, as on CI."""
+    cache_dir = tmp_path / "tiny"
+    cache_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache_dir)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield cache_dir
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
+
+
+async def test_a_failed_cache_write_never_fails_the_request(store_url: str, full_disk: Path) -> None:
+    data = os.urandom(3_000_000)
+    await put(store_url, "too-big.bin", data)
+    app = ServeFiles(None, db=store_url, cache_dir=full_disk, disk_bytes=100 * 1024 * 1024)
+    async with client_for(app) as client:
+        first = await client.get("/media/too-big.bin")
+        second = await client.get("/media/too-big.bin", headers={"Range": "bytes=2500000-"})
+        assert first.status_code == 200 and first.content == data
+        assert second.status_code == 206 and second.content == data[2_500_000:]
+        assert counter(app, "servefiles_cache_write_failures_total") >= 1
+    assert temp_files(full_disk) == []
+
+
+def test_one_store_fetch_across_processes_sharing_a_cache_dir(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(24_000_000)
+    asyncio.run(put(store_url, "shared.bin", data))
+    env = {"SERVEFILES_DB": store_url}
+    args = ("--cache-dir", str(tmp_path / "cache"), "--metrics", "--cache-size", "1G")
+    with serving(*args, env=env) as first, serving(*args, env=env) as second:
+        bodies: dict[str, bytes] = {}
+
+        def fetch(base: str) -> None:
+            bodies[base] = httpx.get(f"{base}/media/shared.bin", timeout=60).content
+
+        threads = [threading.Thread(target=fetch, args=(base,)) for base in (first, second) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(body == data for body in bodies.values())
+        total = scrape(first, "servefiles_store_fetches_total") + scrape(second, "servefiles_store_fetches_total")
+        assert total == 1
+
+
+@contextlib.contextmanager
+def raw_server(cache_dir: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A `servefiles serve` we may kill -9 ourselves."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servefiles", "serve", "--port", str(port), "--cache-dir", str(cache_dir),
+         "--log-level", "warning"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{base}/_servefiles/health", timeout=1)
+                break
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(48_000_000)
+    asyncio.run(put(store_url, "movie.bin", data))
+    cache_dir = tmp_path / "cache"
+    env = {"SERVEFILES_DB": store_url}
+    with raw_server(cache_dir, env) as (proc, base):
+
+        def slow_client() -> None:
+            with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", f"{base}/media/movie.bin") as response:
+                for _ in response.iter_bytes(65536):
+                    time.sleep(0.01)
+
+        threading.Thread(target=slow_client, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not temp_files(cache_dir):
+            assert time.monotonic() < deadline, "the fill never started"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert temp_files(cache_dir), "the kill came after the fill: nothing was tested"
+    with raw_server(cache_dir, env) as (_proc, base):
+        assert temp_files(cache_dir) == []  # swept at start-up
+        body = httpx.get(f"{base}/media/movie.bin", timeout=60).content
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
