@@ -55,6 +55,15 @@ def scrape(base: str, name: str) -> float:
     return float(match.group(1))
 
 
+async def wait_for_disk_entry(app: ServeFiles, key: str) -> None:
+    """Until the background fill of ``key`` has published its disk entry (at most 10 s)."""
+    for _ in range(200):
+        if app.service.disk.get(key) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} never reached the disk tier")
+
+
 def temp_files(cache_dir: Path) -> list[Path]:
     return [p for p in cache_dir.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
 
@@ -205,3 +214,54 @@ def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, 
         assert temp_files(cache_dir) == []  # swept at start-up
         body = httpx.get(f"{base}/media/movie.bin", timeout=60).content
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_client_that_disconnects_does_not_abort_the_fill(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(6_000_000)
+    await put(store_url, "walkaway.bin", data)
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    async with client_for(app) as client:
+        async with client.stream("GET", "/media/walkaway.bin") as response:
+            async for _ in response.aiter_bytes():
+                break  # read one piece, then hang up
+        await wait_for_disk_entry(app, "walkaway.bin")  # the fill goes on without the client
+        again = await client.get("/media/walkaway.bin")
+        assert again.content == data
+        assert counter(app, "servefiles_store_fetches_total") == 1
+        assert counter(app, "servefiles_hits_total", tier="disk") == 1
+
+
+async def test_disk_hits_use_pathsend_when_the_server_offers_it(store_url: str, tmp_path: Path) -> None:
+    """Drive the app as a pathsend-capable ASGI server would, and record what it sends."""
+    data = os.urandom(1_000_000)
+    await put(store_url, "doc.pdf", data)
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    try:
+
+        async def request(extensions: dict[str, object], headers: list[tuple[bytes, bytes]]) -> list[dict[str, object]]:
+            sent: list[dict[str, object]] = []
+
+            async def receive() -> dict[str, object]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(dict(message))
+
+            scope = {"type": "http", "method": "GET", "path": "/media/doc.pdf", "headers": headers,
+                     "extensions": extensions, "query_string": b"", "http_version": "1.1"}  # fmt: skip
+            await app(scope, receive, send)
+            return sent
+
+        pathsend = {"http.response.pathsend": {}}
+        await request(pathsend, [])  # the miss fills the disk tier
+        await wait_for_disk_entry(app, "doc.pdf")
+        hit = await request(pathsend, [])
+        assert [m["type"] for m in hit] == ["http.response.start", "http.response.pathsend"]
+        assert await asyncio.to_thread(Path(str(hit[1]["path"])).read_bytes) == data
+        ranged = await request(pathsend, [(b"range", b"bytes=10-19")])  # a range cannot be a pathsend
+        assert ranged[0]["status"] == 206
+        assert b"".join(m.get("body", b"") for m in ranged[1:]) == data[10:20]  # type: ignore[misc]
+        plain = await request({}, [])
+        assert b"".join(m.get("body", b"") for m in plain[1:]) == data  # type: ignore[misc]
+    finally:
+        await app.aclose()
