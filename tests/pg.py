@@ -13,13 +13,14 @@ import asyncio
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+
+from .servers import free_port
 
 DEFAULT_DSN = "postgresql://127.0.0.1:5432/test"
 
@@ -61,19 +62,12 @@ def _as_postgres_user(cmd: list[str], check: bool = True) -> subprocess.Complete
     return subprocess.run(cmd, check=check, capture_output=True, timeout=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start_throwaway() -> PgServer:
     base = tempfile.mkdtemp(prefix="servefiles-pg-")
     data_dir = os.path.join(base, "data")
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
-    port = _free_port()
+    port = free_port()
     _as_postgres_user([_pg_bin("initdb"), "-D", data_dir, "-A", "trust", "-U", "postgres", "--no-sync"])
     _as_postgres_user([
         _pg_bin("pg_ctl"), "-D", data_dir, "-w", "-l", os.path.join(base, "log"),

@@ -565,12 +565,9 @@ class DiskWriter:
         if fd is None:
             return
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            locks.unlink_then_unlock(self.path, fd)
         except OSError as exc:
             logger.warning("disk cache: could not remove %s: %s", self.path, exc)  # the sweep will
-        finally:
-            os.close(fd)
 
     def _open_fd(self) -> int:
         if self._fd is None:

@@ -52,6 +52,19 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+def unlink_then_unlock(path: Path, fd: int) -> None:
+    """Remove a locked file while still holding its lock, then let go of it.
+
+    Unlinking first means nobody can lock the old inode after we let go: a
+    waiter that locked it re-checks the path (see :func:`_names_inode`).
+    """
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        _close_quietly(fd)
+
+
 def _lock_path(path: Path, blocking: bool) -> int | None:
     """flock ``path`` (creating it); the fd that holds the lock, or None if someone else does."""
     while True:
@@ -105,13 +118,8 @@ class FillLock:
     def release(self) -> None:
         """Unlink the lock file while still holding it, then let go; idempotent."""
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        finally:
-            _close_quietly(fd)
+        if fd is not None:
+            unlink_then_unlock(self.path, fd)
 
     def __enter__(self) -> FillLock:
         self.acquire()
