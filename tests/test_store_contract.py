@@ -55,7 +55,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def read_all(store: Store, key: str, start: int = 0, end: int | None = None, *, version: int | None = None) -> bytes:
+async def read_all(
+    store: Store, key: str, start: int = 0, end: int | None = None, *, version: int | None = None
+) -> bytes:
     return b"".join([piece async for piece in store.read(key, start, end, version=version)])
 
 
@@ -1024,7 +1026,7 @@ async def test_sqlite_upload_cancelled_as_it_publishes_leaves_a_readable_key(sql
         with contextlib.closing(sqlite3.connect(path)) as probe:
             while probe.execute("SELECT version FROM servefiles_files WHERE key = 'k'").fetchone()[0] == v1.version:
                 assert time.monotonic() < deadline, "the publish never committed"
-                time.sleep(0.002)
+                time.sleep(0.002)  # noqa: ASYNC251 - blocking on purpose: the loop must not run yet
         # ...then cancel the put: it sees CancelledError although its version is committed.
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
