@@ -149,6 +149,9 @@ class Store(ABC):
     """
 
     url: str
+    store_id: str
+    """A random id the database got when its schema was created: a cache dir built
+    from one database is never mistaken for another's (versions repeat across them)."""
 
     # -- the public API -------------------------------------------------------------
 
@@ -231,6 +234,18 @@ class Store(ABC):
     async def last_version(self) -> int:
         """The newest version in the store (0 when empty): where a change feed starts."""
         return await self._last_version()
+
+    async def wake_ups(self, poll_seconds: float) -> AsyncIterator[None]:
+        """Yield whenever changes may have been made: once at once, then on each hint.
+
+        The change feed calls :meth:`changes` after each wake-up, so a wake-up
+        too many costs one indexed query and one too few is made up by the
+        next. This default polls every ``poll_seconds``; PostgreSQL is woken by
+        NOTIFY instead. Raises :class:`StoreUnavailable` when the database goes.
+        """
+        while True:
+            yield
+            await asyncio.sleep(poll_seconds)
 
     @abstractmethod
     async def close(self) -> None:

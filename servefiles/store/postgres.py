@@ -13,6 +13,7 @@ feed that has seen version V can never later meet a smaller one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -58,6 +59,13 @@ CREATE TABLE IF NOT EXISTS servefiles_chunks (
 # upload in progress, and every reader wait behind it.
 SET_CHUNK_STORAGE = "ALTER TABLE servefiles_chunks ALTER COLUMN data SET STORAGE EXTERNAL"
 LOCK = "SELECT pg_advisory_xact_lock($1)"
+CHANGES_CHANNEL = "servefiles_changes"
+NOTIFY = f"SELECT pg_notify('{CHANGES_CHANNEL}', $1::bigint::text)"
+INIT_STORE_ID = """
+    INSERT INTO servefiles_meta (name, value) VALUES ('store_id', replace(gen_random_uuid()::text, '-', ''))
+    ON CONFLICT (name) DO NOTHING"""
+GET_STORE_ID = "SELECT value FROM servefiles_meta WHERE name = 'store_id'"
+SAFETY_QUERY = "SELECT 1"
 GET_SCHEMA_VERSION = "SELECT value::int FROM servefiles_meta WHERE name = 'schema_version'"
 SET_SCHEMA_VERSION = """
     INSERT INTO servefiles_meta (name, value) VALUES ('schema_version', $1::int::text)
@@ -83,7 +91,8 @@ TOMBSTONE = """
     UPDATE servefiles_files SET version = nextval('servefiles_version_seq'), deleted = true,
         blob_id = NULL, chunk_size = NULL, size = 0, sha256 = NULL, content_type = NULL,
         updated_at = clock_timestamp()
-    WHERE key = $1"""
+    WHERE key = $1
+    RETURNING version"""
 LIST = f"""
     SELECT {_META_COLUMNS} FROM servefiles_files
     WHERE NOT deleted AND (key > $1 OR (key = $1 AND NOT $2)) AND ($3::text IS NULL OR key < $3)
@@ -122,10 +131,11 @@ def _meta(row: asyncpg.Record) -> FileMeta:
 class PostgresStore(Store):
     """A :class:`Store` in a PostgreSQL database."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, dsn: str, pool: asyncpg.Pool, connect_timeout: float = 10.0) -> None:
         self.url = dsn
         self._where = describe_dsn(dsn)
         self._pool = pool
+        self._connect_timeout = connect_timeout
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> PostgresStore:
@@ -135,7 +145,7 @@ class PostgresStore(Store):
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, timeout=connect_timeout)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {_reason(exc)}") from exc
-        store = cls(dsn, pool)
+        store = cls(dsn, pool, connect_timeout)
         try:
             await store._init_schema()
         except BaseException:
@@ -168,6 +178,8 @@ class PostgresStore(Store):
             if found < SCHEMA_VERSION:
                 await conn.execute(SET_CHUNK_STORAGE)
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
+            await conn.execute(INIT_STORE_ID)
+            self.store_id = await conn.fetchval(GET_STORE_ID)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -194,6 +206,39 @@ class PostgresStore(Store):
         rows = await self._fetch(LAST_VERSION)
         return int(rows[0]["last_value"])
 
+    async def wake_ups(self, poll_seconds: float) -> AsyncIterator[None]:
+        """LISTEN on a connection of its own: woken by every commit's NOTIFY.
+
+        Every ``poll_seconds`` without a notification it checks the connection
+        with a query, so a connection killed under it (``pg_terminate_backend``,
+        a restart) is noticed and reported as :class:`StoreUnavailable`.
+        """
+        try:
+            conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"change feed cannot connect to {self._where}: {_reason(exc)}") from exc
+        woken: asyncio.Queue[bool] = asyncio.Queue()
+        conn.add_termination_listener(lambda _conn: woken.put_nowait(False))
+        try:
+            await conn.add_listener(CHANGES_CHANNEL, lambda *_args: woken.put_nowait(True))
+            yield
+            while True:
+                try:
+                    alive = await asyncio.wait_for(woken.get(), poll_seconds)
+                except TimeoutError:
+                    await conn.execute(SAFETY_QUERY)
+                    alive = True
+                while alive and not woken.empty():
+                    alive = woken.get_nowait()
+                if not alive or conn.is_closed():
+                    raise StoreUnavailable(f"change feed connection to {self._where} was lost")
+                yield
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"change feed connection to {self._where}: {_reason(exc)}") from exc
+        finally:
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.wait_for(conn.close(), 2)
+
     # -- writes -----------------------------------------------------------------------
 
     async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
@@ -210,6 +255,7 @@ class PostgresStore(Store):
             )
             if current is not None and current["blob_id"] is not None:
                 await conn.execute(DELETE_CHUNKS, current["blob_id"])
+            await conn.execute(NOTIFY, row["version"])  # delivered at commit
             return _meta(row)
 
     async def _delete(self, key: str) -> bool:
@@ -218,9 +264,10 @@ class PostgresStore(Store):
             current = await conn.fetchrow(CURRENT_ROW, key)
             if current is None or current["deleted"]:
                 return False
-            await conn.execute(TOMBSTONE, key)
+            version = await conn.fetchval(TOMBSTONE, key)
             if current["blob_id"] is not None:
                 await conn.execute(DELETE_CHUNKS, current["blob_id"])
+            await conn.execute(NOTIFY, version)  # delivered at commit
             return True
 
 

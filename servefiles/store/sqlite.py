@@ -17,6 +17,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,8 @@ SCHEMA = (
         PRIMARY KEY (blob_id, seq))""",
 )
 GET_SCHEMA_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'schema_version'"
+INIT_STORE_ID = "INSERT OR IGNORE INTO servefiles_meta (name, value) VALUES ('store_id', ?)"
+GET_STORE_ID = "SELECT value FROM servefiles_meta WHERE name = 'store_id'"
 SET_SCHEMA_VERSION = "INSERT OR REPLACE INTO servefiles_meta (name, value) VALUES ('schema_version', ?)"
 NEXT_VERSION = "UPDATE servefiles_meta SET value = value + 1 WHERE name = 'last_version' RETURNING value"
 LAST_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'last_version'"
@@ -202,6 +205,8 @@ class SQLiteStore(Store):
                 )
             if found < SCHEMA_VERSION:
                 conn.execute(SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
+            conn.execute(INIT_STORE_ID, (uuid.uuid4().hex,))
+            self.store_id = str(conn.execute(GET_STORE_ID).fetchone()[0])
         self._sweep_stale_uploads(conn)
 
     def _sweep_stale_uploads(self, conn: sqlite3.Connection) -> None:
