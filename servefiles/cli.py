@@ -147,13 +147,15 @@ def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--active-content", envvar="SERVEFILES_ACTIVE_CONTENT", default="attachment", show_default=True,
               type=click.Choice(["attachment", "sandbox"]),
               help="How HTML, SVG, XML and JavaScript uploads are kept from running on this origin.")
+@click.option("--prefetch/--no-prefetch", envvar="SERVEFILES_PREFETCH", default=False, show_default=True,
+              help="Download new versions as soon as the change feed announces them.")
 @click.option("--metrics/--no-metrics", envvar="SERVEFILES_METRICS", default=False, show_default=True,
               help="Expose Prometheus counters at /_servefiles/metrics.")
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_token: str | None, cache_size: int, memory_size: int, freshness: float, cache_control: str,
-          active_content: str, metrics: bool, log_level: str) -> None:  # fmt: skip
+          active_content: str, prefetch: bool, metrics: bool, log_level: str) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
 
@@ -170,7 +172,7 @@ def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, pref
         None, db=url, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
-        metrics=metrics,
+        prefetch=prefetch, metrics=metrics,
     )  # fmt: skip
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

@@ -5,15 +5,18 @@
 source that produces its byte ranges. The ASGI and WSGI adapters only carry
 replies out, so every rule here holds for both.
 
-Freshness: a cached entry is trusted for ``freshness_seconds`` after the
-store last confirmed its version (one metadata query, single-flight per key);
-past that it is revalidated before it is served, so a replaced file is never
-served for longer than the interval.
+Freshness: while the change feed is healthy, a cached copy is current unless
+the feed has announced a newer version of its key (and the feed drops such
+copies as it announces them): a hit costs no query. While the feed is down, a
+cached entry is trusted for ``freshness_seconds`` after the store last
+confirmed its version (one metadata query, single-flight per key), so a
+replaced file is never served for longer than that interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -29,12 +32,13 @@ from . import http
 from .cache.disk import DiskCache, DiskEntry
 from .cache.fill import Filler, FillReader, read_fd
 from .cache.memory import MemoryEntry, MemoryTier
-from .errors import InvalidKey, StoreUnavailable
+from .errors import InvalidKey, ServeFilesError, StoreUnavailable
+from .feed import ChangeFeed
 from .http import ByteRange, HttpPolicy, PreparedFile
 from .keys import canonical_key
 from .metrics import Metrics
 from .store import Store, connect
-from .store.types import FileMeta
+from .store.types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
 
@@ -43,6 +47,10 @@ PREPARED_CACHE_ENTRIES = 4096
 VALIDATION_ENTRIES = 100_000
 """Keys whose last revalidation time is remembered; a forgotten one costs one more metadata query."""
 RETRY_AFTER_SECONDS = 5
+STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
+FEED_START_SECONDS = 2.0
+"""How long start-up waits for the feed's first catch-up before serving anyway."""
+PREFETCH_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,14 @@ class CacheSettings:
     disk_bytes: int = 1024 * 1024 * 1024
     freshness_seconds: float = 1.0
     fill_wait_seconds: float = 10.0
+    feed: bool = True
+    """Follow the store's change feed: while it is healthy, hits need no query at all."""
+    feed_poll_seconds: float = 0.2
+    """How often a store that cannot notify (SQLite) is asked for changes."""
+    feed_check_seconds: float = 5.0
+    """How often an idle notifying feed (PostgreSQL) checks its connection."""
+    prefetch: bool = False
+    """Fetch new versions as soon as they are announced, so even first requests hit the disk."""
 
 
 class Body(ABC):
@@ -169,6 +185,11 @@ class FileService:
         self._validated: LRUCache[str, _Validation] = LRUCache(VALIDATION_ENTRIES)
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._stats = _Flights()
+        self.feed: ChangeFeed | None = None
+        self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
+        """The newest version the feed announced per key: anything older is stale."""
+        self._prefetching = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+        self._background: set[asyncio.Task[None]] = set()
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
         self._unavailable = http.unavailable(RETRY_AFTER_SECONDS)
@@ -192,6 +213,52 @@ class FileService:
             raise
         logger.info("disk cache %s: %d entries, %d bytes", self.disk.root, report.entries, report.bytes)
         self._filler = Filler(self._store, self.disk, self.memory, self.metrics, self.settings.fill_wait_seconds)
+        if self.settings.feed:
+            await self._start_feed(self._store)
+
+    async def _start_feed(self, store: Store) -> None:
+        settings = self.settings
+        self.feed = ChangeFeed(store, self.disk.root, self._apply_changes, settings.feed_poll_seconds,
+                               settings.feed_check_seconds)  # fmt: skip
+        if not self.feed.load():
+            # No cursor for this database: nothing here can be vouched for.
+            dropped = await asyncio.to_thread(self.disk.clear)
+            if dropped:
+                logger.warning("disk cache %s was not filled from this database: cleared", self.disk.root)
+        self.feed.start()
+        await self.feed.wait_caught_up(FEED_START_SECONDS)
+
+    async def _apply_changes(self, changes: list[Change]) -> None:
+        """Drop every cached copy older than what the feed announces (and prefetch, if asked)."""
+        for change in changes:
+            self._latest[change.key] = change.version
+            self._validated.pop(change.key, None)
+            cached = self.memory.get(change.key)
+            if cached is not None and cached.file.meta.version < change.version:
+                self.memory.discard(change.key)
+        await asyncio.to_thread(self._discard_older_on_disk, changes)
+        if self.settings.prefetch:
+            for change in changes:
+                if not change.deleted:
+                    self._prefetch(change.key)
+
+    def _discard_older_on_disk(self, changes: list[Change]) -> None:
+        for change in changes:
+            entry = self.disk.get(change.key)
+            if entry is not None and entry.meta.version < change.version:
+                self.disk.discard(change.key)
+
+    def _prefetch(self, key: str) -> None:
+        async def fetch() -> None:
+            async with self._prefetching:
+                with contextlib.suppress(ServeFilesError):
+                    meta = await self._stats.run(key, lambda: self._revalidate(key))
+                    if meta is not None and self._filler is not None:
+                        self._filler.start(meta, self.prepared(meta))
+
+        task = asyncio.create_task(fetch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def store(self) -> Store:
@@ -199,6 +266,11 @@ class FileService:
         return self._store
 
     async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+            self.feed = None
+        for task in list(self._background):
+            task.cancel()
         if self._filler is not None:
             await self._filler.close()
         if self._url is not None and self._store is not None:
@@ -235,6 +307,9 @@ class FileService:
             return Reply(self._unavailable)
 
     def _is_fresh(self, key: str, revision: tuple[int, str], now: float) -> bool:
+        if self.feed is not None and self.feed.healthy:
+            latest = self._latest.get(key)
+            return latest is None or revision[0] >= latest
         seen = self._validated.get(key)
         return (
             seen is not None
@@ -316,13 +391,21 @@ class FileService:
     def _stale_copy(
         self, method: str, headers: Mapping[str, str], cached: MemoryEntry | None, disk_entry: DiskEntry | None
     ) -> Reply | None:
+        """A cached copy, marked as possibly stale (``X-Servefiles-Stale``), or None."""
         if cached is not None:
-            return Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
-        return self._from_disk(method, headers, disk_entry) if disk_entry is not None else None
+            reply: Reply | None = Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
+        else:
+            reply = self._from_disk(method, headers, disk_entry) if disk_entry is not None else None
+        if reply is not None:
+            response = reply.response
+            reply.response = http.Response(response.status, [*response.headers, STALE_HEADER], response.body)
+        return reply
 
     async def _revalidate(self, key: str) -> FileMeta | None:
         """Ask the store for the key's current version; drop cached copies of any other."""
         meta = await self.store.stat(key)
+        if meta is not None and meta.version < self._latest.get(key, 0):
+            meta = await self.store.stat(key)  # read before a change the feed has since announced
         if meta is None:
             self._validated.pop(key, None)
             await self._discard(key)

@@ -344,6 +344,14 @@ class DiskCache:
                 txn.delete_entry(key)
                 self._release_file(txn, meta.sha256)
 
+    def clear(self) -> int:
+        """Forget every entry, e.g. when the cache dir was filled from another database."""
+        with self._index.transaction() as txn:
+            keys = txn.keys()
+        for key in keys:
+            self.discard(key)
+        return len(keys)
+
     def lock(self, key: str) -> FillLock:
         """The cross-process fill lock of ``key`` (named by the key's hash, never its text)."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

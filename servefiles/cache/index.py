@@ -177,6 +177,9 @@ class Transaction:
             ),
         )  # fmt: skip
 
+    def keys(self) -> list[str]:
+        return [str(row[0]) for row in self._conn.execute("SELECT key FROM entries")]
+
     def delete_entry(self, key: str) -> bool:
         return self._changes(DELETE_ENTRY, (key,)) > 0
 

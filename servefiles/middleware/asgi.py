@@ -72,6 +72,8 @@ class ServeFiles:
         disk_bytes: int = CacheSettings.disk_bytes,
         freshness_seconds: float = CacheSettings.freshness_seconds,
         fill_wait_seconds: float = CacheSettings.fill_wait_seconds,
+        feed: bool = CacheSettings.feed,
+        prefetch: bool = CacheSettings.prefetch,
         metrics: bool = False,
     ) -> None:
         self.app = app
@@ -82,7 +84,15 @@ class ServeFiles:
             db,
             Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
             HttpPolicy(cache_control=cache_control, active_content=active_content),
-            CacheSettings(memory_bytes, memory_file_bytes, disk_bytes, freshness_seconds, fill_wait_seconds),
+            CacheSettings(
+                memory_bytes,
+                memory_file_bytes,
+                disk_bytes,
+                freshness_seconds,
+                fill_wait_seconds,
+                feed=feed,
+                prefetch=prefetch,
+            ),
         )
 
     async def aclose(self) -> None:
@@ -154,6 +164,9 @@ class ServeFiles:
             report["last_version"] = await self.service.store.last_version()
         except StoreUnavailable as exc:
             report["store"] = f"unavailable: {exc}"
+        feed = self.service.feed
+        if feed is not None:
+            report["feed"] = {"healthy": feed.healthy, "cursor": feed.cursor, "error": feed.last_error}
         stats = self.service.disk.stats()
         report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
         report["memory"] = {"entries": len(self.service.memory), "bytes": self.service.memory.bytes}

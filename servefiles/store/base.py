@@ -149,6 +149,8 @@ class Store(ABC):
     """
 
     url: str
+    notifies: bool = False
+    """Whether :meth:`wake_ups` is woken by the database itself (else it polls)."""
     store_id: str
     """A random id the database got when its schema was created: a cache dir built
     from one database is never mistaken for another's (versions repeat across them)."""

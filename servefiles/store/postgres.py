@@ -131,6 +131,8 @@ def _meta(row: asyncpg.Record) -> FileMeta:
 class PostgresStore(Store):
     """A :class:`Store` in a PostgreSQL database."""
 
+    notifies = True
+
     def __init__(self, dsn: str, pool: asyncpg.Pool, connect_timeout: float = 10.0) -> None:
         self.url = dsn
         self._where = describe_dsn(dsn)

@@ -1,0 +1,127 @@
+"""The change feed: every frontend follows the store's changes, losslessly.
+
+The store wakes the feed (PostgreSQL LISTEN/NOTIFY; SQLite polling), and
+the feed reads ``changes(cursor)`` — one indexed query — and hands each
+batch to the frontend, which drops or refetches what changed. The cursor is
+persisted in the cache dir after each batch is applied, so a frontend that
+was down, or lost its listening connection, catches up from where it was:
+notifications are only hints, the cursor is the truth.
+
+The cursor file also names the database (its ``store_id``): a cache dir
+that was filled from another database is not trusted at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .errors import ServeFilesError, StoreUnavailable
+from .store import Store
+from .store.types import Change
+
+logger = logging.getLogger("servefiles")
+
+CURSOR_FILE = "feed-cursor.json"
+BATCH = 1000
+FIRST_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 10.0
+
+Apply = Callable[[list[Change]], Awaitable[None]]
+
+
+class ChangeFeed:
+    """Follow ``store``'s changes into ``apply``, from a cursor kept in ``state_dir``."""
+
+    def __init__(self, store: Store, state_dir: Path, apply: Apply, poll_seconds: float, check_seconds: float) -> None:
+        self.store = store
+        self.apply = apply
+        self.path = state_dir / CURSOR_FILE
+        self.poll_seconds = check_seconds if store.notifies else poll_seconds
+        self.cursor = 0
+        self.healthy = False
+        """True while the feed is connected and caught up: cached copies need no revalidation."""
+        self.last_error: str | None = None
+        self._saved = -1
+        self._task: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()
+
+    def load(self) -> bool:
+        """Read the persisted cursor; False when there is none for this database."""
+        try:
+            state = json.loads(self.path.read_text())
+            if state.get("store_id") == self.store.store_id and isinstance(state.get("cursor"), int):
+                self.cursor = self._saved = state["cursor"]
+                return True
+        except (OSError, ValueError, AttributeError):
+            pass
+        return False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="servefiles change feed")
+
+    async def wait_caught_up(self, seconds: float) -> bool:
+        """Until the first catch-up is done (True), or ``seconds`` pass (False)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), seconds)
+        return self._caught_up.is_set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.healthy = False
+
+    async def _run(self) -> None:
+        backoff = FIRST_BACKOFF_SECONDS
+        while True:
+            try:
+                async for _ in self.store.wake_ups(self.poll_seconds):
+                    await self._catch_up()
+                    if not self.healthy:
+                        logger.info("change feed following %s from version %d", self.store.url, self.cursor)
+                    self.healthy, self.last_error, backoff = True, None, FIRST_BACKOFF_SECONDS
+                    self._caught_up.set()
+            except (StoreUnavailable, ServeFilesError, OSError) as exc:
+                self._down(exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _down(self, exc: BaseException) -> None:
+        if self.healthy:
+            logger.warning("change feed down, revalidating by time until it is back: %s", exc)
+        self.healthy = False
+        self.last_error = str(exc)
+
+    async def _catch_up(self) -> None:
+        while True:
+            batch = await self.store.changes(self.cursor, limit=BATCH)
+            if batch:
+                await self.apply(batch)
+                self.cursor = batch[-1].version
+            if len(batch) < BATCH:
+                break
+        if self.cursor != self._saved:
+            await asyncio.to_thread(self._save, self.cursor)
+
+    def _save(self, cursor: int) -> None:
+        """Atomically replace the cursor file (temp file, rename): never half a cursor."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".feed-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump({"store_id": self.store.store_id, "cursor": cursor}, out)
+            os.replace(temp, self.path)
+            self._saved = cursor
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            logger.warning("cannot save the change-feed cursor: %s", exc)
