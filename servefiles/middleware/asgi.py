@@ -73,6 +73,8 @@ class ServeFiles:
         freshness_seconds: float = CacheSettings.freshness_seconds,
         fill_wait_seconds: float = CacheSettings.fill_wait_seconds,
         feed: bool = CacheSettings.feed,
+        feed_poll_seconds: float = CacheSettings.feed_poll_seconds,
+        feed_check_seconds: float = CacheSettings.feed_check_seconds,
         prefetch: bool = CacheSettings.prefetch,
         metrics: bool = False,
     ) -> None:
@@ -91,6 +93,8 @@ class ServeFiles:
                 freshness_seconds,
                 fill_wait_seconds,
                 feed=feed,
+                feed_poll_seconds=feed_poll_seconds,
+                feed_check_seconds=feed_check_seconds,
                 prefetch=prefetch,
             ),
         )
