@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from cachetools import LRUCache
 
 from . import http
+from .breaker import CircuitBreaker
 from .cache.disk import DiskCache, DiskEntry
 from .cache.fill import Filler, FillReader, read_fd
 from .cache.memory import MemoryEntry, MemoryTier
@@ -189,6 +190,7 @@ class FileService:
         self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
         """The newest version the feed announced per key: anything older is stale."""
         self._prefetching = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+        self._breaker = CircuitBreaker()
         self._background: set[asyncio.Task[None]] = set()
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
@@ -402,10 +404,23 @@ class FileService:
         return reply
 
     async def _revalidate(self, key: str) -> FileMeta | None:
-        """Ask the store for the key's current version; drop cached copies of any other."""
-        meta = await self.store.stat(key)
-        if meta is not None and meta.version < self._latest.get(key, 0):
-            meta = await self.store.stat(key)  # read before a change the feed has since announced
+        """Ask the store for the key's current version; drop cached copies of any other.
+
+        Guarded by the circuit breaker: with the database gone, requests fail
+        fast (503, or a stale copy) instead of each waiting on it.
+        """
+        self._breaker.before()
+        try:
+            meta = await self.store.stat(key)
+            if meta is not None and meta.version < self._latest.get(key, 0):
+                meta = await self.store.stat(key)  # read before a change the feed has since announced
+        except StoreUnavailable:
+            self._breaker.failed()
+            raise
+        except BaseException:
+            self._breaker.abandoned()
+            raise
+        self._breaker.succeeded()
         if meta is None:
             self._validated.pop(key, None)
             await self._discard(key)

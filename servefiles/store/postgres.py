@@ -26,6 +26,8 @@ from .base import BlobRef, HashedChunks, Store
 from .types import Change, FileMeta
 
 SCHEMA_VERSION = 1
+COMMAND_TIMEOUT_SECONDS = 15.0
+"""No statement waits longer on a database that stopped answering: a request gets a 503, not a hang."""
 INIT_LOCK = 0x5345_5256_4649_0001  # "SERVFI" + 1: serialises schema set-up
 WRITE_LOCK = 0x5345_5256_4649_0002  # serialises version hand-out until commit
 
@@ -144,7 +146,9 @@ class PostgresStore(Store):
         """Connect a pool to ``dsn`` and make sure the schema is there."""
         where = describe_dsn(dsn)
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, timeout=connect_timeout)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_SECONDS
+            )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {_reason(exc)}") from exc
         store = cls(dsn, pool, connect_timeout)
@@ -162,7 +166,7 @@ class PostgresStore(Store):
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; connection-level failures become StoreUnavailable."""
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL at {self._where}: {_reason(exc)}") from exc

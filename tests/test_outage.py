@@ -1,0 +1,88 @@
+"""A database outage, produced for real: the frontend reaches PostgreSQL through a proxy we cut."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from servefiles import ServeFiles, open_store
+
+from .tcp_proxy import TcpProxy
+from .test_feed import count_store_reads, until
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[TcpProxy]:
+    parts = urlsplit(pg_url)
+    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await tcp.start()
+    yield tcp
+    await tcp.cut()
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
+
+
+async def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    async with open_store(pg_url) as direct, open_store(through(pg_url, proxy)) as proxied:
+        await direct.put("cached.txt", b"version one")
+        await direct.put("cold.txt", b"never requested before the outage")
+        app = ServeFiles(
+            None, db=proxied, cache_dir=tmp_path / "cache", freshness_seconds=0.1, feed_check_seconds=0.2
+        )
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+                assert (await client.get("/media/cached.txt")).content == b"version one"
+                feed = app.service.feed
+                assert feed is not None and feed.healthy
+
+                await proxy.cut()
+
+                async def feed_down() -> bool:
+                    return not feed.healthy
+
+                await until(feed_down, seconds=5)
+                await asyncio.sleep(0.15)  # past the time-based freshness that applies while the feed is down
+                calls = count_store_reads(proxied)
+
+                # Cached: still served, and marked as possibly stale.
+                stale = await client.get("/media/cached.txt")
+                assert stale.status_code == 200 and stale.content == b"version one"
+                assert stale.headers["x-servefiles-stale"] == "store-unavailable"
+                assert app.service.metrics.value("servefiles_stale_served_total") >= 1
+
+                # Uncached: a prompt 503 with Retry-After, never a hang.
+                started = time.monotonic()
+                for _ in range(30):
+                    cold = await client.get("/media/cold.txt")
+                    assert cold.status_code == 503
+                    assert int(cold.headers["retry-after"]) > 0
+                assert time.monotonic() - started < 10
+                # The circuit breaker kept most of those 30 away from the database.
+                assert len(calls) <= 5, calls
+
+                await direct.put("cached.txt", b"version two")  # a change made during the outage
+                await proxy.restore()
+
+                async def cold_served() -> bool:
+                    return (await client.get("/media/cold.txt")).status_code == 200
+
+                async def caught_up() -> bool:
+                    return (await client.get("/media/cached.txt")).content == b"version two"
+
+                async def feed_up() -> bool:
+                    return feed.healthy
+
+                await until(cold_served, seconds=30)
+                await until(caught_up, seconds=30)
+                await until(feed_up, seconds=30)
+        finally:
+            await app.aclose()
