@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -126,6 +126,13 @@ def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)  # fmt: skip
 
 
+def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--cache-size", envvar="SERVEFILES_CACHE_SIZE", callback=parse_size, default="1GiB", show_default=True,
+        help="Disk-tier budget; least recently used files are evicted beyond it.",
+    )(func)  # fmt: skip
+
+
 @main.command()
 @db_option
 @cache_dir_option
@@ -136,8 +143,7 @@ def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--upload-token", envvar="SERVEFILES_UPLOAD_TOKEN", default=None,
               help="Bearer token for HTTP uploads (env SERVEFILES_UPLOAD_TOKEN); reserved: "
               "HTTP uploads are not implemented yet, use `servefiles put`.")
-@click.option("--cache-size", envvar="SERVEFILES_CACHE_SIZE", callback=parse_size, default="1GiB", show_default=True,
-              help="Disk-tier budget; least recently used files are evicted beyond it.")
+@cache_size_option
 @click.option("--memory-size", envvar="SERVEFILES_MEMORY_SIZE", callback=parse_size, default="64MiB", show_default=True,
               help="Memory-tier budget for small hot files.")
 @click.option("--freshness", envvar="SERVEFILES_FRESHNESS", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -176,6 +182,60 @@ def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, pref
     )  # fmt: skip
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+async def _maintain(store: Store, cache_dir: Path | None, cache_size: int, work: Callable[[Any], Any]) -> None:
+    """Open the cache dir for ``warm``/``sync`` and run ``work(maintainer)``; print the report."""
+    from .cache.disk import DiskCache
+    from .cache.warm import CacheMaintainer
+
+    disk = DiskCache(cache_dir or config.default_cache_dir(), cache_size)
+    opened = await asyncio.to_thread(disk.open)
+    try:
+        maintainer = CacheMaintainer(store, disk, opened.dropped_invalid)
+        await work(maintainer)
+        r = maintainer.report
+        click.echo(f"fetched {r.fetched} ({r.fetched_bytes} bytes), already cached {r.present}, "
+                   f"removed {r.removed}, corrupt {r.corrupt}, failed {r.failed}")  # fmt: skip
+        if r.failed:
+            raise click.exceptions.Exit(EXIT_ERROR)
+    finally:
+        await asyncio.to_thread(disk.close)
+
+
+async def _warm_with_progress(maintainer: Any, prefix: str) -> None:
+    missing, cursor = await maintainer.plan(prefix)
+    total = sum(meta.size for meta in missing)
+    with click.progressbar(length=total, label="warming", file=sys.stderr, show_pos=False) as bar:
+        await maintainer.fetch(missing, bar.update)
+    await maintainer.finish(cursor)
+
+
+@main.command()
+@click.argument("prefix", default="")
+@cache_dir_option
+@cache_size_option
+@with_store
+async def warm(store: Store, prefix: str, cache_dir: Path | None, cache_size: int) -> None:
+    """Pre-fill a cache dir from the database (incremental: only what changed since the last run)."""
+    await _maintain(store, cache_dir, cache_size, lambda m: _warm_with_progress(m, prefix))
+
+
+@main.command()
+@click.option("--verify", is_flag=True, help="Also re-hash every cached file and drop those that do not match.")
+@cache_dir_option
+@cache_size_option
+@with_store
+async def sync(store: Store, verify: bool, cache_dir: Path | None, cache_size: int) -> None:
+    """Reconcile a cache dir with the database: drop what it deleted or changed, fetch what is missing."""
+
+    async def work(maintainer: Any) -> None:
+        entries = await asyncio.to_thread(maintainer.disk.stats)
+        with click.progressbar(length=entries.bytes, label="checking", file=sys.stderr, show_pos=False) as bar:
+            await maintainer.reconcile(verify, bar.update)
+        await _warm_with_progress(maintainer, "")
+
+    await _maintain(store, cache_dir, cache_size, work)
 
 
 @main.command()
@@ -267,7 +327,7 @@ async def ls(store: Store, prefix: str, as_json: bool) -> None:
     first = True
     if as_json:
         click.echo("[", nl=False)
-    async for meta in _all_files(store, prefix):
+    async for meta in store.iter_files(prefix):
         if as_json:
             click.echo(("" if first else ",") + "\n  " + json.dumps(_as_json(meta)), nl=False)
         else:
@@ -320,7 +380,7 @@ async def export(store: Store, directory: Path, prefix: str) -> None:
     root = directory.resolve()
     written = 0
     problems: list[str] = []
-    async for meta in _all_files(store, prefix):
+    async for meta in store.iter_files(prefix):
         target = root.joinpath(*meta.key.split("/"))
         try:
             await _download(store, meta, target)
@@ -351,14 +411,6 @@ def _as_json(meta: FileMeta) -> dict[str, Any]:
         "created_at": meta.created_at.isoformat(),
         "updated_at": meta.updated_at.isoformat(),
     }
-
-
-async def _all_files(store: Store, prefix: str) -> AsyncIterator[FileMeta]:
-    after: str | None = None
-    while page := await store.list(prefix, limit=1000, after=after):
-        for meta in page:
-            yield meta
-        after = page[-1].key
 
 
 def _walk(directory: Path) -> Iterator[tuple[Path, int]]:

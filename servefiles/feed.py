@@ -36,13 +36,45 @@ MAX_BACKOFF_SECONDS = 10.0
 Apply = Callable[[list[Change]], Awaitable[None]]
 
 
+class FeedCursor:
+    """The persisted cursor: "this cache dir reflects every change up to version N of store S"."""
+
+    def __init__(self, state_dir: Path, store_id: str) -> None:
+        self.path = state_dir / CURSOR_FILE
+        self.store_id = store_id
+
+    def load(self) -> int | None:
+        """The saved cursor, or None when there is none for this database."""
+        try:
+            state = json.loads(self.path.read_text())
+            if state.get("store_id") == self.store_id and isinstance(state.get("cursor"), int):
+                return int(state["cursor"])
+        except (OSError, ValueError, AttributeError):
+            pass
+        return None
+
+    def save(self, cursor: int) -> bool:
+        """Atomically replace the cursor file (temp file, rename): never half a cursor."""
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".feed-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump({"store_id": self.store_id, "cursor": cursor}, out)
+            os.replace(temp, self.path)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            logger.warning("cannot save the change-feed cursor: %s", exc)
+            return False
+
+
 class ChangeFeed:
     """Follow ``store``'s changes into ``apply``, from a cursor kept in ``state_dir``."""
 
     def __init__(self, store: Store, state_dir: Path, apply: Apply, poll_seconds: float, check_seconds: float) -> None:
         self.store = store
         self.apply = apply
-        self.path = state_dir / CURSOR_FILE
+        self._cursor_file = FeedCursor(state_dir, store.store_id)
         self.poll_seconds = check_seconds if store.notifies else poll_seconds
         self.cursor = 0
         self.healthy = False
@@ -54,14 +86,11 @@ class ChangeFeed:
 
     def load(self) -> bool:
         """Read the persisted cursor; False when there is none for this database."""
-        try:
-            state = json.loads(self.path.read_text())
-            if state.get("store_id") == self.store.store_id and isinstance(state.get("cursor"), int):
-                self.cursor = self._saved = state["cursor"]
-                return True
-        except (OSError, ValueError, AttributeError):
-            pass
-        return False
+        saved = self._cursor_file.load()
+        if saved is None:
+            return False
+        self.cursor = self._saved = saved
+        return True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="servefiles change feed")
@@ -113,15 +142,5 @@ class ChangeFeed:
             await asyncio.to_thread(self._save, self.cursor)
 
     def _save(self, cursor: int) -> None:
-        """Atomically replace the cursor file (temp file, rename): never half a cursor."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".feed-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump({"store_id": self.store.store_id, "cursor": cursor}, out)
-            os.replace(temp, self.path)
+        if self._cursor_file.save(cursor):
             self._saved = cursor
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            logger.warning("cannot save the change-feed cursor: %s", exc)

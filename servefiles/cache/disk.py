@@ -344,10 +344,14 @@ class DiskCache:
                 txn.delete_entry(key)
                 self._release_file(txn, meta.sha256)
 
+    def keys(self) -> list[str]:
+        """Every key with an entry (for maintenance commands, not the request path)."""
+        with self._index.transaction() as txn:
+            return txn.keys()
+
     def clear(self) -> int:
         """Forget every entry, e.g. when the cache dir was filled from another database."""
-        with self._index.transaction() as txn:
-            keys = txn.keys()
+        keys = self.keys()
         for key in keys:
             self.discard(key)
         return len(keys)

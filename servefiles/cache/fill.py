@@ -88,6 +88,10 @@ class Fill:
         self._notify()
         self._maybe_close_fd()
 
+    async def wait_done(self) -> None:
+        while not self.done:
+            await self._changed.wait()
+
     async def wait_past(self, pos: int) -> None:
         """Until byte ``pos`` is on disk or nothing more will come; a small file: until done."""
         while not self.done and (self.small or (self.written <= pos and self.disk_limit is None)):
@@ -134,6 +138,18 @@ class Filler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
+
+    async def fill(self, meta: FileMeta, file: PreparedFile) -> bool:
+        """Fill now and wait for the end (warm, sync); True when the disk tier has it."""
+        fill = self.start(meta, file)
+        fill.join()
+        try:
+            await fill.wait_done()
+        finally:
+            fill.leave()
+        if fill.error is not None:
+            raise fill.error
+        return await asyncio.to_thread(self._current_entry, meta) is not None
 
     async def close(self, grace_seconds: float = 10.0) -> None:
         """Let running fills finish (their bytes are mostly fetched already), then cancel the rest."""

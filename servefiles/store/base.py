@@ -233,6 +233,21 @@ class Store(ABC):
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
         return await self._changes(since_version, limit)
 
+    async def iter_files(self, prefix: str = "") -> AsyncIterator[FileMeta]:
+        """Every live file under ``prefix``, in key order, one page at a time."""
+        after: str | None = None
+        while page := await self.list(prefix, limit=1000, after=after):
+            for meta in page:
+                yield meta
+            after = page[-1].key
+
+    async def iter_changes(self, since_version: int = 0) -> AsyncIterator[Change]:
+        """Every change after ``since_version``, in version order, one page at a time."""
+        while batch := await self.changes(since_version, limit=1000):
+            for change in batch:
+                yield change
+            since_version = batch[-1].version
+
     async def last_version(self) -> int:
         """The newest version in the store (0 when empty): where a change feed starts."""
         return await self._last_version()
