@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
+
+import httpx
 
 SERVER_START_TIMEOUT = 20.0
 
@@ -33,34 +37,68 @@ def cli(
     )
 
 
+class Frontend:
+    """A real ``servefiles serve`` process on a free loopback port, which a test may stop, kill and restart."""
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as this object: it may restart
+
+    def start(self) -> Frontend:
+        command = [sys.executable, "-m", "servefiles", "serve", "--port", str(self.port), "--log-level", "warning"]
+        self.proc = subprocess.Popen([*command, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"servefiles serve exited with {self.proc.returncode}: {self.output()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"servefiles serve did not start listening: {self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """A sample from /_servefiles/metrics (start it with --metrics)."""
+        text = httpx.get(f"{self.base}/_servefiles/metrics").text
+        match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+        assert match, f"{name} not in metrics"
+        return float(match.group(1))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def running(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Frontend]:
+    frontend = Frontend(*args, env=env).start()
+    try:
+        yield frontend
+    finally:
+        frontend.stop()
+
+
 @contextlib.contextmanager
 def serving(*args: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
     """``servefiles serve ARGS`` on a free loopback port; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servefiles", "serve", "--port", str(port), "--log-level", "warning", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                output = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"servefiles serve exited with {proc.returncode}: {output}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("servefiles serve did not start listening")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+    with running(*args, env=env) as frontend:
+        yield frontend.base

@@ -10,10 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +21,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .servers import free_port, serving
+from .servers import running
 
 TEMP_PREFIX = ".tmp-"  # the disk tier's temp-file prefix (servefiles.cache.disk.TEMP_PREFIX)
 
@@ -45,14 +42,6 @@ async def client_for(app: ServeFiles) -> AsyncIterator[httpx.AsyncClient]:
 
 def counter(app: ServeFiles, name: str, **labels: str) -> float:
     return app.service.metrics.value(name, **labels)
-
-
-def scrape(base: str, name: str) -> float:
-    """A counter's value from a server's /_servefiles/metrics (Prometheus text)."""
-    text = httpx.get(f"{base}/_servefiles/metrics").text
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-    assert match, f"{name} not in metrics"
-    return float(match.group(1))
 
 
 async def wait_for_disk_entry(app: ServeFiles, key: str) -> None:
@@ -149,45 +138,20 @@ def test_one_store_fetch_across_processes_sharing_a_cache_dir(store_url: str, tm
     asyncio.run(put(store_url, "shared.bin", data))
     env = {"SERVEFILES_DB": store_url}
     args = ("--cache-dir", str(tmp_path / "cache"), "--metrics", "--cache-size", "1G")
-    with serving(*args, env=env) as first, serving(*args, env=env) as second:
+    with running(*args, env=env) as first, running(*args, env=env) as second:
         bodies: dict[str, bytes] = {}
 
         def fetch(base: str) -> None:
             bodies[base] = httpx.get(f"{base}/media/shared.bin", timeout=60).content
 
-        threads = [threading.Thread(target=fetch, args=(base,)) for base in (first, second) for _ in range(3)]
+        threads = [threading.Thread(target=fetch, args=(f.base,)) for f in (first, second) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         assert all(body == data for body in bodies.values())
-        total = scrape(first, "servefiles_store_fetches_total") + scrape(second, "servefiles_store_fetches_total")
+        total = first.metric("servefiles_store_fetches_total") + second.metric("servefiles_store_fetches_total")
         assert total == 1
-
-
-@contextlib.contextmanager
-def raw_server(cache_dir: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A `servefiles serve` we may kill -9 ourselves."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servefiles", "serve", "--port", str(port), "--cache-dir", str(cache_dir),
-         "--log-level", "warning"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{base}/_servefiles/health", timeout=1)
-                break
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, tmp_path: Path) -> None:
@@ -195,7 +159,8 @@ def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, 
     asyncio.run(put(store_url, "movie.bin", data))
     cache_dir = tmp_path / "cache"
     env = {"SERVEFILES_DB": store_url}
-    with raw_server(cache_dir, env) as (proc, base):
+    with running("--cache-dir", str(cache_dir), env=env) as frontend:
+        base = frontend.base
 
         def slow_client() -> None:
             with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", f"{base}/media/movie.bin") as response:
@@ -207,12 +172,12 @@ def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, 
         while not temp_files(cache_dir):
             assert time.monotonic() < deadline, "the fill never started"
             time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        frontend.kill()
     assert temp_files(cache_dir), "the kill came after the fill: nothing was tested"
-    with raw_server(cache_dir, env) as (_proc, base):
-        assert temp_files(cache_dir) == []  # swept at start-up
-        body = httpx.get(f"{base}/media/movie.bin", timeout=60).content
+    with running("--cache-dir", str(cache_dir), env=env) as frontend:
+        httpx.get(f"{frontend.base}/_servefiles/health")  # start-up (and its sweep) is done
+        assert temp_files(cache_dir) == []
+        body = httpx.get(f"{frontend.base}/media/movie.bin", timeout=60).content
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
 
 
