@@ -135,6 +135,8 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @db_option
+@click.option("--read-db", envvar="SERVEFILES_READ_DB", default=None, metavar="URL",
+              help="A PostgreSQL read replica for content fetches (env SERVEFILES_READ_DB).")
 @cache_dir_option
 @click.option("--host", envvar="SERVEFILES_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="SERVEFILES_PORT", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -159,7 +161,7 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
               help="Expose Prometheus counters at /_servefiles/metrics.")
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
+def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_token: str | None, cache_size: int, memory_size: int, freshness: float, cache_control: str,
           active_content: str, prefetch: bool, metrics: bool, log_level: str) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
@@ -170,12 +172,12 @@ def serve(db_url: str | None, cache_dir: Path | None, host: str, port: int, pref
     url = resolve_db_url(db_url)
 
     async def check() -> None:  # fail fast, in one line, if the database is not there
-        store = await connect(url)
+        store = await connect(url, read_db)
         await store.close()
 
     _run(check())
     app = ServeFiles(
-        None, db=url, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
+        None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
         prefetch=prefetch, metrics=metrics,

@@ -172,6 +172,7 @@ class FileService:
         cache_dir: Path,
         policy: HttpPolicy | None = None,
         settings: CacheSettings | None = None,
+        read_url: str | None = None,
     ) -> None:
         self.policy = policy or HttpPolicy()
         self.settings = settings or CacheSettings()
@@ -180,6 +181,7 @@ class FileService:
         self.disk = DiskCache(cache_dir, self.settings.disk_bytes)
         self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
         self._url = db if isinstance(db, str) else None
+        self._read_url = read_url
         self._store = None if isinstance(db, str) else db
         self._filler: Filler | None = None
         self._started: asyncio.Future[None] | None = None
@@ -208,7 +210,7 @@ class FileService:
         try:
             if self._store is None:
                 assert self._url is not None
-                self._store = await connect(self._url)
+                self._store = await connect(self._url, self._read_url)
             report = await asyncio.to_thread(self.disk.open)
         except BaseException:
             self._started = None  # let a later request try again (the database may come back)

@@ -52,8 +52,9 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 class ServeFiles:
     """Serve the store's files under ``prefix``; pass everything else to ``app``.
 
-    ``db`` is a database URL (opened on first use) or an open :class:`Store`
-    (the caller closes it). ``app`` may be None for a standalone file server;
+    ``db`` is a database URL (opened on first use; PostgreSQL DSNs may name
+    several hosts, and ``read_db`` a read replica for content fetches) or an
+    open :class:`Store` (the caller closes it). ``app`` may be None for a standalone file server;
     then lifespan events start and stop the service. With an ``app``, call
     :meth:`aclose` from the app's own shutdown if the process lives on.
     """
@@ -65,6 +66,7 @@ class ServeFiles:
         prefix: str = "/media",
         cache_dir: str | Path | None = None,
         *,
+        read_db: str | None = None,
         cache_control: str = "no-cache",
         active_content: Literal["attachment", "sandbox"] = "attachment",
         memory_bytes: int = CacheSettings.memory_bytes,
@@ -97,6 +99,7 @@ class ServeFiles:
                 feed_check_seconds=feed_check_seconds,
                 prefetch=prefetch,
             ),
+            read_url=read_db,
         )
 
     async def aclose(self) -> None:

@@ -31,31 +31,34 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-async def connect(url: str) -> Store:
+async def connect(url: str, read_url: str | None = None) -> Store:
     """Open the store ``url`` names; the caller must ``await store.close()``.
 
+    ``read_url`` (PostgreSQL only) is a read replica for content fetches.
     Prefer :func:`open_store`, which closes it for you.
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
+        if read_url:
+            raise InvalidURL("a read replica needs PostgreSQL; SQLite has none")
         return await SQLiteStore.open(sqlite_path(url))
     if scheme in POSTGRES_SCHEMES:
         from .postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, read_dsn=read_url)
     raise InvalidURL(f"unsupported database URL (want postgresql://… or sqlite:///path): {url.split('@')[-1]}")
 
 
 @contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
+async def open_store(url: str, read_url: str | None = None) -> AsyncIterator[Store]:
     """``async with open_store(url) as store:`` — the store for ``url``, closed on exit.
 
     ``postgresql://user@host/db`` (asyncpg DSN, multi-host included) or
     ``sqlite:///path/to/files.db``. The schema is created on first use.
     """
-    store = await connect(url)
+    store = await connect(url, read_url)
     try:
         yield store
     finally:

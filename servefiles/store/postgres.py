@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ import asyncpg
 from ..errors import SchemaTooNew, StoreUnavailable
 from .base import BlobRef, HashedChunks, Store
 from .types import Change, FileMeta
+
+logger = logging.getLogger("servefiles")
 
 SCHEMA_VERSION = 1
 COMMAND_TIMEOUT_SECONDS = 15.0
@@ -140,20 +143,23 @@ class PostgresStore(Store):
         self._where = describe_dsn(dsn)
         self._pool = pool
         self._connect_timeout = connect_timeout
+        self._read_pool: asyncpg.Pool | None = None
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> PostgresStore:
-        """Connect a pool to ``dsn`` and make sure the schema is there."""
-        where = describe_dsn(dsn)
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_SECONDS
-            )
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {_reason(exc)}") from exc
+    async def open(
+        cls, dsn: str, *, read_dsn: str | None = None, pool_size: int = 10, connect_timeout: float = 10.0
+    ) -> PostgresStore:
+        """Connect a pool to ``dsn`` (and one to the read replica ``read_dsn``); make sure the schema is there.
+
+        ``dsn`` may name several hosts (``postgresql://h1,h2/db?target_session_attrs=read-write``):
+        asyncpg tries them in turn, so a fail-over to a promoted standby needs no change here.
+        """
+        pool = await _create_pool(dsn, pool_size, connect_timeout)
         store = cls(dsn, pool, connect_timeout)
         try:
             await store._init_schema()
+            if read_dsn:
+                store._read_pool = await _create_pool(read_dsn, pool_size, connect_timeout)
         except BaseException:
             await store.close()
             raise
@@ -161,6 +167,8 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._pool.close()
+        if self._read_pool is not None:
+            await self._read_pool.close()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -199,6 +207,15 @@ class PostgresStore(Store):
         return (_meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"])) if rows else None
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
+        """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""
+        if self._read_pool is not None:
+            try:
+                async with self._read_pool.acquire(timeout=self._connect_timeout) as conn:
+                    rows = await conn.fetch(FETCH_CHUNKS, blob_id, first, last)
+                if len(rows) == last - first + 1:
+                    return [row["data"] for row in rows]
+            except _UNAVAILABLE as exc:
+                logger.warning("read replica unavailable, reading the primary: %s", _reason(exc))
         return [row["data"] for row in await self._fetch(FETCH_CHUNKS, blob_id, first, last)]
 
     async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> list[FileMeta]:
@@ -275,6 +292,15 @@ class PostgresStore(Store):
                 await conn.execute(DELETE_CHUNKS, current["blob_id"])
             await conn.execute(NOTIFY, version)  # delivered at commit
             return True
+
+
+async def _create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(
+            dsn, min_size=1, max_size=size, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_SECONDS
+        )
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_reason(exc)}") from exc
 
 
 def _reason(exc: BaseException) -> str:
