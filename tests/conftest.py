@@ -20,6 +20,7 @@ import pytest
 from servefiles import Store, open_store
 
 from .pg import PgServer, find_postgres
+from .tcp_proxy import TcpProxy, proxy_for
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -110,3 +111,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url) as opened:
         yield opened
+
+
+@pytest.fixture
+async def pg_proxy(pg_url: str) -> AsyncIterator[TcpProxy]:
+    """A cuttable TCP proxy to this test's PostgreSQL, on the test's event loop."""
+    proxy = proxy_for(pg_url)
+    await proxy.start()
+    yield proxy
+    await proxy.cut()

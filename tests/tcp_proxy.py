@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 from .servers import free_port
 
@@ -55,3 +56,14 @@ class TcpProxy:
 
     async def restore(self) -> None:
         await self.start()
+
+
+def proxy_for(url: str) -> TcpProxy:
+    """A (not yet started) proxy to the server a DSN names."""
+    parts = urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+def with_netloc(url: str, netloc: str) -> str:
+    """The same DSN, pointed at another host:port (a proxy, a list of hosts)."""
+    return urlunsplit(urlsplit(url)._replace(netloc=netloc))

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -20,7 +19,7 @@ import pytest
 from servefiles import open_store
 
 from .servers import Frontend, running
-from .tcp_proxy import TcpProxy
+from .tcp_proxy import TcpProxy, proxy_for, with_netloc
 
 LIMIT_SECONDS = 5.0  # generous for a loaded CI machine; benchmarks/feed_propagation.py measures the real delay
 
@@ -132,11 +131,10 @@ def test_prefetch_puts_new_versions_on_disk_before_any_request(pg_url: str, tmp_
 @pytest.fixture
 def proxy(pg_url: str) -> Iterator[TcpProxy]:
     """A proxy to PostgreSQL on its own event loop thread, so real frontends can go through it."""
-    parts = urlsplit(pg_url)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    tcp = proxy_for(pg_url)
     asyncio.run_coroutine_threadsafe(tcp.start(), loop).result(10)
     tcp.loop = loop  # type: ignore[attr-defined]
     yield tcp
@@ -150,7 +148,7 @@ def in_proxy_loop(proxy: TcpProxy, action: str) -> None:
 
 
 def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy: TcpProxy, tmp_path: Path) -> None:
-    via_proxy = urlunsplit(urlsplit(pg_url)._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    via_proxy = with_netloc(pg_url, f"127.0.0.1:{proxy.port}")
     store(pg_url, "put", "cached.txt", b"before")
     store(pg_url, "put", "cold.txt", b"cold")
     with frontends(2, via_proxy, tmp_path, "--freshness", "0.2") as fleet:

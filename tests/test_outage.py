@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .tcp_proxy import TcpProxy
+from .tcp_proxy import TcpProxy, with_netloc
 from .test_feed import count_store_reads, until
 
 
-@pytest.fixture
-async def proxy(pg_url: str) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(pg_url)
-    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await tcp.start()
-    yield tcp
-    await tcp.cut()
-
-
-def through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
-
-
-async def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy: TcpProxy, tmp_path: Path) -> None:
-    async with open_store(pg_url) as direct, open_store(through(pg_url, proxy)) as proxied:
+async def test_service_through_a_database_outage_and_recovery(pg_url: str, pg_proxy: TcpProxy, tmp_path: Path) -> None:
+    async with open_store(pg_url) as direct, open_store(with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}")) as proxied:
         await direct.put("cached.txt", b"version one")
         await direct.put("cold.txt", b"never requested before the outage")
         app = ServeFiles(
@@ -44,7 +27,7 @@ async def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy
                 feed = app.service.feed
                 assert feed is not None and feed.healthy
 
-                await proxy.cut()
+                await pg_proxy.cut()
 
                 async def feed_down() -> bool:
                     return not feed.healthy
@@ -70,7 +53,7 @@ async def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy
                 assert len(calls) <= 5, calls
 
                 await direct.put("cached.txt", b"version two")  # a change made during the outage
-                await proxy.restore()
+                await pg_proxy.restore()
 
                 async def cold_served() -> bool:
                     return (await client.get("/media/cold.txt")).status_code == 200

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,21 +12,7 @@ import pytest
 from servefiles import ServeFiles, open_store
 
 from .servers import free_port
-from .tcp_proxy import TcpProxy
-
-
-def with_netloc(url: str, netloc: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(netloc=netloc))
-
-
-@pytest.fixture
-async def replica(pg_url: str) -> AsyncIterator[TcpProxy]:
-    """Stands in for a replica's address: a proxy to the same server, so reads through it can be counted."""
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.cut()
+from .tcp_proxy import TcpProxy, with_netloc
 
 
 async def test_a_multi_host_dsn_fails_over_past_a_dead_host(pg_url: str, tmp_path: Path) -> None:
@@ -42,9 +27,9 @@ async def test_a_multi_host_dsn_fails_over_past_a_dead_host(pg_url: str, tmp_pat
         await woken.aclose()
 
 
-async def test_content_is_read_from_the_replica(pg_url: str, replica: TcpProxy, tmp_path: Path) -> None:
+async def test_content_is_read_from_the_replica(pg_url: str, pg_proxy: TcpProxy, tmp_path: Path) -> None:
     data = os.urandom(1_500_000)
-    replica_url = with_netloc(pg_url, f"127.0.0.1:{replica.port}")
+    replica_url = with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}")
     async with open_store(pg_url) as primary:
         await primary.put("big.bin", data)
     # disk_bytes=1: nothing is cached, so every request below reads the store
@@ -53,8 +38,8 @@ async def test_content_is_read_from_the_replica(pg_url: str, replica: TcpProxy, 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
             ranged = await client.get("/media/big.bin", headers={"Range": "bytes=1000000-1000999"})
             assert ranged.content == data[1_000_000:1_001_000]
-            assert replica.accepted >= 1
-            await replica.cut()  # the replica goes away: content comes from the primary
+            assert pg_proxy.accepted >= 1
+            await pg_proxy.cut()  # the replica goes away: content comes from the primary
             assert (await client.get("/media/big.bin", headers={"Range": "bytes=5-9"})).content == data[5:10]
     finally:
         await app.aclose()
