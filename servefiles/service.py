@@ -412,6 +412,7 @@ class FileService:
         fast (503, or a stale copy) instead of each waiting on it.
         """
         self._breaker.before()
+        self.metrics.revalidations.inc()
         try:
             meta = await self.store.stat(key)
             if meta is not None and meta.version < self._latest.get(key, 0):
