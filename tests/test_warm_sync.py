@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_warm_prefills_so_first_requests_hit_the_disk(store_url: str, tmp_path: 
     env = {"SERVEFILES_DB": store_url, "SERVEFILES_CACHE_DIR": str(tmp_path / "cache")}
     assert "fetched 5 " in run("warm", "blog/", env=env)
     assert set(cached(tmp_path / "cache")) == {k for k in files if k.startswith("blog/")}
+    stats = json.loads(run("stats", "--json", env=env))
+    assert stats["entries"] == 5
+    assert stats["bytes"] == sum(len(v) for k, v in files.items() if k.startswith("blog/"))
     with serving("--metrics", env=env) as base:
         for key, data in files.items():
             if key.startswith("blog/"):
