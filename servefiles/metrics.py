@@ -42,7 +42,7 @@ class Metrics:
                                   registry=self.registry)  # fmt: skip
         self.cache_write_failures = Counter("servefiles_cache_write_failures", "Disk-tier writes that failed",
                                             registry=self.registry)  # fmt: skip
-        self.revalidations = Counter("servefiles_revalidations", "Metadata queries asking the store for a key's version",
+        self.revalidations = Counter("servefiles_revalidations", "Metadata queries for a key's current version",
                                      registry=self.registry)  # fmt: skip
         self.stale_served = Counter("servefiles_stale_served", "Cached files served while the store was unreachable",
                                     registry=self.registry)  # fmt: skip
