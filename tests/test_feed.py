@@ -13,8 +13,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from servefiles import ServeFiles, Store, open_store
+from servefiles import ServeFiles, open_store
 
+from .instrument import count_store_reads
 from .servers import serving
 
 PROPAGATION_LIMIT_SECONDS = 3.0  # generous for a loaded CI box; the benchmark measures the real figure
@@ -45,20 +46,6 @@ async def until(predicate: object, seconds: float = PROPAGATION_LIMIT_SECONDS) -
             return time.monotonic() - started
         assert time.monotonic() - started < seconds, "condition not met in time"
         await asyncio.sleep(0.01)
-
-
-def count_store_reads(store: Store) -> list[str]:
-    """Record every metadata and content query the store makes (instrumentation, not a fake)."""
-    calls: list[str] = []
-    for name in ("_locate", "_fetch_chunks", "_list"):
-        original = getattr(store, name)
-
-        def recorder(*args: object, _original: object = original, _name: str = name) -> object:
-            calls.append(_name)
-            return _original(*args)  # type: ignore[operator]
-
-        setattr(store, name, recorder)
-    return calls
 
 
 async def test_hits_make_no_query_while_the_feed_is_healthy(store_url: str, tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import httpx
 
 from servefiles import ServeFiles, open_store
 
+from .instrument import count_store_reads
 from .tcp_proxy import TcpProxy, with_netloc
-from .test_feed import count_store_reads, until
+from .test_feed import until
 
 
 async def test_service_through_a_database_outage_and_recovery(pg_url: str, pg_proxy: TcpProxy, tmp_path: Path) -> None:

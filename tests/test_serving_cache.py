@@ -21,6 +21,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
+from .instrument import record_chunk_fetches
 from .servers import running
 
 TEMP_PREFIX = ".tmp-"  # the disk tier's temp-file prefix (servefiles.cache.disk.TEMP_PREFIX)
@@ -89,14 +90,7 @@ async def test_a_cold_range_reads_only_that_range_from_the_store(store_url: str,
     data = os.urandom(5_000_000)
     await put(store_url, "video.mp4", data)
     async with open_store(store_url) as store:
-        seen: list[tuple[int, int]] = []
-        original = store._fetch_chunks
-
-        async def recording(blob_id: int, first: int, last: int) -> list[bytes]:
-            seen.append((first, last))
-            return list(await original(blob_id, first, last))
-
-        store._fetch_chunks = recording  # type: ignore[method-assign]
+        seen = record_chunk_fetches(store)
         app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache", disk_bytes=1)  # too small to fill
         async with client_for(app) as client:
             response = await client.get("/media/video.mp4", headers={"Range": "bytes=4000000-4000099"})

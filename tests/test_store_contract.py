@@ -40,6 +40,8 @@ from servefiles import (
 from servefiles.store import connect, sqlite_path
 from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS
 
+from .instrument import record_chunk_fetches
+
 CS = CHUNK_SIZE
 KIB = 1024
 
@@ -397,19 +399,10 @@ async def test_range_read_returns_exactly_the_requested_bytes(store: Store) -> N
         assert got == data[start:end], (start, end)
 
 
-async def test_range_read_fetches_only_the_chunks_covering_the_range(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_range_read_fetches_only_the_chunks_covering_the_range(store: Store) -> None:
     data = content(5 * CS + 777, seed=9)
     await store.put("r.bin", data)
-    original = store._fetch_chunks
-    calls: list[tuple[int, int]] = []
-
-    async def recording(blob_id: int, first: int, last: int) -> Sequence[bytes]:
-        calls.append((first, last))
-        return await original(blob_id, first, last)
-
-    monkeypatch.setattr(store, "_fetch_chunks", recording)
+    calls = record_chunk_fetches(store)
     for start, end in _ranges(len(data)):
         calls.clear()
         got = await read_all(store, "r.bin", start, end)
@@ -420,19 +413,10 @@ async def test_range_read_fetches_only_the_chunks_covering_the_range(
         assert fetched == expected, (start, end, calls)
 
 
-async def test_read_fetches_a_bounded_number_of_chunks_per_query(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_read_fetches_a_bounded_number_of_chunks_per_query(store: Store) -> None:
     data = content(10 * CS, seed=10)
     await store.put("big.bin", data)
-    original = store._fetch_chunks
-    calls: list[tuple[int, int]] = []
-
-    async def recording(blob_id: int, first: int, last: int) -> Sequence[bytes]:
-        calls.append((first, last))
-        return await original(blob_id, first, last)
-
-    monkeypatch.setattr(store, "_fetch_chunks", recording)
+    calls = record_chunk_fetches(store)
     assert await read_all(store, "big.bin") == data
     assert len(calls) > 1
     assert all(last - first + 1 <= READ_BATCH_CHUNKS for first, last in calls)
