@@ -121,6 +121,9 @@ class ChangeFeed:
                     self._caught_up.set()
             except (StoreUnavailable, ServeFilesError, OSError) as exc:
                 self._down(exc)
+            except Exception as exc:  # e.g. the disk index could not be written: retry, never die
+                logger.exception("change feed failed to apply changes; retrying")
+                self._down(exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -247,6 +248,7 @@ class FileService:
                     self._prefetch(change.key)
 
     def _discard_older_on_disk(self, changes: list[Change]) -> None:
+        """Raises if the index cannot be written: the feed then retries the batch (its cursor did not move)."""
         for change in changes:
             entry = self.disk.get(change.key)
             if entry is not None and entry.meta.version < change.version:
@@ -439,5 +441,10 @@ class FileService:
         return meta
 
     async def _discard(self, key: str) -> None:
+        """Drop every cached copy of ``key``. A disk copy that cannot be dropped now
+        is harmless: it no longer matches the validated revision, so it is not served."""
         self.memory.discard(key)
-        await asyncio.to_thread(self.disk.discard, key)
+        try:
+            await asyncio.to_thread(self.disk.discard, key)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("disk cache: could not drop %s: %s", key, exc)

@@ -241,8 +241,16 @@ class DiskCache:
         return Path(f"{self._objects_text}/{sha256[:2]}/{sha256}")
 
     def get(self, key: str) -> DiskEntry | None:
-        """The key's cached entry, from the index alone (no content read, no stat)."""
-        meta = self._index.get(key)
+        """The key's cached entry, from the index alone (no content read, no stat).
+
+        An index that cannot be read right now is a miss, never an error: a
+        cache failure must not fail a request.
+        """
+        try:
+            meta = self._index.get(key)
+        except (sqlite3.Error, RuntimeError) as exc:
+            logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc)
+            return None
         if meta is None or not is_sha256(meta.sha256):
             return None
         return DiskEntry(meta, self.content_path(meta.sha256))
@@ -257,7 +265,7 @@ class DiskCache:
         try:
             fd = os.open(entry.path, READ_OPEN_FLAGS)
         except OSError:
-            self._drop_damaged(entry.meta)
+            self._drop_damaged_quietly(entry.meta)
             return None
         try:
             st = os.fstat(fd)
@@ -267,8 +275,14 @@ class DiskCache:
         except OSError:
             pass
         os.close(fd)
-        self._drop_damaged(entry.meta)
+        self._drop_damaged_quietly(entry.meta)
         return None
+
+    def _drop_damaged_quietly(self, meta: FileMeta) -> None:
+        try:
+            self._drop_damaged(meta)
+        except (sqlite3.Error, OSError) as exc:  # the next open's sweep will
+            logger.warning("disk cache: could not drop damaged entry %s: %s", meta.key, exc)
 
     def touch(self, key: str) -> None:
         """Record a hit for LRU, in memory; written to the index in batches."""
