@@ -36,7 +36,7 @@ async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Store]]:
     """The blog's own store, for listing: ServeFiles passes lifespan through, so this runs as usual."""
     async with open_store(DB_URL) as store:
         yield {"store": store}  # request.state.store in every request
-    await app.aclose()  # the ServeFiles below: its change feed, fills and database connection
+    # ServeFiles closes itself (change feed, fills, database) once this shutdown is complete.
 
 
 def media_url(key: str) -> str:

@@ -55,8 +55,9 @@ class ServeFiles:
     ``db`` is a database URL (opened on first use; PostgreSQL DSNs may name
     several hosts, and ``read_db`` a read replica for content fetches) or an
     open :class:`Store` (the caller closes it). ``app`` may be None for a standalone file server;
-    then lifespan events start and stop the service. With an ``app``, call
-    :meth:`aclose` from the app's own shutdown if the process lives on.
+    then lifespan events start and stop the service. With an ``app``, the
+    app's lifespan passes through unchanged and servefiles closes itself once
+    the app has completed its shutdown.
     """
 
     def __init__(
@@ -122,6 +123,8 @@ class ServeFiles:
                 await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE)
                 return
         if self.app is not None:
+            if scope["type"] == "lifespan":
+                send = self._closing_after_shutdown(send)
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -161,6 +164,17 @@ class ServeFiles:
         finally:
             if body is not None:
                 body.close()
+
+    def _closing_after_shutdown(self, send: Send) -> Send:
+        """The app's lifespan messages pass unchanged; once its shutdown is complete,
+        servefiles closes too (with ``add_middleware`` the app has no handle to do it)."""
+
+        async def forward(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return forward
 
     async def _health(self, send: Send) -> None:
         """Liveness plus what a load balancer may want to know; 200 while this process can serve."""
