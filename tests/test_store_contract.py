@@ -578,6 +578,7 @@ async def test_changes_respect_since_and_limit(store: Store) -> None:
     paged: list[Change] = []
     since = 0
     while page := await store.changes(since, limit=2):
+        assert len(paged) <= len(everything), "paging through changes does not advance"
         paged += page
         since = page[-1].version
     assert paged == everything
@@ -637,6 +638,7 @@ async def test_list_pagination_visits_every_key_once(store: Store) -> None:
             after: str | None = None
             while page := await store.list(prefix, limit=limit, after=after):
                 assert len(page) <= limit
+                assert len(seen) <= len(expected), "pagination does not advance"
                 seen += [m.key for m in page]
                 after = page[-1].key
             assert seen == expected, (prefix, limit)
@@ -822,10 +824,11 @@ async def _read_slowly_while(store: Store, key: str, during: AsyncIterator[None]
     """Read ``key`` piece by piece; after the first piece run ``during``; (bytes read, completed?)."""
     received = bytearray()
     try:
-        async for piece in store.read(key):
-            received += piece
-            await anext(during, None)
-            await asyncio.sleep(0)
+        async with asyncio.timeout(30):
+            async for piece in store.read(key):
+                received += piece
+                await anext(during, None)
+                await asyncio.sleep(0)
     except ContentChanged:
         return bytes(received), False
     return bytes(received), True
@@ -884,8 +887,9 @@ async def test_replace_between_locating_and_fetching_raises_content_changed(
         monkeypatch.setattr(store, "_fetch_chunks", replace_first)
         received = bytearray()
         with contextlib.suppress(ContentChanged):
-            async for piece in store.read("k"):
-                received += piece
+            async with asyncio.timeout(30):
+                async for piece in store.read("k"):
+                    received += piece
         assert replaced
         assert bytes(received) == old or old.startswith(bytes(received))
         monkeypatch.undo()
@@ -1062,7 +1066,6 @@ async def test_sqlite_upload_cancelled_while_staging_leaves_no_orphan_chunks(sql
     async with open_store(sqlite_url) as store:
         assert await store.stat("k") == v1
         assert await read_all(store, "k") == old
-
 
 
 async def test_sqlite_store_opens_while_another_connection_writes_the_fresh_file(sqlite_url: str) -> None:
