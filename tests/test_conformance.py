@@ -294,6 +294,16 @@ async def test_health_and_metrics(make_client: ClientMaker, files: object) -> No
         assert name in text, name
 
 
+async def test_head_of_a_missing_or_rejected_key_is_a_404_without_a_body(
+    make_client: ClientMaker, files: object
+) -> None:
+    async with make_client() as client:
+        for path in ("/media/absent.bin", "/media/a//b", "/media/%ff"):
+            response = await client.head(path)
+            assert response.status_code == 404
+            assert response.content == b""
+
+
 async def test_requests_outside_the_prefix_and_lifespan_reach_the_wrapped_app(store_url: str, tmp_path: Path) -> None:
     seen: list[str] = []
 

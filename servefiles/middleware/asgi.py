@@ -137,6 +137,9 @@ class ServeFiles:
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         sent = self.service.metrics.bytes_sent
         try:
+            if scope["method"] == "HEAD":  # RFC 9110 §9.3.2: the headers of a GET, never a body
+                await send({"type": "http.response.body", "body": b""})
+                return
             if body is None or not any(isinstance(s, ByteRange) for s in segments):
                 await send({"type": "http.response.body", "body": b"".join(segments)})  # type: ignore[arg-type]
                 return
