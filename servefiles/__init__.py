@@ -1,18 +1,22 @@
 """servefiles: serve uploaded files from the database, fast, on every frontend.
 
-The public API: :func:`open_store`, the :class:`ServeFiles` ASGI app, and the
-types and errors they hand out.
+The public API: :func:`open_store`, the :class:`ServeFiles` ASGI app (which also
+takes uploads, over HTTP and from Python), and the types and errors they hand out.
 """
 
+from .auth import UploadToken
 from .errors import (
     ContentChanged,
     InvalidContentType,
     InvalidKey,
     InvalidURL,
     NotFound,
+    PreconditionFailed,
     SchemaTooNew,
     ServeFilesError,
     StoreUnavailable,
+    UploadAborted,
+    UploadTooLarge,
 )
 from .keys import canonical_key
 from .middleware import ServeFiles
@@ -26,11 +30,15 @@ __all__ = [
     "InvalidKey",
     "InvalidURL",
     "NotFound",
+    "PreconditionFailed",
     "SchemaTooNew",
     "ServeFiles",
     "ServeFilesError",
     "Store",
     "StoreUnavailable",
+    "UploadAborted",
+    "UploadToken",
+    "UploadTooLarge",
     "canonical_key",
     "open_store",
 ]

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from . import config
+from .auth import UploadToken
 from .errors import InvalidKey, NotFound, ServeFilesError
 from .keys import canonical_key
 from .store import Store, connect
@@ -142,9 +143,14 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--port", envvar="SERVEFILES_PORT", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--prefix", envvar="SERVEFILES_PREFIX", default="/media", show_default=True,
               help="URL prefix the files are served under: {prefix}/{key}.")
-@click.option("--upload-token", envvar="SERVEFILES_UPLOAD_TOKEN", default=None,
-              help="Bearer token for HTTP uploads (env SERVEFILES_UPLOAD_TOKEN); reserved: "
-              "HTTP uploads are not implemented yet, use `servefiles put`.")
+@click.option("--upload-token", "upload_tokens", envvar="SERVEFILES_UPLOAD_TOKEN", multiple=True,
+              metavar="TOKEN[:PREFIX]",
+              help="Allow PUT/DELETE and the JSON listing for this bearer token, optionally only for keys under "
+              "PREFIX/. Repeat for rotation (env SERVEFILES_UPLOAD_TOKEN, space-separated). No token: read-only.")
+@click.option("--upload-token-file", type=click.File("r"), envvar="SERVEFILES_UPLOAD_TOKEN_FILE", default=None,
+              help="Read TOKEN[:PREFIX] lines from a file (keeps secrets out of `ps`).")
+@click.option("--max-upload-size", envvar="SERVEFILES_MAX_UPLOAD_SIZE", callback=parse_size, default="1GiB",
+              show_default=True, help="Largest HTTP upload; bigger ones get 413 and store nothing.")
 @cache_size_option
 @click.option("--memory-size", envvar="SERVEFILES_MEMORY_SIZE", callback=parse_size, default="64MiB", show_default=True,
               help="Memory-tier budget for small hot files.")
@@ -162,7 +168,8 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
-          upload_token: str | None, cache_size: int, memory_size: int, freshness: float, cache_control: str,
+          upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
+          memory_size: int, freshness: float, cache_control: str,
           active_content: str, prefetch: bool, metrics: bool, log_level: str) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
@@ -170,6 +177,11 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     from .middleware import ServeFiles
 
     url = resolve_db_url(db_url)
+    specs = [*upload_tokens, *(upload_token_file or ())]
+    try:
+        tokens = [UploadToken.parse(spec) for spec in specs if spec.strip() and not spec.strip().startswith("#")]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--upload-token") from None
 
     async def check() -> None:  # fail fast, in one line, if the database is not there
         store = await connect(url, read_db)
@@ -180,10 +192,21 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
-        prefetch=prefetch, metrics=metrics,
+        prefetch=prefetch, metrics=metrics, upload_tokens=tokens, max_upload_bytes=max_upload_size,
     )  # fmt: skip
-    click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/", err=True)
+    writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
+    click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+@main.command("new-token")
+@click.option("--prefix", default="", help="Limit the token to keys under this folder.")
+def new_token(prefix: str) -> None:
+    """Print a fresh random upload token (TOKEN or TOKEN:PREFIX) for --upload-token."""
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    click.echo(f"{token}:{prefix.strip('/')}" if prefix.strip("/") else token)
 
 
 async def _maintain(store: Store, cache_dir: Path | None, cache_size: int, work: Callable[[Any], Any]) -> None:

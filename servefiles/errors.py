@@ -59,3 +59,27 @@ class CacheWriteError(ServeFilesError):
 
     A cache failure never fails a request: the caller serves from the store instead.
     """
+
+
+class PreconditionFailed(ServeFilesError):
+    """A conditional write or delete found another version than the caller expected.
+
+    Checked inside the write's own transaction, so two conditional writers
+    never both succeed (HTTP maps it to 412).
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} is not in the expected state; nothing was changed")
+        self.key = key
+
+
+class UploadTooLarge(ServeFilesError):
+    """An upload went past the configured size limit; nothing of it is stored (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class UploadAborted(ServeFilesError):
+    """The client went away before its upload was complete; nothing of it is stored."""

@@ -12,8 +12,9 @@ path only evaluates preconditions and ranges.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -29,12 +30,18 @@ __all__ = [
     "PreparedFile",
     "Response",
     "Segment",
+    "bearer_challenge",
     "evaluate_preconditions",
+    "json_error",
+    "json_response",
     "method_not_allowed",
     "not_found",
     "parse_range",
     "respond",
     "unavailable",
+    "upload_refusal",
+    "write_precondition",
+    "written",
 ]
 
 Header: TypeAlias = tuple[bytes, bytes]
@@ -390,6 +397,112 @@ def unavailable(retry_after: int) -> Response:
         ],
         (body,),
     )
+
+
+# -- write requests: PUT, DELETE and the listing ---------------------------------------------
+
+
+def json_response(status: int, payload: object, headers: Sequence[Header] = ()) -> Response:
+    """A JSON reply that no cache keeps and no browser sniffs; non-ASCII is escaped,
+    so a hostile key in a message can never become markup or split a header."""
+    body = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return Response(
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", _ascii_int(len(body))), _NO_STORE, _NOSNIFF,
+         *headers],
+        (body,),
+    )  # fmt: skip
+
+
+def json_error(status: int, code: str, message: str, headers: Sequence[Header] = ()) -> Response:
+    """``{"error": code, "message": message}``: a machine-readable code and a sentence for people."""
+    return json_response(status, {"error": code, "message": message}, headers)
+
+
+def bearer_challenge(status: int, error: str | None, message: str) -> Response:
+    """401 or 403 with the Bearer challenge of RFC 6750 §3.
+
+    No credentials: no error attribute (§3.1). A wrong token: ``invalid_token``
+    (401). A token that may not touch this key: ``insufficient_scope`` (403).
+    """
+    challenge = 'Bearer realm="servefiles"' + (f', error="{error}"' if error else "")
+    return json_error(status, error or "unauthorized", message, [(b"www-authenticate", challenge.encode("ascii"))])
+
+
+def upload_refusal(headers: Mapping[str, str], max_bytes: int) -> Response | None:
+    """Whether a PUT must be refused before any of its body is read; None to go ahead.
+
+    - Content-Range: a partial PUT is not supported, and RFC 9110 §14.5 says a
+      server that does not support it MUST answer 400, lest a part be stored
+      as the whole.
+    - Content-Encoding other than identity: the stored bytes would be served
+      without it, so refuse with 415 (§15.5.16) rather than serve gibberish.
+    - Content-Length over the limit: 413 (§15.5.14) before any byte is read.
+    """
+    if "content-range" in headers:
+        return json_error(400, "partial_put", "PUT with Content-Range is not supported: send the whole file")
+    encoding = headers.get("content-encoding", "identity").strip(_OWS).lower()
+    if encoding not in ("", "identity"):
+        return json_error(415, "content_encoding", "Content-Encoding is not supported: send the file as is")
+    declared = headers.get("content-length")
+    if declared is not None:
+        digits = declared.strip(_OWS)
+        if not (digits.isascii() and digits.isdigit()):
+            return json_error(400, "content_length", "Content-Length is not a number")
+        if len(digits) > _MAX_DIGITS or int(digits) > max_bytes:
+            return too_large(max_bytes)
+    return None
+
+
+def too_large(max_bytes: int) -> Response:
+    """413 for an upload over the limit (RFC 9110 §15.5.14); the body says the limit."""
+    return json_error(413, "too_large", f"uploads are limited to {max_bytes} bytes")
+
+
+def write_precondition(headers: Mapping[str, str]) -> Callable[[str | None], bool] | None:
+    """If-Match and If-None-Match of a PUT or DELETE, as a test of the live content's sha256.
+
+    RFC 9110 §13.1.1/§13.1.2: If-Match holds when a file exists and (``*``)
+    or its strong ETag is listed; If-None-Match fails when a file exists and
+    (``*``) or its ETag is listed, so ``If-None-Match: *`` creates only. Both
+    false answers are 412 (§13.2.2, steps 1 and 3 for methods other than
+    GET/HEAD). The store runs the test inside the write's transaction. None
+    when the request is unconditional.
+    """
+    if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+    if if_match is None and if_none_match is None:
+        return None
+
+    def holds(live_sha256: str | None) -> bool:
+        etag = None if live_sha256 is None else b'"' + live_sha256.encode("ascii") + b'"'
+        if if_match is not None and (etag is None or not _if_match_holds(if_match, etag)):
+            return False
+        return if_none_match is None or etag is None or not _if_none_match_matches(if_none_match, etag)
+
+    return holds
+
+
+def written(meta: FileMeta, created: bool, url: str) -> Response:
+    """201 Created (with Location, RFC 9110 §15.3.2) or 200 for a replaced file; both carry
+    the new ETag (§9.3.4) and describe the stored file in JSON."""
+    etag = b'"' + meta.sha256.encode("ascii") + b'"'
+    headers: list[Header] = [(b"etag", etag)]
+    if created:
+        headers.append((b"location", url.encode("ascii")))
+    return json_response(201 if created else 200, file_json(meta, url), headers)
+
+
+def file_json(meta: FileMeta, url: str) -> dict[str, object]:
+    """What the write API and the listing say about one file."""
+    return {
+        "key": meta.key,
+        "url": url,
+        "size": meta.size,
+        "content_type": meta.content_type,
+        "etag": f'"{meta.sha256}"',
+        "version": meta.version,
+        "updated_at": meta.updated_at.astimezone(UTC).isoformat(),
+    }
 
 
 # -- partial content ------------------------------------------------------------------------

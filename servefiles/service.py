@@ -40,6 +40,7 @@ from .http import ByteRange, HttpPolicy, PreparedFile
 from .keys import canonical_key
 from .metrics import Metrics
 from .store import Store, connect
+from .store.base import PutSource, WritePrecondition
 from .store.types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
@@ -284,6 +285,57 @@ class FileService:
             await store.close()
         self.disk.close()
         self._started = None
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        data: PutSource,
+        content_type: str | None = None,
+        *,
+        expect: WritePrecondition | None = None,
+    ) -> FileMeta:
+        """:meth:`Store.put`, then this frontend serves the new version at once (read-your-writes);
+        the others learn of it from the change feed."""
+        await self.start()
+        meta = await self.store.put(key, data, content_type, expect=expect)
+        await self._wrote(meta.key, meta.version, meta.revision)
+        return meta
+
+    async def delete(self, key: str, *, expect: WritePrecondition | None = None) -> int | None:
+        """:meth:`Store.delete`, then this frontend answers 404 at once (read-your-writes)."""
+        await self.start()
+        key = canonical_key(key)
+        version = await self.store.delete(key, expect=expect)
+        if version is not None:
+            await self._wrote(key, version, None)
+        return version
+
+    async def stat(self, key: str) -> FileMeta | None:
+        """The live file's metadata, straight from the store."""
+        await self.start()
+        return await self.store.stat(key)
+
+    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
+        """One page of live files, as :meth:`Store.list`."""
+        await self.start()
+        return await self.store.list(prefix, limit, after)
+
+    async def _wrote(self, key: str, version: int, revision: tuple[int, str] | None) -> None:
+        """Make every older cached copy stale here and now, without waiting for the feed.
+
+        ``_latest`` outdates copies while the feed is healthy, ``_validated``
+        while it is not; copies a fill of the old version adds later are caught
+        by the same two checks.
+        """
+        if self._latest.get(key, 0) < version:
+            self._latest[key] = version
+        if revision is None:
+            self._validated.pop(key, None)
+        else:
+            self._validated[key] = _Validation(revision, time.monotonic())
+        await self._discard(key)
 
     # -- the request path ---------------------------------------------------------------
 

@@ -19,7 +19,6 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from servefiles import (
     InvalidContentType,
     InvalidKey,
     NotFound,
+    PreconditionFailed,
     Store,
     StoreUnavailable,
     open_store,
@@ -40,6 +40,7 @@ from servefiles import (
 from servefiles.store import connect, sqlite_path
 from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS
 
+from .db_tables import assert_only_live_chunks
 from .instrument import record_chunk_fetches
 
 CS = CHUNK_SIZE
@@ -117,49 +118,6 @@ def assert_utc(moment: datetime) -> None:
     assert moment.tzinfo is not None
     assert moment.utcoffset() == timedelta(0)
     assert abs(datetime.now(UTC) - moment) < timedelta(minutes=5)
-
-
-@dataclass
-class Storage:
-    """What the database holds, looked at from outside the store."""
-
-    chunks: dict[int, list[int]] = field(default_factory=dict)  # blob_id -> seq numbers present
-    live: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # key -> (blob_id, size, chunk_size)
-    staged_uploads: int = 0  # SQLite's registry of uploads in progress
-
-
-async def storage(url: str) -> Storage:
-    """Read the store's tables directly: sqlite3 for SQLite, asyncpg for PostgreSQL."""
-    found = Storage()
-    chunk_sql = "SELECT blob_id, seq FROM servefiles_chunks ORDER BY blob_id, seq"
-    live_sql = "SELECT key, blob_id, size, chunk_size FROM servefiles_files WHERE NOT deleted"
-    if url.startswith("sqlite:"):
-        with contextlib.closing(sqlite3.connect(sqlite_path(url))) as conn:
-            chunk_rows = conn.execute(chunk_sql).fetchall()
-            live_rows = conn.execute(live_sql).fetchall()
-            found.staged_uploads = conn.execute("SELECT count(*) FROM servefiles_uploads").fetchone()[0]
-    else:
-        conn = await asyncpg.connect(url)  # the DSN's search_path selects the test's schema
-        try:
-            chunk_rows = [tuple(row) for row in await conn.fetch(chunk_sql)]
-            live_rows = [tuple(row) for row in await conn.fetch(live_sql)]
-        finally:
-            await conn.close()
-    for blob_id, seq in chunk_rows:
-        found.chunks.setdefault(blob_id, []).append(seq)
-    for key, blob_id, size, chunk_size in live_rows:
-        found.live[key] = (blob_id, size, chunk_size)
-    return found
-
-
-async def assert_only_live_chunks(url: str) -> None:
-    """Every chunk row belongs to a live file, every live file has all its chunks, no upload is left staged."""
-    found = await storage(url)
-    live_blobs = {blob_id: (size, chunk_size) for blob_id, size, chunk_size in found.live.values()}
-    assert set(found.chunks) <= set(live_blobs), "chunk rows of a dead or unpublished blob remain"
-    for blob_id, (size, chunk_size) in live_blobs.items():
-        assert found.chunks.get(blob_id, []) == list(range(-(-size // chunk_size)))
-    assert found.staged_uploads == 0
 
 
 async def assert_empty(store: Store) -> None:
@@ -361,7 +319,7 @@ async def test_key_given_in_nfd_is_stored_and_found_under_nfc(store: Store) -> N
     replaced = await store.put(nfc, b"v2")  # the same key, not a second one
     assert [m.key for m in await store.list()] == [nfc]
     assert await store.stat(nfd) == replaced
-    assert await store.delete(nfd) is True
+    assert await store.delete(nfd) is not None
     assert await store.stat(nfc) is None
 
 
@@ -483,8 +441,8 @@ async def test_replace_with_identical_content_still_takes_a_new_version(store: S
 
 async def test_delete_leaves_a_tombstone(store: Store) -> None:
     put = await store.put("gone.txt", content(2 * CS, seed=15))
-    assert await store.delete("gone.txt") is True
-    assert await store.delete("gone.txt") is False
+    assert await store.delete("gone.txt") is not None
+    assert await store.delete("gone.txt") is None
     assert await store.stat("gone.txt") is None
     with pytest.raises(NotFound):
         await read_all(store, "gone.txt")
@@ -500,13 +458,74 @@ async def test_delete_leaves_a_tombstone(store: Store) -> None:
 
 
 async def test_delete_of_missing_key_returns_false_and_writes_nothing(store: Store) -> None:
-    assert await store.delete("never") is False
+    assert await store.delete("never") is None
     await assert_empty(store)
+
+
+# -- conditional writes: the check and the change are one atomic step -----------------------
+
+
+async def test_put_whose_expectation_fails_changes_nothing(store: Store) -> None:
+    v1 = await store.put("k.bin", b"old")
+    seen: list[str | None] = []
+
+    def expect(live: str | None) -> bool:
+        seen.append(live)
+        return False
+
+    with pytest.raises(PreconditionFailed):
+        await store.put("k.bin", content(3 * CHUNK_SIZE), expect=expect)
+    assert seen == [v1.sha256], "the expectation is shown the live file's hash"
+    assert await store.stat("k.bin") == v1
+    assert await read_all(store, "k.bin") == b"old"
+    assert await store.last_version() == v1.version
+    await assert_only_live_chunks(store.url)
+
+
+async def test_put_expectation_sees_none_for_a_missing_or_deleted_key(store: Store) -> None:
+    seen: list[str | None] = []
+
+    def expect(live: str | None) -> bool:
+        seen.append(live)
+        return True
+
+    first = await store.put("k.bin", b"a", expect=expect)
+    await store.delete("k.bin")
+    await store.put("k.bin", b"b", expect=expect)
+    await store.put("k.bin", b"c", expect=expect)
+    assert first.sha256 == sha(b"a")
+    assert seen == [None, None, sha(b"b")]
+
+
+async def test_delete_whose_expectation_fails_changes_nothing(store: Store) -> None:
+    v1 = await store.put("k.bin", b"keep")
+    with pytest.raises(PreconditionFailed):
+        await store.delete("k.bin", expect=lambda live: live is None)
+    assert await store.stat("k.bin") == v1
+    assert await store.delete("k.bin", expect=lambda live: live == v1.sha256) is not None
+    assert await store.stat("k.bin") is None
+
+
+async def test_only_one_of_concurrent_create_only_puts_wins(store: Store) -> None:
+    """``expect=absent`` from ten writers at once: exactly one commits, however they interleave."""
+
+    async def create(n: int) -> FileMeta | None:
+        try:
+            return await store.put("once.bin", content(CHUNK_SIZE + n, seed=n), expect=lambda live: live is None)
+        except PreconditionFailed:
+            return None
+
+    results = await asyncio.gather(*(create(n) for n in range(10)))
+    winners = [meta for meta in results if meta is not None]
+    assert len(winners) == 1
+    assert await store.stat("once.bin") == winners[0]
+    assert await store.changes() == [Change("once.bin", winners[0].version, False)]
+    await assert_only_live_chunks(store.url)
 
 
 async def test_put_after_delete_revives_the_key(store: Store) -> None:
     v1 = await store.put("k", b"first life")
-    assert await store.delete("k") is True
+    assert await store.delete("k") is not None
     tombstone_version = await store.last_version()
     v2 = await store.put("k", b"second life")
     assert v2.version > tombstone_version > v1.version
@@ -532,7 +551,8 @@ async def _mixed_history(store: Store) -> list[tuple[str, int, bool]]:
         before = await store.last_version()
         deleted = await store.delete(key)
         after = await store.last_version()
-        if deleted:
+        if deleted is not None:
+            assert deleted == after, "delete returns its tombstone's version"
             history.append((key, after, True))
         else:
             assert after == before
@@ -666,7 +686,7 @@ async def test_list_after_given_in_nfd_resumes_after_the_nfc_key(store: Store) -
 async def test_list_excludes_deleted_keys(store: Store) -> None:
     await _put_list_keys(store)
     for key in ("a/b", "z", "\u00e9t\u00e9/1"):
-        assert await store.delete(key) is True
+        assert await store.delete(key) is not None
     remaining = [k for k in LIST_CANONICAL if k not in ("a/b", "z", "\u00e9t\u00e9/1")]
     assert [m.key for m in await store.list()] == remaining
     assert [m.key for m in await store.list("a/")] == ["a/b/c.txt", "a/c.txt"]
@@ -860,7 +880,7 @@ async def test_read_racing_a_delete_never_yields_other_bytes(store: Store, store
     async with open_store(store_url) as writer:
 
         async def delete() -> AsyncIterator[None]:
-            assert await writer.delete("k") is True
+            assert await writer.delete("k") is not None
             yield
 
         received, completed = await _read_slowly_while(store, "k", delete())

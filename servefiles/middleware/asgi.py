@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
 from .. import config, http
-from ..errors import ServeFilesError, StoreUnavailable
+from ..auth import TokenRing, UploadToken
+from ..errors import ServeFilesError, StoreUnavailable, UploadAborted
 from ..http import ByteRange, HttpPolicy
+from ..keys import canonical_key
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..service import CacheSettings, FileService, MemoryBody, Reply
-from ..store import Store
+from ..store import FileMeta, PutSource, Store
+from ..store.base import WritePrecondition
+from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi
+from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,12 +43,12 @@ REQUEST_HEADERS = frozenset(
 """The only request headers a decision reads; the rest are never even decoded."""
 
 
-def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def request_headers(raw: list[tuple[bytes, bytes]], wanted: frozenset[bytes] = REQUEST_HEADERS) -> dict[str, str]:
     """The headers a decision needs, by lower-case name; repeats joined with ", " (RFC 9110 §5.3)."""
     found: dict[str, str] = {}
     for name, value in raw:
         name = name.lower()
-        if name in REQUEST_HEADERS:
+        if name in wanted:
             text, key = value.decode("latin-1"), name.decode("latin-1")
             found[key] = f"{found[key]}, {text}" if key in found else text
     return found
@@ -80,15 +85,22 @@ class ServeFiles:
         feed_check_seconds: float = CacheSettings.feed_check_seconds,
         prefetch: bool = CacheSettings.prefetch,
         metrics: bool = False,
+        upload_tokens: Iterable[str | UploadToken] = (),
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         self.app = app
         self.prefix = "/" + prefix.strip("/")
         self._under_prefix = self.prefix.rstrip("/") + "/"
         self.metrics_enabled = metrics
+        tokens = TokenRing(upload_tokens)
         self.service = FileService(
             db,
             Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
-            HttpPolicy(cache_control=cache_control, active_content=active_content),
+            HttpPolicy(
+                cache_control=cache_control,
+                active_content=active_content,
+                allow="GET, HEAD, PUT, DELETE" if tokens else "GET, HEAD",
+            ),
             CacheSettings(
                 memory_bytes,
                 memory_file_bytes,
@@ -102,18 +114,50 @@ class ServeFiles:
             ),
             read_url=read_db,
         )
+        self.writes = WriteApi(self.service, tokens, max_upload_bytes, self.prefix)
 
     async def aclose(self) -> None:
         """Stop fills, close the disk index, and close a store this middleware opened."""
         await self.service.close()
 
+    # -- the Python API, for an app's own admin views -------------------------------------
+
+    async def put(
+        self, key: str, data: PutSource, content_type: str | None = None, *, expect: WritePrecondition | None = None
+    ) -> FileMeta:
+        """Store a file; this frontend serves it at once, the others once the feed tells them."""
+        return await self.service.put(key, data, content_type, expect=expect)
+
+    async def delete(self, key: str, *, expect: WritePrecondition | None = None) -> bool:
+        """Delete a file; False when there was none."""
+        return await self.service.delete(key, expect=expect) is not None
+
+    async def stat(self, key: str) -> FileMeta | None:
+        return await self.service.stat(key)
+
+    async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
+        """One page of files in key order; pass the last key as ``after`` for the next."""
+        return await self.service.list(prefix, limit, after)
+
+    def url(self, key: str) -> str:
+        """The path ``key`` is served at, percent-encoded, for links in the app's pages."""
+        return self.writes.url(canonical_key(key))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith(self._under_prefix):
-                reply = await self.service.serve(
-                    scope["method"], path[len(self._under_prefix) :], request_headers(scope["headers"])
-                )
+                method, raw_key = scope["method"], path[len(self._under_prefix) :]
+                if self.writes.handles(method, raw_key):
+                    reply = await self.writes.handle(
+                        method,
+                        raw_key,
+                        scope.get("query_string", b"").decode("latin-1"),
+                        request_headers(scope["headers"], WRITE_HEADERS),
+                        _request_body(receive),
+                    )
+                else:
+                    reply = await self.service.serve(method, raw_key, request_headers(scope["headers"]))
                 await self._send(reply, scope, send)
                 return
             if path == HEALTH_PATH:
@@ -209,6 +253,19 @@ class ServeFiles:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that goes away mid-way aborts the upload."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UploadAborted("the client disconnected before the upload was complete")
+        piece = message.get("body", b"")
+        if piece:
+            yield piece
+        if not message.get("more_body", False):
+            return
 
 
 def _offers_pathsend(scope: Scope) -> bool:

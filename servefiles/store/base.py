@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
 from ..content_types import check_content_type, guess_content_type
-from ..errors import ContentChanged, NotFound
+from ..errors import ContentChanged, NotFound, PreconditionFailed
 from ..keys import canonical_key
 from .types import Change, FileMeta
 
@@ -41,6 +41,11 @@ class AsyncReadable(Protocol):
 
     async def read(self, size: int = -1, /) -> bytes: ...
 
+
+WritePrecondition = Callable[[str | None], bool]
+"""Given the live content's sha256 (None: no live file), whether a write or delete
+may go ahead. Backends call it inside the write's transaction, under the write
+lock, so the check and the change are one atomic step."""
 
 PutSource = bytes | bytearray | memoryview | IO[bytes] | AsyncIterable[bytes] | AsyncReadable
 """What :meth:`Store.put` accepts: bytes, a binary file (sync or async), or an
@@ -140,6 +145,12 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def check_expectation(key: str, expect: WritePrecondition | None, live_sha256: str | None) -> None:
+    """Raise :class:`PreconditionFailed` unless ``expect`` allows a change to ``key`` now."""
+    if expect is not None and not expect(live_sha256):
+        raise PreconditionFailed(key)
+
+
 class Store(ABC):
     """An async store of files, keyed by canonical keys, in a database.
 
@@ -157,16 +168,25 @@ class Store(ABC):
 
     # -- the public API -------------------------------------------------------------
 
-    async def put(self, key: str, data: PutSource, content_type: str | None = None) -> FileMeta:
+    async def put(
+        self,
+        key: str,
+        data: PutSource,
+        content_type: str | None = None,
+        *,
+        expect: WritePrecondition | None = None,
+    ) -> FileMeta:
         """Store ``data`` under ``key`` as a new version, and return its metadata.
 
         ``data`` is streamed in chunks (bounded memory) and hashed on the way.
         The write is atomic: until it commits, readers see the previous version;
-        if it fails, the previous version stays intact.
+        if it fails, the previous version stays intact. With ``expect``, the
+        write commits only if ``expect(live sha256 or None)`` holds at commit
+        time, else it raises :class:`PreconditionFailed` and changes nothing.
         """
         key = canonical_key(key)
         content_type = check_content_type(content_type) if content_type else guess_content_type(key)
-        return await self._write(key, HashedChunks(data), content_type)
+        return await self._write(key, HashedChunks(data), content_type, expect)
 
     async def stat(self, key: str) -> FileMeta | None:
         """The live file's metadata, or None when the key is missing or deleted."""
@@ -210,9 +230,10 @@ class Store(ABC):
                 yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
                 seq += 1
 
-    async def delete(self, key: str) -> bool:
-        """Delete ``key``, leaving a tombstone version. False when it was not there."""
-        return await self._delete(canonical_key(key))
+    async def delete(self, key: str, *, expect: WritePrecondition | None = None) -> int | None:
+        """Delete ``key``, leaving a tombstone; return the tombstone's version, or None
+        when there was no live file. ``expect`` as for :meth:`put`."""
+        return await self._delete(canonical_key(key), expect)
 
     async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> builtins.list[FileMeta]:
         """One page of live files whose key starts with ``prefix``, in key order.
@@ -287,12 +308,16 @@ class Store(ABC):
         """Chunks ``first..last`` (inclusive) of a blob, in order; fewer if the blob is gone."""
 
     @abstractmethod
-    async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
-        """Store every chunk, then publish them as ``key``'s new version atomically."""
+    async def _write(
+        self, key: str, chunks: HashedChunks, content_type: str, expect: WritePrecondition | None
+    ) -> FileMeta:
+        """Store every chunk, then publish them as ``key``'s new version atomically
+        (after checking ``expect`` under the write lock: :func:`check_expectation`)."""
 
     @abstractmethod
-    async def _delete(self, key: str) -> bool:
-        """Replace ``key``'s row by a tombstone with a new version; free its chunks."""
+    async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:
+        """Replace ``key``'s row by a tombstone with a new version; free its chunks.
+        None (and no change) when there is no live row; ``expect`` as in :meth:`_write`."""
 
     @abstractmethod
     async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> builtins.list[FileMeta]:

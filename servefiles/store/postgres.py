@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ..errors import SchemaTooNew, StoreUnavailable
-from .base import BlobRef, HashedChunks, Store
+from .base import BlobRef, HashedChunks, Store, WritePrecondition, check_expectation
 from .types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
@@ -81,7 +81,7 @@ FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BE
 NEXT_BLOB = "SELECT nextval('servefiles_blob_seq')"
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES ($1, $2, $3)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = $1"
-CURRENT_ROW = "SELECT blob_id, deleted FROM servefiles_files WHERE key = $1"
+CURRENT_ROW = "SELECT blob_id, deleted, sha256 FROM servefiles_files WHERE key = $1"
 UPSERT_FILE = f"""
     INSERT INTO servefiles_files AS f
         (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
@@ -264,7 +264,9 @@ class PostgresStore(Store):
 
     # -- writes -----------------------------------------------------------------------
 
-    async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
+    async def _write(
+        self, key: str, chunks: HashedChunks, content_type: str, expect: WritePrecondition | None
+    ) -> FileMeta:
         async with self._connection() as conn, conn.transaction():
             blob_id = await conn.fetchval(NEXT_BLOB)
             seq = 0
@@ -273,6 +275,7 @@ class PostgresStore(Store):
                 seq += 1
             await conn.execute(LOCK, WRITE_LOCK)
             current = await conn.fetchrow(CURRENT_ROW, key)
+            check_expectation(key, expect, _live_sha256(current))
             row = await conn.fetchrow(
                 UPSERT_FILE, key, blob_id, chunks.chunk_size, chunks.size, chunks.sha256, content_type
             )
@@ -281,17 +284,23 @@ class PostgresStore(Store):
             await conn.execute(NOTIFY, row["version"])  # delivered at commit
             return _meta(row)
 
-    async def _delete(self, key: str) -> bool:
+    async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:
         async with self._connection() as conn, conn.transaction():
             await conn.execute(LOCK, WRITE_LOCK)
             current = await conn.fetchrow(CURRENT_ROW, key)
+            check_expectation(key, expect, _live_sha256(current))
             if current is None or current["deleted"]:
-                return False
-            version = await conn.fetchval(TOMBSTONE, key)
+                return None
+            version: int = await conn.fetchval(TOMBSTONE, key)
             if current["blob_id"] is not None:
                 await conn.execute(DELETE_CHUNKS, current["blob_id"])
             await conn.execute(NOTIFY, version)  # delivered at commit
-            return True
+            return version
+
+
+def _live_sha256(current: asyncpg.Record | None) -> str | None:
+    """The content hash of a CURRENT_ROW row, or None when there is no live file."""
+    return None if current is None or current["deleted"] else str(current["sha256"])
 
 
 async def _create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:

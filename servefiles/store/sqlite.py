@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import SchemaTooNew, ServeFilesError, StoreUnavailable
-from .base import BlobRef, HashedChunks, Store
+from .base import BlobRef, HashedChunks, Store, WritePrecondition, check_expectation
 from .types import Change, FileMeta
 
 SCHEMA_VERSION = 1
@@ -77,7 +77,7 @@ END_UPLOAD = "DELETE FROM servefiles_uploads WHERE blob_id = ?"
 STALE_UPLOADS = "SELECT blob_id FROM servefiles_uploads WHERE touched_at < ?"
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES (?, ?, ?)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = ?"
-CURRENT_ROW = "SELECT blob_id, deleted, created_at FROM servefiles_files WHERE key = ?"
+CURRENT_ROW = "SELECT blob_id, deleted, created_at, sha256 FROM servefiles_files WHERE key = ?"
 UPSERT_FILE = """
     INSERT INTO servefiles_files
         (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
@@ -253,7 +253,9 @@ class SQLiteStore(Store):
 
     # -- writes -----------------------------------------------------------------------
 
-    async def _write(self, key: str, chunks: HashedChunks, content_type: str) -> FileMeta:
+    async def _write(
+        self, key: str, chunks: HashedChunks, content_type: str, expect: WritePrecondition | None
+    ) -> FileMeta:
         blob_id = await self._run(_begin_upload)
         try:
             batch: list[tuple[int, int, bytes]] = []
@@ -266,14 +268,14 @@ class SQLiteStore(Store):
                     batch = []
             if batch:
                 await self._run(_stage_chunks, blob_id, batch)
-            return await self._run(_publish, key, blob_id, chunks, content_type)
+            return await self._run(_publish, key, blob_id, chunks, content_type, expect)
         except BaseException:
             # Shielded: a cancelled upload must still free what it staged.
             await asyncio.shield(self._run(_abandon_upload, blob_id))
             raise
 
-    async def _delete(self, key: str) -> bool:
-        return await self._run(_tombstone, key)
+    async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:
+        return await self._run(_tombstone, key, expect)
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -324,14 +326,22 @@ def _next_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute(NEXT_VERSION).fetchone()[0])
 
 
-def _publish(conn: sqlite3.Connection, key: str, blob_id: int, chunks: HashedChunks, content_type: str) -> FileMeta:
+def _publish(
+    conn: sqlite3.Connection,
+    key: str,
+    blob_id: int,
+    chunks: HashedChunks,
+    content_type: str,
+    expect: WritePrecondition | None,
+) -> FileMeta:
     size, sha256 = chunks.size, chunks.sha256
     with _Transaction(conn):
+        current = conn.execute(CURRENT_ROW, (key,)).fetchone()
+        check_expectation(key, expect, _live_sha256(current))
         if conn.execute(END_UPLOAD, (blob_id,)).rowcount != 1:
             raise ServeFilesError(f"upload of {key} was idle too long and has been swept; retry it")
         now = _now_us()
         version = _next_version(conn)
-        current = conn.execute(CURRENT_ROW, (key,)).fetchone()
         created_at = current[2] if current is not None and not current[1] else now
         row = (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now)
         conn.execute(UPSERT_FILE, row)
@@ -340,12 +350,19 @@ def _publish(conn: sqlite3.Connection, key: str, blob_id: int, chunks: HashedChu
     return FileMeta(key, version, sha256, size, content_type, _to_datetime(created_at), _to_datetime(now))
 
 
-def _tombstone(conn: sqlite3.Connection, key: str) -> bool:
+def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | None) -> int | None:
     with _Transaction(conn):
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
+        check_expectation(key, expect, _live_sha256(current))
         if current is None or current[1]:
-            return False
-        conn.execute(TOMBSTONE, (_next_version(conn), _now_us(), key))
+            return None
+        version = _next_version(conn)
+        conn.execute(TOMBSTONE, (version, _now_us(), key))
         if current[0] is not None:
             conn.execute(DELETE_CHUNKS, (current[0],))
-    return True
+    return version
+
+
+def _live_sha256(current: sqlite3.Row | tuple[Any, ...] | None) -> str | None:
+    """The content hash of a CURRENT_ROW row, or None when there is no live file."""
+    return None if current is None or current[1] else str(current[3])

@@ -1,0 +1,184 @@
+"""The HTTP write API on the serving prefix: PUT and DELETE ``{prefix}/{key}``, and a
+JSON listing at ``GET {prefix}/``, for token holders.
+
+Admin tools and apps in other languages upload without Python. The order of
+checks is fixed, so nothing is read, parsed or written for a request that must
+fail: token (401/403), key (400), the refusals that need no body (400/413/415),
+the precondition against the live file (412), and only then the body, which
+streams to the store in chunks with its size counted as it arrives. Every
+decision about status and headers is :mod:`servefiles.http`'s; this module
+only sequences them with the store, for both adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import parse_qs, quote
+
+from . import http
+from .auth import TokenRing, UploadToken
+from .content_types import check_content_type
+from .errors import (
+    InvalidContentType,
+    InvalidKey,
+    PreconditionFailed,
+    StoreUnavailable,
+    UploadAborted,
+    UploadTooLarge,
+)
+from .keys import canonical_key
+from .service import RETRY_AFTER_SECONDS, FileService, Reply
+from .store.base import MAX_LIST_LIMIT
+
+logger = logging.getLogger("servefiles")
+
+DEFAULT_MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
+DEFAULT_LIST_LIMIT = 100
+WRITE_METHODS = frozenset({"PUT", "DELETE"})
+REQUEST_HEADERS = frozenset(
+    (
+        b"authorization",
+        b"content-type",
+        b"content-length",
+        b"content-range",
+        b"content-encoding",
+        b"if-match",
+        b"if-none-match",
+    )
+)
+"""The request headers a write decision reads."""
+
+
+class WriteApi:
+    """Answers write and listing requests under one prefix, for the tokens in ``tokens``."""
+
+    def __init__(self, service: FileService, tokens: TokenRing, max_upload_bytes: int, prefix: str) -> None:
+        if max_upload_bytes < 0:
+            raise ValueError("max_upload_bytes cannot be negative")
+        self.service = service
+        self.tokens = tokens
+        self.max_upload_bytes = max_upload_bytes
+        self.prefix = prefix.rstrip("/")
+
+    def handles(self, method: str, raw_key: str) -> bool:
+        """Whether a request is this API's: writes, and ``GET {prefix}/`` (the listing) once tokens exist."""
+        return bool(self.tokens) and (method in WRITE_METHODS or (method == "GET" and raw_key == ""))
+
+    async def handle(
+        self, method: str, raw_key: str, query: str, headers: Mapping[str, str], body: AsyncIterator[bytes]
+    ) -> Reply:
+        """The reply to a request :meth:`handles`; ``body`` is read only by a PUT that passed every check."""
+        token = self.tokens.authenticate(headers.get("authorization"))
+        if token == "missing":
+            return Reply(http.bearer_challenge(401, None, "this needs an upload token: Authorization: Bearer <token>"))
+        if token == "invalid":
+            return Reply(http.bearer_challenge(401, "invalid_token", "the upload token is not valid"))
+        try:
+            if method == "GET":
+                return await self._list(token, query)
+            try:
+                key = canonical_key(raw_key)
+            except InvalidKey as exc:
+                return Reply(http.json_error(400, "invalid_key", str(exc)))
+            if not token.allows(key):
+                return Reply(_out_of_scope(token))
+            if method == "PUT":
+                return await self._put(key, headers, body)
+            return await self._delete(key, headers)
+        except PreconditionFailed:
+            return Reply(http.json_error(412, "precondition_failed", "the file is not in the state the request names"))
+        except StoreUnavailable as exc:
+            logger.warning("store unavailable: %s", exc)
+            return Reply(http.unavailable(RETRY_AFTER_SECONDS))
+
+    def url(self, key: str) -> str:
+        """The path a key is served at: ``{prefix}/{key}``, percent-encoded."""
+        return f"{self.prefix}/{quote(key, safe='/')}"
+
+    async def _put(self, key: str, headers: Mapping[str, str], body: AsyncIterator[bytes]) -> Reply:
+        refusal = http.upload_refusal(headers, self.max_upload_bytes)
+        if refusal is not None:
+            return Reply(refusal)
+        declared_type = headers.get("content-type")
+        essence = (declared_type or "").partition(";")[0].strip().lower()
+        if essence == "multipart/form-data":
+            return Reply(http.json_error(415, "form_upload", "send the file's bytes as the PUT body, not a form"))
+        if essence == "application/x-www-form-urlencoded":
+            declared_type = None  # what `curl --data-binary` sends when told nothing: not the file's type
+        try:
+            content_type = check_content_type(declared_type) if declared_type else None
+        except InvalidContentType as exc:
+            return Reply(http.json_error(400, "invalid_content_type", str(exc)))
+        precondition = http.write_precondition(headers)
+        if precondition is not None:
+            # Fail before reading a byte; the store checks again, atomically, at commit.
+            live = await self.service.stat(key)
+            if not precondition(live.sha256 if live else None):
+                raise PreconditionFailed(key)
+        seen: list[str | None] = []
+
+        def expect(live_sha256: str | None) -> bool:
+            seen.append(live_sha256)
+            return precondition is None or precondition(live_sha256)
+
+        try:
+            meta = await self.service.put(key, _limited(body, self.max_upload_bytes), content_type, expect=expect)
+        except UploadTooLarge:
+            return Reply(http.too_large(self.max_upload_bytes))
+        except UploadAborted as exc:
+            logger.info("upload of %s abandoned: %s", key, exc)
+            return Reply(http.json_error(400, "upload_aborted", str(exc)))
+        return Reply(http.written(meta, created=seen[-1] is None, url=self.url(meta.key)))
+
+    async def _delete(self, key: str, headers: Mapping[str, str]) -> Reply:
+        if await self.service.delete(key, expect=http.write_precondition(headers)) is None:
+            return Reply(http.json_error(404, "not_found", "no such file"))
+        return Reply(http.Response(204, [(b"cache-control", b"no-store")]))
+
+    async def _list(self, token: UploadToken, query: str) -> Reply:
+        """``GET {prefix}/?prefix=blog/&after=blog/b.jpg&limit=100``: one page in key order,
+        with ``next`` (and a ``Link: rel="next"``) when there may be more."""
+        params = parse_qs(query, keep_blank_values=True)
+        prefix = _single(params, "prefix") or ""
+        after = _single(params, "after")
+        limit_text = _single(params, "limit")
+        if not prefix.startswith(token.prefix):
+            if not token.prefix.startswith(prefix):
+                return Reply(_out_of_scope(token))
+            prefix = token.prefix  # a token sees only its own folder
+        try:
+            limit = int(limit_text) if limit_text else DEFAULT_LIST_LIMIT
+            if not 1 <= limit <= MAX_LIST_LIMIT:
+                raise ValueError
+        except ValueError:
+            return Reply(http.json_error(400, "invalid_limit", f"limit must be a number from 1 to {MAX_LIST_LIMIT}"))
+        page = await self.service.list(prefix, limit, after)
+        next_after = page[-1].key if len(page) == limit else None
+        listing = {"files": [http.file_json(meta, self.url(meta.key)) for meta in page], "next": next_after}
+        link = []
+        if next_after is not None:
+            target = f"{self.prefix}/?prefix={quote(prefix, safe='')}&after={quote(next_after, safe='')}&limit={limit}"
+            link.append((b"link", f'<{target}>; rel="next"'.encode("ascii")))
+        return Reply(http.json_response(200, listing, link))
+
+
+def _out_of_scope(token: UploadToken) -> http.Response:
+    return http.bearer_challenge(403, "insufficient_scope", f"this token may only change keys under {token.prefix!r}")
+
+
+def _single(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
+
+async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """Pass ``body`` through, and raise :class:`UploadTooLarge` the moment it passes ``limit``
+    (a chunked body announces no length), so the store aborts and keeps nothing."""
+    received = 0
+    async for piece in body:
+        received += len(piece)
+        if received > limit:
+            raise UploadTooLarge(limit)
+        yield piece
+
