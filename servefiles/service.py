@@ -286,6 +286,22 @@ class FileService:
         self.disk.close()
         self._started = None
 
+    async def health(self) -> dict[str, Any]:
+        """Liveness plus what a load balancer may want to know; every adapter sends it as JSON with 200."""
+        report: dict[str, Any] = {"status": "ok"}
+        try:
+            await self.start()
+            report["store"] = "ok"
+            report["last_version"] = await self.store.last_version()
+        except StoreUnavailable as exc:
+            report["store"] = f"unavailable: {exc}"
+        if self.feed is not None:
+            report["feed"] = {"healthy": self.feed.healthy, "cursor": self.feed.cursor, "error": self.feed.last_error}
+        stats = self.disk.stats()
+        report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+        report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
+        return report
+
     # -- writes -------------------------------------------------------------------------
 
     async def put(

@@ -152,7 +152,8 @@ async def index(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
-    """Store the upload as ``folder/filename``; the key gate decides what is acceptable."""
+    """Store the upload as ``folder/filename``; the key gate decides what is acceptable. A refused
+    name is shown with repr(), so a control character in it cannot reach the page."""
     async with request.form() as form:
         file, folder = form.get("file"), str(form.get("folder") or "").strip("/")
         if not isinstance(file, UploadFile) or not file.filename:
@@ -161,7 +162,7 @@ async def upload(request: Request) -> Response:
         try:
             meta = await files.put(key, file, file.content_type)
         except (InvalidKey, InvalidContentType) as exc:
-            return await listing(notice=f"Could not upload {key}: {exc}", status=400)
+            return await listing(notice=f"Could not upload {key!r}: {exc}", status=400)
     return RedirectResponse("/admin/?" + urlencode({"uploaded": meta.key}), 303)
 
 
@@ -171,7 +172,7 @@ async def delete(request: Request) -> Response:
     try:
         deleted = await files.delete(key)
     except InvalidKey as exc:
-        return await listing(prefix, notice=f"Could not delete {key}: {exc}", status=400)
+        return await listing(prefix, notice=f"Could not delete {key!r}: {exc}", status=400)
     return RedirectResponse("/admin/?" + urlencode({"prefix": prefix, "deleted" if deleted else "missing": key}), 303)
 
 

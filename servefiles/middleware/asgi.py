@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Unpack
 
-from .. import config, http
-from ..auth import TokenRing, UploadToken
+from .. import http
 from ..errors import ServeFilesError, StoreUnavailable, UploadAborted
-from ..http import ByteRange, HttpPolicy
+from ..http import ByteRange
 from ..keys import canonical_key
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..service import CacheSettings, FileService, MemoryBody, Reply
+from ..service import MemoryBody, Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
-from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
+from .wiring import Options, mount
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,8 +34,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("servefiles")
 
-HEALTH_PATH = "/_servefiles/health"
-METRICS_PATH = "/_servefiles/metrics"
 REQUEST_HEADERS = frozenset(
     (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
 )
@@ -71,50 +68,13 @@ class ServeFiles:
         db: str | Store,
         prefix: str = "/media",
         cache_dir: str | Path | None = None,
-        *,
-        read_db: str | None = None,
-        cache_control: str = "no-cache",
-        active_content: Literal["attachment", "sandbox"] = "attachment",
-        memory_bytes: int = CacheSettings.memory_bytes,
-        memory_file_bytes: int = CacheSettings.memory_file_bytes,
-        disk_bytes: int = CacheSettings.disk_bytes,
-        freshness_seconds: float = CacheSettings.freshness_seconds,
-        fill_wait_seconds: float = CacheSettings.fill_wait_seconds,
-        feed: bool = CacheSettings.feed,
-        feed_poll_seconds: float = CacheSettings.feed_poll_seconds,
-        feed_check_seconds: float = CacheSettings.feed_check_seconds,
-        prefetch: bool = CacheSettings.prefetch,
-        metrics: bool = False,
-        upload_tokens: Iterable[str | UploadToken] = (),
-        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        **options: Unpack[Options],
     ) -> None:
         self.app = app
-        self.prefix = "/" + prefix.strip("/")
-        self._under_prefix = self.prefix.rstrip("/") + "/"
-        self.metrics_enabled = metrics
-        tokens = TokenRing(upload_tokens)
-        self.service = FileService(
-            db,
-            Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
-            HttpPolicy(
-                cache_control=cache_control,
-                active_content=active_content,
-                allow="GET, HEAD, PUT, DELETE" if tokens else "GET, HEAD",
-            ),
-            CacheSettings(
-                memory_bytes,
-                memory_file_bytes,
-                disk_bytes,
-                freshness_seconds,
-                fill_wait_seconds,
-                feed=feed,
-                feed_poll_seconds=feed_poll_seconds,
-                feed_check_seconds=feed_check_seconds,
-                prefetch=prefetch,
-            ),
-            read_url=read_db,
-        )
-        self.writes = WriteApi(self.service, tokens, max_upload_bytes, self.prefix)
+        self.mount = mount(db, prefix, cache_dir, options)
+        self.prefix = self.mount.prefix
+        self.service = self.mount.service
+        self.writes = self.mount.writes
 
     async def aclose(self) -> None:
         """Stop fills, close the disk index, and close a store this middleware opened."""
@@ -145,25 +105,26 @@ class ServeFiles:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith(self._under_prefix):
-                method, raw_key = scope["method"], path[len(self._under_prefix) :]
-                if self.writes.handles(method, raw_key):
-                    reply = await self.writes.handle(
-                        method,
-                        raw_key,
-                        scope.get("query_string", b"").decode("latin-1"),
-                        request_headers(scope["headers"], WRITE_HEADERS),
-                        _request_body(receive),
-                    )
-                else:
-                    reply = await self.service.serve(method, raw_key, request_headers(scope["headers"]))
+            method: str = scope["method"]
+            route, raw_key = self.mount.route(method, scope["path"])
+            if route == "files":
+                reply = await self.service.serve(method, raw_key, request_headers(scope["headers"]))
                 await self._send(reply, scope, send)
                 return
-            if path == HEALTH_PATH:
-                await self._health(send)
+            if route == "writes":
+                reply = await self.writes.handle(
+                    method,
+                    raw_key,
+                    scope.get("query_string", b"").decode("latin-1"),
+                    request_headers(scope["headers"], WRITE_HEADERS),
+                    _request_body(receive),
+                )
+                await self._send(reply, scope, send)
                 return
-            if path == METRICS_PATH and self.metrics_enabled:
+            if route == "health":
+                await _send_simple(send, 200, json.dumps(await self.service.health()).encode(), "application/json")
+                return
+            if route == "metrics":
                 await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE)
                 return
         if self.app is not None:
@@ -222,23 +183,6 @@ class ServeFiles:
             await send(message)
 
         return forward
-
-    async def _health(self, send: Send) -> None:
-        """Liveness plus what a load balancer may want to know; 200 while this process can serve."""
-        report: dict[str, Any] = {"status": "ok"}
-        try:
-            await self.service.start()
-            report["store"] = "ok"
-            report["last_version"] = await self.service.store.last_version()
-        except StoreUnavailable as exc:
-            report["store"] = f"unavailable: {exc}"
-        feed = self.service.feed
-        if feed is not None:
-            report["feed"] = {"healthy": feed.healthy, "cursor": feed.cursor, "error": feed.last_error}
-        stats = self.service.disk.stats()
-        report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
-        report["memory"] = {"entries": len(self.service.memory), "bytes": self.service.memory.bytes}
-        await _send_simple(send, 200, json.dumps(report).encode(), "application/json")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -1,0 +1,112 @@
+"""What the ASGI and WSGI adapters share: their options, how those become a
+:class:`FileService` and a :class:`WriteApi`, and which request goes where.
+
+So both adapters take the same arguments and route the same way; they differ
+only in how bytes move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypedDict
+
+from .. import config
+from ..auth import TokenRing, UploadToken
+from ..http import HttpPolicy
+from ..service import CacheSettings, FileService
+from ..store import Store
+from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi
+
+HEALTH_PATH = "/_servefiles/health"
+METRICS_PATH = "/_servefiles/metrics"
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of :class:`ServeFiles` and :class:`ServeFilesWSGI` (defaults in brackets).
+
+    ``read_db``: a PostgreSQL read replica for content fetches [None].
+    ``cache_control`` ["no-cache"]; ``active_content``: "attachment" or "sandbox".
+    ``memory_bytes`` [64 MiB], ``memory_file_bytes`` [256 KiB], ``disk_bytes`` [1 GiB].
+    ``freshness_seconds`` [1.0]: revalidation interval while the change feed is down.
+    ``fill_wait_seconds`` [10], ``feed`` [True], ``feed_poll_seconds`` [0.2],
+    ``feed_check_seconds`` [5], ``prefetch`` [False], ``metrics`` [False].
+    ``upload_tokens`` [none: read-only], ``max_upload_bytes`` [1 GiB].
+    """
+
+    read_db: str | None
+    cache_control: str
+    active_content: Literal["attachment", "sandbox"]
+    memory_bytes: int
+    memory_file_bytes: int
+    disk_bytes: int
+    freshness_seconds: float
+    fill_wait_seconds: float
+    feed: bool
+    feed_poll_seconds: float
+    feed_check_seconds: float
+    prefetch: bool
+    metrics: bool
+    upload_tokens: Iterable[str | UploadToken]
+    max_upload_bytes: int
+
+
+@dataclass
+class Mount:
+    """A configured servefiles under one prefix."""
+
+    service: FileService
+    writes: WriteApi
+    prefix: str
+    metrics: bool
+
+    def route(self, method: str, path: str) -> tuple[Literal["files", "writes", "health", "metrics", "app"], str]:
+        """Where a request goes, and the raw key for the first two: the one routing rule of both adapters."""
+        under = self.writes.prefix + "/"
+        if path.startswith(under):
+            raw_key = path[len(under) :]
+            return ("writes" if self.writes.handles(method, raw_key) else "files"), raw_key
+        if path == HEALTH_PATH:
+            return "health", ""
+        if path == METRICS_PATH and self.metrics:
+            return "metrics", ""
+        return "app", ""
+
+
+def normal_prefix(prefix: str) -> str:
+    """``media``, ``/media/`` -> ``/media``."""
+    return "/" + prefix.strip("/")
+
+
+def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: Options) -> Mount:
+    """Build the service and the write API from the adapters' arguments."""
+    unknown = set(options) - set(Options.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown servefiles option(s): {', '.join(sorted(unknown))}")
+    defaults = CacheSettings()
+    tokens = TokenRing(options.get("upload_tokens", ()))
+    service = FileService(
+        db,
+        Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
+        HttpPolicy(
+            cache_control=options.get("cache_control", "no-cache"),
+            active_content=options.get("active_content", "attachment"),
+            allow="GET, HEAD, PUT, DELETE" if tokens else "GET, HEAD",
+        ),
+        CacheSettings(
+            memory_bytes=options.get("memory_bytes", defaults.memory_bytes),
+            memory_file_bytes=options.get("memory_file_bytes", defaults.memory_file_bytes),
+            disk_bytes=options.get("disk_bytes", defaults.disk_bytes),
+            freshness_seconds=options.get("freshness_seconds", defaults.freshness_seconds),
+            fill_wait_seconds=options.get("fill_wait_seconds", defaults.fill_wait_seconds),
+            feed=options.get("feed", defaults.feed),
+            feed_poll_seconds=options.get("feed_poll_seconds", defaults.feed_poll_seconds),
+            feed_check_seconds=options.get("feed_check_seconds", defaults.feed_check_seconds),
+            prefetch=options.get("prefetch", defaults.prefetch),
+        ),
+        read_url=options.get("read_db"),
+    )
+    prefix = normal_prefix(prefix)
+    writes = WriteApi(service, tokens, options.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES), prefix)
+    return Mount(service, writes, prefix, options.get("metrics", False))
