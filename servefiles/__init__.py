@@ -19,7 +19,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .keys import canonical_key
-from .middleware import ServeFiles
+from .middleware import ServeFiles, ServeFilesWSGI
 from .store import Change, FileMeta, Store, open_store
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SchemaTooNew",
     "ServeFiles",
     "ServeFilesError",
+    "ServeFilesWSGI",
     "Store",
     "StoreUnavailable",
     "UploadAborted",

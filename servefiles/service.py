@@ -333,6 +333,12 @@ class FileService:
         await self.start()
         return await self.store.stat(key)
 
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        """The bytes of ``key`` straight from the store (:meth:`Store.read`), for the Python APIs."""
+        await self.start()
+        async for chunk in self.store.read(key):
+            yield chunk
+
     async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
         """One page of live files, as :meth:`Store.list`."""
         await self.start()

@@ -153,7 +153,10 @@ class WriteApi:
                 raise ValueError
         except ValueError:
             return Reply(http.json_error(400, "invalid_limit", f"limit must be a number from 1 to {MAX_LIST_LIMIT}"))
-        page = await self.service.list(prefix, limit, after)
+        try:
+            page = await self.service.list(prefix, limit, after)
+        except InvalidKey as exc:
+            return Reply(http.json_error(400, "invalid_prefix", str(exc)))
         next_after = page[-1].key if len(page) == limit else None
         listing = {"files": [http.file_json(meta, self.url(meta.key)) for meta in page], "next": next_after}
         link = []

@@ -1,5 +1,6 @@
 """The adapters that carry out servefiles' decisions for a web server."""
 
 from .asgi import ServeFiles
+from .wsgi import ServeFilesWSGI
 
-__all__ = ["ServeFiles"]
+__all__ = ["ServeFiles", "ServeFilesWSGI"]

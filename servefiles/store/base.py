@@ -13,6 +13,7 @@ import asyncio
 import builtins
 import hashlib
 import inspect
+import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -21,7 +22,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
 from ..content_types import check_content_type, guess_content_type
-from ..errors import ContentChanged, NotFound, PreconditionFailed
+from ..errors import ContentChanged, InvalidKey, NotFound, PreconditionFailed
 from ..keys import canonical_key
 from .types import Change, FileMeta
 
@@ -33,6 +34,7 @@ READ_BATCH_CHUNKS = 4
 """Chunks fetched per query when reading: bounds a read's memory to ~1 MiB."""
 
 MAX_LIST_LIMIT = 10_000
+_UNLISTABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @runtime_checkable
@@ -242,6 +244,10 @@ class Store(ABC):
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        for name, value in (("prefix", prefix), ("after", after)):
+            if value is not None and _UNLISTABLE.search(value):
+                # No key holds these, and PostgreSQL cannot even take NUL as text: refuse alike on both.
+                raise InvalidKey(f"{name} contains NUL or a lone surrogate")
         prefix = unicodedata.normalize("NFC", prefix)
         if after is not None:
             after = unicodedata.normalize("NFC", after)  # keys are NFC: compare like with like

@@ -1,0 +1,347 @@
+"""``ServeFilesWSGI``: the same servefiles for WSGI apps (Django, Flask) under gunicorn or any
+WSGI server.
+
+Every decision is the ASGI path's: the same :class:`~servefiles.middleware.wiring.Mount`
+(key gate, HTTP decisions, memory and disk tiers, change feed, write API) runs on one
+private event loop per process, on a daemon thread; request threads hand it coroutines
+and wait. Only the I/O differs: disk hits go out through ``wsgi.file_wrapper`` (sendfile
+under gunicorn), other bodies as an iterator pulling chunks from the loop.
+
+Fork safety: nothing is created until a process serves its first request (or calls the
+Python API), and a process that finds state made by another pid (gunicorn ``--preload``
+forks the master) starts its own loop, pool and disk index. A parent's loop, connections
+and SQLite handles are never touched in a child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar, Unpack
+from urllib.parse import unquote
+
+from .. import http
+from ..errors import ServeFilesError, UploadAborted
+from ..http import ByteRange
+from ..keys import canonical_key
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..service import Body, DiskBody, MemoryBody, Reply
+from ..store import FileMeta, PutSource, Store
+from ..store.base import WritePrecondition
+from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
+from .asgi import REQUEST_HEADERS
+from .wiring import Mount, Options, mount
+
+logger = logging.getLogger("servefiles")
+
+_T = TypeVar("_T")
+WSGIEnviron = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+INPUT_READ_BYTES = 256 * 1024
+"""Bytes read from ``wsgi.input`` at a time: one store chunk."""
+FILE_WRAPPER_BLOCK = 256 * 1024
+_ENVIRON_NAMES = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+def request_headers(environ: WSGIEnviron, wanted: frozenset[bytes]) -> dict[str, str]:
+    """The headers a decision reads, by lower-case name, from a WSGI environ.
+
+    The server has already joined repeated fields with "," (PEP 3333 follows CGI),
+    and values are latin-1 strings, as the ASGI adapter decodes them.
+    """
+    found: dict[str, str] = {}
+    for raw in wanted:
+        name = raw.decode("ascii")
+        value = environ.get(_ENVIRON_NAMES.get(name) or "HTTP_" + name.upper().replace("-", "_"))
+        if value is not None and (value != "" or name not in _ENVIRON_NAMES):
+            found[name] = value
+    return found
+
+
+def request_path(environ: WSGIEnviron) -> str:
+    """PATH_INFO as text: PEP 3333 hands over the percent-decoded bytes as latin-1; decode them
+    as UTF-8, invalid bytes becoming U+FFFD, exactly as uvicorn decodes an ASGI path."""
+    raw = environ.get("PATH_INFO", "")
+    try:
+        return str(raw.encode("latin-1").decode("utf-8", "replace"))
+    except UnicodeEncodeError:  # a server that already decoded it as UTF-8
+        return unquote(str(raw))
+
+
+@dataclass
+class _Process:
+    """What one process owns: its loop thread and its mount."""
+
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    mount: Mount
+
+
+class ServeFilesWSGI:
+    """Serve the store's files under ``prefix``; pass every other request to ``app``.
+
+    Takes the same arguments as :class:`servefiles.ServeFiles`. ``app`` may be None
+    for a standalone WSGI file server (404 outside the prefix). The sync Python
+    API (:meth:`put`, :meth:`delete`, :meth:`list`, :meth:`stat`, :meth:`open`)
+    is for the app's own views and the Django storage.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp | None,
+        db: str | Store,
+        prefix: str = "/media",
+        cache_dir: str | Path | None = None,
+        **options: Unpack[Options],
+    ) -> None:
+        if not isinstance(db, str):
+            raise TypeError("ServeFilesWSGI takes a database URL: an open Store belongs to another event loop")
+        self.app = app
+        self._arguments = (db, prefix, cache_dir, options)
+        # Checks the options now, in the importing process; opens nothing (that waits for a request).
+        self.prefix = mount(db, prefix, cache_dir, options).prefix
+        self._process: _Process | None = None
+        self._lock = threading.Lock()
+
+    # -- the per-process loop -------------------------------------------------------------
+
+    def _current(self) -> _Process:
+        process = self._process
+        if process is not None and process.pid == os.getpid():
+            return process
+        with self._lock:
+            process = self._process
+            if process is None or process.pid != os.getpid():
+                process = self._start_process()
+                self._process = process
+        return process
+
+    def _start_process(self) -> _Process:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="servefiles-loop", daemon=True)
+        thread.start()
+        db, prefix, cache_dir, options = self._arguments
+
+        async def build() -> Mount:  # inside the loop: every asyncio object belongs to it
+            return mount(db, prefix, cache_dir, options)
+
+        built = asyncio.run_coroutine_threadsafe(build(), loop).result()
+        process = _Process(os.getpid(), loop, thread, built)
+        atexit.register(self._close_process, process)
+        return process
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], process: _Process | None = None) -> _T:
+        """Run a coroutine on this process's loop and wait for it."""
+        process = process or self._current()
+        return asyncio.run_coroutine_threadsafe(coroutine, process.loop).result()
+
+    def _close_process(self, process: _Process) -> None:
+        if process.pid != os.getpid() or not process.loop.is_running():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(process.mount.service.close(), process.loop).result(timeout=10)
+        process.loop.call_soon_threadsafe(process.loop.stop)
+        process.thread.join(timeout=10)
+
+    def close(self) -> None:
+        """Stop this process's loop, closing the store and the disk index (also run at exit)."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            self._close_process(process)
+
+    @property
+    def mount(self) -> Mount:
+        return self._current().mount
+
+    # -- WSGI -------------------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        method: str = environ["REQUEST_METHOD"]
+        process = self._current()
+        route, raw_key = process.mount.route(method, request_path(environ))
+        service = process.mount.service
+        if route == "files":
+            reply = self._run(service.serve(method, raw_key, request_headers(environ, REQUEST_HEADERS)), process)
+            return self._send(reply, environ, start_response, process)
+        if route == "writes":
+            body = _input_body(environ)
+            query = environ.get("QUERY_STRING", "")
+            headers = request_headers(environ, WRITE_HEADERS)
+            reply = self._run(process.mount.writes.handle(method, raw_key, query, headers, body), process)
+            return self._send(reply, environ, start_response, process)
+        if route == "health":
+            report = json.dumps(self._run(service.health(), process)).encode()
+            return _simple(start_response, report, "application/json")
+        if route == "metrics":
+            return _simple(start_response, service.metrics.render(), METRICS_CONTENT_TYPE)
+        if self.app is not None:
+            return self.app(environ, start_response)
+        return self._send(Reply(http.not_found()), environ, start_response, process)
+
+    def _send(
+        self, reply: Reply, environ: WSGIEnviron, start_response: StartResponse, process: _Process
+    ) -> Iterable[bytes]:
+        response, body = reply.response, reply.body
+        status = f"{response.status} {HTTPStatus(response.status).phrase}"
+        start_response(status, [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers])
+        segments = response.body
+        sent = process.mount.service.metrics.bytes_sent
+        if environ["REQUEST_METHOD"] == "HEAD" or body is None or not any(isinstance(s, ByteRange) for s in segments):
+            if body is not None:
+                body.close()
+            if environ["REQUEST_METHOD"] == "HEAD":
+                return []
+            return [b"".join(s for s in segments if isinstance(s, bytes))]
+        if isinstance(body, MemoryBody) and len(segments) == 1 and response.status == 200:
+            sent.inc(len(body.data))
+            return [body.data]
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(body, DiskBody) and response.status == 200 and wrapper is not None:
+            # The file object owns the descriptor now; the server closes it (sendfile under gunicorn).
+            sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
+            return wrapper(os.fdopen(body.fd, "rb"), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
+        return _Streamed(self, process, body, segments, sent.inc)
+
+    # -- the Python API, for the app's own views ----------------------------------------------
+
+    def put(
+        self, key: str, data: PutSource, content_type: str | None = None, *, expect: WritePrecondition | None = None
+    ) -> FileMeta:
+        """Store a file; this process serves it at once, other frontends once the feed tells them."""
+        return self._run(self.mount.service.put(key, data, content_type, expect=expect))
+
+    def delete(self, key: str, *, expect: WritePrecondition | None = None) -> bool:
+        """Delete a file; False when there was none."""
+        return self._run(self.mount.service.delete(key, expect=expect)) is not None
+
+    def stat(self, key: str) -> FileMeta | None:
+        return self._run(self.mount.service.stat(key))
+
+    def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
+        """One page of files in key order; pass the last key as ``after`` for the next."""
+        return self._run(self.mount.service.list(prefix, limit, after))
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """The bytes of ``key``, streamed from the store a few chunks at a time (NotFound if missing)."""
+        process = self._current()
+        return _pull(self, process, process.mount.service.read(key))
+
+    def url(self, key: str) -> str:
+        """The path ``key`` is served at, percent-encoded."""
+        return self.mount.writes.url(canonical_key(key))
+
+
+class _Streamed:
+    """A response body pulled from the loop chunk by chunk; ``close()`` (called by the server,
+    PEP 3333) releases the body source whether or not it was read to the end."""
+
+    def __init__(
+        self,
+        adapter: ServeFilesWSGI,
+        process: _Process,
+        body: Body,
+        segments: Iterable[Any],
+        count: Callable[[int], None],
+    ) -> None:
+        self._adapter, self._process, self._body = adapter, process, body
+        self._segments = list(segments)
+        self._count = count
+
+    def __iter__(self) -> Iterator[bytes]:
+        for segment in self._segments:
+            if isinstance(segment, bytes):
+                yield segment
+                continue
+            for chunk in _pull(self._adapter, self._process, self._body.chunks(segment)):
+                self._count(len(chunk))
+                yield chunk
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> _Streamed:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """Iterate an async iterator that lives on the loop, from a request thread.
+
+    An error mid-body propagates: the server then cuts the connection, so the client
+    sees a short response rather than bytes that do not match the headers.
+    """
+    iterator = chunks.__aiter__()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await iterator.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    try:
+        while (chunk := adapter._run(next_chunk(), process)) is not None:
+            yield chunk
+    except (ServeFilesError, OSError) as exc:
+        logger.warning("aborting response: %s", exc)
+        raise
+    finally:
+        closer = getattr(iterator, "aclose", None)
+        if closer is not None and process.loop.is_running():
+
+            async def close() -> None:  # an abandoned body still gives back what it holds
+                await closer()
+
+            with contextlib.suppress(Exception):
+                adapter._run(close(), process)
+
+
+async def _input_body(environ: WSGIEnviron) -> AsyncIterator[bytes]:
+    """``wsgi.input`` as an async iterator, read in a worker thread so the loop never blocks.
+
+    With a Content-Length, exactly that many bytes (fewer means the client went away);
+    without one, until EOF when the server says the input is terminated (chunked
+    requests under gunicorn), else nothing (PEP 3333: never read past the length).
+    """
+    stream: IO[bytes] = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH", "")
+    remaining: int | None = int(declared) if declared.isdigit() else None
+    if remaining is None and not environ.get("wsgi.input_terminated", False):
+        return
+    while remaining is None or remaining > 0:
+        size = INPUT_READ_BYTES if remaining is None else min(INPUT_READ_BYTES, remaining)
+        try:
+            piece = await asyncio.to_thread(stream.read, size)
+        except OSError as exc:
+            raise UploadAborted(f"the client went away mid-upload: {exc}") from exc
+        if not piece:
+            if remaining:
+                raise UploadAborted("the client sent fewer bytes than its Content-Length")
+            return
+        if remaining is not None:
+            remaining -= len(piece)
+        yield piece
+
+
+def _simple(start_response: StartResponse, body: bytes, content_type: str) -> list[bytes]:
+    start_response(
+        "200 OK",
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+         ("X-Content-Type-Options", "nosniff")],
+    )  # fmt: skip
+    return [body]
