@@ -1,8 +1,9 @@
-"""Run real servefiles processes for tests: the CLI, and ``servefiles serve`` on a free port."""
+"""Run real servefiles processes for tests: the CLI, ``servefiles serve`` and gunicorn on a free port."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -48,9 +49,12 @@ class Frontend:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as this object: it may restart
 
+    def command(self) -> list[str]:
+        serve = [sys.executable, "-m", "servefiles", "serve", "--port", str(self.port), "--log-level", "warning"]
+        return [*serve, *self.args]
+
     def start(self) -> Frontend:
-        command = [sys.executable, "-m", "servefiles", "serve", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen([*command, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
@@ -86,6 +90,34 @@ class Frontend:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class WsgiFrontend(Frontend):
+    """``ServeFilesWSGI(None, **options)`` under a real gunicorn (``tests/wsgi_app.py``).
+
+    ``args`` are extra gunicorn arguments; the default is one gthread worker with 4
+    threads, so per-process metrics add up the way a single ``servefiles serve`` does.
+    """
+
+    def __init__(self, options: Mapping[str, object], *args: str, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(*(args or ("--workers", "1", "--worker-class", "gthread", "--threads", "4")),
+                         env={**(env or {}), "SERVEFILES_TEST_WSGI": json.dumps(options)})  # fmt: skip
+
+    def command(self) -> list[str]:
+        gunicorn = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--no-control-socket"]
+        # gunicorn refuses header fields over 8 KiB itself (431); allow uvicorn's 16 KiB, so that
+        # a Range header of thousands of ranges reaches servefiles on both servers.
+        settings = ["--log-level", "warning", "--graceful-timeout", "5", "--limit-request-field_size", "16384"]
+        return [*gunicorn, *settings, *self.args, "tests.wsgi_app:application"]
+
+
+@contextlib.contextmanager
+def running_wsgi(options: Mapping[str, object], *args: str) -> Iterator[Frontend]:
+    frontend = WsgiFrontend(options, *args).start()
+    try:
+        yield frontend
+    finally:
+        frontend.stop()
 
 
 @contextlib.contextmanager

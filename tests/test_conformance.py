@@ -1,5 +1,6 @@
-"""HTTP conformance of the serving core, on both stores and two transports:
-in-process (httpx's ASGI transport) and a real uvicorn server (``servefiles serve``).
+"""HTTP conformance of the serving core, on both stores and both adapters over three
+transports: the ASGI adapter in-process (httpx's ASGI transport) and under a real uvicorn
+(``servefiles serve``), and the WSGI adapter under a real gunicorn.
 
 Expectations are computed from the uploaded bytes, never from the code under test.
 """
@@ -22,18 +23,20 @@ import pytest
 
 from servefiles import FileMeta, ServeFiles, open_store
 
-from .servers import running
+from .servers import running, running_wsgi
 
 SMALL = os.urandom(5_000)
 LARGE = os.urandom(1_200_000)
 TEXT = "héllo wörld\n".encode()
+SERVER_ADDED = frozenset({"date", "server", "connection"})
+"""What uvicorn and gunicorn add to every response (gunicorn: Connection: keep-alive)."""
 ClientMaker = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 # ServeFiles keyword -> `servefiles serve` flag, so one test configures both transports alike.
 FLAGS = {"active_content": "--active-content", "freshness_seconds": "--freshness", "metrics": "--metrics"}
 
 
-@pytest.fixture(params=["asgi", "uvicorn"])
+@pytest.fixture(params=["asgi", "uvicorn", "gunicorn"])
 def make_client(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> ClientMaker:
     transport = request.param
 
@@ -47,6 +50,11 @@ def make_client(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) 
                     yield client
             finally:
                 await app.aclose()
+            return
+        if transport == "gunicorn":
+            with running_wsgi({"db": store_url, "cache_dir": str(cache_dir), **options}) as frontend:
+                async with httpx.AsyncClient(base_url=frontend.base) as client:
+                    yield client
             return
         args = ["--db", store_url, "--cache-dir", str(cache_dir)]
         for name, value in options.items():
@@ -88,7 +96,7 @@ async def test_head_has_the_get_headers_and_no_body(make_client: ClientMaker, fi
     async with make_client() as client:
         get, head = await client.get("/media/large.bin"), await client.head("/media/large.bin")
         assert head.status_code == 200 and head.content == b""
-        drop = {"date", "server"}
+        drop = SERVER_ADDED
         assert {k: v for k, v in head.headers.items() if k not in drop} == {
             k: v for k, v in get.headers.items() if k not in drop
         }
@@ -140,7 +148,7 @@ async def test_if_none_match_gives_304_with_exactly_the_listed_headers(make_clie
             response = await client.get("/media/small.bin", headers={"If-None-Match": value})
             assert response.status_code == 304, value
             assert response.content == b""
-            assert set(response.headers) - {"date", "server"} == {"etag", "cache-control"}
+            assert set(response.headers) - SERVER_ADDED == {"etag", "cache-control"}
         assert (await client.get("/media/small.bin", headers={"If-None-Match": '"other"'})).status_code == 200
 
 

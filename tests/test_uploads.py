@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from servefiles import ServeFiles, UploadToken, open_store
+from servefiles import ServeFiles, open_store
 
 from .asgi_servers import http_request, uvicorn_server
 from .db_tables import assert_only_live_chunks, storage
+from .servers import running_wsgi
 
 ADMIN = "admin-token-0123456789abcdef"
 ROTATED_IN = "next-token-fedcba9876543210"
@@ -44,22 +45,32 @@ def payload(size: int, seed: int = 0) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (size // 32) + b"x" * (size % 32)
 
 
+@pytest.fixture(params=["asgi", "wsgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    """The ASGI adapter under uvicorn, or the WSGI adapter under gunicorn."""
+    name: str = request.param
+    return name
+
+
 @contextlib.asynccontextmanager
-async def running(
-    store_url: str, cache_dir: Path, **options: Any
-) -> AsyncIterator[tuple[ServeFiles, httpx.AsyncClient]]:
-    """A ServeFiles app with upload tokens behind a real uvicorn server, and a client for it."""
-    options.setdefault("upload_tokens", [ADMIN, ROTATED_IN, UploadToken(BLOG_ONLY, "blog")])
+async def running(adapter: str, store_url: str, cache_dir: Path, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """servefiles with upload tokens behind a real server, and a client for it."""
+    options.setdefault("upload_tokens", [ADMIN, ROTATED_IN, f"{BLOG_ONLY}:blog"])
     options.setdefault("max_upload_bytes", LIMIT)
+    if adapter == "wsgi":
+        with running_wsgi({"db": store_url, "cache_dir": str(cache_dir), **options}) as frontend:
+            async with httpx.AsyncClient(base_url=frontend.base, timeout=30) as client:
+                yield client
+        return
     app = ServeFiles(None, db=store_url, cache_dir=cache_dir, **options)
     async with uvicorn_server(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        yield app, client
+        yield client
 
 
 @pytest.fixture
-async def server(store_url: str, tmp_path: Path) -> AsyncIterator[tuple[ServeFiles, httpx.AsyncClient]]:
-    async with running(store_url, tmp_path / "cache") as pair:
-        yield pair
+async def client(adapter: str, store_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(adapter, store_url, tmp_path / "cache") as client:
+        yield client
 
 
 async def stored(store_url: str, key: str) -> bytes | None:
@@ -73,8 +84,9 @@ async def stored(store_url: str, key: str) -> bytes | None:
 # -- PUT ---------------------------------------------------------------------------------------
 
 
-async def test_put_creates_with_201_location_and_the_content_hash_as_etag(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_put_creates_with_201_location_and_the_content_hash_as_etag(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
     data = payload(5000)
     response = await client.put("/media/blog/a.png", content=data, headers={**auth(), "content-type": "image/png"})
     assert response.status_code == 201
@@ -88,8 +100,9 @@ async def test_put_creates_with_201_location_and_the_content_hash_as_etag(server
     assert served.headers["content-type"] == "image/png"
 
 
-async def test_put_replacing_answers_200_and_the_writer_serves_the_new_version_at_once(server: Any) -> None:
-    _, client = server
+async def test_put_replacing_answers_200_and_the_writer_serves_the_new_version_at_once(
+    client: httpx.AsyncClient,
+) -> None:
     old, new = payload(3000, 1), payload(400_000, 2)  # a memory-tier file, then a disk-tier one
     assert (await client.put("/media/post.bin", content=old, headers=auth())).status_code == 201
     assert (await client.get("/media/post.bin")).content == old  # now cached on this frontend
@@ -99,8 +112,7 @@ async def test_put_replacing_answers_200_and_the_writer_serves_the_new_version_a
     assert (served.content, served.headers["etag"]) == (new, etag(new))
 
 
-async def test_put_without_content_type_guesses_from_the_key(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_put_without_content_type_guesses_from_the_key(client: httpx.AsyncClient, store_url: str) -> None:
     # curl --data-binary sends application/x-www-form-urlencoded when told nothing: not a file type
     headers = {**auth(), "content-type": "application/x-www-form-urlencoded"}
     assert (await client.put("/media/doc.pdf", content=b"%PDF-1.4", headers=headers)).status_code == 201
@@ -109,8 +121,7 @@ async def test_put_without_content_type_guesses_from_the_key(server: Any, store_
     assert meta is not None and meta.content_type == "application/pdf"
 
 
-async def test_put_of_a_form_or_an_encoded_body_is_refused(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_put_of_a_form_or_an_encoded_body_is_refused(client: httpx.AsyncClient, store_url: str) -> None:
     form_type = {"content-type": "multipart/form-data; boundary=x"}
     form = await client.put("/media/f.bin", content=b"--x\r\n", headers={**auth(), **form_type})
     gzip = await client.put("/media/g.bin", content=b"\x1f\x8b", headers={**auth(), "content-encoding": "gzip"})
@@ -119,22 +130,28 @@ async def test_put_of_a_form_or_an_encoded_body_is_refused(server: Any, store_ur
     assert await stored(store_url, "f.bin") is None and await stored(store_url, "g.bin") is None
 
 
-async def test_put_with_an_invalid_content_type_is_400_and_stores_nothing(server: Any, store_url: str) -> None:
-    _, client = server
-    response = await client.put("/media/x.bin", content=b"x", headers={**auth(), "content-type": "text/html\x7f"})
+async def test_put_with_an_invalid_content_type_is_400_and_stores_nothing(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
+    response = await client.put("/media/x.bin", content=b"x", headers={**auth(), "content-type": "image"})
     assert response.status_code == 400 and response.json()["error"] == "invalid_content_type"
     assert await stored(store_url, "x.bin") is None
 
 
 @pytest.mark.parametrize(
     "target",
-    [b"/media/a/../b.png", b"/media/a/%2e%2e/b.png", b"/media/a//b.png", b"/media/a%00b", b"/media/%2e%2e%2fetc",
-     b"/media/a%5cb"],
+    [
+        b"/media/a/../b.png",
+        b"/media/a/%2e%2e/b.png",
+        b"/media/a//b.png",
+        b"/media/a%00b",
+        b"/media/%2e%2e%2fetc",
+        b"/media/a%5cb",
+    ],
 )
 async def test_put_with_a_bad_key_is_400_json_and_writes_nothing(
-    server: Any, store_url: str, tmp_path: Path, target: bytes
+    client: httpx.AsyncClient, store_url: str, tmp_path: Path, target: bytes
 ) -> None:
-    app, client = server
     files_before = sorted((tmp_path / "cache").rglob("*"))
     base = str(client.base_url).rstrip("/")
     response = await http_request(base, "PUT", target, [(b"authorization", f"Bearer {ADMIN}".encode()),
@@ -145,12 +162,10 @@ async def test_put_with_a_bad_key_is_400_json_and_writes_nothing(
     async with open_store(store_url) as store:
         assert await store.list() == [] and await store.last_version() == 0
     await assert_only_live_chunks(store_url)
-    assert app.service.disk.stats().entries == 0
     assert sorted((tmp_path / "cache").rglob("*")) == files_before, "nothing new in the cache dir"
 
 
-async def test_put_with_content_range_is_400_and_stores_nothing(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_put_with_content_range_is_400_and_stores_nothing(client: httpx.AsyncClient, store_url: str) -> None:
     headers = {**auth(), "content-range": "bytes 0-3/10"}
     response = await client.put("/media/part.bin", content=b"abcd", headers=headers)
     assert response.status_code == 400 and response.json()["error"] == "partial_put"
@@ -160,9 +175,10 @@ async def test_put_with_content_range_is_400_and_stores_nothing(server: Any, sto
 # -- the size limit ------------------------------------------------------------------------------
 
 
-async def test_content_length_over_the_limit_is_413_before_any_body_is_read(server: Any, store_url: str) -> None:
+async def test_content_length_over_the_limit_is_413_before_any_body_is_read(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
     """The request head alone is sent: the answer must come without the body ever arriving."""
-    _, client = server
     host, port = client.base_url.host, client.base_url.port
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -178,8 +194,9 @@ async def test_content_length_over_the_limit_is_413_before_any_body_is_read(serv
     assert await stored(store_url, "huge.bin") is None
 
 
-async def test_a_chunked_body_is_cut_off_past_the_limit_and_nothing_is_stored(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_a_chunked_body_is_cut_off_past_the_limit_and_nothing_is_stored(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
     sent = 0
 
     async def body() -> AsyncIterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
@@ -197,12 +214,12 @@ async def test_a_chunked_body_is_cut_off_past_the_limit_and_nothing_is_stored(se
     assert exactly.status_code == 201, "a body of exactly the limit is accepted"
 
 
-async def test_a_client_that_goes_away_mid_upload_leaves_nothing(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_a_client_that_goes_away_mid_upload_leaves_nothing(client: httpx.AsyncClient, store_url: str) -> None:
     _reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
     writer.write(
         f"PUT /media/cut.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n"
-        f"Content-Length: {LIMIT}\r\n\r\n".encode() + b"c" * 300_000
+        f"Content-Length: {LIMIT}\r\n\r\n".encode()
+        + b"c" * 300_000
     )
     await writer.drain()
     await asyncio.sleep(0.2)
@@ -217,8 +234,7 @@ async def test_a_client_that_goes_away_mid_upload_leaves_nothing(server: Any, st
 # -- conditional writes ----------------------------------------------------------------------------
 
 
-async def test_if_match_replaces_only_that_version(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_if_match_replaces_only_that_version(client: httpx.AsyncClient, store_url: str) -> None:
     v1, v2, v3 = b"one", b"two", b"three"
     await client.put("/media/c.txt", content=v1, headers=auth())
     ok = await client.put("/media/c.txt", content=v2, headers={**auth(), "if-match": etag(v1)})
@@ -230,8 +246,7 @@ async def test_if_match_replaces_only_that_version(server: Any, store_url: str) 
     assert missing.status_code == 412 and await stored(store_url, "none.txt") is None
 
 
-async def test_if_none_match_star_creates_only(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_if_none_match_star_creates_only(client: httpx.AsyncClient, store_url: str) -> None:
     create = {**auth(), "if-none-match": "*"}
     assert (await client.put("/media/once.txt", content=b"first", headers=create)).status_code == 201
     again = await client.put("/media/once.txt", content=b"second", headers=create)
@@ -239,8 +254,7 @@ async def test_if_none_match_star_creates_only(server: Any, store_url: str) -> N
     assert await stored(store_url, "once.txt") == b"first"
 
 
-async def test_concurrent_create_only_puts_have_exactly_one_winner(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_concurrent_create_only_puts_have_exactly_one_winner(client: httpx.AsyncClient, store_url: str) -> None:
     bodies = [payload(300_000, n) for n in range(8)]
     responses = await asyncio.gather(
         *(client.put("/media/race.bin", content=body, headers={**auth(), "if-none-match": "*"}) for body in bodies)
@@ -252,8 +266,9 @@ async def test_concurrent_create_only_puts_have_exactly_one_winner(server: Any, 
     await assert_only_live_chunks(store_url)
 
 
-async def test_delete_with_a_stale_if_match_is_412_and_keeps_the_file(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_delete_with_a_stale_if_match_is_412_and_keeps_the_file(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
     await client.put("/media/d.txt", content=b"now", headers=auth())
     response = await client.delete("/media/d.txt", headers={**auth(), "if-match": etag(b"before")})
     assert response.status_code == 412 and await stored(store_url, "d.txt") == b"now"
@@ -263,8 +278,9 @@ async def test_delete_with_a_stale_if_match_is_412_and_keeps_the_file(server: An
 # -- DELETE ------------------------------------------------------------------------------------------
 
 
-async def test_delete_answers_204_then_404_and_the_writer_stops_serving_at_once(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_delete_answers_204_then_404_and_the_writer_stops_serving_at_once(
+    client: httpx.AsyncClient, store_url: str
+) -> None:
     await client.put("/media/gone.txt", content=b"bye", headers=auth())
     assert (await client.get("/media/gone.txt")).status_code == 200  # cached here now
     response = await client.delete("/media/gone.txt", headers=auth())
@@ -289,9 +305,8 @@ async def test_delete_answers_204_then_404_and_the_writer_stops_serving_at_once(
     ],
 )
 async def test_a_missing_or_wrong_token_is_401_and_changes_nothing(
-    server: Any, store_url: str, headers: dict[str, str], challenge: str
+    client: httpx.AsyncClient, store_url: str, headers: dict[str, str], challenge: str
 ) -> None:
-    _, client = server
     await client.put("/media/keep.txt", content=b"keep", headers=auth())
     for response in (
         await client.put("/media/keep.txt", content=b"evil", headers=headers),
@@ -305,15 +320,13 @@ async def test_a_missing_or_wrong_token_is_401_and_changes_nothing(
     assert await stored(store_url, "keep.txt") == b"keep" and await stored(store_url, "new.txt") is None
 
 
-async def test_every_configured_token_works_for_rotation(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_every_configured_token_works_for_rotation(client: httpx.AsyncClient, store_url: str) -> None:
     assert (await client.put("/media/r.txt", content=b"1", headers=auth(ADMIN))).status_code == 201
     assert (await client.put("/media/r.txt", content=b"2", headers=auth(ROTATED_IN))).status_code == 200
     assert await stored(store_url, "r.txt") == b"2"
 
 
-async def test_a_folder_token_writes_only_under_its_folder(server: Any, store_url: str) -> None:
-    _, client = server
+async def test_a_folder_token_writes_only_under_its_folder(client: httpx.AsyncClient, store_url: str) -> None:
     assert (await client.put("/media/blog/ok.png", content=b"p", headers=auth(BLOG_ONLY))).status_code == 201
     for target in ("/media/avatars/x.png", "/media/blogroll.png"):
         response = await client.put(target, content=b"p", headers=auth(BLOG_ONLY))
@@ -324,8 +337,10 @@ async def test_a_folder_token_writes_only_under_its_folder(server: Any, store_ur
     assert await stored(store_url, "avatars/a.png") == b"a" and await stored(store_url, "blogroll.png") is None
 
 
-async def test_without_tokens_writes_are_405_and_the_listing_does_not_exist(store_url: str, tmp_path: Path) -> None:
-    async with running(store_url, tmp_path / "cache", upload_tokens=[]) as (_, client):
+async def test_without_tokens_writes_are_405_and_the_listing_does_not_exist(
+    adapter: str, store_url: str, tmp_path: Path
+) -> None:
+    async with running(adapter, store_url, tmp_path / "cache", upload_tokens=[]) as client:
         put = await client.put("/media/a.txt", content=b"a", headers=auth())
         delete = await client.delete("/media/a.txt", headers=auth())
         assert (put.status_code, delete.status_code) == (405, 405)
@@ -334,8 +349,7 @@ async def test_without_tokens_writes_are_405_and_the_listing_does_not_exist(stor
     assert await stored(store_url, "a.txt") is None
 
 
-async def test_with_tokens_other_methods_are_405_naming_put_and_delete(server: Any) -> None:
-    _, client = server
+async def test_with_tokens_other_methods_are_405_naming_put_and_delete(client: httpx.AsyncClient) -> None:
     response = await client.post("/media/a.txt", content=b"a", headers=auth())
     assert (response.status_code, response.headers["allow"]) == (405, "GET, HEAD, PUT, DELETE")
 
@@ -343,8 +357,7 @@ async def test_with_tokens_other_methods_are_405_naming_put_and_delete(server: A
 # -- the listing ------------------------------------------------------------------------------------------
 
 
-async def test_listing_pages_through_a_prefix_in_key_order(server: Any) -> None:
-    _, client = server
+async def test_listing_pages_through_a_prefix_in_key_order(client: httpx.AsyncClient) -> None:
     keys = [f"blog/{n:02d}.txt" for n in range(7)] + ["other/z.txt"]
     for key in keys:
         await client.put(f"/media/{key}", content=key.encode(), headers=auth())
@@ -364,8 +377,7 @@ async def test_listing_pages_through_a_prefix_in_key_order(server: Any) -> None:
     assert seen == keys[:7]
 
 
-async def test_a_folder_token_lists_only_its_folder(server: Any) -> None:
-    _, client = server
+async def test_a_folder_token_lists_only_its_folder(client: httpx.AsyncClient) -> None:
     await client.put("/media/blog/a.txt", content=b"a", headers=auth())
     await client.put("/media/secret/b.txt", content=b"b", headers=auth())
     everything = await client.get("/media/", headers=auth(BLOG_ONLY))
@@ -373,8 +385,7 @@ async def test_a_folder_token_lists_only_its_folder(server: Any) -> None:
     assert (await client.get("/media/?prefix=secret/", headers=auth(BLOG_ONLY))).status_code == 403
 
 
-async def test_listing_with_a_bad_limit_is_400(server: Any) -> None:
-    _, client = server
+async def test_listing_with_a_bad_limit_is_400(client: httpx.AsyncClient) -> None:
     for limit in ("0", "-1", "abc", "10001"):
         response = await client.get(f"/media/?limit={limit}", headers=auth())
         assert response.status_code == 400 and response.json()["error"] == "invalid_limit"
@@ -383,8 +394,13 @@ async def test_listing_with_a_bad_limit_is_400(server: Any) -> None:
 # -- other frontends and the Python API --------------------------------------------------------------------
 
 
-async def test_other_frontends_get_a_put_and_a_delete_through_the_feed(store_url: str, tmp_path: Path) -> None:
-    async with running(store_url, tmp_path / "a") as (_, writer), running(store_url, tmp_path / "b") as (_, reader):
+async def test_other_frontends_get_a_put_and_a_delete_through_the_feed(
+    adapter: str, store_url: str, tmp_path: Path
+) -> None:
+    async with (
+        running(adapter, store_url, tmp_path / "a") as writer,
+        running(adapter, store_url, tmp_path / "b") as reader,
+    ):
         await writer.put("/media/shared.txt", content=b"v1", headers=auth())
         assert (await reader.get("/media/shared.txt")).content == b"v1"  # cached on the reader now
         await writer.put("/media/shared.txt", content=b"v2", headers=auth())
@@ -398,8 +414,13 @@ async def test_other_frontends_get_a_put_and_a_delete_through_the_feed(store_url
             await asyncio.sleep(0.02)
 
 
-async def test_the_python_api_writes_lists_and_deletes_with_read_your_writes(server: Any, store_url: str) -> None:
-    app, client = server
+async def test_the_python_api_writes_lists_and_deletes_with_read_your_writes(store_url: str, tmp_path: Path) -> None:
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    async with uvicorn_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        await _python_api(app, client)
+
+
+async def _python_api(app: ServeFiles, client: httpx.AsyncClient) -> None:
     assert (await client.get("/media/api/x.txt")).status_code == 404
     meta = await app.put("api/x.txt", b"from python", "text/plain")
     assert meta.sha256 == sha(b"from python")
