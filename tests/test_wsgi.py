@@ -1,0 +1,183 @@
+"""What is particular to the WSGI adapter: gunicorn's worker models, forking after the
+app was used (``--preload``), ``wsgi.file_wrapper``, and the sync Python API.
+
+The HTTP rules themselves are checked on both adapters by ``test_conformance.py`` and
+``test_uploads.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+from wsgiref.util import FileWrapper
+
+import httpx
+import pytest
+
+from servefiles import ServeFilesWSGI, open_store
+
+from .servers import WsgiFrontend
+
+TOKEN = "wsgi-token-0123456789abcdef"
+SMALL = os.urandom(10_000)
+DISK = os.urandom(700_000)
+
+
+def etag(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()}"'
+
+
+async def _put_files(store_url: str) -> None:
+    async with open_store(store_url) as store:
+        await store.put("small.bin", SMALL)
+        await store.put("disk.bin", DISK)
+
+
+async def _check_everything_served(base: str) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        responses = await asyncio.gather(*(client.get(path) for path in ["/media/small.bin", "/media/disk.bin"] * 20))
+        for response in responses:
+            assert response.status_code == 200
+            assert response.headers["etag"] == etag(response.content)
+            assert response.content in (SMALL, DISK)
+        part = await client.get("/media/disk.bin", headers={"range": "bytes=100-199"})
+        assert (part.status_code, part.content) == (206, DISK[100:200])
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        ("--workers", "2", "--worker-class", "sync"),
+        ("--workers", "2", "--worker-class", "gthread", "--threads", "4"),
+        ("--workers", "2", "--worker-class", "gthread", "--threads", "4", "--preload"),
+    ],
+    ids=["sync", "gthread", "gthread-preload"],
+)
+async def test_gunicorn_workers_serve_and_take_uploads(
+    store_url: str, tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    """Each worker has its own loop, pool and index, also when the master used the API before forking."""
+    await _put_files(store_url)
+    options = {"db": store_url, "cache_dir": str(tmp_path / "cache"), "upload_tokens": [TOKEN]}
+    frontend = WsgiFrontend(options, *workers, env={"SERVEFILES_TEST_WSGI_IMPORT_PUT": "imported.txt=from master"})
+    frontend.start()
+    try:
+        await _check_everything_served(frontend.base)
+        async with httpx.AsyncClient(base_url=frontend.base, timeout=30) as client:
+            assert (await client.get("/media/imported.txt")).content == b"from master"
+            new = os.urandom(50_000)
+            put = await client.put("/media/small.bin", content=new, headers={"authorization": f"Bearer {TOKEN}"})
+            assert put.status_code == 200
+            # Two workers: the one that took the PUT serves it at once, the other once the feed tells it.
+            deadline = time.monotonic() + 5
+            while True:
+                served = [(await client.get("/media/small.bin")).content for _ in range(10)]
+                if all(body == new for body in served):
+                    break
+                assert all(body in (SMALL, new) for body in served)
+                assert time.monotonic() < deadline, "a worker kept serving the replaced file"
+                await asyncio.sleep(0.05)
+    finally:
+        frontend.stop()
+    assert "Traceback" not in frontend.output(), frontend.output()
+
+
+class RecordingFileWrapper:
+    """The server's ``wsgi.file_wrapper`` hook (wsgiref's), recording what it is handed."""
+
+    handed: ClassVar[list[tuple[Any, str]]] = []
+    """(file object, the path its descriptor names) per hand-over."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.handed.append((filelike, os.path.realpath(f"/proc/self/fd/{filelike.fileno()}")))
+        self._inner = FileWrapper(filelike, blksize)
+
+    def __iter__(self) -> Any:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _call(app: ServeFilesWSGI, method: str, path: str, **extra: Any) -> tuple[str, dict[str, str], bytes]:
+    """Call the WSGI app as a server would, and collect the response."""
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
+        "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http",
+        "wsgi.file_wrapper": RecordingFileWrapper, **extra,
+    }  # fmt: skip
+    started: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        started["status"], started["headers"] = status, {name.lower(): value for name, value in headers}
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return started["status"], started["headers"], body
+
+
+def test_a_disk_hit_goes_to_wsgi_file_wrapper_and_its_file_is_closed(store_url: str, tmp_path: Path) -> None:
+    asyncio.run(_put_files(store_url))
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    try:
+        RecordingFileWrapper.handed.clear()
+        status, _, body = _call(app, "GET", "/media/disk.bin")  # a miss: streamed while the cache fills
+        assert (status, body) == ("200 OK", DISK)
+        deadline = time.monotonic() + 5
+        while app.mount.service.disk.get("disk.bin") is None:
+            assert time.monotonic() < deadline, "the fill did not finish"
+            time.sleep(0.01)
+        status, headers, body = _call(app, "GET", "/media/disk.bin")  # a disk hit
+        assert (status, body, headers["etag"]) == ("200 OK", DISK, etag(DISK))
+        assert len(RecordingFileWrapper.handed) == 1
+        handed, path = RecordingFileWrapper.handed[0]
+        assert Path(path).is_relative_to((tmp_path / "cache").resolve()), f"not a cache file: {path}"
+        assert Path(path).read_bytes() == DISK
+        assert handed.closed, "the server's close() must release the cache file"
+        status, _, part = _call(app, "GET", "/media/disk.bin", HTTP_RANGE="bytes=0-9")
+        assert (status, part) == ("206 Partial Content", DISK[:10])
+        assert len(RecordingFileWrapper.handed) == 1, "a range is not a whole file: no file_wrapper"
+        status, _, head = _call(app, "HEAD", "/media/disk.bin")
+        assert (status, head) == ("200 OK", b"")
+    finally:
+        app.close()
+
+
+def test_the_sync_python_api(store_url: str, tmp_path: Path) -> None:
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    try:
+        assert _call(app, "GET", "/media/notes/a.txt")[0].startswith("404")
+        meta = app.put("notes/a.txt", io.BytesIO(b"hello"), "text/plain")
+        assert meta.sha256 == hashlib.sha256(b"hello").hexdigest()
+        assert _call(app, "GET", app.url("notes/a.txt"))[2] == b"hello"  # read-your-writes
+        assert [m.key for m in app.list("notes/")] == ["notes/a.txt"]
+        assert b"".join(app.open("notes/a.txt")) == b"hello"
+        assert app.stat("notes/a.txt") == meta
+        assert app.delete("notes/a.txt") is True and app.delete("notes/a.txt") is False
+        assert _call(app, "GET", "/media/notes/a.txt")[0].startswith("404")
+    finally:
+        app.close()
+
+
+def test_requests_outside_the_prefix_reach_the_wrapped_app(store_url: str, tmp_path: Path) -> None:
+    def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app:" + environ["PATH_INFO"].encode()]
+
+    app = ServeFilesWSGI(inner, db=store_url, cache_dir=tmp_path / "cache")
+    try:
+        assert _call(app, "GET", "/blog/post")[2] == b"app:/blog/post"
+        assert _call(app, "GET", "/mediax")[2] == b"app:/mediax"
+        assert _call(app, "GET", "/media/missing.bin")[0].startswith("404")
+    finally:
+        app.close()
