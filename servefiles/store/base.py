@@ -49,7 +49,13 @@ WritePrecondition = Callable[[str | None], bool]
 may go ahead. Backends call it inside the write's transaction, under the write
 lock, so the check and the change are one atomic step."""
 
-PutSource = bytes | bytearray | memoryview | IO[bytes] | AsyncIterable[bytes] | AsyncReadable
+class Readable(Protocol):
+    """A binary file-like object: anything with a blocking ``read(n)`` returning bytes."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+PutSource = bytes | bytearray | memoryview | IO[bytes] | Readable | AsyncIterable[bytes] | AsyncReadable
 """What :meth:`Store.put` accepts: bytes, a binary file (sync or async), or an
 async iterator of bytes."""
 

@@ -1,0 +1,183 @@
+"""Django integration: a Storage backend that keeps FileField and ImageField uploads in the
+servefiles database, and the WSGI wrapper that serves them.
+
+Settings (``settings.SERVEFILES``)::
+
+    SERVEFILES = {
+        "DB": "postgresql://app@db/app",   # required: where the files live
+        "PREFIX": "/media",                # default: MEDIA_URL's path, else /media
+        "CACHE_DIR": "/var/cache/servefiles",  # default: the servefiles cache directory
+        "BASE_URL": "",                    # prepended to url(), e.g. a CDN origin
+        "OPTIONS": {},                     # any other ServeFilesWSGI option
+    }
+    STORAGES = {"default": {"BACKEND": "servefiles.contrib.django.ServeFilesStorage"}, ...}
+
+and in ``wsgi.py``: ``application = servefiles.contrib.django.wrap(get_wsgi_application())``.
+
+The storage and the wrapper share one :class:`ServeFilesWSGI` per process, so the process
+that saved a file serves it on the next request (read-your-writes); other frontends learn
+of it from the change feed. Names never overwrite: a save that finds its name taken (even
+by a racing upload on another frontend, checked atomically in the database) takes the
+next free name, as Django's FileSystemStorage does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files import File
+from django.core.files.storage import Storage
+from django.utils import timezone
+from django.utils.deconstruct import deconstructible
+
+from ..errors import InvalidKey, NotFound, PreconditionFailed
+from ..keys import canonical_key
+from ..middleware.wsgi import ServeFilesWSGI, WSGIApp
+from ..store import FileMeta
+
+SPOOL_BYTES = 1024 * 1024
+"""Files opened through the storage stay in memory up to this size, then spill to a temp file."""
+SAVE_ATTEMPTS = 100
+
+_files: ServeFilesWSGI | None = None
+_files_lock = threading.Lock()
+
+
+def files() -> ServeFilesWSGI:
+    """This process's servefiles, built from ``settings.SERVEFILES`` on first use."""
+    global _files
+    with _files_lock:
+        if _files is None:
+            config: dict[str, Any] = getattr(settings, "SERVEFILES", None) or {}
+            if not config.get("DB"):
+                raise ImproperlyConfigured('settings.SERVEFILES["DB"] must name the servefiles database')
+            media_path = urlsplit(getattr(settings, "MEDIA_URL", "") or "").path
+            prefix = config.get("PREFIX") or (media_path if media_path.strip("/") else "/media")
+            _files = ServeFilesWSGI(None, config["DB"], prefix, config.get("CACHE_DIR"), **config.get("OPTIONS", {}))
+        return _files
+
+
+def wrap(application: WSGIApp) -> ServeFilesWSGI:
+    """Serve the files in front of Django's WSGI application (``wsgi.py``)."""
+    served = files()
+    served.app = application
+    return served
+
+
+@deconstructible
+class ServeFilesStorage(Storage):
+    """Django Storage over the servefiles database (``STORAGES["default"]``)."""
+
+    def _save(self, name: str, content: File[Any]) -> str:
+        content_type = getattr(content, "content_type", None)
+        for _ in range(SAVE_ATTEMPTS):
+            key = self._key(name)
+            if hasattr(content, "seek"):
+                content.seek(0)
+            try:
+                files().put(key, _Reader(content), content_type, expect=lambda live: live is None)
+                return key
+            except PreconditionFailed:
+                # Taken since get_available_name looked (another upload, another frontend).
+                name = self.get_available_name(name)
+        raise FileExistsError(f"no free name found for {name!r}")
+
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        if "w" in mode or "a" in mode or "+" in mode:
+            raise ValueError("servefiles files are opened for reading; save() writes them")
+        spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - File owns it
+        try:
+            for chunk in files().open(self._key(name)):
+                spooled.write(chunk)
+        except NotFound:
+            spooled.close()
+            raise FileNotFoundError(name) from None
+        spooled.seek(0)
+        return File(spooled, name)
+
+    def delete(self, name: str) -> None:
+        if name:
+            files().delete(self._key(name))
+
+    def exists(self, name: str) -> bool:
+        return self._stat(name) is not None
+
+    def size(self, name: str) -> int:
+        return self._meta(name).size
+
+    def url(self, name: str | None) -> str:
+        if name is None:
+            raise ValueError("this file has no name")
+        base = ((getattr(settings, "SERVEFILES", None) or {}).get("BASE_URL") or "").rstrip("/")
+        return base + files().url(self._key(name))
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        directories: dict[str, None] = {}
+        names: list[str] = []
+        for meta in _every(prefix):
+            head, slash, _ = meta.key[len(prefix) :].partition("/")
+            if slash:
+                directories[head] = None
+            else:
+                names.append(head)
+        return list(directories), names
+
+    def get_created_time(self, name: str) -> datetime:
+        return _django_time(self._meta(name).created_at)
+
+    def get_modified_time(self, name: str) -> datetime:
+        return _django_time(self._meta(name).updated_at)
+
+    def get_accessed_time(self, name: str) -> datetime:
+        return self.get_modified_time(name)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(name: str) -> str:
+        try:
+            return canonical_key(str(name).replace("\\", "/"))
+        except InvalidKey as exc:
+            from django.core.exceptions import SuspiciousFileOperation
+
+            raise SuspiciousFileOperation(f"{name!r} cannot be stored: {exc}") from exc
+
+    def _stat(self, name: str) -> FileMeta | None:
+        return files().stat(self._key(name))
+
+    def _meta(self, name: str) -> FileMeta:
+        meta = self._stat(name)
+        if meta is None:
+            raise FileNotFoundError(name)
+        return meta
+
+
+class _Reader:
+    """A Django File read in chunks of its own choosing (an UploadedFile may live in memory
+    or in a temp file); the store re-cuts them into 256 KiB chunks."""
+
+    def __init__(self, content: File[Any]) -> None:
+        self._chunks = content.chunks()
+
+    def read(self, size: int = -1, /) -> bytes:
+        return next(self._chunks, b"")
+
+
+def _every(prefix: str) -> Iterator[FileMeta]:
+    after: str | None = None
+    while page := files().list(prefix, 1000, after):
+        yield from page
+        after = page[-1].key
+
+
+def _django_time(moment: datetime) -> datetime:
+    """Aware in UTC when USE_TZ, else naive in the current time zone (Django's convention)."""
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
