@@ -184,6 +184,24 @@ async def test_example_in_process(name: str, example_env: dict[str, str]) -> Non
 # -- for real, with the documented command ----------------------------------------------
 
 
+def test_flask_example_in_process(example_env: dict[str, str]) -> None:
+    """Flask's test client calls the WSGI stack: the home page is Flask's, /media/ is servefiles'."""
+    module = load("examples.flask_app.app")
+    try:
+        client = module.app.test_client()
+        page = client.get("/")
+        assert page.status_code == 200
+        links = html_links(httpx.Response(200, headers=dict(page.headers), content=page.data))
+        assert links == [media_url(key) for key in sorted(FILES)]
+        for link, (_, data) in zip(links, sorted(FILES.items()), strict=True):
+            response = client.get(link)
+            assert (response.status_code, response.data, response.headers["etag"]) == (200, data, etag(data))
+            assert client.get(link, headers={"If-None-Match": etag(data)}).status_code == 304
+        assert client.get(MISSING).status_code == 404
+    finally:
+        module.files.close()
+
+
 @dataclass
 class Running:
     base: str
@@ -194,13 +212,19 @@ class Running:
 
 
 @contextlib.contextmanager
-def run_example(module: str, env: Mapping[str, str], log: Path) -> Iterator[Running]:
-    """``python -m uvicorn <module>:app --port N`` from the project root, until it listens; stopped with SIGTERM."""
+def run_example(module: str, env: Mapping[str, str], log: Path, server: str = "uvicorn") -> Iterator[Running]:
+    """``python -m uvicorn <module>:app --port N`` (or gunicorn) from the project root, until it listens;
+    stopped with SIGTERM."""
     port = free_port()
     running = Running(f"http://127.0.0.1:{port}", log)
+    command = {
+        "uvicorn": [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
+        "gunicorn": [sys.executable, "-m", "gunicorn", f"{module}:app", "--bind", f"127.0.0.1:{port}",
+                     "--no-control-socket"],
+    }[server]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
+            command,
             cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -234,4 +258,16 @@ def test_example_runs_with_its_documented_command(name: str, example_env: dict[s
         asyncio.run(check(running.base))
     output = running.output()
     assert "Application startup complete." in output and "Application shutdown complete." in output, output
+    assert "Traceback" not in output and "ERROR" not in output, output
+
+
+def test_flask_example_runs_with_its_documented_command(example_env: dict[str, str], tmp_path: Path) -> None:
+    async def check(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base) as client:
+            await check_example(client, Example("examples.flask_app.app", "/", html_links))
+
+    with run_example("examples.flask_app.app", example_env, tmp_path / "gunicorn.log", "gunicorn") as running:
+        asyncio.run(check(running.base))
+    output = running.output()
+    assert "Booting worker" in output and "Shutting down" in output, output
     assert "Traceback" not in output and "ERROR" not in output, output
