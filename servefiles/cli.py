@@ -134,6 +134,14 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)  # fmt: skip
 
 
+def publish_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--publish-dir", envvar="SERVEFILES_PUBLISH_DIR", type=click.Path(file_okay=False, path_type=Path),
+        default=None, help="Where --nginx tree publishes files for nginx (env SERVEFILES_PUBLISH_DIR). "
+        "Default: next to the cache dir.",
+    )(func)  # fmt: skip
+
+
 @main.command()
 @db_option
 @click.option("--read-db", envvar="SERVEFILES_READ_DB", default=None, metavar="URL",
@@ -165,12 +173,18 @@ def cache_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
               help="Download new versions as soon as the change feed announces them.")
 @click.option("--metrics/--no-metrics", envvar="SERVEFILES_METRICS", default=False, show_default=True,
               help="Expose Prometheus counters at /_servefiles/metrics.")
+@click.option("--nginx", "nginx_mode", envvar="SERVEFILES_NGINX", type=click.Choice(["off", "accel", "tree"]),
+              default="off", show_default=True,
+              help="nginx runs in front with the block `servefiles nginx-config` prints: hand it the bytes "
+              "(accel: X-Accel-Redirect) or also publish files for its try_files (tree).")
+@publish_dir_option
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
           memory_size: int, freshness: float, cache_control: str,
-          active_content: str, prefetch: bool, metrics: bool, log_level: str) -> None:  # fmt: skip
+          active_content: str, prefetch: bool, metrics: bool, nginx_mode: str, publish_dir: Path | None,
+          log_level: str) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
 
@@ -193,10 +207,35 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
         prefetch=prefetch, metrics=metrics, upload_tokens=tokens, max_upload_bytes=max_upload_size,
+        nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
+        publish_dir=publish_dir or config.default_publish_dir(),
     )  # fmt: skip
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+@main.command("nginx-config")
+@click.option("--mode", type=click.Choice(["accel", "tree"]), default="accel", show_default=True)
+@click.option("--upstream", default="127.0.0.1:8000", show_default=True, help="Where servefiles listens.")
+@click.option("--listen", default="80", show_default=True, help="nginx's listen directive.")
+@click.option("--server-name", default="_", show_default=True)
+@click.option("--prefix", envvar="SERVEFILES_PREFIX", default="/media", show_default=True)
+@cache_dir_option
+@publish_dir_option
+@click.option("--max-upload-size", envvar="SERVEFILES_MAX_UPLOAD_SIZE", callback=parse_size, default="1GiB",
+              show_default=True)
+@click.option("--cache-control", envvar="SERVEFILES_CACHE_CONTROL", default="no-cache", show_default=True)
+def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix: str, cache_dir: Path | None,
+                 publish_dir: Path | None, max_upload_size: int, cache_control: str) -> None:  # fmt: skip
+    """Print an nginx server block for servefiles behind nginx (include it in nginx's http block)."""
+    from .nginx import NginxSettings, render
+
+    click.echo(render(NginxSettings(
+        mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
+        cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
+        listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
+    )), nl=False)  # fmt: skip
 
 
 @main.command("new-token")

@@ -31,3 +31,9 @@ def default_cache_dir() -> Path:
     if os.environ.get("SERVEFILES_DATA_DIR"):
         return data_dir() / "cache"
     return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def default_publish_dir() -> Path:
+    """The tree nginx serves published files from (``--nginx tree``): next to the cache."""
+    return default_cache_dir().parent / f"{APP_NAME}-published" if not os.environ.get("SERVEFILES_DATA_DIR") \
+        else data_dir() / "published"

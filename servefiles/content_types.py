@@ -55,6 +55,22 @@ def guess_content_type(key: str) -> str:
     return guessed or DEFAULT_CONTENT_TYPE
 
 
+def content_type_table() -> dict[str, list[str]]:
+    """Every type this table can guess -> its extensions (without the dot), in the order
+    :func:`guess_content_type` would pick them: what the nginx ``types`` block is made of."""
+    extensions = {*_TABLE.types_map[True], *_TABLE.types_map[False], *_TABLE.encodings_map, *_TABLE.suffix_map}
+    table: dict[str, list[str]] = {}
+    for extension in sorted(extensions):
+        name = extension.lstrip(".")
+        if not (name and name.isascii() and all(c.isalnum() or c in "-_+" for c in name)):
+            continue
+        # nginx looks extensions up lower-cased: keep only those guessed alike in any case.
+        guessed = {guess_content_type("x." + variant) for variant in (name, name.lower(), name.upper())}
+        if len(guessed) == 1 and name.lower() not in table.get(next(iter(guessed)), []):
+            table.setdefault(guessed.pop(), []).append(name.lower())
+    return table
+
+
 def check_content_type(value: str) -> str:
     """Return ``value`` when it is safe to send as a header, else raise.
 

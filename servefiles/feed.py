@@ -71,9 +71,19 @@ class FeedCursor:
 class ChangeFeed:
     """Follow ``store``'s changes into ``apply``, from a cursor kept in ``state_dir``."""
 
-    def __init__(self, store: Store, state_dir: Path, apply: Apply, poll_seconds: float, check_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        apply: Apply,
+        poll_seconds: float,
+        check_seconds: float,
+        on_down: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.apply = apply
+        self._on_down = on_down
+        """Called when a healthy feed goes down (the published tree is withdrawn then)."""
         self._cursor_file = FeedCursor(state_dir, store.store_id)
         self.poll_seconds = check_seconds if store.notifies else poll_seconds
         self.cursor = 0
@@ -128,10 +138,12 @@ class ChangeFeed:
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _down(self, exc: BaseException) -> None:
-        if self.healthy:
-            logger.warning("change feed down, revalidating by time until it is back: %s", exc)
-        self.healthy = False
+        was_healthy, self.healthy = self.healthy, False
         self.last_error = str(exc)
+        if was_healthy:
+            logger.warning("change feed down, revalidating by time until it is back: %s", exc)
+            if self._on_down is not None:
+                self._on_down()
 
     async def _catch_up(self) -> None:
         while True:

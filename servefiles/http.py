@@ -30,6 +30,7 @@ __all__ = [
     "PreparedFile",
     "Response",
     "Segment",
+    "accel_redirect",
     "bearer_challenge",
     "evaluate_preconditions",
     "json_error",
@@ -203,7 +204,7 @@ class PreparedFile:
             (b"accept-ranges", b"bytes"),
             _NOSNIFF,
         ]
-        if _is_active(content_type):
+        if is_active_content(content_type):
             if policy.active_content == "sandbox":
                 common.append((b"content-security-policy", b"sandbox"))
             else:
@@ -397,6 +398,25 @@ def unavailable(retry_after: int) -> Response:
         ],
         (body,),
     )
+
+
+# -- nginx in front: X-Accel-Redirect ---------------------------------------------------------
+
+ACCEL_BLOCKERS = ("if-match", "if-unmodified-since", "range", "if-range")
+"""Requests carrying these are answered by servefiles itself, never handed to nginx: nginx
+would judge them against its own validators (mtime and size), not the content hash."""
+
+
+def accel_redirect(file: PreparedFile, target: str) -> Response:
+    """A 200 whose bytes nginx sends from ``target``, an internal location (``X-Accel-Redirect``).
+
+    servefiles has already decided it is a 200 (preconditions evaluated); nginx keeps
+    Content-Type, Content-Disposition, Cache-Control and Accept-Ranges from this
+    response and sets ETag, Last-Modified, nosniff and the CSP from it as the generated
+    internal location says. The body here is empty; nginx replaces it.
+    """
+    headers = [header for header in file.headers_200 if header[0] != b"content-length"]
+    return Response(200, [*headers, _ZERO_LENGTH, (b"x-accel-redirect", target.encode("ascii"))])
 
 
 # -- write requests: PUT, DELETE and the listing ---------------------------------------------
@@ -741,7 +761,7 @@ def _response_content_type(stored: str) -> str:
     return content_type
 
 
-def _is_active(content_type: str) -> bool:
+def is_active_content(content_type: str) -> bool:
     """Whether a browser would run or render this type as a document (script, markup)."""
     essence = content_type.partition(";")[0].strip(_OWS).lower()
     return essence in _ACTIVE_TYPES or essence.endswith("+xml")

@@ -26,19 +26,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from cachetools import LRUCache
 
 from . import http
 from .breaker import CircuitBreaker
-from .cache.disk import DiskCache, DiskEntry
+from .cache.disk import DiskCache, DiskEntry, content_name
 from .cache.fill import Filler, FillReader, read_fd
 from .cache.memory import MemoryEntry, MemoryTier
+from .cache.tree import PublishedTree
 from .errors import InvalidKey, ServeFilesError, StoreUnavailable
 from .feed import ChangeFeed
 from .http import ByteRange, HttpPolicy, PreparedFile
 from .keys import canonical_key
 from .metrics import Metrics
+from .nginx import TREE_LOCATION
 from .store import Store, connect
 from .store.base import PutSource, WritePrecondition
 from .store.types import Change, FileMeta
@@ -175,12 +178,16 @@ class FileService:
         policy: HttpPolicy | None = None,
         settings: CacheSettings | None = None,
         read_url: str | None = None,
+        accel_prefix: str | None = None,
+        tree: PublishedTree | None = None,
     ) -> None:
         self.policy = policy or HttpPolicy()
+        self.accel_prefix = accel_prefix.rstrip("/") + "/" if accel_prefix else None
+        """With nginx in front (X-Accel-Redirect): the internal location over ``objects/``."""
         self.settings = settings or CacheSettings()
         self.metrics = Metrics()
         self.memory = MemoryTier(self.settings.memory_bytes, self.settings.memory_file_bytes)
-        self.disk = DiskCache(cache_dir, self.settings.disk_bytes)
+        self.disk = DiskCache(cache_dir, self.settings.disk_bytes, tree)
         self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
         self._url = db if isinstance(db, str) else None
         self._read_url = read_url
@@ -225,7 +232,7 @@ class FileService:
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings
         self.feed = ChangeFeed(store, self.disk.root, self._apply_changes, settings.feed_poll_seconds,
-                               settings.feed_check_seconds)  # fmt: skip
+                               settings.feed_check_seconds, on_down=self._feed_down)  # fmt: skip
         if not self.feed.load():
             # No cursor for this database: nothing here can be vouched for.
             dropped = await asyncio.to_thread(self.disk.clear)
@@ -247,6 +254,14 @@ class FileService:
             for change in changes:
                 if not change.deleted:
                     self._prefetch(change.key)
+
+    def _feed_down(self) -> None:
+        """nginx serves the published tree without asking: withdraw it until the feed is back."""
+        tree = self.disk.tree
+        if tree is not None:
+            task = asyncio.create_task(asyncio.to_thread(tree.clear))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _discard_older_on_disk(self, changes: list[Change]) -> None:
         """Raises if the index cannot be written: the feed then retries the batch (its cursor did not move)."""
@@ -371,6 +386,10 @@ class FileService:
         try:
             if self._filler is None:
                 await self.start()
+            if self.accel_prefix is not None and method in ("GET", "HEAD"):
+                accelerated = await self._accelerated(method, headers, key)
+                if accelerated is not None:
+                    return accelerated
             now = time.monotonic()
             entry = self.memory.get(key)
             if entry is not None and self._is_fresh(key, entry.file.meta.revision, now):
@@ -385,6 +404,56 @@ class FileService:
         except StoreUnavailable as exc:
             logger.warning("store unavailable: %s", exc)
             return Reply(self._unavailable)
+
+    async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
+        """Hand the bytes to nginx: make sure the disk tier holds the current version (filling
+        it on a miss), then answer with X-Accel-Redirect — to the published tree, where nginx
+        judges preconditions and ranges against the tree file itself, or to the content file,
+        for a plain whole-file GET that servefiles has judged.
+
+        None when neither applies or can be done (the cache cannot take the file, the
+        database is down): the ordinary path then answers, from the store or a stale copy.
+        """
+        assert self.accel_prefix is not None and self._filler is not None
+        entry = self.disk.get(key)
+        if entry is None or not self._is_fresh(key, entry.meta.revision, time.monotonic()):
+            try:
+                meta = await self._stats.run(key, lambda: self._revalidate(key))
+            except StoreUnavailable:
+                return None
+            if meta is None:
+                return Reply(self._not_found)
+            if entry is None or entry.meta.revision != meta.revision:
+                try:
+                    if not await self._filler.fill(meta, self.prepared(meta)):
+                        return None
+                except ServeFilesError:
+                    return None
+                entry = DiskEntry(meta, self.disk.content_path(meta.sha256))
+        fd = self.disk.open_entry(entry)
+        if fd is None:
+            return None  # damaged or gone: the ordinary path refetches it
+        os.close(fd)
+        file = self.prepared(entry.meta)
+        tree = self.disk.tree
+        # While the feed is down the tree stays withdrawn: nginx would serve it unchecked.
+        feed_healthy = self.feed is not None and self.feed.healthy
+        if (
+            tree is not None
+            and feed_healthy
+            and tree.accepts(entry.meta)
+            and await asyncio.to_thread(self.disk.publish_to_tree, entry)
+        ):
+            self.metrics.disk_hits.inc()
+            return Reply(http.accel_redirect(file, TREE_LOCATION + quote(entry.meta.key, safe="/")))
+        if method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS):
+            return None
+        response = http.respond("GET", headers, file)
+        if response.status != 200:
+            return Reply(response)
+        self.metrics.disk_hits.inc()
+        self.disk.touch(key)
+        return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256)))
 
     def _is_fresh(self, key: str, revision: tuple[int, str], now: float) -> bool:
         if self.feed is not None and self.feed.healthy:

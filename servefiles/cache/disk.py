@@ -43,6 +43,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,7 @@ from ..store.types import FileMeta
 from . import locks
 from .index import Index, Transaction
 from .locks import FillLock
+from .tree import PublishedTree
 
 __all__ = ["CacheStats", "DiskCache", "DiskEntry", "DiskWriter", "FillLock", "StartupReport"]
 
@@ -168,8 +170,10 @@ class DiskCache:
     in threads. Several processes may open the same dir at once.
     """
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, tree: PublishedTree | None = None) -> None:
         self.root = Path(root).absolute()
+        self.tree = tree
+        """nginx's published tree, kept in step with the entries (see tree.py)."""
         self.max_bytes = max_bytes
         self.evictions = 0
         self._objects = self.root / OBJECTS_DIR
@@ -206,6 +210,8 @@ class DiskCache:
             try:
                 if sweep:
                     self._load(counts)
+                    if self.tree is not None:
+                        counts.removed_unvouched += self.tree.sweep(self._index.get)
                 entries, total = self._index.totals()
             except BaseException:
                 self._index.close()
@@ -234,11 +240,33 @@ class DiskCache:
             self._index.close()
             self._report = None
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[Transaction]:
+        """A write transaction; once it commits, the tree withdraws every key it removed or replaced."""
+        with self._index.transaction() as txn:
+            yield txn
+        if self.tree is not None and txn.removed:
+            for key in dict.fromkeys(txn.removed):
+                self.tree.withdraw(key)
+
+    def publish_to_tree(self, entry: DiskEntry) -> bool:
+        """Publish an entry for nginx, if it is still the key's entry (checked under the write
+        lock, so a version replaced meanwhile is never published after its withdrawal)."""
+        if self.tree is None or not self.tree.accepts(entry.meta):
+            return False
+        if self.tree.is_published(entry.meta):
+            return True
+        with self._index.transaction() as txn:
+            current = txn.entry(entry.meta.key)
+            if current is None or current.revision != entry.meta.revision:
+                return False
+            return self.tree.publish(entry.meta, entry.path)
+
     # -- the hit path --------------------------------------------------------------------
 
     def content_path(self, sha256: str) -> Path:
         """Where the file with this content lives: from the hash, never from a key."""
-        return Path(f"{self._objects_text}/{sha256[:2]}/{sha256}")
+        return Path(f"{self._objects_text}/{content_name(sha256)}")
 
     def get(self, key: str) -> DiskEntry | None:
         """The key's cached entry, from the index alone (no content read, no stat).
@@ -306,7 +334,7 @@ class DiskCache:
         if not batch:
             return
         try:
-            with self._index.transaction() as txn:
+            with self._changing() as txn:
                 txn.record_access(batch.items())
         except BaseException:
             self._return_touches(batch)
@@ -352,7 +380,7 @@ class DiskCache:
         """Forget the key; its file goes too unless another key's entry uses it."""
         with self._touch_lock:
             self._touches.pop(key, None)
-        with self._index.transaction() as txn:
+        with self._changing() as txn:
             meta = txn.entry(key)
             if meta is not None:
                 txn.delete_entry(key)
@@ -387,7 +415,7 @@ class DiskCache:
         touches = self._take_touches()
         evicted = 0
         try:
-            with self._index.transaction() as txn:
+            with self._changing() as txn:
                 current = txn.entry(meta.key)
                 if current is not None and current.version > meta.version:
                     raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
@@ -404,6 +432,8 @@ class DiskCache:
                     txn.add_file(meta.sha256, meta.size)
                 txn.record_access(touches.items())
                 txn.put_entry(meta, time.time_ns())
+                if current is not None and current.revision != meta.revision:
+                    txn.removed.append(meta.key)  # the tree's copy is the old version
                 if current is not None and current.sha256 != meta.sha256:
                     self._release_file(txn, current.sha256)
                 evicted = self._evict(txn, meta)
@@ -432,7 +462,7 @@ class DiskCache:
             return
         path = self.content_path(meta.sha256)
         try:
-            with self._index.transaction() as txn:
+            with self._changing() as txn:
                 size = txn.file_size(meta.sha256)
                 if size is None or _is_good_file(path, size):
                     return
@@ -468,9 +498,9 @@ class DiskCache:
             _remove_any(path)
             counts.removed_unvouched += 1
         for shard in _SHARDS:
-            with self._index.transaction() as txn:
+            with self._changing() as txn:
                 self._load_shard(txn, shard, counts)
-        with self._index.transaction() as txn:
+        with self._changing() as txn:
             txn.recount()
         self._sweep_locks()
 
@@ -522,6 +552,11 @@ class DiskCache:
                 locks.remove_if_unlocked(path)
             else:
                 _remove_any(path)
+
+
+def content_name(sha256: str) -> str:
+    """A content file's path under ``objects/`` (what nginx's internal location maps)."""
+    return f"{sha256[:2]}/{sha256}"
 
 
 def _lstat_mode(path: Path) -> int:

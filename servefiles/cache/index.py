@@ -87,6 +87,7 @@ PUT_ENTRY = """
         created_at = excluded.created_at, updated_at = excluded.updated_at, last_access = excluded.last_access"""
 DELETE_ENTRY = "DELETE FROM entries WHERE key = ?"
 DELETE_ENTRIES_OF_FILE = "DELETE FROM entries WHERE sha256 = ?"
+KEYS_OF_FILE = "SELECT key FROM entries WHERE sha256 = ?"
 RECORD_ACCESS = "UPDATE entries SET last_access = max(last_access, ?) WHERE key = ?"
 LEAST_RECENT = """
     SELECT key, sha256 FROM entries
@@ -137,10 +138,12 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 class Transaction:
     """One write transaction (``BEGIN IMMEDIATE``): the index's write lock is held throughout."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "removed")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.removed: list[str] = []
+        """Keys whose entry this transaction removed or replaced (the published tree follows them)."""
 
     def _changes(self, sql: str, params: tuple[object, ...] = ()) -> int:
         return self._conn.execute(sql, params).rowcount
@@ -160,6 +163,7 @@ class Transaction:
 
     def drop_file(self, sha256: str) -> int:
         """Forget a file and every entry that uses it; the number of entries dropped."""
+        self.removed += [str(row[0]) for row in self._conn.execute(KEYS_OF_FILE, (sha256,))]
         dropped = self._changes(DELETE_ENTRIES_OF_FILE, (sha256,))
         self._conn.execute(DELETE_FILE, (sha256,))
         return dropped
@@ -181,7 +185,10 @@ class Transaction:
         return [str(row[0]) for row in self._conn.execute("SELECT key FROM entries")]
 
     def delete_entry(self, key: str) -> bool:
-        return self._changes(DELETE_ENTRY, (key,)) > 0
+        if self._changes(DELETE_ENTRY, (key,)) > 0:
+            self.removed.append(key)
+            return True
+        return False
 
     def record_access(self, accesses: Iterable[tuple[str, int]]) -> None:
         """Apply a batch of (key, time_ns) touches; a later time never goes back."""

@@ -14,7 +14,9 @@ from typing import Literal, TypedDict
 
 from .. import config
 from ..auth import TokenRing, UploadToken
+from ..cache.tree import PublishedTree
 from ..http import HttpPolicy
+from ..nginx import ACCEL_LOCATION
 from ..service import CacheSettings, FileService
 from ..store import Store
 from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi
@@ -33,6 +35,8 @@ class Options(TypedDict, total=False):
     ``fill_wait_seconds`` [10], ``feed`` [True], ``feed_poll_seconds`` [0.2],
     ``feed_check_seconds`` [5], ``prefetch`` [False], ``metrics`` [False].
     ``upload_tokens`` [none: read-only], ``max_upload_bytes`` [1 GiB].
+    ``nginx`` [None]: "accel" or "tree" when nginx runs in front with the block
+    ``servefiles nginx-config`` prints; "tree" also needs ``publish_dir``.
     """
 
     read_db: str | None
@@ -50,6 +54,8 @@ class Options(TypedDict, total=False):
     metrics: bool
     upload_tokens: Iterable[str | UploadToken]
     max_upload_bytes: int
+    nginx: Literal["accel", "tree"] | None
+    publish_dir: str | Path | None
 
 
 @dataclass
@@ -86,6 +92,12 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
         raise TypeError(f"unknown servefiles option(s): {', '.join(sorted(unknown))}")
     defaults = CacheSettings()
     tokens = TokenRing(options.get("upload_tokens", ()))
+    prefix = normal_prefix(prefix)
+    nginx, publish_dir = options.get("nginx"), options.get("publish_dir")
+    if nginx not in (None, "accel", "tree"):
+        raise ValueError(f"nginx must be 'accel', 'tree' or None, not {nginx!r}")
+    if nginx == "tree" and publish_dir is None:
+        raise ValueError("nginx='tree' needs publish_dir: the directory nginx serves published files from")
     service = FileService(
         db,
         Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
@@ -106,7 +118,8 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
             prefetch=options.get("prefetch", defaults.prefetch),
         ),
         read_url=options.get("read_db"),
+        accel_prefix=ACCEL_LOCATION if nginx else None,
+        tree=PublishedTree(Path(publish_dir), prefix) if nginx == "tree" and publish_dir is not None else None,
     )
-    prefix = normal_prefix(prefix)
     writes = WriteApi(service, tokens, options.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES), prefix)
     return Mount(service, writes, prefix, options.get("metrics", False))

@@ -1,0 +1,12 @@
+from django.db import models
+
+
+class Post(models.Model):
+    """A blog post; its files are stored by STORAGES["default"]: the servefiles database."""
+
+    title = models.CharField(max_length=200)
+    image = models.ImageField(upload_to="blog/")
+    attachment = models.FileField(upload_to="files/", blank=True)
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,176 @@
+"""The published tree: cached files laid out as ``{root}{prefix}/{key}`` for nginx's
+``try_files``, so hits never reach Python.
+
+A file is published only when nginx would send exactly the headers servefiles sends:
+its stored Content-Type must be the one the generated ``types`` block gives its
+extension, and it must not be active content or text (see :func:`tree_types`). Everything
+else keeps going through the app.
+
+Each published file is a hard link to the disk tier's content file (a copy when the
+content file already carries another key's timestamp), renamed into place atomically,
+with its mtime set from the database's ``updated_at``: nginx derives Last-Modified and
+its ETag (``"mtime-size"``) from it, so they are the same on every frontend. The disk
+tier withdraws a key's path whenever its entry goes (replaced, deleted, evicted,
+dropped), and the service clears the whole tree while the change feed is down, since
+nginx serves the tree without asking anyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..content_types import content_type_table, guess_content_type
+from ..http import is_active_content
+from ..store.types import FileMeta
+
+logger = logging.getLogger("servefiles")
+
+TEMP_PREFIX = ".servefiles-tmp-"
+
+
+def tree_types() -> dict[str, list[str]]:
+    """Content type -> extensions that may be published: servefiles' own table minus text,
+    active types and message/* (MHTML), which need a charset or a Content-Disposition that
+    nginx's static module would not send. The generated nginx ``types`` block is exactly this."""
+    return {
+        content_type: extensions
+        for content_type, extensions in content_type_table().items()
+        if not content_type.startswith(("text/", "message/")) and not is_active_content(content_type)
+    }
+
+
+def publishable(meta: FileMeta, allowed: Iterable[str]) -> bool:
+    """Whether nginx, serving the file statically, would send its stored Content-Type."""
+    return meta.content_type == guess_content_type(meta.key) and meta.content_type in allowed
+
+
+class PublishedTree:
+    """The directory ``{root}{prefix}/`` that mirrors published keys as paths."""
+
+    def __init__(self, root: Path, prefix: str) -> None:
+        self.root = Path(root).absolute()
+        self.base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        self._allowed = frozenset(tree_types())
+
+    def path(self, key: str) -> Path:
+        """Where ``key`` is published. Keys are canonical (the key gate ran): no ``..``, no
+        empty or dot segments, no backslash or NUL, so this never leaves ``base``."""
+        return self.base / key
+
+    def accepts(self, meta: FileMeta) -> bool:
+        return publishable(meta, self._allowed)
+
+    def is_published(self, meta: FileMeta) -> bool:
+        """Whether ``key``'s path holds this version already (size and timestamp agree)."""
+        try:
+            found = os.stat(self.path(meta.key), follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(found.st_mode) and found.st_size == meta.size and found.st_mtime_ns == _mtime_ns(meta)
+
+    def publish(self, meta: FileMeta, content: Path) -> bool:
+        """Put ``content`` (the disk tier's file of this version) at the key's path; False when
+        the path cannot hold it (a directory there, a name too long, a full disk)."""
+        if not self.accepts(meta):
+            return False
+        target = self.path(meta.key)
+        try:
+            _make_parents(self.base, target.parent)
+            temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            mtime = _mtime_ns(meta)
+            found = os.stat(content, follow_symlinks=False)
+            if found.st_nlink == 1 or found.st_mtime_ns == mtime:
+                os.link(content, temp)
+            else:  # the content file is published under another key with another timestamp
+                shutil.copyfile(content, temp, follow_symlinks=False)
+            try:
+                os.utime(temp, ns=(mtime, mtime), follow_symlinks=False)
+                os.rename(temp, target)  # atomic; fails on a directory, which stays
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+        except OSError as exc:
+            logger.info("not publishing %s for nginx: %s", meta.key, exc)
+            return False
+        return True
+
+    def withdraw(self, key: str) -> None:
+        """Remove the key's path (nginx then asks servefiles); missing is fine."""
+        target = self.path(key)
+        try:
+            if not stat.S_ISDIR(os.stat(target, follow_symlinks=False).st_mode):
+                os.unlink(target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
+            return
+        _remove_empty_parents(self.base, target.parent)
+
+    def clear(self) -> None:
+        """Withdraw everything (the feed is down: nothing here can be vouched for)."""
+        if self.base.is_dir() and not self.base.is_symlink():
+            for item in list(os.scandir(self.base)):
+                _remove_any(Path(item.path))
+
+    def sweep(self, current: Callable[[str], FileMeta | None]) -> int:
+        """Start-up: remove every path that is not ``current(key)``'s published version."""
+        removed = 0
+        if not self.base.is_dir():
+            return 0
+        for directory, dirnames, filenames in os.walk(self.base):
+            for name in filenames:
+                path = Path(directory) / name
+                key = path.relative_to(self.base).as_posix()
+                meta = None if name.startswith(TEMP_PREFIX) else current(key)
+                if meta is None or not self.accepts(meta) or not self.is_published(meta):
+                    _remove_any(path)
+                    removed += 1
+            for name in list(dirnames):
+                if os.path.islink(os.path.join(directory, name)):
+                    _remove_any(Path(directory) / name)
+                    dirnames.remove(name)
+        return removed
+
+
+def _mtime_ns(meta: FileMeta) -> int:
+    """The database timestamp in whole seconds (HTTP dates have no finer grain)."""
+    return int(meta.updated_at.timestamp()) * 1_000_000_000
+
+
+def _make_parents(base: Path, directory: Path) -> None:
+    """Create ``directory`` under ``base``, refusing to go through a symlink or a file."""
+    os.makedirs(base, exist_ok=True)
+    current = base
+    for part in directory.relative_to(base).parts:
+        current = current / part
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.stat(current, follow_symlinks=False).st_mode):
+                raise NotADirectoryError(f"{current} is not a directory") from None
+
+
+def _remove_empty_parents(base: Path, directory: Path) -> None:
+    while directory != base and base in directory.parents:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _remove_any(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
