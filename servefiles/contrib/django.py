@@ -37,7 +37,8 @@ from django.core.files.storage import Storage
 from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
-from ..errors import InvalidKey, NotFound, PreconditionFailed
+from ..content_types import check_content_type
+from ..errors import InvalidContentType, InvalidKey, NotFound, PreconditionFailed
 from ..keys import canonical_key
 from ..middleware.wsgi import ServeFilesWSGI, WSGIApp
 from ..store import FileMeta
@@ -76,7 +77,8 @@ class ServeFilesStorage(Storage):
     """Django Storage over the servefiles database (``STORAGES["default"]``)."""
 
     def _save(self, name: str, content: File[Any]) -> str:
-        content_type = getattr(content, "content_type", None)
+        content_type = _usable_type(getattr(content, "content_type", None))
+        max_length = getattr(content, "max_length", None)  # not passed to _save: Django checked it already
         for _ in range(SAVE_ATTEMPTS):
             key = self._key(name)
             if hasattr(content, "seek"):
@@ -86,21 +88,13 @@ class ServeFilesStorage(Storage):
                 return key
             except PreconditionFailed:
                 # Taken since get_available_name looked (another upload, another frontend).
-                name = self.get_available_name(name)
+                name = self.get_available_name(name, max_length=max_length)
         raise FileExistsError(f"no free name found for {name!r}")
 
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
         if "w" in mode or "a" in mode or "+" in mode:
             raise ValueError("servefiles files are opened for reading; save() writes them")
-        spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - File owns it
-        try:
-            for chunk in files().open(self._key(name)):
-                spooled.write(chunk)
-        except NotFound:
-            spooled.close()
-            raise FileNotFoundError(name) from None
-        spooled.seek(0)
-        return File(spooled, name)
+        return StoredFile(_fetch(self._key(name), name), name, self._key(name))
 
     def delete(self, name: str) -> None:
         if name:
@@ -158,6 +152,49 @@ class ServeFilesStorage(Storage):
         if meta is None:
             raise FileNotFoundError(name)
         return meta
+
+
+class StoredFile(File):  # type: ignore[type-arg]
+    """A stored file's bytes, spooled; reopened (``open()`` after ``close()``) from the store,
+    never from a local path that happens to share its name."""
+
+    def __init__(self, spooled: IO[bytes], name: str, key: str) -> None:
+        super().__init__(spooled, name)
+        self._key = key
+
+    def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> StoredFile:
+        if self.closed:
+            self.file = _fetch(self._key, self.name or self._key)
+        else:
+            self.seek(0)
+        return self
+
+
+def _fetch(key: str, name: str) -> IO[bytes]:
+    """The key's bytes in a spooled temp file (memory up to SPOOL_BYTES), at position 0."""
+    spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the File owns it
+    try:
+        for chunk in files().open(key):
+            spooled.write(chunk)
+    except NotFound:
+        spooled.close()
+        raise FileNotFoundError(name) from None
+    except BaseException:
+        spooled.close()
+        raise
+    spooled.seek(0)
+    return spooled
+
+
+def _usable_type(declared: object) -> str | None:
+    """A declared upload type servefiles can store, else None (guess from the name): browsers
+    and clients send anything in a multipart part, and a bad one must not fail the save."""
+    if not isinstance(declared, str) or not declared:
+        return None
+    try:
+        return check_content_type(declared)
+    except InvalidContentType:
+        return None
 
 
 class _Reader:

@@ -31,7 +31,7 @@ from typing import IO, Any, TypeVar, Unpack
 from urllib.parse import unquote
 
 from .. import http
-from ..errors import ServeFilesError, UploadAborted
+from ..errors import NotFound, ServeFilesError, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -297,6 +297,8 @@ def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[byte
     try:
         while (chunk := adapter._run(next_chunk(), process)) is not None:
             yield chunk
+    except NotFound:
+        raise  # the Python API's open() of a missing key: the caller's to handle, no response involved
     except (ServeFilesError, OSError) as exc:
         logger.warning("aborting response: %s", exc)
         raise

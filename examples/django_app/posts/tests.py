@@ -9,9 +9,9 @@ deletes what it stored.
 
 import io
 import struct
-import unittest
 import uuid
 import zlib
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 from django.contrib.auth import get_user_model
@@ -128,13 +128,9 @@ class ModelFieldTests(StorageTestCase):
         self.assertEqual(content, data)
         self.assertEqual({name.lower(): value for name, value in headers.items()}["content-type"], "image/png")
 
-    @unittest.expectedFailure
     def test_reopen_after_close_reads_the_store(self) -> None:
-        """Known bug: ServeFilesStorage._open returns a plain File(spooled, name); once closed,
-        File.open() looks for ``name`` on the local disk (relative to the working directory)
-        instead of the store, so it raises "The file cannot be reopened." (or reads a local
-        file that happens to have that path). Remove expectedFailure once _open returns a
-        File that re-fetches from the store."""
+        """A closed file reopens from the store, never from a local path that shares its name
+        (a plain File would look for ``name`` relative to the working directory)."""
         data = png(seed=7)
         post = Post.objects.create(title="reopen", image=SimpleUploadedFile(unique("r") + ".png", data))
         self.forget(post.image.name)
@@ -146,6 +142,18 @@ class ModelFieldTests(StorageTestCase):
 
 
 class StorageApiTests(StorageTestCase):
+    def test_a_stored_name_that_is_also_a_local_path_reopens_from_the_store(self) -> None:
+        local = Path(__file__).resolve().parent.parent / "blog" / "urls.py"  # this project's own source
+        self.assertTrue(local.exists())
+        name = default_storage.save("blog/urls.py", ContentFile(b"STORED"))
+        self.forget(name)
+        opened = default_storage.open(name)
+        self.assertEqual(opened.read(), b"STORED")
+        opened.close()
+        opened.open("rb")
+        self.assertEqual(opened.read(), b"STORED")
+        opened.close()
+
     def test_save_listdir_and_times(self) -> None:
         folder = unique("dir")
         name = default_storage.save(f"{folder}/a.txt", ContentFile(b"a"))
@@ -216,13 +224,9 @@ class AdminTests(StorageTestCase):
         page = self.client.get("/")
         self.assertContains(page, f'<img src="/media/blog/{name}"')
 
-    @unittest.expectedFailure
     def test_attachment_with_a_malformed_declared_type(self) -> None:
-        """Known bug: ServeFilesStorage._save passes the client's declared Content-Type (a
-        FileField keeps the multipart part's; only ImageField replaces it with Pillow's) to
-        files().put, which raises InvalidContentType for a malformed one: the admin answers 500
-        (and the image saved before it stays in the store). Remove expectedFailure once _save
-        falls back to guessing the type from the name."""
+        """A FileField keeps the type the client declared in its multipart part; a malformed
+        one is not stored (it would fail the save): the type is guessed from the name instead."""
         get_user_model().objects.create_superuser("admin", "admin@example.com", "a password")
         self.client.force_login(get_user_model().objects.get(username="admin"))
         image, notes = unique("typed") + ".png", unique("notes") + ".txt"
