@@ -86,8 +86,10 @@ def render(settings: NginxSettings) -> str:
         lines += [
             f"    location {prefix} {{",
             f"        root {settings.publish_dir.absolute()};",
-            "        try_files $uri @servefiles;   # a published file, else servefiles",
-            "        error_page 405 = @servefiles;  # PUT and DELETE go to servefiles",
+            "        # A published file, else servefiles: a missing file (404) and PUT or DELETE (405) go",
+            "        # there. (error_page rather than try_files: one open(), no extra stat per hit.)",
+            "        error_page 404 405 = @servefiles;",
+            "        log_not_found off;",
             _types_block(),
             f'        add_header Cache-Control "{settings.cache_control}" always;',
             "        add_header X-Content-Type-Options nosniff always;",
