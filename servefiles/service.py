@@ -238,6 +238,9 @@ class FileService:
             dropped = await asyncio.to_thread(self.disk.clear)
             if dropped:
                 logger.warning("disk cache %s was not filled from this database: cleared", self.disk.root)
+            # An empty cache has nothing to invalidate: follow from now on, rather than
+            # replaying the database's whole history (a million keys, a million changes).
+            self.feed.cursor = await store.last_version()
         self.feed.start()
         await self.feed.wait_caught_up(FEED_START_SECONDS)
 
