@@ -48,7 +48,7 @@ class Load:
 
 def wrk(url: str, seconds: float, connections: int, script: Path | None = None) -> Load:
     """A bounded wrk run on the load core: requests/s and latency percentiles."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
     out = subprocess.run(pinned(LOAD_CORE, [*command, url]), capture_output=True, text=True,
