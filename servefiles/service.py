@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -490,9 +491,13 @@ class FileService:
                 data = os.pread(fd, entry.meta.size, 0)
             finally:
                 os.close(fd)
-            if len(data) == entry.meta.size:
+            # Promotion is once per file, not per hit: worth a hash, so a cache file damaged
+            # in place (same size, other bytes) is refetched rather than served from memory.
+            if len(data) == entry.meta.size and hashlib.sha256(data).hexdigest() == entry.meta.sha256:
                 self.memory.put(entry.meta.key, MemoryEntry(file, data))
                 return Reply(response, MemoryBody(data))
+            logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
+            self.disk.drop_damaged(entry.meta)
             return None
         return Reply(response, DiskBody(fd, entry.path, inline=False))
 

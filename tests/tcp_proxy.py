@@ -19,6 +19,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.accepted = 0
+        self.delay = 0.0
+        """Seconds each forwarded piece waits: a slow database, produced for real (the latency is on the wire)."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -37,6 +39,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     dst.write(data)
                     await dst.drain()
             dst.close()

@@ -118,13 +118,21 @@ def is_sha256(text: str) -> bool:
     return len(text) == 64 and _SHA256.fullmatch(text) is not None
 
 
-def _is_good_file(path: Path, size: int) -> bool:
-    """A regular file (not followed) of exactly ``size`` bytes."""
+def _is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
+    """A regular file (not followed) of exactly ``size`` bytes (and, when given, that hash)."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == size
+    if not (stat.S_ISREG(st.st_mode) and st.st_size == size):
+        return False
+    if sha256 is None:
+        return True
+    digest = hashlib.sha256()
+    with open(path, "rb") as found:
+        while block := found.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest() == sha256
 
 
 def _remove_any(path: str | Path) -> None:
@@ -306,9 +314,14 @@ class DiskCache:
         self._drop_damaged_quietly(entry.meta)
         return None
 
-    def _drop_damaged_quietly(self, meta: FileMeta) -> None:
+    def drop_damaged(self, meta: FileMeta) -> None:
+        """Forget a file whose bytes were found not to match its hash, with every entry that
+        uses it — unless the file in place now (another process may have replaced it) is good."""
+        self._drop_damaged_quietly(meta, check_hash=True)
+
+    def _drop_damaged_quietly(self, meta: FileMeta, check_hash: bool = False) -> None:
         try:
-            self._drop_damaged(meta)
+            self._drop_damaged(meta, check_hash)
         except (sqlite3.Error, OSError) as exc:  # the next open's sweep will
             logger.warning("disk cache: could not drop damaged entry %s: %s", meta.key, exc)
 
@@ -452,7 +465,7 @@ class DiskCache:
             if is_sha256(sha256):
                 _remove_any(self.content_path(sha256))
 
-    def _drop_damaged(self, meta: FileMeta) -> None:
+    def _drop_damaged(self, meta: FileMeta, check_hash: bool = False) -> None:
         """Forget a file found damaged, with every entry that uses it, and remove what is there.
 
         Under the write lock the file is looked at again: another process may
@@ -464,7 +477,7 @@ class DiskCache:
         try:
             with self._changing() as txn:
                 size = txn.file_size(meta.sha256)
-                if size is None or _is_good_file(path, size):
+                if size is None or _is_good_file(path, size, meta.sha256 if check_hash else None):
                     return
                 txn.drop_file(meta.sha256)
                 _remove_any(path)

@@ -1,0 +1,171 @@
+"""Faults produced for real, beyond those the other suites inject: the database killed in the
+middle of a fetch, a slow database, a cache file damaged in place, eviction racing with load.
+
+Where the others are: kill -9 during a fill, a full disk (a real 1 MiB tmpfs) and a client
+that disconnects (test_serving_cache.py); the database killed mid-upload and cancelled
+uploads (test_store_contract.py); dropped connections and a database outage through a cut
+proxy (test_outage.py, test_frontends.py); the feed's connection killed (test_feed.py);
+truncated, replaced and symlinked cache files (test_disk_cache.py).
+
+Under every fault: nothing corrupt is served (a response either completes with exactly
+the bytes its ETag names, or is cut short), nothing acknowledged is lost, and service
+recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from servefiles import ServeFiles, open_store
+
+from .servers import Frontend
+from .tcp_proxy import TcpProxy, with_netloc
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_the_database_killed_mid_fetch_never_yields_a_wrong_body(pg_url: str, tmp_path: Path) -> None:
+    data = os.urandom(24 * 1024 * 1024)
+    async with open_store(pg_url) as store:
+        await store.put("big.bin", data)
+    frontend = Frontend("--db", pg_url, "--cache-dir", str(tmp_path / "cache")).start()
+    try:
+        admin = await asyncpg.connect(pg_url)
+        try:
+            async with httpx.AsyncClient(base_url=frontend.base, timeout=60) as client:
+                received = bytearray()
+                completed = False
+                try:
+                    async with client.stream("GET", "/media/big.bin") as response:
+                        assert response.status_code == 200
+                        killed = False
+                        async for chunk in response.aiter_bytes():
+                            received += chunk
+                            if not killed and len(received) > 1024 * 1024:
+                                killed = True  # every other connection to this database: the frontend's
+                                await admin.execute(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                                )
+                    completed = True
+                except httpx.TransportError:
+                    pass  # cut short: allowed, the client knows it is incomplete
+                if completed:
+                    assert bytes(received) == data, "a completed response must be exactly the file"
+                else:
+                    assert data.startswith(bytes(received)), "even a cut response carries only the file's bytes"
+                deadline = time.monotonic() + 20
+                while True:  # recovery without a restart
+                    again = await client.get("/media/big.bin")
+                    if again.status_code == 200:
+                        break
+                    assert again.status_code == 503, again.status_code
+                    assert time.monotonic() < deadline, "the frontend did not recover"
+                    await asyncio.sleep(0.2)
+                assert again.content == data and again.headers["etag"] == f'"{sha(data)}"'
+        finally:
+            await admin.close()
+    finally:
+        frontend.stop()
+    assert "Traceback" not in frontend.output(), frontend.output()
+
+
+async def test_a_slow_database_slows_misses_but_never_hits(pg_url: str, pg_proxy: TcpProxy, tmp_path: Path) -> None:
+    hot, cold = os.urandom(50_000), os.urandom(3_000_000)
+    async with open_store(pg_url) as store:
+        await store.put("hot.bin", hot)
+        await store.put("cold.bin", cold)
+    slow_url = with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}")
+    app = ServeFiles(None, db=slow_url, cache_dir=tmp_path / "cache")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t", timeout=60) as client:
+            assert (await client.get("/media/hot.bin")).content == hot
+            pg_proxy.delay = 0.05  # every piece the database sends now waits 50 ms
+
+            async def hits() -> list[float]:
+                times = []
+                for _ in range(20):
+                    started = time.monotonic()
+                    response = await client.get("/media/hot.bin")
+                    times.append(time.monotonic() - started)
+                    assert response.content == hot
+                return times
+
+            started = time.monotonic()
+            miss, hit_times = await asyncio.gather(client.get("/media/cold.bin"), hits())
+            miss_seconds = time.monotonic() - started
+            assert miss.status_code == 200 and miss.content == cold, "slow, but whole and correct"
+            assert max(hit_times) < miss_seconds / 2, (max(hit_times), miss_seconds)
+            assert sorted(hit_times)[len(hit_times) // 2] < 0.05, "a hit makes no query: the slow database is not in it"
+    finally:
+        pg_proxy.delay = 0
+        await app.aclose()
+
+
+async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: str, tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    async with open_store(store_url) as store:
+        meta = await store.put("photo.jpg", data)
+    cache = tmp_path / "cache"
+    app = ServeFiles(None, db=store_url, cache_dir=cache)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+        assert (await client.get("/media/photo.jpg")).content == data
+    await app.aclose()
+    object_file = cache / "objects" / meta.sha256[:2] / meta.sha256
+    damaged = bytearray(object_file.read_bytes())
+    damaged[5000:5010] = b"X" * 10  # same size, other bytes: bit rot, or someone editing the cache
+    object_file.write_bytes(bytes(damaged))
+    app = ServeFiles(None, db=store_url, cache_dir=cache)  # a restart: the memory tier is empty
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            for _ in range(3):
+                response = await client.get("/media/photo.jpg")
+                assert response.content == data and response.headers["etag"] == f'"{sha(data)}"'
+        assert sha(object_file.read_bytes()) == meta.sha256, "the damaged file was replaced by a good one"
+    finally:
+        await app.aclose()
+
+
+@pytest.mark.parametrize("clients", [8])
+async def test_eviction_racing_with_load_serves_only_whole_files(store_url: str, tmp_path: Path, clients: int) -> None:
+    files = {f"f{n}.bin": os.urandom(random.Random(n).randrange(200_000, 900_000)) for n in range(14)}
+    async with open_store(store_url) as store:
+        for key, data in files.items():
+            await store.put(key, data)
+    frontend = Frontend("--db", store_url, "--cache-dir", str(tmp_path / "cache"), "--cache-size", "3MiB",
+                        "--memory-size", "1MiB", "--metrics").start()  # fmt: skip
+    bad: list[str] = []
+    counts = {"requests": 0}
+    try:
+        async with httpx.AsyncClient(base_url=frontend.base, timeout=60) as client:
+
+            async def worker(seed: int) -> None:
+                rng = random.Random(seed)
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline:
+                    key = rng.choice(list(files))
+                    headers = {"range": "bytes=1000-60999"} if rng.random() < 0.2 else {}
+                    response = await client.get(f"/media/{key}", headers=headers)
+                    counts["requests"] += 1
+                    expected = files[key][1000:61000] if headers else files[key]
+                    if response.status_code not in (200, 206) or response.content != expected:
+                        bad.append(f"{key} {headers} -> {response.status_code}, {len(response.content)} bytes")
+
+            await asyncio.gather(*(worker(n) for n in range(clients)))
+        evictions = frontend.metric('servefiles_evictions_total{tier="disk"}')
+    finally:
+        frontend.stop()
+    assert not bad, bad[:10]
+    assert counts["requests"] > 50 and evictions > 0, (counts, evictions)
+    assert "Traceback" not in frontend.output(), frontend.output()
