@@ -37,7 +37,7 @@ from .cache.disk import DiskCache, DiskEntry, content_name
 from .cache.fill import Filler, FillReader, read_fd
 from .cache.memory import MemoryEntry, MemoryTier
 from .cache.tree import PublishedTree
-from .errors import InvalidKey, ServeFilesError, StoreUnavailable
+from .errors import ContentChanged, InvalidKey, NotFound, ServeFilesError, StoreUnavailable
 from .feed import ChangeFeed
 from .http import ByteRange, HttpPolicy, PreparedFile
 from .keys import canonical_key
@@ -58,6 +58,8 @@ STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 FEED_START_SECONDS = 2.0
 """How long start-up waits for the feed's first catch-up before serving anyway."""
 PREFETCH_CONCURRENCY = 4
+PRIME_ATTEMPTS = 3
+"""How often a reply is rebuilt when its file changes between the metadata query and the fetch."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,40 @@ class FillBody(Body):
 
     def close(self) -> None:
         self.reader.close()
+
+
+class PrimedBody(Body):
+    """A body whose first chunk was fetched before the reply was sent (see :meth:`FileService.serve`)."""
+
+    def __init__(self, inner: Body, segment: ByteRange, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self.inner = inner
+        self.path = inner.path
+        self._segment = segment
+        self._first: bytes | None = first
+        self._rest = rest
+
+    @classmethod
+    async def prime(cls, inner: Body, segment: ByteRange) -> PrimedBody:
+        chunks = inner.chunks(segment)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = b""
+        return cls(inner, segment, first, chunks)
+
+    async def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
+        if segment is self._segment and self._first is not None:
+            first, self._first = self._first, None
+            if first:
+                yield first
+            async for chunk in self._rest:
+                yield chunk
+            return
+        async for chunk in self.inner.chunks(segment):
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @dataclass(slots=True)
@@ -381,6 +417,33 @@ class FileService:
     # -- the request path ---------------------------------------------------------------
 
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
+        """The reply to a GET or HEAD of ``{prefix}/{raw_key}``.
+
+        A body fetched from the store is primed: its first bytes are in hand before the
+        reply goes out, so a file replaced or deleted between the metadata query and the
+        fetch (its old chunks are gone) is asked for again — the client gets the new
+        version or a 404 — instead of a status line followed by a cut connection. The
+        database going away at that point is a 503 with Retry-After rather than a cut.
+        """
+        for _ in range(PRIME_ATTEMPTS):
+            reply = await self._serve_once(method, raw_key, headers)
+            if method == "HEAD" or not isinstance(reply.body, FillBody | StoreBody):
+                return reply
+            segment = next((s for s in reply.response.body if isinstance(s, ByteRange)), None)
+            if segment is None:
+                return reply
+            try:
+                reply.body = await PrimedBody.prime(reply.body, segment)
+                return reply
+            except (ContentChanged, NotFound):
+                reply.body.close()  # changed under us: ask the store again
+            except StoreUnavailable as exc:
+                reply.body.close()
+                logger.warning("store unavailable: %s", exc)
+                return Reply(self._unavailable)
+        return Reply(self._unavailable)
+
+    async def _serve_once(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
         if method not in ("GET", "HEAD"):
             return Reply(self._not_allowed)
         try:
