@@ -58,7 +58,7 @@ STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 FEED_START_SECONDS = 2.0
 """How long start-up waits for the feed's first catch-up before serving anyway."""
 PREFETCH_CONCURRENCY = 4
-PRIME_ATTEMPTS = 3
+PRIME_ATTEMPTS = 5
 """How often a reply is rebuilt when its file changes between the metadata query and the fetch."""
 
 
@@ -441,6 +441,7 @@ class FileService:
                 reply.body.close()
                 logger.warning("store unavailable: %s", exc)
                 return Reply(self._unavailable)
+        logger.warning("%s changed %d times while being fetched; answering 503", raw_key, PRIME_ATTEMPTS)
         return Reply(self._unavailable)
 
     async def _serve_once(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:

@@ -169,3 +169,39 @@ async def test_eviction_racing_with_load_serves_only_whole_files(store_url: str,
     assert not bad, bad[:10]
     assert counts["requests"] > 50 and evictions > 0, (counts, evictions)
     assert "Traceback" not in frontend.output(), frontend.output()
+
+
+@pytest.mark.parametrize("change", ["replace", "delete"])
+async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
+    store_url: str, tmp_path: Path, change: str
+) -> None:
+    """The race the soak test found: the metadata query says version 1, then a writer replaces
+    (or deletes) the file and its old chunks are gone before the fetch. The client must get
+    the new state, never a status line followed by a cut connection."""
+    old, new = os.urandom(400_000), os.urandom(300_000)
+    async with open_store(store_url) as store:
+        await store.put("k.bin", old)
+        app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache", feed=False)
+        real_stat = store.stat
+        interleaved = False
+
+        async def stat_then_change(key: str) -> object:  # a real write, at the worst moment
+            nonlocal interleaved
+            meta = await real_stat(key)
+            if not interleaved:
+                interleaved = True
+                await (store.put("k.bin", new) if change == "replace" else store.delete("k.bin"))
+            return meta
+
+        store.stat = stat_then_change  # type: ignore[method-assign]
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+                response = await client.get("/media/k.bin")
+        finally:
+            await app.aclose()
+        assert interleaved
+        if change == "replace":
+            assert (response.status_code, response.content) == (200, new)
+            assert response.headers["etag"] == f'"{sha(new)}"'
+        else:
+            assert response.status_code == 404
