@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import httpx
 
@@ -36,6 +37,39 @@ def cli(
         capture_output=True,
         timeout=120,
     )
+
+
+@contextlib.contextmanager
+def listening(
+    command: list[str], port: int, log: Path, *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+    ready_path: str | None = None, what: str = "the server",
+) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """Run ``command`` until it listens on ``port`` (and, with ``ready_path``, answers it with 200),
+    output to ``log``; stop it with SIGTERM (SIGKILL after 10 s) on the way out."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
+            with contextlib.suppress(OSError, httpx.TransportError), socket.create_connection(
+                ("127.0.0.1", port), timeout=0.5
+            ):
+                if ready_path is None:
+                    break
+                if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"{what} did not listen in time:\n{log.read_text(errors='replace')}"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Frontend:

@@ -17,7 +17,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from servefiles import open_store
 
-from .servers import free_port
+from .servers import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -127,28 +126,9 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     env.update(ADMIN_PASSWORD=PASSWORD)
     env.pop("ADMIN_SECRET", None)
     log = tmp / "uvicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "examples.admin.app:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, f"the admin app exited with {proc.returncode}:\n{log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{running.base}/admin/login", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"the admin app did not answer in time:\n{log.read_text()}"
-            time.sleep(0.05)
+    command = [sys.executable, "-m", "uvicorn", "examples.admin.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    with listening(command, port, log, cwd=ROOT, env=env, ready_path="/admin/login", what="the admin app"):
         yield running
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     output = log.read_text(errors="replace")
     assert "Application shutdown complete." in output, output
     assert "Traceback" not in output and "ERROR" not in output, output

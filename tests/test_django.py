@@ -16,7 +16,6 @@ import hashlib
 import io
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from PIL import Image
 
 from servefiles import open_store
 
-from .servers import free_port
+from .servers import free_port, listening
 
 PROJECT = Path(__file__).resolve().parent.parent / "examples" / "django_app"
 COMMAND_TIMEOUT = 60.0
@@ -106,25 +105,8 @@ def gunicorn(env: Mapping[str, str], log: Path) -> Iterator[str]:
     workers = ["--workers", "2", "--worker-class", "gthread", "--threads", "2"]
     command = [sys.executable, "-m", "gunicorn", "blog.wsgi", "--bind", f"127.0.0.1:{port}", *workers,
                "--no-control-socket", "--graceful-timeout", "5"]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=PROJECT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            assert time.monotonic() < deadline, f"gunicorn did not listen in time:\n{log.read_text(errors='replace')}"
-            time.sleep(0.05)
+    with listening(command, port, log, cwd=PROJECT, env=env, what="gunicorn"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
 
 
 def admin_upload(client: httpx.Client, title: str, name: str, data: bytes) -> None:

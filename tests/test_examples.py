@@ -14,10 +14,7 @@ import html
 import importlib
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .servers import free_port
+from .servers import free_port, listening
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
@@ -222,28 +219,8 @@ def run_example(module: str, env: Mapping[str, str], log: Path, server: str = "u
         "gunicorn": [sys.executable, "-m", "gunicorn", f"{module}:app", "--bind", f"127.0.0.1:{port}",
                      "--no-control-socket"],
     }[server]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, f"the example exited with {proc.returncode}:\n{running.output()}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            assert time.monotonic() < deadline, f"the example did not listen in time:\n{running.output()}"
-            time.sleep(0.05)
+    with listening(command, port, log, cwd=ROOT, env=env, what="the example"):
         yield running
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(LIFESPAN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
