@@ -235,6 +235,9 @@ class FileService:
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._stats = _Flights()
         self.feed: ChangeFeed | None = None
+        self._absent: LRUCache[str, bool] = LRUCache(VALIDATION_ENTRIES)
+        """Keys the store said were missing while the feed was healthy: until the feed announces
+        them, asking again would only cost a query per request (a flood of 404s is free)."""
         self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
         """The newest version the feed announced per key: anything older is stale."""
         self._prefetching = asyncio.Semaphore(PREFETCH_CONCURRENCY)
@@ -286,6 +289,7 @@ class FileService:
         for change in changes:
             self._latest[change.key] = change.version
             self._validated.pop(change.key, None)
+            self._absent.pop(change.key, None)
             cached = self.memory.get(change.key)
             if cached is not None and cached.file.meta.version < change.version:
                 self.memory.discard(change.key)
@@ -297,6 +301,7 @@ class FileService:
 
     def _feed_down(self) -> None:
         """nginx serves the published tree without asking: withdraw it until the feed is back."""
+        self._absent.clear()
         tree = self.disk.tree
         if tree is not None:
             task = asyncio.create_task(asyncio.to_thread(tree.clear))
@@ -408,6 +413,7 @@ class FileService:
         """
         if self._latest.get(key, 0) < version:
             self._latest[key] = version
+        self._absent.pop(key, None)
         if revision is None:
             self._validated.pop(key, None)
         else:
@@ -468,6 +474,8 @@ class FileService:
                 reply = self._from_disk(method, headers, disk_entry)
                 if reply is not None:
                     return reply
+            if entry is None and disk_entry is None and self._known_absent(key):
+                return Reply(self._not_found)
             return await self._from_store(method, headers, key, entry, disk_entry)
         except StoreUnavailable as exc:
             logger.warning("store unavailable: %s", exc)
@@ -484,6 +492,8 @@ class FileService:
         """
         assert self.accel_prefix is not None and self._filler is not None
         entry = self.disk.get(key)
+        if entry is None and self._known_absent(key):
+            return Reply(self._not_found)
         if entry is None or not self._is_fresh(key, entry.meta.revision, time.monotonic()):
             try:
                 meta = await self._stats.run(key, lambda: self._revalidate(key))
@@ -522,6 +532,9 @@ class FileService:
         self.metrics.disk_hits.inc()
         self.disk.touch(key)
         return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256)))
+
+    def _known_absent(self, key: str) -> bool:
+        return key in self._absent and self.feed is not None and self.feed.healthy
 
     def _is_fresh(self, key: str, revision: tuple[int, str], now: float) -> bool:
         if self.feed is not None and self.feed.healthy:
@@ -630,6 +643,8 @@ class FileService:
         """
         self._breaker.before()
         self.metrics.revalidations.inc()
+        feed = self.feed
+        cursor = feed.cursor if feed is not None and feed.healthy else None
         try:
             meta = await self.store.stat(key)
             if meta is not None and meta.version < self._latest.get(key, 0):
@@ -643,6 +658,8 @@ class FileService:
         self._breaker.succeeded()
         if meta is None:
             self._validated.pop(key, None)
+            if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
+                self._absent[key] = True  # no change arrived meanwhile: the feed will say when it exists
             await self._discard(key)
             return None
         cached = self.memory.get(key)

@@ -210,3 +210,25 @@ def test_two_real_frontends_agree_after_a_put(store_url: str, tmp_path: Path) ->
 async def _put(url: str, key: str, data: bytes) -> None:
     async with open_store(url) as store:
         await store.put(key, data)
+
+
+async def test_a_missing_key_costs_one_query_while_the_feed_is_healthy(store_url: str, tmp_path: Path) -> None:
+    """A flood of requests for absent keys must not become a flood of queries; the feed says when one appears."""
+    async with open_store(store_url) as store, open_store(store_url) as writer:
+        app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache")
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+                assert (await client.get("/_servefiles/health")).json()["feed"]["healthy"]
+                calls = count_store_reads(store)
+                for _ in range(50):
+                    assert (await client.get("/media/nothing-here.png")).status_code == 404
+                assert calls.count("_locate") == 1, calls
+                await writer.put("nothing-here.png", b"now it is")
+
+                async def appeared() -> bool:
+                    return (await client.get("/media/nothing-here.png")).status_code == 200
+
+                await until(appeared)
+                assert (await client.get("/media/nothing-here.png")).content == b"now it is"
+        finally:
+            await app.aclose()
