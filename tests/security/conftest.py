@@ -10,7 +10,7 @@ import pytest
 from servefiles import ServeFiles, ServeFilesWSGI, open_store
 
 from .corpus import MAX_UPLOAD_BYTES
-from .harness import TOKEN, Adapter, AsgiAdapter, Harness, WsgiAdapter
+from .harness import BLOG_TOKEN, TOKEN, Adapter, AsgiAdapter, Harness, WsgiAdapter
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
@@ -21,14 +21,16 @@ def adapter_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def harness(adapter_name: str, store_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    """``ServeFiles`` or ``ServeFilesWSGI`` over the store, with the upload token, the ordinary
-    files uploaded through it, and canaries planted next to its cache dir."""
-    options = {"cache_dir": tmp_path / "cache", "upload_tokens": [TOKEN], "max_upload_bytes": MAX_UPLOAD_BYTES}
+    """``ServeFiles`` or ``ServeFilesWSGI`` over the store, with the upload token (and one scoped
+    to ``blog/``), the ordinary files uploaded through it, and canaries planted next to its cache dir."""
+    cache_dir, tokens, limit = tmp_path / "cache", [TOKEN, f"{BLOG_TOKEN}:blog"], MAX_UPLOAD_BYTES
     adapter: Adapter
     if adapter_name == "asgi":
-        adapter = AsgiAdapter(ServeFiles(None, db=store_url, **options))  # type: ignore[arg-type]
+        asgi = ServeFiles(None, store_url, cache_dir=cache_dir, upload_tokens=tokens, max_upload_bytes=limit)
+        adapter = AsgiAdapter(asgi)
     else:
-        adapter = WsgiAdapter(ServeFilesWSGI(None, db=store_url, **options))  # type: ignore[arg-type]
+        wsgi = ServeFilesWSGI(None, store_url, cache_dir=cache_dir, upload_tokens=tokens, max_upload_bytes=limit)
+        adapter = WsgiAdapter(wsgi)
     db_file = tmp_path / "files.db" if store_url.startswith("sqlite:") else None
     try:
         async with open_store(store_url) as store:

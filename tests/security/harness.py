@@ -29,6 +29,8 @@ from ..asgi_servers import Message, Scope, asgi_request
 
 TOKEN = "sec-corpus-token-0123456789abc"
 """The upload token the apps under test accept: 30 characters."""
+BLOG_TOKEN = "sec-corpus-blog-only-987654321"
+"""A second token, limited to keys under ``blog/``."""
 PREFIX = "/media/"
 REQUEST_SECONDS = 2.0
 """Every request, however hostile, is answered within this."""
@@ -186,7 +188,7 @@ class AsgiAdapter:
         self, method: str, target: bytes, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, abort: bool
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if body is None:
-            raw = await asgi_request(self.app, method, target, list(headers))  # type: ignore[arg-type]
+            raw = await asgi_request(self.app, method, target, list(headers))
             return raw.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.headers], raw.body
         return await self._with_body(method, target, headers, body, abort)
 
@@ -234,12 +236,12 @@ class AsgiAdapter:
 class _FailingInput(io.RawIOBase):
     """``wsgi.input`` of a client that goes away after its first chunk."""
 
-    def __init__(self, first: bytes) -> None:
-        self.first: bytes | None = first
+    def __init__(self, body: bytes) -> None:
+        self.first: bytes | None = body[:BODY_CHUNK]
 
     def read(self, size: int = -1) -> bytes:
         if self.first is not None:
-            first, self.first = self.first, None
+            first, self.first = self.first[: size if size >= 0 else None], None
             return first
         raise ConnectionResetError("the client went away")
 
@@ -357,7 +359,9 @@ class Harness:
         write_files = set()
         if self.db_file is not None:
             write_files = {_real(f"{self.db_file}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")}
-        # /proc and /dev: Python and asyncio read them (e.g. /proc/self/fd); never a canary.
+        # /proc and /dev: Python and asyncio may read them (e.g. /proc/self/fd); never a canary.
+        # No system files: servefiles' type table is built with MimeTypes(filenames=()), so not
+        # even /etc/mime.types may be read while a request is served.
         read_roots = [*_code_roots(), "/proc", "/dev"]
         self.audit.write_roots = tuple(write_roots)
         self.audit.write_files = frozenset(write_files)
@@ -416,14 +420,15 @@ class Harness:
         headers: Sequence[tuple[bytes, bytes]] = (),
         body: bytes | None = None,
         *,
-        auth: bool = False,
+        auth: bool | str = False,
         length: bool = True,
         abort: bool = False,
     ) -> Reply:
-        """One request; raises what the app raises (:meth:`send` records it instead)."""
+        """One request (``auth``: with the token, or with the token given); raises what the app
+        raises (:meth:`send` records it instead)."""
         headers = list(headers)
         if auth:
-            headers.append((b"authorization", f"Bearer {TOKEN}".encode()))
+            headers.append((b"authorization", f"Bearer {TOKEN if auth is True else auth}".encode()))
         if body is not None and length and not any(name == b"content-length" for name, _ in headers):
             headers.append((b"content-length", b"%d" % len(body)))
         started = time.perf_counter()
@@ -478,7 +483,7 @@ class Harness:
         length = reply.header(b"content-length")
         if length is not None and method != "HEAD" and reply.status != 304 and length != b"%d" % len(reply.body):
             problems.append(f"Content-Length {length!r} but {len(reply.body)} bytes")
-        if reply.status != 304 and reply.header(b"x-content-type-options") != b"nosniff":
+        if reply.status not in (204, 304) and reply.header(b"x-content-type-options") != b"nosniff":
             problems.append("no X-Content-Type-Options: nosniff")
         return problems
 
@@ -507,13 +512,13 @@ class Harness:
     def report(self, before_outside: dict[str, bytes | str]) -> None:
         """Fail the test with every problem found: recorded failures, audit violations, files
         that appeared or changed outside the cache dir."""
-        problems = list(self.failures)
-        problems += [f"audit: {violation}" for violation in self.audit.violations]
+        problems = [f"audit: {violation}" for violation in self.audit.violations]  # the gravest first
         after = self.outside_cache()
         for path in sorted(set(before_outside) | set(after)):
             if before_outside.get(path) != after.get(path):
                 problems.append(f"outside the cache dir, {path} changed: {before_outside.get(path)!r:.80} -> "
                                 f"{after.get(path)!r:.80}")  # fmt: skip
+        problems += self.failures
         shown = "\n".join(problems[:150])
         more = f"\n... and {len(problems) - 150} more" if len(problems) > 150 else ""
         assert not problems, f"{len(problems)} problem(s):\n{shown}{more}"
