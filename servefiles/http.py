@@ -136,6 +136,7 @@ _ACTIVE_TYPES = frozenset(
         "text/javascript1.3",
         "text/javascript1.4",
         "text/javascript1.5",
+        "multipart/x-mixed-replace",  # each part is rendered as its own type (HTML included, in some browsers)
     }
 )
 

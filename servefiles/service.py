@@ -51,6 +51,9 @@ logger = logging.getLogger("servefiles")
 
 _T = TypeVar("_T")
 PREPARED_CACHE_ENTRIES = 4096
+ABSENT_ENTRIES = 20_000
+"""Absent keys remembered, by a 32-byte digest: anyone can ask for any key, so this is what
+bounds the memory a flood of 404s can take (about 4 MB); a forgotten one costs one query."""
 VALIDATION_ENTRIES = 100_000
 """Keys whose last revalidation time is remembered; a forgotten one costs one more metadata query."""
 RETRY_AFTER_SECONDS = 5
@@ -141,6 +144,10 @@ class FillBody(Body):
 
     def close(self) -> None:
         self.reader.close()
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 class PrimedBody(Body):
@@ -235,7 +242,7 @@ class FileService:
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._stats = _Flights()
         self.feed: ChangeFeed | None = None
-        self._absent: LRUCache[str, bool] = LRUCache(VALIDATION_ENTRIES)
+        self._absent: LRUCache[bytes, bool] = LRUCache(ABSENT_ENTRIES)
         """Keys the store said were missing while the feed was healthy: until the feed announces
         them, asking again would only cost a query per request (a flood of 404s is free)."""
         self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
@@ -289,7 +296,7 @@ class FileService:
         for change in changes:
             self._latest[change.key] = change.version
             self._validated.pop(change.key, None)
-            self._absent.pop(change.key, None)
+            self._absent.pop(_digest(change.key), None)
             cached = self.memory.get(change.key)
             if cached is not None and cached.file.meta.version < change.version:
                 self.memory.discard(change.key)
@@ -413,7 +420,7 @@ class FileService:
         """
         if self._latest.get(key, 0) < version:
             self._latest[key] = version
-        self._absent.pop(key, None)
+        self._absent.pop(_digest(key), None)
         if revision is None:
             self._validated.pop(key, None)
         else:
@@ -534,7 +541,7 @@ class FileService:
         return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256)))
 
     def _known_absent(self, key: str) -> bool:
-        return key in self._absent and self.feed is not None and self.feed.healthy
+        return bool(self._absent) and _digest(key) in self._absent and self.feed is not None and self.feed.healthy
 
     def _is_fresh(self, key: str, revision: tuple[int, str], now: float) -> bool:
         if self.feed is not None and self.feed.healthy:
@@ -659,7 +666,7 @@ class FileService:
         if meta is None:
             self._validated.pop(key, None)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
-                self._absent[key] = True  # no change arrived meanwhile: the feed will say when it exists
+                self._absent[_digest(key)] = True  # no change arrived meanwhile: the feed will say when it exists
             await self._discard(key)
             return None
         cached = self.memory.get(key)

@@ -134,7 +134,7 @@ class WriteApi:
     async def _delete(self, key: str, headers: Mapping[str, str]) -> Reply:
         if await self.service.delete(key, expect=http.write_precondition(headers)) is None:
             return Reply(http.json_error(404, "not_found", "no such file"))
-        return Reply(http.Response(204, [(b"cache-control", b"no-store")]))
+        return Reply(http.Response(204, [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]))
 
     async def _list(self, token: UploadToken, query: str) -> Reply:
         """``GET {prefix}/?prefix=blog/&after=blog/b.jpg&limit=100``: one page in key order,

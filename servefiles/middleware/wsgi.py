@@ -28,7 +28,6 @@ from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar, Unpack
-from urllib.parse import unquote
 
 from .. import http
 from ..errors import NotFound, ServeFilesError, UploadAborted
@@ -76,8 +75,8 @@ def request_path(environ: WSGIEnviron) -> str:
     raw = environ.get("PATH_INFO", "")
     try:
         return str(raw.encode("latin-1").decode("utf-8", "replace"))
-    except UnicodeEncodeError:  # a server that already decoded it as UTF-8
-        return unquote(str(raw))
+    except UnicodeEncodeError:  # a server that already decoded it as UTF-8 (against PEP 3333): as it is
+        return str(raw)
 
 
 @dataclass

@@ -49,7 +49,7 @@ MAX_RANGES = 16
 _ALWAYS_ACTIVE = frozenset(
     {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml", "text/xsl",
      "text/javascript", "application/javascript", "application/ecmascript", "application/x-javascript",
-     "text/ecmascript", "text/jscript"}
+     "text/ecmascript", "text/jscript", "multipart/x-mixed-replace"}
 )  # fmt: skip
 _ATTACHMENT = re.compile(
     rb"attachment; filename=\"([\x20\x21\x23-\x5b\x5d-\x7e]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+\-.^_`|~%]*)"
