@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from .. import http
-from ..errors import ServeFilesError, StoreUnavailable, UploadAborted
+from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -164,11 +164,11 @@ class ServeFiles:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     sent.inc(len(chunk))
             await send({"type": "http.response.body", "body": b""})
-        except (ServeFilesError, OSError) as exc:
+        except Exception as exc:
             # The status line is gone already: end without completing the body, so
             # the server cuts the connection and the client sees a short response
             # rather than bytes that do not match the headers.
-            logger.warning("aborting response for %s: %s", scope["path"], exc)
+            logger.warning("aborting response for %s: %s: %s", scope["path"], type(exc).__name__, exc)
         finally:
             if body is not None:
                 body.close()

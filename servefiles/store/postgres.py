@@ -116,6 +116,7 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InvalidPasswordError,
     asyncpg.exceptions.InvalidCatalogNameError,  # the database does not exist
     asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.exceptions.InternalClientError,  # its protocol state broken by a connection killed mid-query
 )
 
 
