@@ -147,11 +147,9 @@ class WriteApi:
             if not token.prefix.startswith(prefix):
                 return Reply(_out_of_scope(token))
             prefix = token.prefix  # a token sees only its own folder
-        try:
-            limit = int(limit_text) if limit_text else DEFAULT_LIST_LIMIT
-            if not 1 <= limit <= MAX_LIST_LIMIT:
-                raise ValueError
-        except ValueError:
+        plain = not limit_text or (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6)
+        limit = int(limit_text) if limit_text and plain else DEFAULT_LIST_LIMIT
+        if not plain or not 1 <= limit <= MAX_LIST_LIMIT:  # int() would take "5_0" and non-ASCII digits
             return Reply(http.json_error(400, "invalid_limit", f"limit must be a number from 1 to {MAX_LIST_LIMIT}"))
         try:
             page = await self.service.list(prefix, limit, after)

@@ -386,7 +386,7 @@ async def test_a_folder_token_lists_only_its_folder(client: httpx.AsyncClient) -
 
 
 async def test_listing_with_a_bad_limit_is_400(client: httpx.AsyncClient) -> None:
-    for limit in ("0", "-1", "abc", "10001"):
+    for limit in ("0", "-1", "abc", "10001", "5_0", "\u0665", " 5", "1e3"):
         response = await client.get(f"/media/?limit={limit}", headers=auth())
         assert response.status_code == 400 and response.json()["error"] == "invalid_limit"
 
