@@ -1,7 +1,8 @@
 """servefiles: serve uploaded files from the database, fast, on every frontend.
 
-The public API: :func:`open_store`, the :class:`ServeFiles` ASGI app (which also
-takes uploads, over HTTP and from Python), and the types and errors they hand out.
+The public API: :func:`open_store`, the :class:`ServeFiles` ASGI and
+:class:`ServeFilesWSGI` WSGI middleware (which also take uploads, over HTTP and from
+Python), and the types and errors they hand out. Django: :mod:`servefiles.contrib.django`.
 """
 
 from .auth import UploadToken
