@@ -11,9 +11,12 @@ import asyncio
 import hashlib
 import io
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.util import FileWrapper
 
 import httpx
@@ -181,3 +184,43 @@ def test_requests_outside_the_prefix_reach_the_wrapped_app(store_url: str, tmp_p
         assert _call(app, "GET", "/media/missing.bin")[0].startswith("404")
     finally:
         app.close()
+
+
+def test_a_chunked_upload_the_server_cannot_end_is_refused_and_keeps_the_old_file(
+    store_url: str, tmp_path: Path
+) -> None:
+    """wsgiref passes a chunked body on undecoded, with neither Content-Length nor
+    ``wsgi.input_terminated``: taking that as an empty upload would replace the file with nothing."""
+    asyncio.run(_put_files(store_url))
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache", upload_tokens=[TOKEN])
+    server = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        auth = {"authorization": f"Bearer {TOKEN}"}
+
+        def chunks() -> Iterator[bytes]:
+            yield b"replacement "
+            yield b"bytes"
+
+        with httpx.Client(base_url=base, timeout=30) as client:
+            refused = client.put("/media/small.bin", content=chunks(), headers=auth)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"] == "upload_aborted"
+            assert "Content-Length" in refused.json()["message"]
+            kept = client.get("/media/small.bin")
+            assert (kept.status_code, kept.content) == (200, SMALL)
+            # With a length, the same server takes the upload.
+            taken = client.put("/media/small.bin", content=b"replacement bytes", headers=auth)
+            assert taken.status_code == 200, taken.text
+            assert client.get("/media/small.bin").content == b"replacement bytes"
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -317,12 +317,16 @@ async def _input_body(environ: WSGIEnviron) -> AsyncIterator[bytes]:
 
     With a Content-Length, exactly that many bytes (fewer means the client went away);
     without one, until EOF when the server says the input is terminated (chunked
-    requests under gunicorn), else nothing (PEP 3333: never read past the length).
+    requests under gunicorn), else nothing (PEP 3333: never read past the length). A
+    chunked body the server cannot end for us is refused, not taken as empty: storing
+    nothing in place of the file would lose the version it replaces.
     """
     stream: IO[bytes] = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH", "")
     remaining: int | None = int(declared) if declared.isdigit() else None
     if remaining is None and not environ.get("wsgi.input_terminated", False):
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            raise UploadAborted("this WSGI server cannot pass on a chunked body: send a Content-Length")
         return
     while remaining is None or remaining > 0:
         size = INPUT_READ_BYTES if remaining is None else min(INPUT_READ_BYTES, remaining)
