@@ -55,7 +55,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,10 +70,9 @@ import httpx
 
 from servefiles import open_store
 from servefiles.store import Store
+from tests import servers
 from tests.pg import PgServer, find_postgres
-from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 KIB = 1024
 MIB = 1024 * KIB
 PREFIX = "/media"
@@ -171,39 +169,32 @@ class Checks:
 # -- frontends ------------------------------------------------------------------------------------
 
 
-class Frontend:
-    """One ``servefiles serve`` process with a cache dir of its own, and an HTTP/1.1 keep-alive client."""
+class Frontend(servers.Frontend):
+    """``tests.servers.Frontend`` with a cache dir of its own, the metrics endpoint, and an
+    HTTP/1.1 keep-alive client for the measurements."""
 
     def __init__(self, index: int, url: str, workdir: Path) -> None:
         self.index = index
-        self.url = url
         self.cache_dir = workdir / f"frontend-{index}"
-        self.log_path = workdir / f"frontend-{index}.log"
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.cache_dir.mkdir(parents=True)
+        # Defaults only: no SERVEFILES_* setting of the caller's shell (prefetch, freshness...) leaks in.
+        super().__init__("--db", url, "--cache-dir", str(self.cache_dir), "--metrics")
+        self.env = {name: value for name, value in os.environ.items() if not name.startswith("SERVEFILES_")}
         self.client = httpx.AsyncClient(base_url=self.base, timeout=GIVE_UP_SECONDS + 5)
 
-    def start(self) -> None:
-        self.cache_dir.mkdir(parents=True)
-        command = [
-            sys.executable, "-m", "servefiles", "serve", "--db", self.url, "--cache-dir", str(self.cache_dir),
-            "--port", str(self.port), "--log-level", "warning", "--metrics",
-        ]  # fmt: skip
-        # Defaults only: no SERVEFILES_* setting of the caller's shell (prefetch, freshness...) leaks in.
-        env = {name: value for name, value in os.environ.items() if not name.startswith("SERVEFILES_")}
-        with open(self.log_path, "wb") as output:
-            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    def start(self) -> Frontend:
+        try:
+            super().start()
+        except (RuntimeError, TimeoutError) as exc:
+            raise SetupError(f"frontend {self.index}: {exc}") from exc
+        return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def output(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(lines[-5:])
+    def tail(self) -> str:
+        """The last lines of its log, for an error message."""
+        return " | ".join(self.output().strip().splitlines()[-5:])
 
     async def health(self) -> dict[str, Any]:
         """/_servefiles/health (costs the database one query: never call it inside a measured window)."""
@@ -213,17 +204,17 @@ class Frontend:
         return report
 
     async def wait_ready(self) -> None:
-        """Until it answers and its change feed is healthy."""
+        """Until its change feed is healthy (``start()`` has already waited for it to listen)."""
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             if not self.alive():
                 code = self.proc.returncode if self.proc else None
-                raise SetupError(f"frontend {self.index} exited with {code}: {self.output()}")
+                raise SetupError(f"frontend {self.index} exited with {code}: {self.tail()}")
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 if (await self.health()).get("feed", {}).get("healthy"):
                     return
             if time.monotonic() > deadline:
-                raise SetupError(f"frontend {self.index} did not become healthy: {self.output()}")
+                raise SetupError(f"frontend {self.index} did not become healthy: {self.tail()}")
             await asyncio.sleep(0.05)
 
     async def counters(self) -> dict[str, float]:
@@ -232,15 +223,6 @@ class Frontend:
         response.raise_for_status()
         samples = {name: float(value) for name, value in METRIC_LINE.findall(response.text)}
         return {name: samples.get(name, 0.0) for name in COUNTERS}
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 async def fleet_counters(fleet: Sequence[Frontend]) -> dict[str, float]:
@@ -611,7 +593,7 @@ async def bench(args: argparse.Namespace, sizes: list[int], run: Run) -> None:
             expected[small] = f'"{meta.sha256}"'
             if result.timeouts:
                 log(f"{size} frontends: a frontend never served a new version")
-        dead = [f"frontend {f.index}: {f.output()}" for f in fleet if not f.alive()]
+        dead = [f"frontend {f.index}: {f.tail()}" for f in fleet if not f.alive()]
         if dead:
             run.dead_frontends += dead
             return

@@ -34,18 +34,17 @@ class Metrics:
         hits = Counter("servefiles_hits", "Requests answered from a cache tier", ["tier"], registry=self.registry)
         self.memory_hits = hits.labels(tier="memory")
         self.disk_hits = hits.labels(tier="disk")
-        self.misses = Counter("servefiles_misses", "Requests whose content had to come from the store",
-                              registry=self.registry)  # fmt: skip
-        self.store_fetches = Counter("servefiles_store_fetches", "Content reads from the store",
-                                     registry=self.registry)  # fmt: skip
-        self.bytes_sent = Counter("servefiles_bytes_sent", "Body bytes handed to the server",
-                                  registry=self.registry)  # fmt: skip
-        self.cache_write_failures = Counter("servefiles_cache_write_failures", "Disk-tier writes that failed",
-                                            registry=self.registry)  # fmt: skip
-        self.revalidations = Counter("servefiles_revalidations", "Metadata queries for a key's current version",
-                                     registry=self.registry)  # fmt: skip
-        self.stale_served = Counter("servefiles_stale_served", "Cached files served while the store was unreachable",
-                                    registry=self.registry)  # fmt: skip
+        self.misses = self._counter("servefiles_misses", "Requests whose content had to come from the store")
+        self.store_fetches = self._counter("servefiles_store_fetches", "Content reads from the store")
+        self.bytes_sent = self._counter("servefiles_bytes_sent", "Body bytes handed to the server")
+        self.cache_write_failures = self._counter("servefiles_cache_write_failures", "Disk-tier writes that failed")
+        self.revalidations = self._counter("servefiles_revalidations", "Metadata queries for a key's current version")
+        self.stale_served = self._counter(
+            "servefiles_stale_served", "Cached files served while the store was unreachable"
+        )
+
+    def _counter(self, name: str, documentation: str) -> Counter:
+        return Counter(name, documentation, registry=self.registry)
 
     def watch_evictions(self, sources: dict[str, Callable[[], int]]) -> None:
         self.registry.register(_EvictionCollector(sources))
