@@ -82,4 +82,5 @@ class UploadTooLarge(ServeFilesError):
 
 
 class UploadAborted(ServeFilesError):
-    """The client went away before its upload was complete; nothing of it is stored."""
+    """The upload did not arrive whole (the client went away, or left it idle until it was
+    swept); nothing of it is stored."""

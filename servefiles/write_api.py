@@ -29,7 +29,8 @@ from .errors import (
 )
 from .keys import canonical_key
 from .service import RETRY_AFTER_SECONDS, FileService, Reply
-from .store.base import MAX_LIST_LIMIT
+from .store.base import MAX_LIST_LIMIT, WritePrecondition
+from .store.types import FileMeta
 
 logger = logging.getLogger("servefiles")
 
@@ -45,6 +46,7 @@ REQUEST_HEADERS = frozenset(
         b"content-encoding",
         b"if-match",
         b"if-none-match",
+        b"if-unmodified-since",
     )
 )
 """The request headers a write decision reads."""
@@ -62,21 +64,31 @@ class WriteApi:
         self.prefix = prefix.rstrip("/")
 
     def handles(self, method: str, raw_key: str) -> bool:
-        """Whether a request is this API's: writes, and ``GET {prefix}/`` (the listing) once tokens exist."""
-        return bool(self.tokens) and (method in WRITE_METHODS or (method == "GET" and raw_key == ""))
+        """Whether a request is this API's: writes, and ``GET {prefix}/`` (the listing, and
+        its HEAD) once tokens exist."""
+        return bool(self.tokens) and (method in WRITE_METHODS or (method in ("GET", "HEAD") and raw_key == ""))
 
     async def handle(
-        self, method: str, raw_key: str, query: str, headers: Mapping[str, str], body: AsyncIterator[bytes]
+        self,
+        method: str,
+        raw_key: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes],
+        root: str = "",
     ) -> Reply:
-        """The reply to a request :meth:`handles`; ``body`` is read only by a PUT that passed every check."""
+        """The reply to a request :meth:`handles`; ``body`` is read only by a PUT that passed every check.
+
+        ``root`` is where the app is mounted (WSGI's SCRIPT_NAME): the URLs in the reply start with it.
+        """
         token = self.tokens.authenticate(headers.get("authorization"))
         if token == "missing":
             return Reply(http.bearer_challenge(401, None, "this needs an upload token: Authorization: Bearer <token>"))
         if token == "invalid":
             return Reply(http.bearer_challenge(401, "invalid_token", "the upload token is not valid"))
         try:
-            if method == "GET":
-                return await self._list(token, query)
+            if method in ("GET", "HEAD"):  # the adapters drop a HEAD's body
+                return await self._list(token, query, root)
             try:
                 key = canonical_key(raw_key)
             except InvalidKey as exc:
@@ -84,7 +96,7 @@ class WriteApi:
             if not token.allows(key):
                 return Reply(_out_of_scope(token))
             if method == "PUT":
-                return await self._put(key, headers, body)
+                return await self._put(key, headers, body, root)
             return await self._delete(key, headers)
         except PreconditionFailed:
             return Reply(http.json_error(412, "precondition_failed", "the file is not in the state the request names"))
@@ -92,11 +104,37 @@ class WriteApi:
             logger.warning("store unavailable: %s", exc)
             return Reply(http.unavailable(RETRY_AFTER_SECONDS))
 
-    def url(self, key: str) -> str:
-        """The path a key is served at: ``{prefix}/{key}``, percent-encoded."""
-        return f"{self.prefix}/{quote(key, safe='/')}"
+    def url(self, key: str, root: str = "") -> str:
+        """The path a key is served at: ``{root}{prefix}/{key}``, percent-encoded (a prefix
+        may be non-ASCII too: header values must not be)."""
+        return f"{quote(root + self.prefix, safe='/')}/{quote(key, safe='/')}"
 
-    async def _put(self, key: str, headers: Mapping[str, str], body: AsyncIterator[bytes]) -> Reply:
+    async def _conditions(
+        self, key: str, headers: Mapping[str, str]
+    ) -> tuple[FileMeta | None, WritePrecondition | None, bool]:
+        """The live file, the test the store repeats atomically at commit, and whether the
+        conditions hold now (RFC 9110 §13.2.2). No query for an unconditional write.
+
+        If-Unmodified-Since is a date, which the store's test (a content hash) cannot
+        repeat: when it holds now, the write is pinned to the version it was checked
+        against, so a change in between still ends in 412.
+        """
+        precondition = http.write_precondition(headers)
+        dated = "if-unmodified-since" in headers and "if-match" not in headers
+        if precondition is None and not dated:
+            return None, None, True
+        live = await self.service.stat(key)
+        live_sha256 = live.sha256 if live else None
+        holds = (precondition is None or precondition(live_sha256)) and http.unmodified_since(headers, live)
+        if not dated:
+            return live, precondition, holds
+
+        def pinned(sha256: str | None) -> bool:
+            return sha256 == live_sha256 and (precondition is None or precondition(sha256))
+
+        return live, pinned, holds
+
+    async def _put(self, key: str, headers: Mapping[str, str], body: AsyncIterator[bytes], root: str) -> Reply:
         refusal = http.upload_refusal(headers, self.max_upload_bytes)
         if refusal is not None:
             return Reply(refusal)
@@ -110,12 +148,9 @@ class WriteApi:
             content_type = check_content_type(declared_type) if declared_type else None
         except InvalidContentType as exc:
             return Reply(http.json_error(400, "invalid_content_type", str(exc)))
-        precondition = http.write_precondition(headers)
-        if precondition is not None:
-            # Fail before reading a byte; the store checks again, atomically, at commit.
-            live = await self.service.stat(key)
-            if not precondition(live.sha256 if live else None):
-                raise PreconditionFailed(key)
+        _, precondition, holds = await self._conditions(key, headers)
+        if not holds:
+            raise PreconditionFailed(key)  # before reading a byte; the store checks again, atomically, at commit
         seen: list[str | None] = []
 
         def expect(live_sha256: str | None) -> bool:
@@ -129,14 +164,19 @@ class WriteApi:
         except UploadAborted as exc:
             logger.info("upload of %s abandoned: %s", key, exc)
             return Reply(http.json_error(400, "upload_aborted", str(exc)))
-        return Reply(http.written(meta, created=seen[-1] is None, url=self.url(meta.key)))
+        return Reply(http.written(meta, created=seen[-1] is None, url=self.url(meta.key, root)))
 
     async def _delete(self, key: str, headers: Mapping[str, str]) -> Reply:
-        if await self.service.delete(key, expect=http.write_precondition(headers)) is None:
-            return Reply(http.json_error(404, "not_found", "no such file"))
+        live, precondition, holds = await self._conditions(key, headers)
+        if precondition is not None and live is None:
+            return Reply(_no_such_file())  # a 404 whatever the conditions say (RFC 9110 §13.2.1)
+        if not holds:
+            raise PreconditionFailed(key)
+        if await self.service.delete(key, expect=precondition) is None:
+            return Reply(_no_such_file())
         return Reply(http.Response(204, [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]))
 
-    async def _list(self, token: UploadToken, query: str) -> Reply:
+    async def _list(self, token: UploadToken, query: str, root: str) -> Reply:
         """``GET {prefix}/?prefix=blog/&after=blog/b.jpg&limit=100``: one page in key order,
         with ``next`` (and a ``Link: rel="next"``) when there may be more."""
         params = parse_qs(query, keep_blank_values=True)
@@ -156,12 +196,17 @@ class WriteApi:
         except InvalidKey as exc:
             return Reply(http.json_error(400, "invalid_prefix", str(exc)))
         next_after = page[-1].key if len(page) == limit else None
-        listing = {"files": [http.file_json(meta, self.url(meta.key)) for meta in page], "next": next_after}
+        listing = {"files": [http.file_json(meta, self.url(meta.key, root)) for meta in page], "next": next_after}
         link = []
         if next_after is not None:
-            target = f"{self.prefix}/?prefix={quote(prefix, safe='')}&after={quote(next_after, safe='')}&limit={limit}"
+            next_query = f"prefix={quote(prefix, safe='')}&after={quote(next_after, safe='')}&limit={limit}"
+            target = f"{self.url('', root)}?{next_query}"
             link.append((b"link", f'<{target}>; rel="next"'.encode("ascii")))
         return Reply(http.json_response(200, listing, link))
+
+
+def _no_such_file() -> http.Response:
+    return http.json_error(404, "not_found", "no such file")
 
 
 def _out_of_scope(token: UploadToken) -> http.Response:

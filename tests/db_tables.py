@@ -17,7 +17,7 @@ class Storage:
 
     chunks: dict[int, list[int]] = field(default_factory=dict)  # blob_id -> seq numbers present
     live: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # key -> (blob_id, size, chunk_size)
-    staged_uploads: int = 0  # SQLite's registry of uploads in progress
+    staged_uploads: int = 0  # rows in the stores' registry of uploads in progress
 
 
 async def storage(url: str) -> Storage:
@@ -35,6 +35,7 @@ async def storage(url: str) -> Storage:
         try:
             chunk_rows = [tuple(row) for row in await conn.fetch(chunk_sql)]
             live_rows = [tuple(row) for row in await conn.fetch(live_sql)]
+            found.staged_uploads = await conn.fetchval("SELECT count(*) FROM servefiles_uploads")
         finally:
             await conn.close()
     for blob_id, seq in chunk_rows:
@@ -52,3 +53,18 @@ async def assert_only_live_chunks(url: str) -> None:
     for blob_id, (size, chunk_size) in live_blobs.items():
         assert found.chunks.get(blob_id, []) == list(range(-(-size // chunk_size)))
     assert found.staged_uploads == 0
+
+
+async def age_staged_uploads(url: str, seconds: float) -> None:
+    """Move every staged upload's last activity ``seconds`` into the past, as if it had been idle that long."""
+    if url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(sqlite_path(url))) as conn, conn:
+            conn.execute("UPDATE servefiles_uploads SET touched_at = touched_at - ?", (int(seconds * 1_000_000),))
+    else:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "UPDATE servefiles_uploads SET touched_at = touched_at - make_interval(secs => $1)", float(seconds)
+            )
+        finally:
+            await conn.close()

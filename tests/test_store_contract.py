@@ -35,12 +35,14 @@ from servefiles import (
     PreconditionFailed,
     Store,
     StoreUnavailable,
+    UploadAborted,
     open_store,
 )
 from servefiles.store import connect, sqlite_path
-from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS
+from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS, STAGE_BATCH_CHUNKS, STALE_UPLOAD_SECONDS
+from servefiles.store.postgres import PostgresStore
 
-from .db_tables import assert_only_live_chunks
+from .db_tables import age_staged_uploads, assert_only_live_chunks, storage
 from .instrument import record_chunk_fetches
 
 CS = CHUNK_SIZE
@@ -963,6 +965,8 @@ async def test_closed_store_can_be_used_as_context_manager(store_url: str) -> No
 
 
 async def test_postgres_connection_killed_mid_upload_raises_store_unavailable(pg_url: str) -> None:
+    """The backend is killed in the middle of a staging statement: made to wait on a table
+    lock first, so the kill lands inside it every time."""
     application = f"servefiles_victim_{uuid.uuid4().hex[:8]}"
     victim_url = f"{pg_url}&application_name={application}"
     old = content(CS + 100, seed=50)
@@ -971,31 +975,41 @@ async def test_postgres_connection_killed_mid_upload_raises_store_unavailable(pg
         started, proceed = asyncio.Event(), asyncio.Event()
 
         async def large() -> AsyncIterator[bytes]:
-            for i in range(6):
+            for i in range(STAGE_BATCH_CHUNKS + 2):  # the first batch is committed
                 yield content(CS, seed=500 + i)
             started.set()
             await proceed.wait()
-            for i in range(6):
+            for i in range(STAGE_BATCH_CHUNKS):  # the second batch's statement waits on the lock
                 yield content(CS, seed=600 + i)
 
         task = asyncio.create_task(store.put("k.bin", large()))
-        async with asyncio.timeout(30):
-            await started.wait()
-            killer = await asyncpg.connect(pg_url)
-            try:
-                killed = await killer.fetch(
-                    """SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
-                       WHERE datname = current_database() AND application_name = $1
-                         AND pid <> pg_backend_pid() AND state <> 'idle'""",
-                    application,
-                )
-            finally:
-                await killer.close()
-            assert [row[0] for row in killed] == [True]  # exactly the uploading connection
-            proceed.set()
-            with pytest.raises(StoreUnavailable):
-                await task
-        # The previous version is intact, and the store recovers on a fresh connection.
+        # Two connections: pg_stat_activity is a snapshot inside the locker's transaction.
+        locker, killer = await asyncpg.connect(pg_url), await asyncpg.connect(pg_url)
+        try:
+            async with asyncio.timeout(30):
+                await started.wait()
+                lock = locker.transaction()
+                await lock.start()
+                await locker.execute("LOCK TABLE servefiles_uploads IN EXCLUSIVE MODE")
+                proceed.set()
+                while True:  # until the upload's next statement is waiting on that lock
+                    killed = await killer.fetch(
+                        """SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+                           WHERE datname = current_database() AND application_name = $1
+                             AND state = 'active' AND wait_event_type = 'Lock'""",
+                        application,
+                    )
+                    if killed:
+                        break
+                    await asyncio.sleep(0.01)
+                await lock.rollback()
+                assert [row[0] for row in killed] == [True]  # exactly the uploading connection
+                with pytest.raises(StoreUnavailable):
+                    await task
+        finally:
+            await locker.close()
+            await killer.close()
+        # The previous version is intact, what was staged is freed, and the store recovers.
         assert await store.stat("k.bin") == v1
         assert await read_all(store, "k.bin") == old
         assert await store.last_version() == v1.version
@@ -1003,6 +1017,66 @@ async def test_postgres_connection_killed_mid_upload_raises_store_unavailable(pg
         v2 = await store.put("k.bin", b"after")
         assert v2.version > v1.version
         assert await read_all(store, "k.bin") == b"after"
+
+
+async def test_postgres_slow_uploads_hold_no_pooled_connection(pg_url: str) -> None:
+    """More stalled uploads than the pool has connections: reads and other writes go on."""
+    store = await PostgresStore.open(pg_url, pool_size=2)
+    try:
+        await store.put("read.bin", b"still readable")
+        stalled = asyncio.Event()
+
+        async def stalls() -> AsyncIterator[bytes]:
+            yield content(CS * STAGE_BATCH_CHUNKS + 1, seed=7)  # one batch staged, then nothing
+            await stalled.wait()
+
+        uploads = [asyncio.create_task(store.put(f"slow-{n}.bin", stalls())) for n in range(4)]
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    if len((await storage(pg_url)).chunks) == 1 + len(uploads):  # each has staged a batch
+                        break
+                    await asyncio.sleep(0.02)
+                assert await read_all(store, "read.bin") == b"still readable"
+                assert (await store.put("quick.bin", b"quick")).size == 5
+                assert [meta.key for meta in await store.list("slow-")] == []  # staged is not published
+        finally:
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+        await assert_only_live_chunks(pg_url)
+    finally:
+        await store.close()
+
+
+async def test_an_upload_swept_while_idle_is_refused_and_leaves_nothing(store_url: str) -> None:
+    """The next open sweeps an upload idle past STALE_UPLOAD_SECONDS (its clock moved back
+    here): the upload that comes back to it is aborted, and the old version stays."""
+    async with open_store(store_url) as store:
+        await store.put("k.bin", b"old")
+        idle, resume = asyncio.Event(), asyncio.Event()
+
+        async def comes_back_late() -> AsyncIterator[bytes]:
+            yield content(CS * STAGE_BATCH_CHUNKS, seed=8)
+            idle.set()
+            await resume.wait()
+            yield b"the rest"
+
+        task = asyncio.create_task(store.put("k.bin", comes_back_late()))
+        async with asyncio.timeout(10):
+            await idle.wait()
+            while True:
+                if len((await storage(store_url)).chunks) == 2:  # its first batch is staged
+                    break
+                await asyncio.sleep(0.02)
+        await age_staged_uploads(store_url, seconds=STALE_UPLOAD_SECONDS + 60)
+        async with open_store(store_url):
+            pass  # another frontend starts, and sweeps
+        resume.set()
+        with pytest.raises(UploadAborted):
+            await task
+        assert await read_all(store, "k.bin") == b"old"
+    await assert_only_live_chunks(store_url)
 
 
 async def test_sqlite_upload_cancelled_as_it_publishes_leaves_a_readable_key(sqlite_url: str) -> None:

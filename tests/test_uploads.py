@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +277,50 @@ async def test_delete_with_a_stale_if_match_is_412_and_keeps_the_file(
     assert (await client.delete("/media/d.txt", headers={**auth(), "if-match": etag(b"now")})).status_code == 204
 
 
+async def test_if_unmodified_since_guards_put_and_delete(client: httpx.AsyncClient, store_url: str) -> None:
+    """RFC 9110 §13.1.4: a write is refused with 412 when the file changed after the date."""
+    created = await client.put("/media/dated.txt", content=b"one", headers=auth())
+    last_modified = parsedate_to_datetime((await client.get("/media/dated.txt")).headers["last-modified"])
+    before = format_datetime(last_modified - timedelta(days=1), usegmt=True)
+    stale = {**auth(), "if-unmodified-since": before}
+    assert (await client.put("/media/dated.txt", content=b"two", headers=stale)).status_code == 412
+    assert (await client.delete("/media/dated.txt", headers=stale)).status_code == 412
+    assert await stored(store_url, "dated.txt") == b"one"
+    with_if_match = {**stale, "if-match": created.headers["etag"]}  # If-Match wins: the date is ignored
+    assert (await client.put("/media/dated.txt", content=b"two", headers=with_if_match)).status_code == 200
+    current = (await client.get("/media/dated.txt")).headers["last-modified"]
+    same_second = {**auth(), "if-unmodified-since": current}  # "earlier or equal" holds
+    assert (await client.put("/media/dated.txt", content=b"three", headers=same_second)).status_code == 200
+    future = {**auth(), "if-unmodified-since": format_datetime(last_modified + timedelta(days=1), usegmt=True)}
+    assert (await client.put("/media/dated.txt", content=b"four", headers=future)).status_code == 200
+    assert await stored(store_url, "dated.txt") == b"four"
+    assert (await client.delete("/media/dated.txt", headers=future)).status_code == 204
+    assert await stored(store_url, "dated.txt") is None
+
+
+async def test_delete_of_a_missing_key_is_404_whatever_the_conditions(client: httpx.AsyncClient) -> None:
+    """RFC 9110 §13.2.1: preconditions are not evaluated when the request would fail without them."""
+    old_date = "Mon, 01 Jan 2001 00:00:00 GMT"
+    for conditions in ({"if-match": etag(b"x")}, {"if-match": "*"}, {"if-unmodified-since": old_date}):
+        response = await client.delete("/media/never.txt", headers={**auth(), **conditions})
+        assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+async def test_a_non_ascii_prefix_gets_percent_encoded_urls(adapter: str, store_url: str, tmp_path: Path) -> None:
+    """Header values are ASCII: Location, ``url`` and Link percent-encode the prefix as well as the key."""
+    async with running(adapter, store_url, tmp_path / "cache", prefix="/médias") as client:
+        for n in range(2):
+            created = await client.put(f"/médias/é{n}.txt", content=b"hi", headers=auth())
+            assert created.status_code == 201, created.text
+            assert created.headers["location"] == f"/m%C3%A9dias/%C3%A9{n}.txt"
+            assert created.json()["url"] == created.headers["location"]
+        served = await client.get(created.headers["location"])
+        assert (served.status_code, served.content) == (200, b"hi")
+        page = await client.get("/médias/?limit=1", headers=auth())
+        assert page.headers["link"].startswith("</m%C3%A9dias/?prefix=")
+    assert await stored(store_url, "é1.txt") == b"hi"
+
+
 # -- DELETE ------------------------------------------------------------------------------------------
 
 
@@ -383,6 +429,15 @@ async def test_a_folder_token_lists_only_its_folder(client: httpx.AsyncClient) -
     everything = await client.get("/media/", headers=auth(BLOG_ONLY))
     assert [entry["key"] for entry in everything.json()["files"]] == ["blog/a.txt"]
     assert (await client.get("/media/?prefix=secret/", headers=auth(BLOG_ONLY))).status_code == 403
+
+
+async def test_head_of_the_listing_answers_as_its_get_without_a_body(client: httpx.AsyncClient) -> None:
+    await client.put("/media/blog/a.txt", content=b"a", headers=auth())
+    get = await client.get("/media/", headers=auth())
+    head = await client.head("/media/", headers=auth())
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+    assert (await client.head("/media/", headers=auth("wrong-token-0123456789abcdef"))).status_code == 401
 
 
 async def test_listing_with_a_bad_limit_is_400(client: httpx.AsyncClient) -> None:

@@ -8,15 +8,19 @@ The HTTP rules themselves are checked on both adapters by ``test_conformance.py`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any, ClassVar
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.util import FileWrapper
 
 import httpx
@@ -186,41 +190,123 @@ def test_requests_outside_the_prefix_reach_the_wrapped_app(store_url: str, tmp_p
         app.close()
 
 
-def test_a_chunked_upload_the_server_cannot_end_is_refused_and_keeps_the_old_file(
-    store_url: str, tmp_path: Path
-) -> None:
-    """wsgiref passes a chunked body on undecoded, with neither Content-Length nor
-    ``wsgi.input_terminated``: taking that as an empty upload would replace the file with nothing."""
-    asyncio.run(_put_files(store_url))
-    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache", upload_tokens=[TOKEN])
-    server = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """wsgiref (what Django's runserver is), one thread per request."""
+
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def wsgiref_server(store_url: str, cache_dir: Path) -> Iterator[tuple[ServeFilesWSGI, str]]:
+    """ServeFilesWSGI under a real wsgiref server on a loopback port: the app and its base URL."""
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=cache_dir, upload_tokens=[TOKEN])
+    server = make_server("127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        auth = {"authorization": f"Bearer {TOKEN}"}
-
-        def chunks() -> Iterator[bytes]:
-            yield b"replacement "
-            yield b"bytes"
-
-        with httpx.Client(base_url=base, timeout=30) as client:
-            refused = client.put("/media/small.bin", content=chunks(), headers=auth)
-            assert refused.status_code == 400, refused.text
-            assert refused.json()["error"] == "upload_aborted"
-            assert "Content-Length" in refused.json()["message"]
-            kept = client.get("/media/small.bin")
-            assert (kept.status_code, kept.content) == (200, SMALL)
-            # With a length, the same server takes the upload.
-            taken = client.put("/media/small.bin", content=b"replacement bytes", headers=auth)
-            assert taken.status_code == 200, taken.text
-            assert client.get("/media/small.bin").content == b"replacement bytes"
+        yield app, f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
         app.close()
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def raw_request(base: str, request: bytes) -> bytes:
+    """Send bytes as they are (httpx would normalise the header under test), read to EOF."""
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_chunked_upload_the_server_cannot_end_is_refused_and_keeps_the_old_file(
+    store_url: str, tmp_path: Path
+) -> None:
+    """wsgiref passes a chunked body on undecoded, with neither Content-Length nor
+    ``wsgi.input_terminated``: taking that as an empty upload would replace the file with nothing."""
+    asyncio.run(_put_files(store_url))
+    with wsgiref_server(store_url, tmp_path / "cache") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
+
+        def chunks() -> Iterator[bytes]:
+            yield b"replacement "
+            yield b"bytes"
+
+        refused = client.put("/media/small.bin", content=chunks(), headers=AUTH)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "upload_aborted"
+        assert "Content-Length" in refused.json()["message"]
+        kept = client.get("/media/small.bin")
+        assert (kept.status_code, kept.content) == (200, SMALL)
+        # With a length, the same server takes the upload.
+        taken = client.put("/media/small.bin", content=b"replacement bytes", headers=AUTH)
+        assert taken.status_code == 200, taken.text
+        assert client.get("/media/small.bin").content == b"replacement bytes"
+
+
+def test_a_content_length_with_whitespace_is_read_as_its_number(store_url: str, tmp_path: Path) -> None:
+    """``Content-Length: 5 `` is valid HTTP (trailing whitespace): five bytes, never an empty file."""
+    with wsgiref_server(store_url, tmp_path / "cache") as (_, base):
+        head = f"PUT /media/a.txt HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+        assert raw_request(base, head + b"Content-Length: 5\r\n\r\nhello").startswith(b"HTTP/1.0 201")
+        assert raw_request(base, head + b"Content-Length: 5 \r\n\r\nWORLD").startswith(b"HTTP/1.0 200")
+        assert httpx.get(f"{base}/media/a.txt").content == b"WORLD"
+
+
+def test_an_upload_without_a_type_under_wsgiref_gets_the_type_of_its_key(store_url: str, tmp_path: Path) -> None:
+    """wsgiref sets CONTENT_TYPE=text/plain when the client sent none (``curl -T`` sends none)."""
+    with wsgiref_server(store_url, tmp_path / "cache") as (_, base):
+        head = f"PUT /media/pic.png HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+        assert raw_request(base, head + b"Content-Length: 4\r\n\r\n\x89PNG").startswith(b"HTTP/1.0 201")
+        assert httpx.get(f"{base}/media/pic.png").headers["content-type"] == "image/png"
+        # A bare "text/plain" the client did send looks the same, and is guessed too; with parameters it is kept.
+        sent = {**AUTH, "content-type": "text/plain; charset=utf-8"}
+        typed = httpx.put(f"{base}/media/notes.md", content=b"# hi", headers=sent)
+        assert typed.json()["content_type"] == "text/plain; charset=utf-8"
+
+
+def test_slow_uploads_never_hold_up_a_cache_fill(store_url: str, tmp_path: Path) -> None:
+    """More stalled uploads than the event loop's default executor has threads (min(32, cpus + 4)):
+    their ``wsgi.input`` reads have threads of their own, so a miss is still served at once."""
+    cold = os.urandom(300_000)
+
+    async def put_cold() -> None:
+        async with open_store(store_url) as store:
+            await store.put("cold.bin", cold)
+
+    asyncio.run(put_cold())
+    stalled = min(32, (os.cpu_count() or 1) + 4) + 2
+    with wsgiref_server(store_url, tmp_path / "cache") as (_, base), contextlib.ExitStack() as sockets:
+        port = int(base.rsplit(":", 1)[1])
+        for n in range(stalled):  # each sends its headers and one byte of ten, then nothing
+            sock = sockets.enter_context(socket.create_connection(("127.0.0.1", port)))
+            sock.sendall(f"PUT /media/up{n} HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+            sock.sendall(b"Content-Length: 10\r\n\r\nx")
+        time.sleep(0.5)
+        served = httpx.get(f"{base}/media/cold.bin", timeout=5)
+        assert (served.status_code, served.content) == (200, cold)
+        sockets.close()  # the uploads end (short bodies: 400, nothing stored) before the server stops
+        time.sleep(0.5)
+
+
+def test_urls_in_write_replies_start_with_script_name(store_url: str, tmp_path: Path) -> None:
+    """An app mounted at /app serves {SCRIPT_NAME}{prefix}/{key}: Location and the listing say so."""
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache", upload_tokens=[TOKEN])
+    try:
+        mounted = {"SCRIPT_NAME": "/app", "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+        body = {"wsgi.input": io.BytesIO(b"hi"), "CONTENT_LENGTH": "2"}
+        status, headers, _ = _call(app, "PUT", "/media/a.txt", **mounted, **body)
+        assert (status, headers["location"]) == ("201 Created", "/app/media/a.txt")
+        _, _, listing = _call(app, "GET", "/media/", **mounted)
+        assert [entry["url"] for entry in json.loads(listing)["files"]] == ["/app/media/a.txt"]
+    finally:
+        app.close()

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -51,6 +52,8 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 INPUT_READ_BYTES = 256 * 1024
 """Bytes read from ``wsgi.input`` at a time: one store chunk."""
 FILE_WRAPPER_BLOCK = 256 * 1024
+INPUT_READERS = 64
+"""Uploads read at once per process; more wait (reads only: serving never does)."""
 _ENVIRON_NAMES = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
@@ -87,6 +90,9 @@ class _Process:
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     mount: Mount
+    readers: ThreadPoolExecutor
+    """Threads that read ``wsgi.input``: its own pool, so slow uploads never take the
+    default executor's few threads from the disk tier's work."""
 
 
 class ServeFilesWSGI:
@@ -138,7 +144,8 @@ class ServeFilesWSGI:
             return mount(db, prefix, cache_dir, options)
 
         built = asyncio.run_coroutine_threadsafe(build(), loop).result()
-        process = _Process(os.getpid(), loop, thread, built)
+        readers = ThreadPoolExecutor(INPUT_READERS, thread_name_prefix="servefiles-input")
+        process = _Process(os.getpid(), loop, thread, built, readers)
         atexit.register(self._close_process, process)
         return process
 
@@ -154,6 +161,7 @@ class ServeFilesWSGI:
             asyncio.run_coroutine_threadsafe(process.mount.service.close(), process.loop).result(timeout=10)
         process.loop.call_soon_threadsafe(process.loop.stop)
         process.thread.join(timeout=10)
+        process.readers.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop this process's loop, closing the store and the disk index (also run at exit)."""
@@ -177,11 +185,16 @@ class ServeFilesWSGI:
             reply = self._run(service.serve(method, raw_key, request_headers(environ, REQUEST_HEADERS)), process)
             return self._send(reply, environ, start_response, process)
         if route == "writes":
-            body = _input_body(environ)
+            body = _input_body(environ, process.readers)
             query = environ.get("QUERY_STRING", "")
             headers = request_headers(environ, WRITE_HEADERS)
-            reply = self._run(process.mount.writes.handle(method, raw_key, query, headers, body), process)
-            return self._send(reply, environ, start_response, process)
+            if headers.get("content-type") == "text/plain" and environ.get("SERVER_SOFTWARE", "").startswith(
+                "WSGIServer/"
+            ):
+                del headers["content-type"]  # wsgiref's stand-in for "none sent": guess from the key instead
+            root = environ.get("SCRIPT_NAME", "")
+            writes = process.mount.writes.handle(method, raw_key, query, headers, body, root)
+            return self._send(self._run(writes, process), environ, start_response, process)
         if route == "health":
             report = json.dumps(self._run(service.health(), process)).encode()
             return _simple(start_response, report, "application/json")
@@ -312,8 +325,8 @@ def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[byte
                 adapter._run(close(), process)
 
 
-async def _input_body(environ: WSGIEnviron) -> AsyncIterator[bytes]:
-    """``wsgi.input`` as an async iterator, read in a worker thread so the loop never blocks.
+async def _input_body(environ: WSGIEnviron, readers: ThreadPoolExecutor) -> AsyncIterator[bytes]:
+    """``wsgi.input`` as an async iterator, read in ``readers`` so the loop never blocks.
 
     With a Content-Length, exactly that many bytes (fewer means the client went away);
     without one, until EOF when the server says the input is terminated (chunked
@@ -322,8 +335,9 @@ async def _input_body(environ: WSGIEnviron) -> AsyncIterator[bytes]:
     nothing in place of the file would lose the version it replaces.
     """
     stream: IO[bytes] = environ["wsgi.input"]
-    declared = environ.get("CONTENT_LENGTH", "")
-    remaining: int | None = int(declared) if declared.isdigit() else None
+    # Parsed as the size check parsed it (that check refused a malformed one): "5 " is 5 bytes.
+    remaining = http.content_length(environ.get("CONTENT_LENGTH") or None)
+    loop = asyncio.get_running_loop()
     if remaining is None and not environ.get("wsgi.input_terminated", False):
         if environ.get("HTTP_TRANSFER_ENCODING"):
             raise UploadAborted("this WSGI server cannot pass on a chunked body: send a Content-Length")
@@ -331,7 +345,7 @@ async def _input_body(environ: WSGIEnviron) -> AsyncIterator[bytes]:
     while remaining is None or remaining > 0:
         size = INPUT_READ_BYTES if remaining is None else min(INPUT_READ_BYTES, remaining)
         try:
-            piece = await asyncio.to_thread(stream.read, size)
+            piece = await loop.run_in_executor(readers, stream.read, size)
         except OSError as exc:
             raise UploadAborted(f"the client went away mid-upload: {exc}") from exc
         if not piece:

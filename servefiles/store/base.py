@@ -33,6 +33,13 @@ that a range read fetches little more than it needs."""
 READ_BATCH_CHUNKS = 4
 """Chunks fetched per query when reading: bounds a read's memory to ~1 MiB."""
 
+STAGE_BATCH_CHUNKS = 8
+"""Chunks committed per staging transaction (2 MiB): short transactions, and no
+connection or lock held while the client sends the rest of an upload."""
+
+STALE_UPLOAD_SECONDS = 3600
+"""A staged upload idle this long died half-way: the next open frees its chunks."""
+
 MAX_LIST_LIMIT = 10_000
 _UNLISTABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -133,6 +140,25 @@ class HashedChunks:
             pending += view
         if pending:
             yield self._emit(bytes(pending))
+
+
+async def staged_batches(chunks: HashedChunks) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """An upload as ``(seq, chunk)`` lists of up to :data:`STAGE_BATCH_CHUNKS`.
+
+    Both stores commit each list in a short transaction under a registered upload
+    and publish at the end: a slow client never holds a pooled connection, an open
+    transaction or SQLite's write lock while the next piece is on its way.
+    """
+    batch: list[tuple[int, bytes]] = []
+    seq = 0
+    async for chunk in chunks:
+        batch.append((seq, chunk))
+        seq += 1
+        if len(batch) == STAGE_BATCH_CHUNKS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def prefix_upper_bound(prefix: str) -> str | None:

@@ -2,9 +2,12 @@
 
 Content lives in ``servefiles_chunks`` as uncompressed bytea rows (uploads
 are mostly already-compressed media; EXTERNAL storage also makes them cheap
-to read). An upload is one transaction: its chunks go in under a fresh blob
-id, and the key's row is switched to that blob at the end, so a dropped
-connection rolls the whole upload back and the old version stays readable.
+to read). An upload is staged, then published, as in the SQLite store: its
+chunks are committed in short transactions under a fresh blob id registered
+in ``servefiles_uploads`` (no pooled connection waits on a slow client between
+them), and one last transaction switches the key's row to that blob. Until
+then the old version stays readable; an upload that dies half-way is freed at
+once, or swept by the next open once it has been idle for an hour.
 
 Versions are handed out under a transaction-scoped advisory lock held until
 commit, so versions become visible in the order they were taken: a change
@@ -22,8 +25,16 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from ..errors import SchemaTooNew, StoreUnavailable
-from .base import BlobRef, HashedChunks, Store, WritePrecondition, check_expectation
+from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
+from .base import (
+    STALE_UPLOAD_SECONDS,
+    BlobRef,
+    HashedChunks,
+    Store,
+    WritePrecondition,
+    check_expectation,
+    staged_batches,
+)
 from .types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
@@ -52,6 +63,10 @@ CREATE TABLE IF NOT EXISTS servefiles_files (
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS servefiles_uploads (
+    blob_id bigint PRIMARY KEY,
+    touched_at timestamptz NOT NULL
+);
 CREATE TABLE IF NOT EXISTS servefiles_chunks (
     blob_id bigint NOT NULL,
     seq integer NOT NULL,
@@ -78,7 +93,17 @@ SET_SCHEMA_VERSION = """
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
-NEXT_BLOB = "SELECT nextval('servefiles_blob_seq')"
+BEGIN_UPLOAD = """
+    INSERT INTO servefiles_uploads (blob_id, touched_at) VALUES (nextval('servefiles_blob_seq'), clock_timestamp())
+    RETURNING blob_id"""
+TOUCH_UPLOAD = "UPDATE servefiles_uploads SET touched_at = clock_timestamp() WHERE blob_id = $1"
+END_UPLOAD = "DELETE FROM servefiles_uploads WHERE blob_id = $1"
+SWEEP_UPLOADS = """
+    WITH stale AS (
+        DELETE FROM servefiles_uploads WHERE touched_at < clock_timestamp() - make_interval(secs => $1)
+        RETURNING blob_id
+    )
+    DELETE FROM servefiles_chunks WHERE blob_id IN (SELECT blob_id FROM stale)"""
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES ($1, $2, $3)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = $1"
 CURRENT_ROW = "SELECT blob_id, deleted, sha256 FROM servefiles_files WHERE key = $1"
@@ -195,6 +220,8 @@ class PostgresStore(Store):
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
             await conn.execute(INIT_STORE_ID)
             self.store_id = await conn.fetchval(GET_STORE_ID)
+        async with self._connection() as conn:
+            await conn.execute(SWEEP_UPLOADS, float(STALE_UPLOAD_SECONDS))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -268,30 +295,47 @@ class PostgresStore(Store):
     async def _write(
         self, key: str, chunks: HashedChunks, content_type: str, expect: WritePrecondition | None
     ) -> FileMeta:
+        async with self._connection() as conn:
+            blob_id: int = await conn.fetchval(BEGIN_UPLOAD)
+        try:
+            async for batch in staged_batches(chunks):  # no connection held while the client sends
+                async with self._connection() as conn, conn.transaction():
+                    if await conn.execute(TOUCH_UPLOAD, blob_id) != "UPDATE 1":
+                        raise UploadAborted(f"upload {blob_id} was swept (idle too long); retry it")
+                    await conn.executemany(INSERT_CHUNK, [(blob_id, seq, chunk) for seq, chunk in batch])
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(LOCK, WRITE_LOCK)
+                if await conn.execute(END_UPLOAD, blob_id) != "DELETE 1":
+                    raise UploadAborted(f"the upload of {key} was idle too long and has been swept; retry it")
+                current = await conn.fetchrow(CURRENT_ROW, key)
+                check_expectation(key, expect, _live_sha256(current))
+                row = await conn.fetchrow(
+                    UPSERT_FILE, key, blob_id, chunks.chunk_size, chunks.size, chunks.sha256, content_type
+                )
+                if current is not None and current["blob_id"] is not None:
+                    await conn.execute(DELETE_CHUNKS, current["blob_id"])
+                await conn.execute(NOTIFY, row["version"])  # delivered at commit
+                return _meta(row)
+        except BaseException:
+            # Shielded: a cancelled upload still frees what it staged. If the database is
+            # gone, the upload row stays and the sweep frees it later.
+            with contextlib.suppress(StoreUnavailable, *_UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.shield(self._abandon_upload(blob_id))
+            raise
+
+    async def _abandon_upload(self, blob_id: int) -> None:
         async with self._connection() as conn, conn.transaction():
-            blob_id = await conn.fetchval(NEXT_BLOB)
-            seq = 0
-            async for chunk in chunks:
-                await conn.execute(INSERT_CHUNK, blob_id, seq, chunk)
-                seq += 1
-            await conn.execute(LOCK, WRITE_LOCK)
-            current = await conn.fetchrow(CURRENT_ROW, key)
-            check_expectation(key, expect, _live_sha256(current))
-            row = await conn.fetchrow(
-                UPSERT_FILE, key, blob_id, chunks.chunk_size, chunks.size, chunks.sha256, content_type
-            )
-            if current is not None and current["blob_id"] is not None:
-                await conn.execute(DELETE_CHUNKS, current["blob_id"])
-            await conn.execute(NOTIFY, row["version"])  # delivered at commit
-            return _meta(row)
+            # No upload row: the publish committed (cancelled after it), the chunks are live.
+            if await conn.execute(END_UPLOAD, blob_id) == "DELETE 1":
+                await conn.execute(DELETE_CHUNKS, blob_id)
 
     async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:
         async with self._connection() as conn, conn.transaction():
             await conn.execute(LOCK, WRITE_LOCK)
             current = await conn.fetchrow(CURRENT_ROW, key)
-            check_expectation(key, expect, _live_sha256(current))
             if current is None or current["deleted"]:
-                return None
+                return None  # nothing to delete: a 404 whatever the preconditions say (RFC 9110 13.2.1)
+            check_expectation(key, expect, _live_sha256(current))
             version: int = await conn.fetchval(TOMBSTONE, key)
             if current["blob_id"] is not None:
                 await conn.execute(DELETE_CHUNKS, current["blob_id"])

@@ -24,14 +24,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import SchemaTooNew, ServeFilesError, StoreUnavailable
-from .base import BlobRef, HashedChunks, Store, WritePrecondition, check_expectation
+from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
+from .base import (
+    STALE_UPLOAD_SECONDS,
+    BlobRef,
+    HashedChunks,
+    Store,
+    WritePrecondition,
+    check_expectation,
+    staged_batches,
+)
 from .types import Change, FileMeta
 
 SCHEMA_VERSION = 1
-STALE_UPLOAD_SECONDS = 3600
-WRITE_BATCH_CHUNKS = 8
-"""Chunks committed per staging transaction (2 MiB): short write-lock holds."""
 BUSY_TIMEOUT_SECONDS = 30.0
 
 _T = TypeVar("_T")
@@ -258,16 +263,8 @@ class SQLiteStore(Store):
     ) -> FileMeta:
         blob_id = await self._run(_begin_upload)
         try:
-            batch: list[tuple[int, int, bytes]] = []
-            seq = 0
-            async for chunk in chunks:
-                batch.append((blob_id, seq, chunk))
-                seq += 1
-                if len(batch) == WRITE_BATCH_CHUNKS:
-                    await self._run(_stage_chunks, blob_id, batch)
-                    batch = []
-            if batch:
-                await self._run(_stage_chunks, blob_id, batch)
+            async for batch in staged_batches(chunks):
+                await self._run(_stage_chunks, blob_id, [(blob_id, seq, chunk) for seq, chunk in batch])
             return await self._run(_publish, key, blob_id, chunks, content_type, expect)
         except BaseException:
             # Shielded: a cancelled upload must still free what it staged.
@@ -310,7 +307,7 @@ def _stage_chunks(conn: sqlite3.Connection, blob_id: int, rows: list[tuple[int, 
         # in different threads): staging into an abandoned upload would leave chunks
         # that nothing references and no sweep finds.
         if conn.execute(TOUCH_UPLOAD, (_now_us(), blob_id)).rowcount != 1:
-            raise ServeFilesError(f"upload {blob_id} was abandoned or swept; nothing staged")
+            raise UploadAborted(f"upload {blob_id} was abandoned or swept (idle too long); retry it")
         conn.executemany(INSERT_CHUNK, rows)
 
 
@@ -339,7 +336,7 @@ def _publish(
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
         check_expectation(key, expect, _live_sha256(current))
         if conn.execute(END_UPLOAD, (blob_id,)).rowcount != 1:
-            raise ServeFilesError(f"upload of {key} was idle too long and has been swept; retry it")
+            raise UploadAborted(f"the upload of {key} was idle too long and has been swept; retry it")
         now = _now_us()
         version = _next_version(conn)
         created_at = current[2] if current is not None and not current[1] else now
@@ -353,9 +350,9 @@ def _publish(
 def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | None) -> int | None:
     with _Transaction(conn):
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
-        check_expectation(key, expect, _live_sha256(current))
         if current is None or current[1]:
-            return None
+            return None  # nothing to delete: a 404 whatever the preconditions say (RFC 9110 13.2.1)
+        check_expectation(key, expect, _live_sha256(current))
         version = _next_version(conn)
         conn.execute(TOMBSTONE, (version, _now_us(), key))
         if current[0] is not None:

@@ -157,8 +157,8 @@ def _read_problems(harness: Harness, method: str, target: bytes, reply: Reply, n
         if (reply.status, reply.body) != (200, expected_body):
             return [f"expected 200 with {key!r}, got {reply.status} {reply.body[:100]!r}"]
         return []
-    if method == "GET" and under and unquote_to_bytes(target.partition(b"?")[0]) == PREFIX.encode():
-        # GET {prefix}/ is the listing: a token is needed
+    if under and unquote_to_bytes(target.partition(b"?")[0]) == PREFIX.encode():
+        # GET and HEAD {prefix}/ are the listing: a token is needed
         return [] if reply.status == 401 else [f"listing without a token: {reply.status}"]
     problems = []
     if reply.status != 404:
