@@ -1,4 +1,8 @@
-"""The Django example (``examples/django_app``) as a user runs it, on both stores.
+"""The Django storage backend on both stores: in this process, and in the example project
+(``examples/django_app``) as a user runs it.
+
+The in-process tests configure Django's settings once (no apps, no Django database) and point
+the storage at this test's store.
 
 ``manage.py test posts`` runs the project's own Django tests (model fields, the admin, the
 storage API) in a fresh interpreter. Then the project runs for real under gunicorn, two
@@ -12,6 +16,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import csv
 import hashlib
 import io
 import os
@@ -19,16 +24,23 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
 from PIL import Image
 
-from servefiles import open_store
+from servefiles import ServeFilesWSGI, open_store
+from servefiles.contrib import django as servefiles_django
+from servefiles.contrib.django import ServeFilesStorage
 
 from .servers import free_port, listening
 
@@ -178,3 +190,151 @@ def test_admin_upload_served_under_gunicorn(django_env: dict[str, str], store_ur
     output = log.read_text(errors="replace")
     assert "Booting worker" in output and "Shutting down" in output, output
     assert "Traceback" not in output and "ERROR" not in output, output
+
+
+# -- the storage in this process ---------------------------------------------------------------
+
+
+@pytest.fixture
+def served(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeFilesWSGI]:
+    """Django's settings (configured once per process) and the storage's servefiles on this test's store."""
+    if not settings.configured:
+        settings.configure(USE_TZ=True, TIME_ZONE="UTC", MEDIA_URL="/media/")
+    files = ServeFilesWSGI(None, store_url, "/media", tmp_path / "cache")
+    monkeypatch.setattr(servefiles_django, "_files", files)
+    yield files
+    files.close()
+
+
+@pytest.fixture
+def rival(store_url: str, tmp_path: Path) -> Iterator[ServeFilesWSGI]:
+    """Another frontend on the same store: its own loop, connections and cache."""
+    files = ServeFilesWSGI(None, store_url, "/media", tmp_path / "rival-cache")
+    yield files
+    files.close()
+
+
+def test_text_mode_reads_str_as_filesystem_storage_does(served: ServeFilesWSGI, tmp_path: Path) -> None:
+    """open(name, "r") gives text, so csv.reader(storage.open(name, "r")) works as on Django's
+    FileSystemStorage; "rb" (the default) still gives the stored bytes."""
+    rows = [["name", "city"], ["Zoë", "Kraków"], ["Łukasz", "Zürich"], ["€ sign", "Paris, France"]]
+    written = io.StringIO()
+    csv.writer(written).writerows(rows)  # \r\n line ends
+    data = written.getvalue().encode("utf-8")
+    storage = ServeFilesStorage()
+    name = storage.save("files/people.csv", ContentFile(data))
+    reference = FileSystemStorage(location=tmp_path / "filesystem")
+    reference_name = reference.save("people.csv", ContentFile(data))
+
+    for mode in ("r", "rt"):
+        with storage.open(name, mode) as opened:
+            assert list(csv.reader(opened)) == rows
+        with storage.open(name, mode) as opened, reference.open(reference_name, mode) as expected:
+            text = opened.read()
+            assert isinstance(text, str)
+            assert text == expected.read()
+        with storage.open(name, mode) as opened, reference.open(reference_name, mode) as expected:
+            assert list(opened) == list(expected)  # Django's File iterates lines, as str
+    for mode in ("rb", "br"):
+        with storage.open(name, mode) as opened:
+            assert opened.read() == data
+    with storage.open(name) as opened:
+        assert opened.read() == data
+
+    # A closed file reopens in the mode it was opened in, or the one asked for (as Django's File does).
+    opened = storage.open(name, "r")
+    opened.close()
+    opened.open()
+    assert list(csv.reader(opened)) == rows
+    opened.close()
+    opened.open("rb")
+    assert opened.read() == data
+    opened.close()
+
+
+def test_modes_that_write_are_refused(served: ServeFilesWSGI) -> None:
+    """Files are written by save(); an open() for writing fails at once, and nothing changes."""
+    storage = ServeFilesStorage()
+    name = storage.save("files/notes.txt", ContentFile(b"notes\n"))
+    for mode in ("w", "wb", "wt", "a", "ab", "x", "xb", "r+", "rb+", "w+b"):
+        with pytest.raises(ValueError, match="save"):
+            storage.open(name, mode)
+    for mode in ("rbt", "b", "t", "", "q", "rr"):
+        with pytest.raises(ValueError, match="mode"):
+            storage.open(name, mode)
+    with storage.open(name) as opened:
+        assert opened.read() == b"notes\n"
+
+
+class RacedStorage(ServeFilesStorage):
+    """A storage whose first choice of name, in each thread, is taken by another writer before
+    it writes: the race between get_available_name and the write, for real.
+
+    ``before`` runs first (a barrier, in the threaded test); ``writer`` then stores the chosen name.
+    """
+
+    def __init__(self, writer: Callable[[str], Any], before: Callable[[], Any] = lambda: None) -> None:
+        super().__init__()
+        self.writer, self.before = writer, before
+        self.raced: list[str] = []
+        self._raced_threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        chosen = super().get_available_name(name, max_length=max_length)
+        with self._lock:
+            first = threading.get_ident() not in self._raced_threads
+            self._raced_threads.add(threading.get_ident())
+        if first:
+            self.before()
+            self.writer(chosen)
+            with self._lock:
+                self.raced.append(chosen)
+        return chosen
+
+
+def test_a_save_that_loses_a_race_keeps_to_max_length(served: ServeFilesWSGI, rival: ServeFilesWSGI) -> None:
+    """Another frontend stores the chosen name between get_available_name and the write: the
+    retry takes the next free name within the max_length the FileField passed to save() (a
+    longer name is a DataError on PostgreSQL when the model is saved)."""
+    name = "files/" + "r" * 40 + ".txt"
+    max_length = len(name)  # a free name that fills the field: any other name must be cut to fit
+    storage = RacedStorage(lambda key: rival.put(key, b"theirs"))
+
+    saved = storage.save(name, ContentFile(b"mine"), max_length=max_length)
+
+    assert storage.raced == [name]
+    assert saved != name
+    assert len(saved) <= max_length
+    assert saved.startswith("files/rrr") and saved.endswith(".txt")
+    with storage.open(saved) as mine, storage.open(name) as theirs:
+        assert (mine.read(), theirs.read()) == (b"mine", b"theirs")
+
+
+def test_racing_saves_in_threads_each_keep_their_own_max_length(served: ServeFilesWSGI, rival: ServeFilesWSGI) -> None:
+    """Two threads save through one storage (as through default_storage) with different
+    max_lengths, both inside save() before either retries: each retry uses its own."""
+    storage = RacedStorage(lambda key: rival.put(key, b"theirs"), threading.Barrier(2, timeout=30).wait)
+    short, long = "files/" + "s" * 30 + ".txt", "files/" + "l" * 60 + ".txt"
+    saved: dict[str, str] = {}
+    failed: list[BaseException] = []
+
+    def save(name: str) -> None:
+        try:
+            saved[name] = storage.save(name, ContentFile(name.encode()), max_length=len(name))
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=save, args=(name,)) for name in (short, long)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failed, failed
+    assert sorted(storage.raced) == sorted([short, long])
+    assert len(saved[short]) <= len(short)
+    assert len(short) < len(saved[long]) <= len(long)  # not cut to the other thread's max_length
+    for name, stored in saved.items():
+        assert stored != name
+        with storage.open(stored) as opened:
+            assert opened.read() == name.encode()

@@ -18,11 +18,16 @@ The storage and the wrapper share one :class:`ServeFilesWSGI` per process, so th
 that saved a file serves it on the next request (read-your-writes); other frontends learn
 of it from the change feed. Names never overwrite: a save that finds its name taken (even
 by a racing upload on another frontend, checked atomically in the database) takes the
-next free name, as Django's FileSystemStorage does.
+next free name, as Django's FileSystemStorage does, within the ``max_length`` passed to
+``save()`` (a FileField's). ``open(name, "r")`` gives text (UTF-8, universal newlines), as
+FileSystemStorage does on a UTF-8 host; ``"rb"``, the default, gives bytes. Files are written
+only by ``save()``: opening one for writing is a ValueError.
 """
 
 from __future__ import annotations
 
+import contextvars
+import io
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -46,6 +51,11 @@ from ..store import FileMeta
 SPOOL_BYTES = 1024 * 1024
 """Files opened through the storage stay in memory up to this size, then spill to a temp file."""
 SAVE_ATTEMPTS = 100
+TEXT_ENCODING = "utf-8"
+"""How ``open(name, "r")`` decodes: the stored bytes are shared by every host, so not the host's locale."""
+
+_save_max_length: contextvars.ContextVar[int | None] = contextvars.ContextVar("servefiles_save_max_length")
+"""The max_length of the save() under way in this thread (Django does not pass it to _save)."""
 
 _files: ServeFilesWSGI | None = None
 _files_lock = threading.Lock()
@@ -76,9 +86,17 @@ def wrap(application: WSGIApp) -> ServeFilesWSGI:
 class ServeFilesStorage(Storage):
     """Django Storage over the servefiles database (``STORAGES["default"]``)."""
 
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
+        """Django's save(), with ``max_length`` kept for _save's retries (per thread and task)."""
+        token = _save_max_length.set(max_length)
+        try:
+            return super().save(name, content, max_length=max_length)
+        finally:
+            _save_max_length.reset(token)
+
     def _save(self, name: str, content: File[Any]) -> str:
         content_type = _usable_type(getattr(content, "content_type", None))
-        max_length = getattr(content, "max_length", None)  # not passed to _save: Django checked it already
+        max_length = _save_max_length.get(None)  # None when _save is called outside save()
         for _ in range(SAVE_ATTEMPTS):
             key = self._key(name)
             if hasattr(content, "seek"):
@@ -92,9 +110,8 @@ class ServeFilesStorage(Storage):
         raise FileExistsError(f"no free name found for {name!r}")
 
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
-        if "w" in mode or "a" in mode or "+" in mode:
-            raise ValueError("servefiles files are opened for reading; save() writes them")
-        return StoredFile(_fetch(self._key(name), name), name, self._key(name))
+        key = self._key(name)
+        return StoredFile(_fetch(key, name, mode), name, key, mode)
 
     def delete(self, name: str) -> None:
         if name:
@@ -155,23 +172,38 @@ class ServeFilesStorage(Storage):
 
 
 class StoredFile(File):  # type: ignore[type-arg]
-    """A stored file's bytes, spooled; reopened (``open()`` after ``close()``) from the store,
-    never from a local path that happens to share its name."""
+    """A stored file's bytes, spooled (text over them in a text mode); reopened (``open()`` after
+    ``close()``, in the mode given, else its own, as Django's File does) from the store, never
+    from a local path that happens to share its name."""
 
-    def __init__(self, spooled: IO[bytes], name: str, key: str) -> None:
-        super().__init__(spooled, name)
+    def __init__(self, file: IO[Any], name: str, key: str, mode: str = "rb") -> None:
+        super().__init__(file, name)
         self._key = key
+        self.mode = mode
 
     def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> StoredFile:
         if self.closed:
-            self.file = _fetch(self._key, self.name or self._key)
+            self.file = _fetch(self._key, self.name or self._key, mode or self.mode)
+            self.mode = mode or self.mode
         else:
             self.seek(0)
         return self
 
 
-def _fetch(key: str, name: str) -> IO[bytes]:
-    """The key's bytes in a spooled temp file (memory up to SPOOL_BYTES), at position 0."""
+def _text_mode(mode: str) -> bool:
+    """Whether ``mode`` reads text ("r", "rt") rather than bytes ("rb"); ValueError for a mode
+    that writes (save() writes) or that Python's open() would refuse."""
+    if any(flag in mode for flag in "wax+"):
+        raise ValueError(f"servefiles files are opened for reading (mode {mode!r}); save() writes them")
+    if "".join(sorted(mode)) not in ("r", "br", "rt"):
+        raise ValueError(f"invalid mode: {mode!r}")
+    return "b" not in mode
+
+
+def _fetch(key: str, name: str, mode: str = "rb") -> IO[Any]:
+    """The key's bytes in a spooled temp file (memory up to SPOOL_BYTES), at position 0; as
+    UTF-8 text with universal newlines (what open() gives on a UTF-8 host) in a text mode."""
+    text = _text_mode(mode)
     spooled: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the File owns it
     try:
         for chunk in files().open(key):
@@ -183,6 +215,8 @@ def _fetch(key: str, name: str) -> IO[bytes]:
         spooled.close()
         raise
     spooled.seek(0)
+    if text:
+        return io.TextIOWrapper(spooled, encoding=TEXT_ENCODING)
     return spooled
 
 
