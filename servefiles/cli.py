@@ -197,11 +197,6 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--upload-token") from None
 
-    async def check() -> None:  # fail fast, in one line, if the database is not there
-        store = await connect(url, read_db)
-        await store.close()
-
-    _run(check())
     app = ServeFiles(
         None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
@@ -210,6 +205,13 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
         publish_dir=publish_dir or config.default_publish_dir(),
     )  # fmt: skip
+    app.service.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
+
+    async def check() -> None:  # fail fast, in one line, if the database is not there
+        store = await connect(url, read_db)
+        await store.close()
+
+    _run(check())
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

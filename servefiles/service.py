@@ -250,6 +250,8 @@ class FileService:
         self._prefetching = asyncio.Semaphore(PREFETCH_CONCURRENCY)
         self._breaker = CircuitBreaker()
         self._background: set[asyncio.Task[None]] = set()
+        self._outages = 0
+        """Feed outages so far: a publish that overlapped one withdraws what it published."""
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
         self._unavailable = http.unavailable(RETRY_AFTER_SECONDS)
@@ -262,7 +264,16 @@ class FileService:
             self._started = asyncio.ensure_future(self._start())
         await asyncio.shield(self._started)
 
+    def withdraw_tree(self) -> None:
+        """Empty nginx's published tree, which nginx serves without asking anyone: at start
+        (a stopped or crashed run left it, nobody has vouched for it since, and the database
+        may be unreachable) and at close (nothing keeps it current any more). Keys are
+        published again as they are asked for."""
+        if self.disk.tree is not None:
+            self.disk.tree.clear()
+
     async def _start(self) -> None:
+        await asyncio.to_thread(self.withdraw_tree)
         try:
             if self._store is None:
                 assert self._url is not None
@@ -309,6 +320,7 @@ class FileService:
     def _feed_down(self) -> None:
         """nginx serves the published tree without asking: withdraw it until the feed is back."""
         self._absent.clear()
+        self._outages += 1
         tree = self.disk.tree
         if tree is not None:
             task = asyncio.create_task(asyncio.to_thread(tree.clear))
@@ -350,6 +362,7 @@ class FileService:
         if self._url is not None and self._store is not None:
             store, self._store = self._store, None
             await store.close()
+        await asyncio.to_thread(self.withdraw_tree)  # nginx then asks servefiles: a 502 while it is down
         self.disk.close()
         self._started = None
 
@@ -489,15 +502,20 @@ class FileService:
             return Reply(self._unavailable)
 
     async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
-        """Hand the bytes to nginx: make sure the disk tier holds the current version (filling
-        it on a miss), then answer with X-Accel-Redirect — to the published tree, where nginx
-        judges preconditions and ranges against the tree file itself, or to the content file,
-        for a plain whole-file GET that servefiles has judged.
+        """Hand the bytes to nginx: answer with X-Accel-Redirect — to the published tree, where
+        nginx judges preconditions and ranges against the tree file itself, or to the content
+        file, for a plain whole-file GET that servefiles has judged.
 
-        None when neither applies or can be done (the cache cannot take the file, the
-        database is down): the ordinary path then answers, from the store or a stale copy.
+        None when neither applies or can be done (a HEAD or a range that is not for the tree,
+        a miss of a file the tree will not take, the cache cannot take the file, the database
+        is down): the ordinary path then answers, streaming a miss as it writes it through,
+        or from a stale copy. A miss of a file for the tree fills the disk tier first, so
+        that even the first response carries nginx's validators, as every later hit will.
         """
         assert self.accel_prefix is not None and self._filler is not None
+        tree = self.disk.tree
+        if tree is None and (method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS)):
+            return None
         entry = self.disk.get(key)
         if entry is None and self._known_absent(key):
             return Reply(self._not_found)
@@ -509,6 +527,8 @@ class FileService:
             if meta is None:
                 return Reply(self._not_found)
             if entry is None or entry.meta.revision != meta.revision:
+                if tree is None or not tree.accepts(meta):
+                    return None  # streamed at once; the next request finds it on disk
                 try:
                     if not await self._filler.fill(meta, self.prepared(meta)):
                         return None
@@ -520,15 +540,7 @@ class FileService:
             return None  # damaged or gone: the ordinary path refetches it
         os.close(fd)
         file = self.prepared(entry.meta)
-        tree = self.disk.tree
-        # While the feed is down the tree stays withdrawn: nginx would serve it unchecked.
-        feed_healthy = self.feed is not None and self.feed.healthy
-        if (
-            tree is not None
-            and feed_healthy
-            and tree.accepts(entry.meta)
-            and await asyncio.to_thread(self.disk.publish_to_tree, entry)
-        ):
+        if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             self.metrics.disk_hits.inc()
             return Reply(http.accel_redirect(file, TREE_LOCATION + quote(entry.meta.key, safe="/")))
         if method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS):
@@ -539,6 +551,22 @@ class FileService:
         self.metrics.disk_hits.inc()
         self.disk.touch(key)
         return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256)))
+
+    async def _publish(self, entry: DiskEntry) -> bool:
+        """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
+        unchecked. An outage that began while the publish ran has cleared the tree already,
+        perhaps before this file landed in it: withdraw it then."""
+        outages = self._outages
+        if self.feed is None or not self.feed.healthy:
+            return False
+        if not await asyncio.to_thread(self.disk.publish_to_tree, entry):
+            return False
+        if self._outages != outages or not self.feed.healthy:
+            tree = self.disk.tree
+            assert tree is not None
+            await asyncio.to_thread(tree.withdraw, entry.meta.key)
+            return False
+        return True
 
     def _known_absent(self, key: str) -> bool:
         return bool(self._absent) and _digest(key) in self._absent and self.feed is not None and self.feed.healthy

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servefiles import FileMeta, open_store
+from servefiles import FileMeta, ServeFiles, open_store
+from servefiles.cache.disk import DiskEntry
+from servefiles.cache.tree import PublishedTree
+from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
+from servefiles.service import FileService
 
-from .asgi_servers import http_request
+from .asgi_servers import http_request, uvicorn_server
 from .nginx_server import Nginx, running_nginx, server_block
 from .servers import Frontend, free_port
+from .tcp_proxy import TcpProxy, with_netloc
 
 TOKEN = "nginx-test-token-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -51,8 +57,10 @@ class Stack:
     publish_dir: Path
     store_url: str
 
+    prefix: str = "/media"
+
     def published(self, key: str) -> Path:
-        return self.publish_dir / "media" / key
+        return self.publish_dir / self.prefix.strip("/") / key
 
     def bytes_sent(self) -> float:
         return self.frontend.metric("servefiles_bytes_sent_total")
@@ -65,15 +73,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(mode: str, store_url: str, tmp_path: Path) -> Iterator[Stack]:
+def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media") -> Iterator[Stack]:
     cache_dir, publish_dir = tmp_path / "cache", tmp_path / "published"
     frontend = Frontend("--db", store_url, "--cache-dir", str(cache_dir), "--nginx", mode, "--publish-dir",
-                        str(publish_dir), "--upload-token", TOKEN, "--metrics").start()  # fmt: skip
+                        str(publish_dir), "--upload-token", TOKEN, "--metrics", "--prefix", prefix).start()  # fmt: skip
     try:
         port = free_port()
-        block = server_block(mode, frontend.port, port, cache_dir, publish_dir)
+        block = server_block(mode, frontend.port, port, cache_dir, publish_dir, ("--prefix", prefix))
         with running_nginx(tmp_path / "nginx", block, port) as nginx:
-            yield Stack(mode, f"http://127.0.0.1:{port}", frontend, nginx, cache_dir, publish_dir, store_url)
+            base = f"http://127.0.0.1:{port}"
+            yield Stack(mode, base, frontend, nginx, cache_dir, publish_dir, store_url, prefix)
             assert "[alert]" not in nginx.errors() and "[crit]" not in nginx.errors(), nginx.errors()
     finally:
         frontend.stop()
@@ -128,20 +137,134 @@ async def test_hits_misses_ranges_replace_and_delete(mode: str, store_url: str, 
             assert not s.published("blog/photo.png").exists()
 
 
+ASKED = ('servefiles_hits_total{tier="disk"}', 'servefiles_hits_total{tier="memory"}', "servefiles_misses_total")
+
+
 async def test_tree_hits_are_served_by_nginx_alone(store_url: str, tmp_path: Path) -> None:
     with stack("tree", store_url, tmp_path) as s:
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
             await client.put("/media/a/b/c.png", content=PNG, headers={**AUTH, "content-type": "image/png"})
             assert (await client.get("/media/a/b/c.png")).content == PNG  # published now
             meta = await s.meta("a/b/c.png")
-            s.frontend.stop()  # servefiles is gone; nginx still has the tree
+            asked = [s.frontend.metric(name) for name in ASKED]
             alone = await client.get("/media/a/b/c.png")
             assert (alone.status_code, alone.content) == (200, PNG)
             assert alone.headers["etag"] == nginx_etag(meta)
             assert alone.headers["content-type"] == "image/png"
             assert alone.headers["x-content-type-options"] == "nosniff"
             assert os.stat(s.published("a/b/c.png")).st_mtime == int(meta.updated_at.timestamp())
+            assert [s.frontend.metric(name) for name in ASKED] == asked, "a tree hit never reaches servefiles"
+            s.frontend.stop()  # nothing follows the feed now: the tree goes with it
+            assert not s.published("a/b/c.png").exists()
+            assert (await client.get("/media/a/b/c.png")).status_code == 502, "never a file nobody vouches for"
             s.frontend.start()
+
+
+async def test_a_tree_left_by_a_stopped_frontend_is_withdrawn_at_start_even_with_the_database_down(
+    pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """What a stop or a crash left behind may be stale (another frontend deleted the key
+    meanwhile): a frontend that cannot reach the database must not leave it to nginx."""
+    async with open_store(pg_url) as store:
+        await store.put("x.png", PNG)
+    proxied = with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}")
+    with stack("tree", pg_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            assert (await client.get("/media/x.png")).content == PNG
+            assert s.published("x.png").exists()
+            s.frontend.kill()  # a crash: no shutdown code runs, the tree stays
+            assert s.published("x.png").exists()
+            async with open_store(pg_url) as store:  # meanwhile, another frontend deletes it
+                await store.delete("x.png")
+            s.frontend.args = tuple(proxied if arg == pg_url else arg for arg in s.frontend.args)
+            await pg_proxy.cut()
+            with pytest.raises(RuntimeError, match="cannot connect to PostgreSQL"):
+                await asyncio.to_thread(s.frontend.start)  # a one-line error, and no server...
+            assert not s.published("x.png").exists()  # ...but first it withdrew the tree
+            assert (await client.get("/media/x.png")).status_code == 502
+            await pg_proxy.restore()
+            await asyncio.to_thread(s.frontend.start)
+            assert (await client.get("/media/x.png")).status_code == 404
+
+
+@pytest.mark.parametrize("mode", ["accel", "tree"])
+async def test_uploads_over_a_mebibyte_pass_through_nginx(mode: str, sqlite_url: str, tmp_path: Path) -> None:
+    """nginx's own 1 MiB client_max_body_size must not apply in any location a PUT lands in."""
+    big = b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 1024 * 1024)
+    with stack(mode, sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for _ in range(2):  # a new key, then a replacement of a published one
+                put = await client.put("/media/big.png", content=big, headers=AUTH)
+                assert put.status_code in (200, 201), put.text
+                assert (await client.get("/media/big.png")).content == big
+
+
+async def test_a_key_that_is_also_a_folder_in_the_tree_is_served_not_redirected(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with stack("tree", sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            assert (await client.put("/media/avatars/42/thumb.png", content=PNG, headers=AUTH)).status_code == 201
+            assert (await client.put("/media/avatars/42", content=b"raw avatar", headers=AUTH)).status_code == 201
+            assert (await client.get("/media/avatars/42/thumb.png")).content == PNG
+            assert s.published("avatars/42/thumb.png").exists()  # so avatars/42 is a directory there
+            for _ in range(2):
+                response = await client.get("/media/avatars/42")
+                assert (response.status_code, response.content) == (200, b"raw avatar")
+            missing = await client.get("/media/avatars")  # a directory, and no such key
+            assert missing.status_code == 404 and "location" not in missing.headers
+
+
+@pytest.mark.parametrize("mode", ["accel", "tree"])
+async def test_a_root_prefix_serves_every_path(mode: str, sqlite_url: str, tmp_path: Path) -> None:
+    with stack(mode, sqlite_url, tmp_path, prefix="/") as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            assert (await client.put("/x.png", content=PNG, headers=AUTH)).status_code == 201
+            for _ in range(2):
+                response = await client.get("/x.png")
+                assert (response.status_code, response.content) == (200, PNG)
+            if mode == "tree":
+                assert s.published("x.png").read_bytes() == PNG
+
+
+async def test_the_tree_sends_the_type_the_app_sends(sqlite_url: str, tmp_path: Path) -> None:
+    """``.gz`` is guessed as application/gzip, but nginx's types block cannot hold it (``.GZ``
+    guesses otherwise): such a file stays with the app, rather than change type once published."""
+    files = {"backup.gz": b"\x1f\x8b" + os.urandom(1000), "UPPER.PNG": PNG, "photo.jpeg": b"\xff\xd8" + os.urandom(900)}
+    with stack("tree", sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for key, data in files.items():
+                assert (await client.put(f"/media/{key}", content=data, headers=AUTH)).status_code == 201
+                types = {(await client.get(f"/media/{key}")).headers["content-type"] for _ in range(3)}
+                stored = (await s.meta(key)).content_type
+                assert types == {stored}, (key, types, stored)
+            assert not s.published("backup.gz").exists()
+            assert s.published("UPPER.PNG").exists() and s.published("photo.jpeg").exists()
+
+
+async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """nginx's ETag is "mtime-size" in whole seconds: the store gives each version of a key
+    its own second, so a stale If-None-Match gets the new file and a stale If-Range the whole file."""
+    with stack("tree", sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            v1 = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+            v2 = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+            await client.put("/media/p.png", content=v1, headers=AUTH)
+            first = await client.get("/media/p.png")
+            old = await s.meta("p.png")
+            await client.put("/media/p.png", content=v2, headers=AUTH)  # same size, at once
+            new = await s.meta("p.png")
+            assert (first.content, first.headers["etag"]) == (v1, nginx_etag(old))  # the tree's validator
+            assert int(new.updated_at.timestamp()) > int(old.updated_at.timestamp())
+            stale = {"if-none-match": first.headers["etag"]}
+            again = await client.get("/media/p.png", headers=stale)
+            assert (again.status_code, again.content) == (200, v2)
+            assert again.headers["etag"] != first.headers["etag"]
+            resume = {"range": "bytes=100-", "if-range": first.headers["etag"]}
+            resumed = await client.get("/media/p.png", headers=resume)
+            assert (resumed.status_code, resumed.content) == (200, v2), "never v2's bytes for a v1 download"
 
 
 async def test_tree_never_publishes_text_or_active_content(store_url: str, tmp_path: Path) -> None:
@@ -201,3 +324,75 @@ async def test_the_nginx_config_command_names_the_locations(tmp_path: Path) -> N
     started = time.monotonic()
     accel = server_block("accel", 8000, 8080, tmp_path / "c", tmp_path / "p")
     assert "try_files" not in accel and "internal;" in accel and time.monotonic() - started < 30
+
+
+async def test_an_accel_miss_is_streamed_at_once_not_after_the_whole_fill(
+    pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """Without a tree, a miss (and any HEAD or range) takes the ordinary path, which streams
+    as it writes through: nothing waits for the whole file to be cached, nor risks nginx's
+    proxy_read_timeout. The database is slowed for real, through a delaying proxy."""
+    movie = os.urandom(4 * 1024 * 1024)
+    async with open_store(pg_url) as store:
+        await store.put("movie.mp4", movie)
+    app = ServeFiles(None, db=with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), cache_dir=tmp_path / "c",
+                     nginx="accel")  # fmt: skip
+    async with uvicorn_server(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as client:
+        assert (await client.get("/media/none.mp4")).status_code == 404  # started, feed caught up
+        pg_proxy.delay = 0.02  # every piece the database sends now waits 20 ms
+        try:
+            for method, headers in (("HEAD", {}), ("GET", {"range": "bytes=0-99"}), ("GET", {})):
+                started = time.monotonic()
+                async with client.stream(method, "/media/movie.mp4", headers=headers) as response:
+                    answered = time.monotonic() - started
+                    body = await response.aread()
+                whole = time.monotonic() - started
+                assert "x-accel-redirect" not in response.headers, (method, headers)
+                expected = movie[:100] if headers else b"" if method == "HEAD" else movie
+                assert body == expected, (method, headers, len(body))
+                if not headers and method == "GET":
+                    assert answered < whole / 3, f"first byte after {answered:.2f} s of {whole:.2f} s"
+                else:
+                    assert answered < 1.0, f"{method} {headers} waited {answered:.2f} s"
+        finally:
+            pg_proxy.delay = 0
+
+
+async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
+    pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """The outage is real (the database's proxy is cut); the publish is held in its thread
+    at the one point where the race is, since no real timing hits that window every time."""
+    async with open_store(pg_url) as store:
+        await store.put("x.png", PNG)
+    tree = PublishedTree(tmp_path / "published", "/media")
+    service = FileService(with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache",
+                          accel_prefix=ACCEL_LOCATION, tree=tree)  # fmt: skip
+    await service.start()
+    try:
+        assert service.feed is not None and service.feed.healthy
+        publishing, resume = threading.Event(), threading.Event()
+        publish = service.disk.publish_to_tree
+
+        def held(entry: DiskEntry) -> bool:
+            publishing.set()
+            resume.wait(10)
+            return publish(entry)
+
+        service.disk.publish_to_tree = held  # type: ignore[method-assign]
+        request = asyncio.create_task(service.serve("GET", "x.png", {}))
+        assert await asyncio.to_thread(publishing.wait, 10)
+        await pg_proxy.cut()
+        deadline = time.monotonic() + 15
+        while service.feed.healthy:
+            assert time.monotonic() < deadline, "the feed did not notice the outage"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
+        resume.set()
+        reply = await request
+        assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
+        location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
+        assert not location.startswith(TREE_LOCATION.encode())
+    finally:
+        resume.set()
+        await service.close()

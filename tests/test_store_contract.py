@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import random
 import sqlite3
 import time
@@ -1186,3 +1187,18 @@ async def test_sqlite_store_opens_while_another_connection_writes_the_fresh_file
         assert (await store.put("k", b"v")).version == 1
     finally:
         await store.close()
+
+
+async def test_a_keys_versions_never_share_a_second(store: Store) -> None:
+    """Last-Modified and nginx's "mtime-size" ETag have whole seconds: each version (and
+    tombstone) of a key gets a later second than the one before, however fast they come."""
+    seconds = []
+    for n in range(4):
+        meta = await store.put("k", b"same size %d" % n)
+        seconds.append(int(meta.updated_at.timestamp()))
+    assert await store.delete("k") is not None
+    seconds.append(int((await store.put("k", b"same size 0")).updated_at.timestamp()))
+    assert all(earlier < later for earlier, later in itertools.pairwise(seconds)), seconds
+    assert seconds[-1] - seconds[-2] >= 2, "the tombstone between them took a second of its own"
+    other = await store.put("other", b"x")  # other keys are not pushed along
+    assert other.updated_at <= datetime.now(UTC) + timedelta(seconds=1)

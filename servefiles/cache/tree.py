@@ -23,10 +23,10 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..content_types import content_type_table, guess_content_type
+from ..content_types import content_type_table
 from ..http import is_active_content
 from ..store.types import FileMeta
 
@@ -46,9 +46,35 @@ def tree_types() -> dict[str, list[str]]:
     }
 
 
-def publishable(meta: FileMeta, allowed: Iterable[str]) -> bool:
-    """Whether nginx, serving the file statically, would send its stored Content-Type."""
-    return meta.content_type == guess_content_type(meta.key) and meta.content_type in allowed
+NGINX_DEFAULT_TYPE = "application/octet-stream"
+"""The generated block's ``default_type``: what nginx sends for an extension not in ``types``."""
+
+
+def extension_types(types: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """A ``types`` block turned round: extension -> Content-Type."""
+    return {extension: content_type for content_type, extensions in types.items() for extension in extensions}
+
+
+def nginx_content_type(key: str, by_extension: Mapping[str, str]) -> str:
+    """The Content-Type nginx's static module gives the key's path, found as nginx finds it:
+    the text after the last dot of the last segment (a leading dot starts no extension),
+    ASCII lower-cased, looked up in the ``types`` block, else ``default_type``."""
+    name = key.rpartition("/")[2]
+    dot = name.rfind(".")
+    if dot <= 0:
+        return NGINX_DEFAULT_TYPE
+    extension = name[dot + 1 :].translate(_ASCII_LOWER)
+    return by_extension.get(extension, NGINX_DEFAULT_TYPE)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def publishable(meta: FileMeta, allowed: Iterable[str], by_extension: Mapping[str, str]) -> bool:
+    """Whether nginx, serving the file statically, would send its stored Content-Type: the
+    type nginx finds must be the stored one (not merely servefiles' own guess, which may
+    differ, e.g. for ``.gz``), and one that may be published at all."""
+    return meta.content_type in allowed and nginx_content_type(meta.key, by_extension) == meta.content_type
 
 
 class PublishedTree:
@@ -57,7 +83,9 @@ class PublishedTree:
     def __init__(self, root: Path, prefix: str) -> None:
         self.root = Path(root).absolute()
         self.base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
-        self._allowed = frozenset(tree_types())
+        types = tree_types()
+        self._allowed = frozenset(types)
+        self._by_extension = extension_types(types)
 
     def path(self, key: str) -> Path:
         """Where ``key`` is published. Keys are canonical (the key gate ran): no ``..``, no
@@ -65,7 +93,7 @@ class PublishedTree:
         return self.base / key
 
     def accepts(self, meta: FileMeta) -> bool:
-        return publishable(meta, self._allowed)
+        return publishable(meta, self._allowed, self._by_extension)
 
     def is_published(self, meta: FileMeta) -> bool:
         """Whether ``key``'s path holds this version already (size and timestamp agree)."""

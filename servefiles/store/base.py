@@ -350,7 +350,13 @@ class Store(ABC):
         self, key: str, chunks: HashedChunks, content_type: str, expect: WritePrecondition | None
     ) -> FileMeta:
         """Store every chunk, then publish them as ``key``'s new version atomically
-        (after checking ``expect`` under the write lock: :func:`check_expectation`)."""
+        (after checking ``expect`` under the write lock: :func:`check_expectation`).
+
+        ``updated_at`` is the time of the write, but always in a later whole second than the
+        key's previous version or tombstone: Last-Modified has whole seconds, and nginx's
+        ETag for a published file is "mtime-size", so two versions of one size written in
+        the same second would otherwise share a validator (a stale 304, a resumed download
+        spliced from two versions)."""
 
     @abstractmethod
     async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:

@@ -114,13 +114,14 @@ UPSERT_FILE = f"""
     ON CONFLICT (key) DO UPDATE SET
         version = excluded.version, deleted = false, blob_id = excluded.blob_id,
         chunk_size = excluded.chunk_size, size = excluded.size, sha256 = excluded.sha256,
-        content_type = excluded.content_type, updated_at = excluded.updated_at,
+        content_type = excluded.content_type,
+        updated_at = greatest(excluded.updated_at, to_timestamp(floor(extract(epoch FROM f.updated_at)) + 1)),
         created_at = CASE WHEN f.deleted THEN excluded.created_at ELSE f.created_at END
     RETURNING {_META_COLUMNS}"""
 TOMBSTONE = """
     UPDATE servefiles_files SET version = nextval('servefiles_version_seq'), deleted = true,
         blob_id = NULL, chunk_size = NULL, size = 0, sha256 = NULL, content_type = NULL,
-        updated_at = clock_timestamp()
+        updated_at = greatest(clock_timestamp(), to_timestamp(floor(extract(epoch FROM updated_at)) + 1))
     WHERE key = $1
     RETURNING version"""
 LIST = f"""

@@ -82,7 +82,7 @@ END_UPLOAD = "DELETE FROM servefiles_uploads WHERE blob_id = ?"
 STALE_UPLOADS = "SELECT blob_id FROM servefiles_uploads WHERE touched_at < ?"
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES (?, ?, ?)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = ?"
-CURRENT_ROW = "SELECT blob_id, deleted, created_at, sha256 FROM servefiles_files WHERE key = ?"
+CURRENT_ROW = "SELECT blob_id, deleted, created_at, sha256, updated_at FROM servefiles_files WHERE key = ?"
 UPSERT_FILE = """
     INSERT INTO servefiles_files
         (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
@@ -105,6 +105,12 @@ CHANGES = "SELECT key, version, deleted FROM servefiles_files WHERE version > ? 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _later_second(now_us: int, previous_us: int) -> int:
+    """``now``, or the start of the second after ``previous`` if that is later: see
+    :meth:`Store._write` on why a key's versions never share a second."""
+    return max(now_us, (previous_us // 1_000_000 + 1) * 1_000_000)
 
 
 def _to_datetime(microseconds: int) -> datetime:
@@ -337,7 +343,7 @@ def _publish(
         check_expectation(key, expect, _live_sha256(current))
         if conn.execute(END_UPLOAD, (blob_id,)).rowcount != 1:
             raise UploadAborted(f"the upload of {key} was idle too long and has been swept; retry it")
-        now = _now_us()
+        now = _now_us() if current is None else _later_second(_now_us(), current[4])
         version = _next_version(conn)
         created_at = current[2] if current is not None and not current[1] else now
         row = (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now)
@@ -354,7 +360,7 @@ def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | N
             return None  # nothing to delete: a 404 whatever the preconditions say (RFC 9110 13.2.1)
         check_expectation(key, expect, _live_sha256(current))
         version = _next_version(conn)
-        conn.execute(TOMBSTONE, (version, _now_us(), key))
+        conn.execute(TOMBSTONE, (version, _later_second(_now_us(), current[4]), key))
         if current[0] is not None:
             conn.execute(DELETE_CHUNKS, (current[0],))
     return version
