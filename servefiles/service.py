@@ -321,9 +321,8 @@ class FileService:
         """nginx serves the published tree without asking: withdraw it until the feed is back."""
         self._absent.clear()
         self._outages += 1
-        tree = self.disk.tree
-        if tree is not None:
-            task = asyncio.create_task(asyncio.to_thread(tree.clear))
+        if self.disk.tree is not None:
+            task = asyncio.create_task(asyncio.to_thread(self.withdraw_tree))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

@@ -61,7 +61,9 @@ def request_headers(environ: WSGIEnviron, wanted: frozenset[bytes]) -> dict[str,
     """The headers a decision reads, by lower-case name, from a WSGI environ.
 
     The server has already joined repeated fields with "," (PEP 3333 follows CGI),
-    and values are latin-1 strings, as the ASGI adapter decodes them.
+    and values are latin-1 strings, as the ASGI adapter decodes them. wsgiref (Django's
+    runserver) fills in CONTENT_TYPE=text/plain when the client sent none: that one is
+    taken as absent, so an upload's type is guessed from its key, as under other servers.
     """
     found: dict[str, str] = {}
     for raw in wanted:
@@ -69,6 +71,8 @@ def request_headers(environ: WSGIEnviron, wanted: frozenset[bytes]) -> dict[str,
         value = environ.get(_ENVIRON_NAMES.get(name) or "HTTP_" + name.upper().replace("-", "_"))
         if value is not None and (value != "" or name not in _ENVIRON_NAMES):
             found[name] = value
+    if found.get("content-type") == "text/plain" and environ.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
+        del found["content-type"]
     return found
 
 
@@ -188,10 +192,6 @@ class ServeFilesWSGI:
             body = _input_body(environ, process.readers)
             query = environ.get("QUERY_STRING", "")
             headers = request_headers(environ, WRITE_HEADERS)
-            if headers.get("content-type") == "text/plain" and environ.get("SERVER_SOFTWARE", "").startswith(
-                "WSGIServer/"
-            ):
-                del headers["content-type"]  # wsgiref's stand-in for "none sent": guess from the key instead
             root = environ.get("SCRIPT_NAME", "")
             writes = process.mount.writes.handle(method, raw_key, query, headers, body, root)
             return self._send(self._run(writes, process), environ, start_response, process)
