@@ -15,11 +15,19 @@ recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import random
+import shutil
+import signal
+import socket
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import httpx
@@ -205,3 +213,196 @@ async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
             assert response.headers["etag"] == f'"{sha(new)}"'
         else:
             assert response.status_code == 404
+
+
+# -- whatever the cache dir holds: start-up in bounded time, never a hang (issue 13 item 7) ---
+
+PHOTO = bytes(range(256)) * 12  # small enough for the memory tier: promotion hashes it
+PHOTO_KEY = "dir/photo.png"
+FILE_SHAPES = ["fifo", "socket", "symlink_file", "symlink_dir", "dangling", "loop", "directory", "truncated", "zeros"]
+DIR_SHAPES = ["fifo", "socket", "symlink_dir", "symlink_file", "dangling", "loop", "file"]
+LOG_WORD = {"fifo": "FIFO", "socket": "socket", "symlink_file": "symlink", "symlink_dir": "symlink",
+            "dangling": "symlink", "loop": "symlink", "directory": "directory", "file": "regular file"}  # fmt: skip
+START_SECONDS = 15.0
+
+
+def cache_paths(cache: Path, publish: Path) -> dict[str, Path]:
+    """Where each thing lives in a cache dir (see cache/disk.py) and in the published tree."""
+    digest = sha(PHOTO)
+    return {
+        "content": cache / "objects" / digest[:2] / digest,
+        "index": cache / "index.sqlite3",
+        "index-wal": cache / "index.sqlite3-wal",
+        "lock": cache / "locks" / f"{sha(PHOTO_KEY.encode())}.lock",
+        "open.lock": cache / "open.lock",
+        "cursor": cache / "feed-cursor.json",
+        "objects": cache / "objects",
+        "shard": cache / "objects" / digest[:2],
+        "locks": cache / "locks",
+        "tree-file": publish / "media" / PHOTO_KEY,
+        "tree-dir": publish / "media" / "dir",
+        "tree-base": publish / "media",
+    }
+
+
+FILE_PLACES = ["content", "index", "index-wal", "lock", "open.lock", "cursor", "tree-file"]
+DIR_PLACES = ["objects", "shard", "locks", "tree-dir", "tree-base"]
+
+
+def plant(path: Path, shape: str, outside: Path) -> None:
+    """Put ``shape`` where ``path`` is, replacing what is there. ``outside`` (beside the cache dir)
+    holds ``file`` (the right bytes: only not following a link protects it) and ``dir/keep``."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if shape == "fifo":
+        os.mkfifo(path)
+    elif shape == "socket":  # an AF_UNIX socket file; bound by a short relative name (108-byte limit)
+        here = os.getcwd()
+        os.chdir(path.parent)
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path.name)
+        finally:
+            os.chdir(here)
+    elif shape == "symlink_file":
+        path.symlink_to(outside / "file")
+    elif shape == "symlink_dir":
+        path.symlink_to(outside / "dir")
+    elif shape == "dangling":
+        path.symlink_to(outside / "nothing here")
+    elif shape == "loop":
+        path.symlink_to(path.name)
+    elif shape == "directory":
+        path.mkdir()
+        (path / "inner").write_bytes(b"x")
+    elif shape == "file":
+        path.write_bytes(b"a file where a directory belongs")
+    elif shape == "truncated":
+        path.write_bytes(PHOTO[:100])
+    elif shape == "zeros":
+        path.write_bytes(bytes(len(PHOTO)))
+    else:
+        raise AssertionError(shape)
+
+
+def lstat_mode(path: Path) -> int:
+    return os.lstat(path).st_mode if os.path.lexists(path) else 0
+
+
+def make_outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "file").write_bytes(PHOTO)
+    (outside / "dir" / "keep").write_bytes(b"keep")
+    return outside
+
+
+def assert_outside_intact(outside: Path) -> None:
+    assert (outside / "file").read_bytes() == PHOTO, "a symlink was followed: the file outside was changed"
+    assert (outside / "dir" / "keep").read_bytes() == b"keep", "a symlink was followed: the dir outside was emptied"
+    assert sorted(p.name for p in outside.iterdir()) == ["dir", "file"]
+    assert [p.name for p in (outside / "dir").iterdir()] == ["keep"]
+
+
+def release_fifos(root: Path) -> None:
+    """Open every FIFO under ``root`` for writing and close it: a reader blocked on one (old
+    code) gets EOF, so a failing test ends instead of leaving a stuck thread behind."""
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if stat.S_ISFIFO(os.lstat(path).st_mode):
+                with contextlib.suppress(OSError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+class Hung(BaseException):
+    """Raised by :func:`time_limit`; not an OSError (TimeoutError is one), so no handler swallows it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, root: Path) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts the event loop, then blocked readers are released."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise Hung(f"still running after {seconds} s: something blocked on the cache dir")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release_fifos(root)
+
+
+async def fill_cache(db: str, cache: Path, publish: Path | None = None) -> None:
+    """A first run: the photo cached on disk (and, in tree mode, published), the cursor saved."""
+    options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if publish is not None else {}
+    app = ServeFiles(None, db=db, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            assert (await client.get(f"/media/{PHOTO_KEY}")).status_code == 200
+    finally:
+        await app.aclose()
+
+
+def hostile_cases() -> list[tuple[str, str]]:
+    cases = [(place, shape) for place in FILE_PLACES for shape in FILE_SHAPES]
+    cases += [(place, shape) for place in DIR_PLACES for shape in DIR_SHAPES]
+    # A lock file's or open.lock's bytes mean nothing: truncated or zeroed, it is still a lock file.
+    return [(p, s) for p, s in cases if not (p in ("lock", "open.lock") and s in ("truncated", "zeros"))]
+
+
+@pytest.mark.parametrize(("place", "shape"), hostile_cases())
+async def test_the_service_starts_and_serves_whatever_stands_in_the_cache_dir(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, place: str, shape: str
+) -> None:
+    """Issue 13 item 7: a FIFO, socket, symlink (to a file, to a directory outside, dangling, to
+    itself), a directory where a file belongs, a file where a directory belongs, a truncated or
+    zero-filled file — where a content file, the index, a lock file, the cursor, a cache
+    directory or nginx's published tree would be. The service starts in bounded time, serves
+    the file correctly (refetching it), follows no link, and logs no traceback."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache, publish = tmp_path / "cache", tmp_path / "published"
+    tree = place.startswith("tree")
+    await fill_cache(sqlite_url, cache, publish if tree else None)
+    outside = make_outside(tmp_path)
+    target = cache_paths(cache, publish)[place]
+    plant(target, shape, outside)
+    options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if tree else {}
+    app = ServeFiles(None, db=sqlite_url, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="servefiles")
+    try:
+        with time_limit(START_SECONDS, tmp_path):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+                health = await client.get("/_servefiles/health")
+                assert health.status_code == 200, health.text
+                for _ in range(2):  # the refetch, then a hit on what it cached
+                    response = await client.get(f"/media/{PHOTO_KEY}")
+                    assert response.status_code == 200
+                    assert response.headers["etag"] == f'"{sha(PHOTO)}"'
+                    if tree:  # nginx sends the bytes: the published file must be exactly them
+                        published = cache_paths(cache, publish)["tree-file"]
+                        assert response.headers["x-accel-redirect"] == f"/_servefiles_tree/{PHOTO_KEY}"
+                        assert stat.S_ISREG(os.lstat(published).st_mode) and published.read_bytes() == PHOTO
+                    else:
+                        assert response.content == PHOTO
+    finally:
+        await app.aclose()
+    assert_outside_intact(outside)
+    mode = lstat_mode(target)
+    if place in DIR_PLACES:
+        assert not mode or stat.S_ISDIR(mode), f"{place} is still a {stat.filemode(mode)}"
+    else:
+        assert not mode or stat.S_ISREG(mode), f"{place} is still a {stat.filemode(mode)}"
+    if place == "content":
+        assert target.read_bytes() == PHOTO, "the content file was refetched"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    if shape in LOG_WORD and not tree:  # the one line that names what was dropped
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(LOG_WORD[shape] in line for line in lines), lines
