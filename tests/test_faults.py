@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -24,6 +25,8 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +38,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .servers import Frontend
+from .servers import Frontend, cli, free_port
 from .tcp_proxy import TcpProxy, with_netloc
 
 
@@ -406,3 +409,124 @@ async def test_the_service_starts_and_serves_whatever_stands_in_the_cache_dir(
     if shape in LOG_WORD and not tree:  # the one line that names what was dropped
         lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert any(LOG_WORD[shape] in line for line in lines), lines
+
+
+def _serve_command(db: str, cache: Path, port: int, without_dac_override: bool = False) -> list[str]:
+    serve = ["-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache), "--port", str(port)]
+    if without_dac_override and os.geteuid() == 0:
+        return [sys.executable, "-c", DROP_DAC_AND_EXEC, *serve]
+    return [sys.executable, *serve]
+
+
+DROP_DAC_AND_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; PR_CAPBSET_DROP = 24
+    if libc.prctl(24, cap, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])  # root without them obeys mode bits
+"""
+"""Tests run as root, for whom mode 000 reads fine: dropping the two capabilities from the
+bounding set before exec makes the server a root that permission bits stop, like any user."""
+
+
+def serve_and_get(db: str, cache: Path, log: Path, without_dac_override: bool = False) -> str:
+    """Start a real ``servefiles serve``; it must listen within START_SECONDS and serve the photo."""
+    port = free_port()
+    command = _serve_command(db, cache, port, without_dac_override)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text(errors='replace')}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+            assert time.monotonic() < deadline, f"serve did not listen in time:\n{log.read_text(errors='replace')}"
+            time.sleep(0.05)
+        for _ in range(2):
+            response = httpx.get(f"http://127.0.0.1:{port}/media/{PHOTO_KEY}", timeout=10)
+            assert response.status_code == 200 and response.content == PHOTO
+            assert response.headers["etag"] == f'"{sha(PHOTO)}"'
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        release_fifos(cache)
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output, output
+    return output
+
+
+@pytest.mark.parametrize("place", ["content", "cursor", "index", "lock", "open.lock"])
+async def test_servefiles_serve_listens_with_a_fifo_in_the_cache_dir(
+    sqlite_url: str, tmp_path: Path, place: str
+) -> None:
+    """The report: a content file replaced by a FIFO (mkfifo), then a restart of ``servefiles
+    serve``. It must listen within 15 s and serve the file; the FIFO is gone."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    target = cache_paths(cache, tmp_path / "published")[place]
+    plant(target, "fifo", make_outside(tmp_path))
+    output = await asyncio.to_thread(serve_and_get, sqlite_url, cache, tmp_path / "serve.log")
+    assert not stat.S_ISFIFO(lstat_mode(target)), output
+    assert "FIFO" in output, "one line names what was removed"
+
+
+@pytest.mark.parametrize("place", ["content", "index", "lock", "cursor", "shard"])
+async def test_servefiles_serve_drops_what_it_cannot_read(sqlite_url: str, tmp_path: Path, place: str) -> None:
+    """chmod 000 where a file or directory of the cache dir is; the server runs without the
+    capabilities that let root read anything (see DROP_DAC_AND_EXEC), so the bits bite."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    target = cache_paths(cache, tmp_path / "published")[place]
+    if place == "lock":
+        target.write_bytes(b"")  # a lock file left behind by a killed filler
+    target.chmod(0)
+    output = await asyncio.to_thread(serve_and_get, sqlite_url, cache, tmp_path / "serve.log", True)
+    mode = lstat_mode(target)
+    if place != "shard":  # a shard is made readable again (as its owner), files are removed
+        assert not mode or stat.S_IMODE(mode) != 0, output
+    assert (cache / "objects" / sha(PHOTO)[:2] / sha(PHOTO)).read_bytes() == PHOTO
+
+
+CLI_SHAPES = ["fifo", "socket", "symlink_dir", "directory", "zeros"]
+
+
+@pytest.mark.parametrize("shape", CLI_SHAPES)
+async def test_stats_sync_and_warm_finish_over_a_hostile_cache_dir(sqlite_url: str, tmp_path: Path, shape: str) -> None:
+    """The same shape at once where the content file, the cursor, the index's -wal, a lock file
+    and open.lock are: ``stats``, ``sync --verify`` and ``warm`` each finish in bounded time with
+    exit 0 and no traceback, and leave the photo cached and good."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    outside = make_outside(tmp_path)
+    paths = cache_paths(cache, tmp_path / "published")
+    for command in (["stats", "--json"], ["sync", "--verify", "--db", sqlite_url], ["warm", "--db", sqlite_url]):
+        for place in ("content", "cursor", "index-wal", "lock", "open.lock"):
+            if not (shape == "zeros" and place in ("lock", "open.lock")):
+                plant(paths[place], shape, outside)
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "servefiles", *command, "--cache-dir", str(cache)],
+                capture_output=True, timeout=START_SECONDS * 2,
+            )  # fmt: skip
+        finally:
+            release_fifos(cache)
+        err = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, (command, err)
+        assert "Traceback" not in err, (command, err)
+    assert_outside_intact(outside)
+    content = paths["content"]
+    assert stat.S_ISREG(lstat_mode(content)) and content.read_bytes() == PHOTO, "warm fetched it again"
+    stats = json.loads(cli("stats", "--json", "--cache-dir", str(cache)).stdout)
+    assert stats["entries"] == 1
