@@ -22,6 +22,7 @@ published (see ``disk.py``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -268,7 +269,9 @@ class Index:
                 if not repair:
                     raise
                 what = "unreadable file"
-            except (NotRegularFile, OSError):
+            except OSError as exc:
+                if not isinstance(exc, NotRegularFile) and exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise  # a read-only file system, no space: never a reason to throw the index away
                 what = kind(lstat_mode(path) or mode)
             self.removed.append(f"{what} where the index{suffix and ' ' + suffix.lstrip('-')} file belongs")
             remove_any(path)
