@@ -18,17 +18,21 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .errors import ServeFilesError, StoreUnavailable
+from .localfs import kind, lstat_mode, read_regular, remove_any
 from .store import Store
 from .store.types import Change
 
 logger = logging.getLogger("servefiles")
 
 CURSOR_FILE = "feed-cursor.json"
+CURSOR_MAX_BYTES = 4096
+"""A cursor file is one small JSON object; anything bigger is not one."""
 BATCH = 1000
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 10.0
@@ -44,13 +48,28 @@ class FeedCursor:
         self.store_id = store_id
 
     def load(self) -> int | None:
-        """The saved cursor, or None when there is none for this database."""
+        """The saved cursor, or None when there is none for this database.
+
+        Read without following a symlink or waiting on a FIFO (see localfs.py); a cursor
+        file that is not a small regular file holding JSON vouches for nothing and is
+        removed, with one log line.
+        """
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(read_regular(self.path, CURSOR_MAX_BYTES))
             if state.get("store_id") == self.store_id and isinstance(state.get("cursor"), int):
                 return int(state["cursor"])
-        except (OSError, ValueError, AttributeError):
+        except FileNotFoundError:
             pass
+        except (OSError, ValueError, AttributeError) as exc:
+            mode = lstat_mode(self.path)
+            if not mode:
+                return None
+            if not stat.S_ISREG(mode):
+                what = f"a {kind(mode)}"
+            else:
+                what = "unreadable" if isinstance(exc, PermissionError) else "not a cursor"
+            logger.warning("change-feed cursor %s is %s: removed (nothing cached is vouched for)", self.path, what)
+            remove_any(self.path)
         return None
 
     def save(self, cursor: int) -> bool:

@@ -15,11 +15,22 @@ recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import httpx
@@ -27,7 +38,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .servers import Frontend
+from .servers import Frontend, cli, free_port
 from .tcp_proxy import TcpProxy, with_netloc
 
 
@@ -205,3 +216,317 @@ async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
             assert response.headers["etag"] == f'"{sha(new)}"'
         else:
             assert response.status_code == 404
+
+
+# -- whatever the cache dir holds: start-up in bounded time, never a hang (issue 13 item 7) ---
+
+PHOTO = bytes(range(256)) * 12  # small enough for the memory tier: promotion hashes it
+PHOTO_KEY = "dir/photo.png"
+FILE_SHAPES = ["fifo", "socket", "symlink_file", "symlink_dir", "dangling", "loop", "directory", "truncated", "zeros"]
+DIR_SHAPES = ["fifo", "socket", "symlink_dir", "symlink_file", "dangling", "loop", "file"]
+LOG_WORD = {"fifo": "FIFO", "socket": "socket", "symlink_file": "symlink", "symlink_dir": "symlink",
+            "dangling": "symlink", "loop": "symlink", "directory": "directory", "file": "regular file"}  # fmt: skip
+START_SECONDS = 15.0
+
+
+def cache_paths(cache: Path, publish: Path) -> dict[str, Path]:
+    """Where each thing lives in a cache dir (see cache/disk.py) and in the published tree."""
+    digest = sha(PHOTO)
+    return {
+        "content": cache / "objects" / digest[:2] / digest,
+        "index": cache / "index.sqlite3",
+        "index-wal": cache / "index.sqlite3-wal",
+        "lock": cache / "locks" / f"{sha(PHOTO_KEY.encode())}.lock",
+        "open.lock": cache / "open.lock",
+        "cursor": cache / "feed-cursor.json",
+        "objects": cache / "objects",
+        "shard": cache / "objects" / digest[:2],
+        "locks": cache / "locks",
+        "tree-file": publish / "media" / PHOTO_KEY,
+        "tree-dir": publish / "media" / "dir",
+        "tree-base": publish / "media",
+    }
+
+
+FILE_PLACES = ["content", "index", "index-wal", "lock", "open.lock", "cursor", "tree-file"]
+DIR_PLACES = ["objects", "shard", "locks", "tree-dir", "tree-base"]
+
+
+def plant(path: Path, shape: str, outside: Path) -> None:
+    """Put ``shape`` where ``path`` is, replacing what is there. ``outside`` (beside the cache dir)
+    holds ``file`` (the right bytes: only not following a link protects it) and ``dir/keep``."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if shape == "fifo":
+        os.mkfifo(path)
+    elif shape == "socket":  # an AF_UNIX socket file; bound by a short relative name (108-byte limit)
+        here = os.getcwd()
+        os.chdir(path.parent)
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path.name)
+        finally:
+            os.chdir(here)
+    elif shape == "symlink_file":
+        path.symlink_to(outside / "file")
+    elif shape == "symlink_dir":
+        path.symlink_to(outside / "dir")
+    elif shape == "dangling":
+        path.symlink_to(outside / "nothing here")
+    elif shape == "loop":
+        path.symlink_to(path.name)
+    elif shape == "directory":
+        path.mkdir()
+        (path / "inner").write_bytes(b"x")
+    elif shape == "file":
+        path.write_bytes(b"a file where a directory belongs")
+    elif shape == "truncated":
+        path.write_bytes(PHOTO[:100])
+    elif shape == "zeros":
+        path.write_bytes(bytes(len(PHOTO)))
+    else:
+        raise AssertionError(shape)
+
+
+def lstat_mode(path: Path) -> int:
+    return os.lstat(path).st_mode if os.path.lexists(path) else 0
+
+
+def make_outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "file").write_bytes(PHOTO)
+    (outside / "dir" / "keep").write_bytes(b"keep")
+    return outside
+
+
+def assert_outside_intact(outside: Path) -> None:
+    assert (outside / "file").read_bytes() == PHOTO, "a symlink was followed: the file outside was changed"
+    assert (outside / "dir" / "keep").read_bytes() == b"keep", "a symlink was followed: the dir outside was emptied"
+    assert sorted(p.name for p in outside.iterdir()) == ["dir", "file"]
+    assert [p.name for p in (outside / "dir").iterdir()] == ["keep"]
+
+
+def release_fifos(root: Path) -> None:
+    """Open every FIFO under ``root`` for writing and close it: a reader blocked on one (old
+    code) gets EOF, so a failing test ends instead of leaving a stuck thread behind."""
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if stat.S_ISFIFO(os.lstat(path).st_mode):
+                with contextlib.suppress(OSError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+class Hung(BaseException):
+    """Raised by :func:`time_limit`; not an OSError (TimeoutError is one), so no handler swallows it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, root: Path) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts the event loop, then blocked readers are released."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise Hung(f"still running after {seconds} s: something blocked on the cache dir")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release_fifos(root)
+
+
+async def fill_cache(db: str, cache: Path, publish: Path | None = None) -> None:
+    """A first run: the photo cached on disk (and, in tree mode, published), the cursor saved."""
+    options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if publish is not None else {}
+    app = ServeFiles(None, db=db, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            assert (await client.get(f"/media/{PHOTO_KEY}")).status_code == 200
+    finally:
+        await app.aclose()
+
+
+def hostile_cases() -> list[tuple[str, str]]:
+    cases = [(place, shape) for place in FILE_PLACES for shape in FILE_SHAPES]
+    cases += [(place, shape) for place in DIR_PLACES for shape in DIR_SHAPES]
+    # A lock file's or open.lock's bytes mean nothing: truncated or zeroed, it is still a lock file.
+    return [(p, s) for p, s in cases if not (p in ("lock", "open.lock") and s in ("truncated", "zeros"))]
+
+
+@pytest.mark.parametrize(("place", "shape"), hostile_cases())
+async def test_the_service_starts_and_serves_whatever_stands_in_the_cache_dir(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, place: str, shape: str
+) -> None:
+    """Issue 13 item 7: a FIFO, socket, symlink (to a file, to a directory outside, dangling, to
+    itself), a directory where a file belongs, a file where a directory belongs, a truncated or
+    zero-filled file — where a content file, the index, a lock file, the cursor, a cache
+    directory or nginx's published tree would be. The service starts in bounded time, serves
+    the file correctly (refetching it), follows no link, and logs no traceback."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache, publish = tmp_path / "cache", tmp_path / "published"
+    tree = place.startswith("tree")
+    await fill_cache(sqlite_url, cache, publish if tree else None)
+    outside = make_outside(tmp_path)
+    target = cache_paths(cache, publish)[place]
+    plant(target, shape, outside)
+    options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if tree else {}
+    app = ServeFiles(None, db=sqlite_url, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="servefiles")
+    try:
+        with time_limit(START_SECONDS, tmp_path):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+                health = await client.get("/_servefiles/health")
+                assert health.status_code == 200, health.text
+                for _ in range(2):  # the refetch, then a hit on what it cached
+                    response = await client.get(f"/media/{PHOTO_KEY}")
+                    assert response.status_code == 200
+                    assert response.headers["etag"] == f'"{sha(PHOTO)}"'
+                    if tree:  # nginx sends the bytes: the published file must be exactly them
+                        published = cache_paths(cache, publish)["tree-file"]
+                        assert response.headers["x-accel-redirect"] == f"/_servefiles_tree/{PHOTO_KEY}"
+                        assert stat.S_ISREG(os.lstat(published).st_mode) and published.read_bytes() == PHOTO
+                    else:
+                        assert response.content == PHOTO
+    finally:
+        await app.aclose()
+    assert_outside_intact(outside)
+    mode = lstat_mode(target)
+    if place in DIR_PLACES:
+        assert not mode or stat.S_ISDIR(mode), f"{place} is still a {stat.filemode(mode)}"
+    else:
+        assert not mode or stat.S_ISREG(mode), f"{place} is still a {stat.filemode(mode)}"
+    if place == "content":
+        assert target.read_bytes() == PHOTO, "the content file was refetched"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    if shape in LOG_WORD and not tree:  # the one line that names what was dropped
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(LOG_WORD[shape] in line for line in lines), lines
+
+
+def _serve_command(db: str, cache: Path, port: int, without_dac_override: bool = False) -> list[str]:
+    serve = ["-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache), "--port", str(port)]
+    if without_dac_override and os.geteuid() == 0:
+        return [sys.executable, "-c", DROP_DAC_AND_EXEC, *serve]
+    return [sys.executable, *serve]
+
+
+DROP_DAC_AND_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; PR_CAPBSET_DROP = 24
+    if libc.prctl(24, cap, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])  # root without them obeys mode bits
+"""
+"""Tests run as root, for whom mode 000 reads fine: dropping the two capabilities from the
+bounding set before exec makes the server a root that permission bits stop, like any user."""
+
+
+def serve_and_get(db: str, cache: Path, log: Path, without_dac_override: bool = False) -> str:
+    """Start a real ``servefiles serve``; it must listen within START_SECONDS and serve the photo."""
+    port = free_port()
+    command = _serve_command(db, cache, port, without_dac_override)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text(errors='replace')}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+            assert time.monotonic() < deadline, f"serve did not listen in time:\n{log.read_text(errors='replace')}"
+            time.sleep(0.05)
+        for _ in range(2):
+            response = httpx.get(f"http://127.0.0.1:{port}/media/{PHOTO_KEY}", timeout=10)
+            assert response.status_code == 200 and response.content == PHOTO
+            assert response.headers["etag"] == f'"{sha(PHOTO)}"'
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        release_fifos(cache)
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output, output
+    return output
+
+
+@pytest.mark.parametrize("place", ["content", "cursor", "index", "lock", "open.lock"])
+async def test_servefiles_serve_listens_with_a_fifo_in_the_cache_dir(
+    sqlite_url: str, tmp_path: Path, place: str
+) -> None:
+    """The report: a content file replaced by a FIFO (mkfifo), then a restart of ``servefiles
+    serve``. It must listen within 15 s and serve the file; the FIFO is gone."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    target = cache_paths(cache, tmp_path / "published")[place]
+    plant(target, "fifo", make_outside(tmp_path))
+    output = await asyncio.to_thread(serve_and_get, sqlite_url, cache, tmp_path / "serve.log")
+    assert not stat.S_ISFIFO(lstat_mode(target)), output
+    assert "FIFO" in output, "one line names what was removed"
+
+
+@pytest.mark.parametrize("place", ["content", "index", "lock", "cursor", "shard"])
+async def test_servefiles_serve_drops_what_it_cannot_read(sqlite_url: str, tmp_path: Path, place: str) -> None:
+    """chmod 000 where a file or directory of the cache dir is; the server runs without the
+    capabilities that let root read anything (see DROP_DAC_AND_EXEC), so the bits bite."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    target = cache_paths(cache, tmp_path / "published")[place]
+    if place == "lock":
+        target.write_bytes(b"")  # a lock file left behind by a killed filler
+    target.chmod(0)
+    output = await asyncio.to_thread(serve_and_get, sqlite_url, cache, tmp_path / "serve.log", True)
+    mode = lstat_mode(target)
+    if place != "shard":  # a shard is made readable again (as its owner), files are removed
+        assert not mode or stat.S_IMODE(mode) != 0, output
+    assert (cache / "objects" / sha(PHOTO)[:2] / sha(PHOTO)).read_bytes() == PHOTO
+
+
+CLI_SHAPES = ["fifo", "socket", "symlink_dir", "directory", "zeros"]
+
+
+@pytest.mark.parametrize("shape", CLI_SHAPES)
+async def test_stats_sync_and_warm_finish_over_a_hostile_cache_dir(sqlite_url: str, tmp_path: Path, shape: str) -> None:
+    """The same shape at once where the content file, the cursor, the index's -wal, a lock file
+    and open.lock are: ``stats``, ``sync --verify`` and ``warm`` each finish in bounded time with
+    exit 0 and no traceback, and leave the photo cached and good."""
+    async with open_store(sqlite_url) as store:
+        await store.put(PHOTO_KEY, PHOTO, "image/png")
+    cache = tmp_path / "cache"
+    await fill_cache(sqlite_url, cache)
+    outside = make_outside(tmp_path)
+    paths = cache_paths(cache, tmp_path / "published")
+    for command in (["stats", "--json"], ["sync", "--verify", "--db", sqlite_url], ["warm", "--db", sqlite_url]):
+        for place in ("content", "cursor", "index-wal", "lock", "open.lock"):
+            if not (shape == "zeros" and place in ("lock", "open.lock")):
+                plant(paths[place], shape, outside)
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "servefiles", *command, "--cache-dir", str(cache)],
+                capture_output=True, timeout=START_SECONDS * 2,
+            )  # fmt: skip
+        finally:
+            release_fifos(cache)
+        err = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, (command, err)
+        assert "Traceback" not in err, (command, err)
+    assert_outside_intact(outside)
+    content = paths["content"]
+    assert stat.S_ISREG(lstat_mode(content)) and content.read_bytes() == PHOTO, "warm fetched it again"
+    stats = json.loads(cli("stats", "--json", "--cache-dir", str(cache)).stdout)
+    assert stats["entries"] == 1

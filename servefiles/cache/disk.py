@@ -26,9 +26,14 @@ lock, which every rename into ``objects/`` and every unlink of a content file
 happens under (so nobody deletes a file another process has just published),
 and flock, which dies with its holder (fill locks, temp files in progress).
 
-Hostile contents (a symlink, FIFO or directory where a content file should be,
-a truncated file) are a miss: files are opened with ``O_NOFOLLOW|O_NONBLOCK``
-and checked with ``fstat``; the sweep uses ``lstat`` and never follows links.
+Hostile contents (a symlink, FIFO, socket or directory where a content file,
+the index, a lock file or a directory should be; a file where a directory
+should be; a truncated or unreadable file) are a miss, never a hang: files are
+opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat`` (localfs.py);
+the sweep uses ``lstat``, never follows links and removes what it cannot vouch
+for, logging one line per kind. A file damaged in place (right size, wrong
+bytes) is caught where its bytes are read anyway: promotion to memory and
+``sync --verify`` hash them.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import CacheWriteError
+from ..localfs import ensure_dir, kind, open_regular, remove_any
 from ..store.types import FileMeta
 from . import locks
 from .index import Index, Transaction
@@ -64,7 +71,6 @@ LOCKS_DIR = "locks"
 INDEX_FILE = "index.sqlite3"
 OPEN_LOCK_FILE = "open.lock"
 TEMP_PREFIX = ".tmp-"
-READ_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 EVICT_BATCH = 64
 TOUCH_FLUSH_SECONDS = 10.0
 """Touches are written to the index at most this long after they happen (or at commit/close)."""
@@ -111,6 +117,8 @@ class _SweepCounts:
     removed_temp: int = 0
     removed_unvouched: int = 0
     dropped_invalid: int = 0
+    hostile: Counter[str] = field(default_factory=Counter)
+    """What stood where something else belongs, by kind (one log line each)."""
 
 
 def is_sha256(text: str) -> bool:
@@ -119,52 +127,31 @@ def is_sha256(text: str) -> bool:
 
 
 def _is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
-    """A regular file (not followed) of exactly ``size`` bytes (and, when given, that hash)."""
+    """A regular file (not followed) we can open, of exactly ``size`` bytes (and, when
+    given, that hash). Opened without blocking: a FIFO or an unreadable file is not good."""
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
+        fd = open_regular(path)
+    except OSError:
         return False
-    if not (stat.S_ISREG(st.st_mode) and st.st_size == size):
-        return False
-    if sha256 is None:
-        return True
-    digest = hashlib.sha256()
-    with open(path, "rb") as found:
-        while block := found.read(1024 * 1024):
+    try:
+        if os.fstat(fd).st_size != size:
+            return False
+        if sha256 is None:
+            return True
+        digest = hashlib.sha256()
+        while block := os.read(fd, 1024 * 1024):
             digest.update(block)
-    return digest.hexdigest() == sha256
+        return digest.hexdigest() == sha256
+    finally:
+        os.close(fd)
 
 
-def _remove_any(path: str | Path) -> None:
-    """Remove whatever ``path`` names without following it: a directory with its contents."""
-    try:
-        mode = os.stat(path, follow_symlinks=False).st_mode
-        if stat.S_ISDIR(mode):
-            shutil.rmtree(path)  # symlinks inside are unlinked, not followed
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _ensure_dir(path: Path) -> None:
-    """Make ``path`` a real directory, replacing a symlink or file squatting on the name."""
-    for _ in range(3):
-        try:
-            if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
-                return
-            _remove_any(path)
-        except FileNotFoundError:
-            pass
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
-    if not stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
-        raise NotADirectoryError(f"{path} is not a directory")
+_remove_any = remove_any
 
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable: the directory entry, not just the data."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -209,12 +196,15 @@ class DiskCache:
             if self._report is not None:
                 return self._report
             started = time.monotonic()
-            os.makedirs(self.root, exist_ok=True)
-            _ensure_dir(self._objects)
-            _ensure_dir(self._locks)
+            counts = _SweepCounts()
+            os.makedirs(self.root, exist_ok=True)  # the root is the user's to choose: a symlink is followed
+            for directory in (self._objects, self._locks):
+                replaced = ensure_dir(directory)
+                if replaced:
+                    counts.hostile[f"{replaced} where the {directory.name}/ directory belongs"] += 1
             with locks.exclusive(self.root / OPEN_LOCK_FILE):
                 self._index.open(check=sweep)
-            counts = _SweepCounts()
+            counts.hostile.update(self._index.removed)
             try:
                 if sweep:
                     self._load(counts)
@@ -232,6 +222,8 @@ class DiskCache:
                 dropped_invalid=counts.dropped_invalid,
                 seconds=time.monotonic() - started,
             )
+            for what, number in sorted(counts.hostile.items()):
+                logger.warning("disk cache %s: removed %d %s", self.root, number, what)
             return self._report
 
     def close(self) -> None:
@@ -299,14 +291,12 @@ class DiskCache:
         The caller owns the returned fd (blocking mode, close-on-exec).
         """
         try:
-            fd = os.open(entry.path, READ_OPEN_FLAGS)
+            fd = open_regular(entry.path)
         except OSError:
             self._drop_damaged_quietly(entry.meta)
             return None
         try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size == entry.meta.size:
-                os.set_blocking(fd, True)
+            if os.fstat(fd).st_size == entry.meta.size:
                 return fd
         except OSError:
             pass
@@ -383,7 +373,7 @@ class DiskCache:
             raise CacheWriteError(f"cannot cache {meta.key}: {meta.size} bytes exceed the cache's {self.max_bytes}")
         final = self.content_path(meta.sha256)
         try:
-            _ensure_dir(final.parent)
+            ensure_dir(final.parent)
             fd, path = locks.create_locked_temp(final.parent, TEMP_PREFIX)
         except OSError as exc:
             raise CacheWriteError(f"cannot cache {meta.key}: {exc}") from exc
@@ -506,16 +496,18 @@ class DiskCache:
     def _load(self, counts: _SweepCounts) -> None:
         """Start-up: validate the index against the disk and sweep, a shard per transaction."""
         with os.scandir(self._objects) as it:
-            strays = [e.path for e in it if e.name not in _SHARD_NAMES or not e.is_dir(follow_symlinks=False)]
-        for path in strays:
-            _remove_any(path)
+            strays = [e for e in it if e.name not in _SHARD_NAMES or not e.is_dir(follow_symlinks=False)]
+        for stray in strays:
+            if stray.name in _SHARD_NAMES:
+                counts.hostile[f"{_kind_of(stray)} where a shard directory belongs"] += 1
+            _remove_any(stray.path)
             counts.removed_unvouched += 1
         for shard in _SHARDS:
             with self._changing() as txn:
                 self._load_shard(txn, shard, counts)
         with self._changing() as txn:
             txn.recount()
-        self._sweep_locks()
+        self._sweep_locks(counts)
 
     def _load_shard(self, txn: Transaction, shard: str, counts: _SweepCounts) -> None:
         """One batch: the files of ``objects/<shard>`` against the index rows for that prefix.
@@ -526,9 +518,15 @@ class DiskCache:
         """
         directory = f"{self._objects_text}/{shard}"
         on_disk: dict[str, int] = {}
+        squatters: dict[str, str] = {}
         try:
-            it = os.scandir(directory)
+            it = _scandir_own(directory)
         except FileNotFoundError:
+            it = None
+        except OSError:  # unreadable even after chmod: nothing in it can be vouched for
+            counts.hostile["unreadable shard directory"] += 1
+            with contextlib.suppress(OSError):
+                _remove_any(directory)
             it = None
         if it is not None:
             with it:
@@ -543,6 +541,8 @@ class DiskCache:
                     elif name.startswith(shard) and is_sha256(name) and item.is_file(follow_symlinks=False):
                         on_disk[name] = item.stat(follow_symlinks=False).st_size
                     else:
+                        if name.startswith(shard) and is_sha256(name):
+                            squatters[name] = _kind_of(item)
                         _remove_any(item.path)
                         counts.removed_unvouched += 1
         files, used = txn.shard(shard)
@@ -550,26 +550,50 @@ class DiskCache:
             actual = on_disk.pop(sha256, None)
             if actual != size or sha256 not in used:
                 counts.dropped_invalid += txn.drop_file(sha256)
+                if sha256 in squatters:
+                    counts.hostile[f"{squatters[sha256]} where a content file belongs"] += 1
+                elif actual is not None and sha256 in used:
+                    counts.hostile["content file of the wrong size"] += 1
                 if actual is not None:
                     _remove_any(f"{directory}/{sha256}")
         for sha256 in on_disk:
             _remove_any(f"{directory}/{sha256}")
             counts.removed_unvouched += 1
 
-    def _sweep_locks(self) -> None:
+    def _sweep_locks(self, counts: _SweepCounts) -> None:
         """Lock files left by killed fillers (live ones are locked and stay)."""
-        with os.scandir(self._locks) as it:
-            items = [(e.path, e.is_file(follow_symlinks=False)) for e in it]
-        for path, regular in items:
+        with _scandir_own(self._locks) as it:
+            items = [(e.path, e.is_file(follow_symlinks=False), _kind_of(e)) for e in it]
+        for path, regular, what in items:
             if regular:
                 locks.remove_if_unlocked(path)
             else:
+                counts.hostile[f"{what} where a lock file belongs"] += 1
                 _remove_any(path)
 
 
 def content_name(sha256: str) -> str:
     """A content file's path under ``objects/`` (what nginx's internal location maps)."""
     return f"{sha256[:2]}/{sha256}"
+
+
+def _kind_of(item: os.DirEntry[str]) -> str:
+    try:
+        return kind(item.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return "vanished file"
+
+
+def _scandir_own(directory: str | Path) -> os._ScandirIterator[str]:
+    """``os.scandir`` of a directory of the cache (never a symlink: checked first); one we own
+    but may not read (mode 000) is made readable first (as root, mode bits never stop us)."""
+    try:
+        return os.scandir(directory)
+    except PermissionError:
+        if not stat.S_ISDIR(_lstat_mode(Path(directory))):
+            raise
+        os.chmod(directory, 0o755)
+        return os.scandir(directory)
 
 
 def _lstat_mode(path: Path) -> int:

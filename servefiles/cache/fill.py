@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 
 from ..errors import CacheWriteError
 from ..http import ByteRange, PreparedFile
+from ..localfs import open_regular
 from ..metrics import Metrics
 from ..store import Store
 from ..store.types import FileMeta
@@ -258,7 +259,7 @@ class Filler:
         meta = fill.meta
         writer = await self._begin(meta)
         if writer is not None and not fill.small:
-            fill.fd = os.open(writer.path, os.O_RDONLY | os.O_CLOEXEC)
+            fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
         elif not fill.small:
             fill.finish()  # no disk copy at all: every waiter reads the store
             return

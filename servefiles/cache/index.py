@@ -22,18 +22,23 @@ published (see ``disk.py``).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ..localfs import NotRegularFile, kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+"""The index file and the files SQLite keeps beside it."""
 
 # -- SQL --------------------------------------------------------------------------------
 
@@ -238,6 +243,38 @@ class Index:
         self._writer: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self.removed: list[str] = []
+        """What :meth:`open` found squatting on the index's files and removed (their kinds)."""
+
+    def _vet_files(self, repair: bool) -> None:
+        """Remove whatever stands where SQLite will open the index's files and is not a regular
+        file we can open read-write: SQLite follows a symlink (out of the cache dir) and would
+        read a FIFO. Each is opened ``O_NOFOLLOW | O_NONBLOCK`` first, so this never blocks.
+
+        An unreadable regular file (another user's, or mode 000) is removed only when
+        ``repair``; otherwise it raises ``PermissionError`` (a read-only look at someone
+        else's cache dir must not delete their index).
+        """
+        for suffix in FILE_SUFFIXES:
+            path = f"{self.path}{suffix}"
+            mode = lstat_mode(path)
+            if not mode:
+                continue
+            try:
+                os.close(open_regular(path, os.O_RDWR))
+                continue
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                if not repair:
+                    raise
+                what = "unreadable file"
+            except OSError as exc:
+                if not isinstance(exc, NotRegularFile) and exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise  # a read-only file system, no space: never a reason to throw the index away
+                what = kind(lstat_mode(path) or mode)
+            self.removed.append(f"{what} where the index{suffix and ' ' + suffix.lstrip('-')} file belongs")
+            remove_any(path)
 
     def open(self, check: bool) -> bool:
         """Connect, creating or rebuilding the schema; True if the index started empty.
@@ -247,6 +284,8 @@ class Index:
         it is a cache, and the sweep then removes the files nobody vouches for.
         The caller keeps other processes out while this runs.
         """
+        self.removed = []
+        self._vet_files(repair=check)
         try:
             return self._open(check)
         except BaseException as exc:
@@ -254,9 +293,9 @@ class Index:
             damaged = isinstance(exc, _Damaged) or (isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc))
             if not damaged:
                 raise  # busy, read-only, no space: never a reason to throw the index away
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.path}{suffix}").unlink()
+        self.removed.append("damaged index file")
+        for suffix in FILE_SUFFIXES:
+            remove_any(f"{self.path}{suffix}")
         try:
             self._open(check=False)
         except BaseException:

@@ -21,7 +21,9 @@ the lock is held by whoever holds the flock on the inode the path names.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import secrets
 import stat
@@ -29,12 +31,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-LOCK_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+from ..localfs import NotRegularFile, kind, lstat_mode, open_regular, remove_any
+
+logger = logging.getLogger("servefiles")
+
+LOCK_OPEN_FLAGS = os.O_RDWR | os.O_CREAT
+"""With ``O_NOFOLLOW | O_NONBLOCK`` added by :func:`open_regular`: a squatter never blocks us."""
 PROBE_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 TEMP_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 FILE_MODE = 0o644
 """Readable by others: nginx may serve the disk tier's files (X-Accel-Redirect)."""
 TEMP_ATTEMPTS = 8
+SQUATTER_ATTEMPTS = 8
+"""How many times a lock path is cleared of something that is not a lock file before giving up."""
 
 
 def _names_inode(fd: int, path: str | Path) -> bool:
@@ -65,14 +74,33 @@ def unlink_then_unlock(path: Path, fd: int) -> None:
         _close_quietly(fd)
 
 
+def _open_lock_file(path: Path) -> int:
+    """Open (creating) the lock file at ``path``, a regular file we can write.
+
+    Whatever else is found there — a FIFO, socket, symlink, directory, a file we may not
+    open — is no lock anybody holds (a lock is a flock on a regular file we could open
+    too): it is removed, never followed or waited on, and the open is tried again.
+    """
+    for _ in range(SQUATTER_ATTEMPTS):
+        try:
+            return open_regular(path, LOCK_OPEN_FLAGS, FILE_MODE)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)  # the lock dir was removed under us
+        except OSError as exc:
+            unusable = isinstance(exc, (NotRegularFile, PermissionError))
+            if not unusable and exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise  # ELOOP: a symlink; EISDIR: a directory; ENXIO: a socket
+            mode = lstat_mode(path)
+            what = "unreadable file" if isinstance(exc, PermissionError) and stat.S_ISREG(mode) else kind(mode)
+            logger.warning("removed a %s where the lock file %s belongs", what, path)
+            remove_any(path)
+    raise OSError(errno.EEXIST, "something keeps taking the place of the lock file", str(path))
+
+
 def _lock_path(path: Path, blocking: bool) -> int | None:
     """flock ``path`` (creating it); the fd that holds the lock, or None if someone else does."""
     while True:
-        try:
-            fd = os.open(path, LOCK_OPEN_FLAGS, FILE_MODE)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)  # the lock dir was removed under us
-            continue
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -164,6 +192,10 @@ def remove_if_unlocked(path: str | Path) -> bool:
         fd = os.open(path, PROBE_OPEN_FLAGS)
     except FileNotFoundError:
         return False
+    except PermissionError:  # nobody can hold a flock on a file nobody may open: stale
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
@@ -182,7 +214,7 @@ def remove_if_unlocked(path: str | Path) -> bool:
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold a blocking flock on a long-lived file (never unlinked) for the block's duration."""
-    fd = os.open(path, LOCK_OPEN_FLAGS, FILE_MODE)
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..content_types import content_type_table
 from ..http import is_active_content
+from ..localfs import kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
 
 logger = logging.getLogger("servefiles")
@@ -110,14 +111,19 @@ class PublishedTree:
             return False
         target = self.path(meta.key)
         try:
-            _make_parents(self.base, target.parent)
+            _make_parents(self.root, target.parent)
             temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             mtime = _mtime_ns(meta)
-            found = os.stat(content, follow_symlinks=False)
-            if found.st_nlink == 1 or found.st_mtime_ns == mtime:
-                os.link(content, temp)
-            else:  # the content file is published under another key with another timestamp
-                shutil.copyfile(content, temp, follow_symlinks=False)
+            source = open_regular(content)  # never a FIFO to wait on, never a link to follow
+            try:
+                found = os.fstat(source)
+                if found.st_nlink == 1 or found.st_mtime_ns == mtime:
+                    os.link(content, temp)  # link(2) does not follow a symlink either
+                else:  # the content file is published under another key with another timestamp
+                    with open(source, "rb", closefd=False) as src, open(temp, "xb") as dst:
+                        shutil.copyfileobj(src, dst)
+            finally:
+                os.close(source)
             try:
                 os.utime(temp, ns=(mtime, mtime), follow_symlinks=False)
                 os.rename(temp, target)  # atomic; fails on a directory, which stays
@@ -133,6 +139,8 @@ class PublishedTree:
     def withdraw(self, key: str) -> None:
         """Remove the key's path (nginx then asks servefiles); missing is fine."""
         target = self.path(key)
+        if not _real_dirs(self.root, target.parent.relative_to(self.root).parts):
+            return  # not there; and a symlinked directory on the way is never gone through
         try:
             if not stat.S_ISDIR(os.stat(target, follow_symlinks=False).st_mode):
                 os.unlink(target)
@@ -144,15 +152,26 @@ class PublishedTree:
         _remove_empty_parents(self.base, target.parent)
 
     def clear(self) -> None:
-        """Withdraw everything (the feed is down: nothing here can be vouched for)."""
-        if self.base.is_dir() and not self.base.is_symlink():
+        """Withdraw everything (the feed is down: nothing here can be vouched for).
+
+        The directories from ``root`` down to ``base`` must be directories: a symlink (to
+        a directory elsewhere), file, FIFO or socket in their place is removed, never
+        followed, so nothing outside the tree is ever emptied.
+        """
+        if self._base_is_real():
             for item in list(os.scandir(self.base)):
                 _remove_any(Path(item.path))
+
+    def _base_is_real(self) -> bool:
+        """Whether ``base`` is a real directory, reached from ``root`` through real directories
+        only; the first thing in the way that is not one is removed (and logged)."""
+        parts = self.base.relative_to(self.root).parts
+        return _real_dirs(self.root, parts) if parts else os.path.isdir(self.root)
 
     def sweep(self, current: Callable[[str], FileMeta | None]) -> int:
         """Start-up: remove every path that is not ``current(key)``'s published version."""
         removed = 0
-        if not self.base.is_dir():
+        if not self._base_is_real():
             return 0
         for directory, dirnames, filenames in os.walk(self.base):
             for name in filenames:
@@ -174,8 +193,26 @@ def _mtime_ns(meta: FileMeta) -> int:
     return int(meta.updated_at.timestamp()) * 1_000_000_000
 
 
+def _real_dirs(root: Path, parts: tuple[str, ...]) -> bool:
+    """Whether ``root/parts[0]/parts[1]/...`` are all real directories (``lstat``). The first
+    that is missing stops the walk (False); the first that is something else — a symlink,
+    file, FIFO, socket — is removed, not followed, with a log line (False)."""
+    current = root
+    for part in parts:
+        current = current / part
+        mode = lstat_mode(current)
+        if not mode:
+            return False
+        if not stat.S_ISDIR(mode):
+            logger.warning("nginx tree: removed a %s where the directory %s belongs", kind(mode), current)
+            _remove_any(current)
+            return False
+    return True
+
+
 def _make_parents(base: Path, directory: Path) -> None:
-    """Create ``directory`` under ``base``, refusing to go through a symlink or a file."""
+    """Create ``directory`` under ``base`` (which is followed: the user named it), refusing
+    to go through a symlink or a file."""
     os.makedirs(base, exist_ok=True)
     current = base
     for part in directory.relative_to(base).parts:
@@ -196,9 +233,4 @@ def _remove_empty_parents(base: Path, directory: Path) -> None:
         directory = directory.parent
 
 
-def _remove_any(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+_remove_any = remove_any
