@@ -1,8 +1,10 @@
-"""The contenders of ``benchmarks.compare``, as importable apps configured from the environment.
+"""The contenders of ``benchmarks.compare`` and ``benchmarks.workload``, as importable apps
+configured from the environment.
 
 ``BENCH_DB`` (store URL), ``BENCH_CACHE`` (cache dir), ``BENCH_MEMORY`` (memory-tier
 bytes; 0 makes every hit a disk hit), ``BENCH_STATIC`` (a directory holding the same files
-as plain files, for the static-file peers).
+as plain files, for the static-file peers); ``BENCH_BYTEA_DB`` and ``BENCH_BYTEA_TABLE``
+(a PostgreSQL URL and a ``(key text primary key, data bytea)`` table, for ``bytea_direct``).
 """
 
 from __future__ import annotations
@@ -115,3 +117,42 @@ def _whitenoise() -> Any:
 
 starlette_static = _starlette_static() if (STATIC / "static").is_dir() else None
 whitenoise_app = _whitenoise() if (STATIC / "static").is_dir() else None
+
+
+BYTEA_TYPES = {"png": b"image/png", "jpg": b"image/jpeg"}
+
+
+class ByteaDirect:
+    """"Serve it straight from the database" as an application would write it without
+    servefiles: one asyncpg ``SELECT data`` from a plain ``bytea`` table per request."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.query = f'SELECT data FROM "{os.environ.get("BENCH_BYTEA_TABLE", "files")}" WHERE key = $1'
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            import asyncpg
+
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.pool = await asyncpg.create_pool(os.environ["BENCH_BYTEA_DB"], min_size=10, max_size=10)
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await self.pool.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        key = scope["path"].removeprefix("/media/")
+        data = await self.pool.fetchval(self.query, key)
+        if data is None:
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        content_type = BYTEA_TYPES.get(key.rpartition(".")[2], b"application/octet-stream")
+        headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
+bytea_direct = ByteaDirect()

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import ROOT, Load, Server, ensure_tools, free_port, python, wrk
+from benchmarks.harness import ROOT, Load, Server, ensure_tools, free_port, nginx, python, serve, uvicorn, wrk
 from servefiles import open_store
 
 SIZES = {"10 KiB": 10 * 1024, "1 MiB": 1024 * 1024}
@@ -51,10 +51,6 @@ COLD_KEYS = {"10 KiB": 40_000, "1 MiB": 4_000}
 REPEATS = 2
 GUNICORN = ["--workers", "1", "--worker-class", "gthread", "--threads", "8", "--no-control-socket",
             "--log-level", "warning", "--bind", "127.0.0.1:{port}"]  # fmt: skip
-
-
-def uvicorn(app: str) -> list[str]:
-    return [python(), "-m", "uvicorn", app, "--port", "{port}", "--log-level", "warning", "--no-access-log"]
 
 
 def granian(app: str) -> list[str]:
@@ -240,7 +236,7 @@ def run(seconds: float, connections: int, store_kind: str, work: Path, log: Call
 
 def _nginx_rows(result: Run, url: str, files: dict[str, bytes], work: Path, seconds: float, connections: int,
                 log: Callable[[str], None]) -> None:  # fmt: skip
-    from tests.nginx_server import Nginx, nginx_binary, server_block
+    from tests.nginx_server import server_block
 
     plain = free_port()
     plain_block = f"server {{ listen 127.0.0.1:{plain}; location /static/ {{ root {work / 'static'}; }} }}"
@@ -248,16 +244,14 @@ def _nginx_rows(result: Run, url: str, files: dict[str, bytes], work: Path, seco
     for mode in ("accel", "tree"):
         port = free_port()
         cache, published = work / f"c-nginx-{mode}", work / f"p-nginx-{mode}"
-        command = [python(), "-m", "servefiles", "serve", "--db", url, "--cache-dir", str(cache), "--nginx", mode,
-                   "--publish-dir", str(published), "--port", "{port}", "--log-level", "warning"]  # fmt: skip
+        command = serve(url, cache, "--nginx", mode, "--publish-dir", str(published))
         blocks.append((f"nginx + servefiles, {mode}", mode, port, command))
     for name, block, port, command in blocks:
         upstream = Server(command) if command is not None else None
         if upstream is not None:
             upstream.start()
             block = server_block(block, upstream.port, port, work / f"c-nginx-{block}", work / f"p-nginx-{block}")
-        nginx = Nginx(work / f"nginx-{port}", block)
-        server = Server([nginx_binary(), "-p", str(nginx.workdir), "-c", str(nginx.conf)], port=port)
+        server = nginx(block, work / f"nginx-{port}", port)
         try:
             server.start()
             for label, data in files.items():

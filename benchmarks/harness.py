@@ -1,4 +1,4 @@
-"""What the throughput benchmarks share: pinning to cores, wrk, server processes, peak RSS.
+"""What the throughput benchmarks share: pinning to cores, wrk, server processes, peak RSS, CPU time.
 
 Servers run on core 0 and wrk on core 1 (``taskset``), everything on 127.0.0.1, so two
 contenders are compared on the same footing within one run.
@@ -44,10 +44,21 @@ class Load:
     p99_ms: float
     requests: int
     errors: int
+    """Socket errors (connect, read, write, timeout) plus non-2xx/3xx responses."""
+    non_2xx: int = 0
+    """Responses whose status was not 2xx or 3xx (also counted in ``errors``)."""
+    bytes_read: float = 0.0
+    """Everything wrk read, headers included."""
+    duration_s: float = 0.0
+    """How long the run really took, as wrk reports it."""
+
+
+_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def wrk(url: str, seconds: float, connections: int, script: Path | None = None) -> Load:
-    """A bounded wrk run on the load core: requests/s and latency percentiles."""
+    """A bounded wrk run on the load core: requests/s, latency percentiles, bytes read."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
@@ -56,9 +67,13 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None = None) 
     rps = float(_find(r"Requests/sec:\s+([0-9.]+)", out))
     requests = int(_find(r"([0-9]+) requests in", out))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) ([0-9]+)", out))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
-    errors += int(non_2xx.group(1)) if non_2xx else 0
-    return Load(rps, _latency(out, "50%"), _latency(out, "99%"), requests, errors)
+    found = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
+    non_2xx = int(found.group(1)) if found else 0
+    summary = re.search(r"[0-9]+ requests in ([0-9.]+)(us|ms|s|m|h), ([0-9.]+)(B|KB|MB|GB|TB) read", out)
+    assert summary, f"no summary line in wrk output:\n{out}"
+    duration = float(summary.group(1)) * _TIME_UNITS[summary.group(2)]
+    read = float(summary.group(3)) * _UNITS[summary.group(4)]
+    return Load(rps, _latency(out, "50%"), _latency(out, "99%"), requests, errors + non_2xx, non_2xx, read, duration)
 
 
 def _find(pattern: str, text: str) -> str:
@@ -117,6 +132,11 @@ class Server:
         pids = [self.proc.pid, *_children(self.proc.pid)]
         return sum(_vm_hwm_kib(pid) for pid in pids) / 1024
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time its process tree has used so far (``/proc``)."""
+        assert self.proc is not None
+        return sum(_cpu_seconds(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -152,8 +172,55 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads; 0 when it is gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": fields[0] is the state
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return 0.0
+
+
+def postgres_cpu_seconds(database: str) -> float:
+    """CPU time used so far by the PostgreSQL backends connected to ``database`` (those whose
+    process title names it), so another client of the same server is not counted."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+            if database in title:
+                total += _cpu_seconds(int(entry.name))
+    return total
+
+
 def python() -> str:
     return sys.executable
+
+
+def uvicorn(app: str) -> list[str]:
+    """An ASGI app under uvicorn on ``{port}``, quiet."""
+    return [python(), "-m", "uvicorn", app, "--port", "{port}", "--log-level", "warning", "--no-access-log"]
+
+
+def serve(db: str, cache_dir: Path, *options: str) -> list[str]:
+    """``servefiles serve`` on ``{port}`` with these options, quiet."""
+    return [python(), "-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache_dir), *options,
+            "--port", "{port}", "--log-level", "warning"]  # fmt: skip
+
+
+def nginx(block: str, workdir: Path, port: int) -> Server:
+    """nginx (one worker, in the foreground) with this server block, as a :class:`Server` on ``port``."""
+    from tests.nginx_server import Nginx, nginx_binary
+
+    conf = Nginx(workdir, block)
+    return Server([nginx_binary(), "-p", str(conf.workdir), "-c", str(conf.conf)], port=port)
 
 
 @contextlib.contextmanager

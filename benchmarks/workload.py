@@ -1,0 +1,693 @@
+"""The workload users have (issue 15): many files, Zipf popularity, a cache smaller than the data.
+
+One command, one run, one Markdown table. The data is deterministic (seeded): by default
+10,000 files, about 1.1 GB -- 75 % "avatars" of 2-40 KiB (PNG), 23 % "photos" of
+64-512 KiB and 2 % "large" files of 1-2 MiB (JPEG), sizes uniform within each class. They
+are stored three ways: through servefiles in a fresh PostgreSQL database (dropped
+afterwards), as the same bytes in a plain ``bytea`` table of that database (the DB-direct
+peer), and in a plain directory (nginx static).
+
+Load: wrk (``-t1 -c32``, on core 1) with a Lua script that draws each request's key from a
+Zipf distribution over all keys (s = 1.0 and 0.8); popularity rank is a seeded shuffle,
+independent of size. Every contender starts fresh (a new process, an empty cache on core
+0) and gets two phases back to back: "cold" (the first SECONDS) and "warm" (the next
+SECONDS, a different seed of the same distribution). The request sequences are the same
+for every contender.
+
+Contenders: DB-direct (``benchmarks/apps.py:bytea_direct``, one asyncpg ``SELECT data``
+per request, under uvicorn), ``servefiles serve`` with a small (256 MiB) and a large
+(4 GiB) disk cache, nginx static over the directory (the limit), and nginx in front of
+``servefiles serve --nginx tree`` with both cache sizes. The cache dirs are on an ext4
+loop image with a journal (root only; otherwise a warning and a plain directory).
+
+Per contender and phase: requests/s, MB/s (as wrk read them, headers included), p50/p99,
+the ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit ratio
+(hits / (hits + misses); in tree mode 1 - store fetches / requests), store fetches and
+disk evictions (its Prometheus counters, ``--metrics``), server CPU
+µs per request (utime+stime of the server process trees: nginx and servefiles in tree
+mode) and PostgreSQL CPU µs per request (the backends connected to the run's database),
+non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree mode).
+After each contender's phases a sample of keys is fetched and compared with the files.
+The issue's ratio targets follow the table as PASS/FAIL lines.
+
+    scripts/bench workload [OPTIONS]                  # installs what it needs, then runs this
+    .venv/bin/python -m benchmarks.workload --files 1000 --seconds 3 --small-cache 32MiB   # smoke run
+
+Exit status 1 when a contender failed, answered a non-2xx or sent wrong bytes; the targets
+are reported, not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from benchmarks.harness import (
+    Load,
+    Server,
+    ensure_tools,
+    free_port,
+    nginx,
+    postgres_cpu_seconds,
+    serve,
+    uvicorn,
+    wrk,
+)
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+SEED = 15
+CATEGORIES = (  # name, share of the files, smallest, largest, extension
+    ("avatars", 0.75, 2 * KIB, 40 * KIB, "png"),
+    ("photos", 0.23, 64 * KIB, 512 * KIB, "jpg"),
+    ("large", 0.02, 1 * MIB, 2 * MIB, "jpg"),
+)
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
+TABLE = "workload_bytea"
+PHASES = ("cold", "warm")
+PUT_WORKERS = 8
+"""Concurrent ``store.put`` calls while loading (the store's pool has 10 connections)."""
+COPY_BATCH_BYTES = 64 * MIB
+READY_TIMEOUT = 60.0
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    root: Path
+    """Holds ``media/{key}``: nginx static's root."""
+    ranked: list[str]
+    """Every key, the most popular first."""
+    sizes: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+    def path(self, key: str) -> Path:
+        return self.root / "media" / key
+
+
+def make_dataset(count: int, seed: int, root: Path) -> Dataset:
+    """``count`` files of pseudo-random bytes under ``root/media``, the same for the same seed."""
+    rng = random.Random(seed)
+    counts = [round(count * share) for _, share, *_ in CATEGORIES[:-1]]
+    counts.append(count - sum(counts))
+    sizes: dict[str, int] = {}
+    for (name, _, smallest, largest, extension), number in zip(CATEGORIES, counts, strict=True):
+        (root / "media" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(number):
+            key = f"{name}/{i:05d}.{extension}"
+            sizes[key] = rng.randint(smallest, largest)
+            (root / "media" / key).write_bytes(rng.randbytes(sizes[key]))
+    ranked = list(sizes)
+    random.Random(seed + 1).shuffle(ranked)  # popularity independent of size
+    return Dataset(root, ranked, sizes)
+
+
+async def load_servefiles(url: str, data: Dataset) -> None:
+    """Every file through servefiles' own ``put``, PUT_WORKERS at a time."""
+    from servefiles import open_store
+
+    pending = iter(data.ranked)  # shared: each worker takes the next key (bounded by the key count)
+    async with open_store(url) as store:
+
+        async def worker() -> None:
+            for key in pending:
+                body = await asyncio.to_thread(data.path(key).read_bytes)
+                await store.put(key, body, CONTENT_TYPES[key.rpartition(".")[2]])
+
+        await asyncio.gather(*(worker() for _ in range(PUT_WORKERS)))
+
+
+async def load_bytea(url: str, data: Dataset) -> None:
+    """The same bytes in a plain ``(key text primary key, data bytea)`` table, with COPY."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE TABLE {TABLE} (key text PRIMARY KEY, data bytea NOT NULL)")
+        batch: list[tuple[str, bytes]] = []
+        for key in data.ranked:
+            batch.append((key, await asyncio.to_thread(data.path(key).read_bytes)))
+            if sum(len(body) for _, body in batch) >= COPY_BATCH_BYTES:
+                await conn.copy_records_to_table(TABLE, records=batch, columns=["key", "data"])
+                batch = []
+        if batch:
+            await conn.copy_records_to_table(TABLE, records=batch, columns=["key", "data"])
+    finally:
+        await conn.close()
+
+
+async def admin(url: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def bulk_load(url: str, data: Dataset, timings: list[str]) -> None:
+    """Both copies into the database. Commits do not wait for the WAL flush while loading
+    (``synchronous_commit = off`` for the run's database; nothing is at stake in a throwaway
+    database, and the phases only read); then VACUUM ANALYZE, so statistics and hint bits
+    are set now rather than by the first phase's reads."""
+    database = urlsplit(url).path.lstrip("/")
+    asyncio.run(admin(url, f'ALTER DATABASE "{database}" SET synchronous_commit = off'))
+    with timed(f"stored through servefiles ({PUT_WORKERS} concurrent puts)", timings):
+        asyncio.run(load_servefiles(url, data))
+    with timed("COPY into the bytea table", timings):
+        asyncio.run(load_bytea(url, data))
+    with timed("VACUUM ANALYZE", timings):
+        asyncio.run(admin(url, f'ALTER DATABASE "{database}" RESET synchronous_commit', "VACUUM ANALYZE"))
+
+
+def zipf_script(directory: Path, ranked: Sequence[str], s: float, seed: int) -> Path:
+    """A wrk script drawing each request's key from Zipf(s) over ``ranked`` (rank 1 first):
+    P(rank k) ∝ 1/k^s, by binary search of the cumulative distribution; LuaJIT's generator,
+    seeded, so every contender gets the same sequence."""
+    path = directory / f"zipf-{s:g}-{seed}.lua"
+    keys = ",\n".join(f'  "/media/{key}"' for key in ranked)
+    path.write_text(f"""-- generated by benchmarks/workload.py: Zipf(s = {s:g}) over {len(ranked)} keys
+local paths = {{
+{keys}
+}}
+local n = #paths
+local cdf = {{}}
+local total = 0
+for k = 1, n do
+  total = total + 1 / k ^ {s!r}
+  cdf[k] = total
+end
+for k = 1, n do
+  cdf[k] = cdf[k] / total
+end
+cdf[n] = 1
+math.randomseed({seed})
+
+request = function()
+  local u = math.random()
+  local low, high = 1, n
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    if cdf[middle] < u then low = middle + 1 else high = middle end
+  end
+  return wrk.format(nil, paths[low])
+end
+""")
+    return path
+
+
+def best_hit_ratio(data: Dataset, s: float, budget: int) -> float:
+    """The share of requests the most popular files that fit in ``budget`` would take
+    (filled in rank order, skipping a file that no longer fits)."""
+    weights = [math.pow(k, -s) for k in range(1, len(data.ranked) + 1)]
+    used, taken = 0, 0.0
+    for weight, key in zip(weights, data.ranked, strict=True):
+        if used + data.sizes[key] <= budget:
+            used += data.sizes[key]
+            taken += weight
+    return taken / sum(weights)
+
+
+# -- the cache filesystem -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def journaled_dir(size: int, fallback: Path) -> Iterator[tuple[Path, str]]:
+    """A fresh ext4 loop image with a journal, mounted; removed afterwards. Where that is
+    impossible (not root, no loop device), ``fallback`` and a warning."""
+    image = mount = None
+    try:
+        if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+            raise OSError("needs root and mkfs.ext4")
+        base = "/var/tmp" if os.path.isdir("/var/tmp") else None
+        handle, name = tempfile.mkstemp(prefix="servefiles-workload-", suffix=".ext4", dir=base)
+        os.close(handle)
+        image = Path(name)
+        os.truncate(image, size)  # sparse: costs only what the caches write
+        mount = Path(tempfile.mkdtemp(prefix="servefiles-workload-mnt-", dir=base))
+        # Inode tables and journal zeroed now, not by ext4lazyinit in the background of a phase.
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "has_journal", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        str(image)], check=True, capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc, subprocess.CalledProcessError) else ""
+        _remove_image(image, mount, mounted=False)
+        fallback.mkdir(parents=True, exist_ok=True)
+        log(f"WARNING: no journaled ext4 loop image ({exc} {detail}); the caches are in {fallback}")
+        yield fallback, f"WARNING: not a journaled loop image ({type(exc).__name__}): a plain directory"
+        return
+    try:
+        features = subprocess.run(["tune2fs", "-l", str(image)], capture_output=True, text=True, timeout=60).stdout
+        journal = "has_journal" in features
+        if not journal:
+            log("WARNING: tune2fs -l shows no has_journal on the cache filesystem")
+        state = "has_journal" if journal else "WARNING: no journal"
+        yield mount, f"ext4 loop image of {size / GIB:.1f} GiB, {state}"
+    finally:
+        _remove_image(image, mount, mounted=True)
+
+
+def _remove_image(image: Path | None, mount: Path | None, mounted: bool) -> None:
+    if mount is not None and mounted:
+        for attempt in range(5):  # bounded: a straggler may still hold a file for a moment
+            done = subprocess.run(["umount", str(mount)], capture_output=True, timeout=60)
+            if done.returncode == 0:
+                break
+            if attempt == 4:
+                subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=60)
+            time.sleep(1)
+    if mount is not None:
+        with contextlib.suppress(OSError):
+            mount.rmdir()
+    if image is not None:
+        image.unlink(missing_ok=True)
+
+
+# -- contenders ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    kind: str
+    """``db`` (DB-direct), ``static`` (nginx), ``serve`` (servefiles serve), ``tree`` (nginx + servefiles)."""
+    cache: int = 0
+
+
+def contenders(small: int, large: int) -> list[Contender]:
+    return [
+        Contender("DB-direct", "db"),
+        Contender("nginx static", "static"),
+        Contender(f"servefiles, {human(small)}", "serve", small),
+        Contender(f"servefiles, {human(large)}", "serve", large),
+        Contender(f"nginx tree, {human(small)}", "tree", small),
+        Contender(f"nginx tree, {human(large)}", "tree", large),
+    ]
+
+
+@dataclass
+class Deployment:
+    url: str
+    """Where wrk sends its requests."""
+    servers: list[Server]
+    """Every process whose CPU time is the server's."""
+    main: Server
+    """The process whose peak RSS is reported."""
+    metrics: str | None = None
+
+
+@contextlib.contextmanager
+def deploy(contender: Contender, url: str, data: Dataset, workdir: Path) -> Iterator[Deployment]:
+    started: list[Server] = []
+
+    def start(server: Server) -> Server:
+        started.append(server)  # before start(): a server that never listens is stopped too
+        return server.start()
+
+    try:
+        if contender.kind == "db":
+            app = start(Server(uvicorn("benchmarks.apps:bytea_direct"),
+                               {"BENCH_BYTEA_DB": url, "BENCH_BYTEA_TABLE": TABLE}))  # fmt: skip
+            yield Deployment(f"http://127.0.0.1:{app.port}", [app], app)
+        elif contender.kind == "static":
+            port = free_port()
+            block = (f"server {{ listen 127.0.0.1:{port}; location /media/ {{ root {data.root}; "
+                     "types { image/png png; image/jpeg jpg; } } }")  # fmt: skip
+            front = start(nginx(block, workdir / "nginx", port))
+            yield Deployment(f"http://127.0.0.1:{port}", [front], front)
+        else:
+            cache, published = workdir / "cache", workdir / "published"
+            options = ["--cache-size", str(contender.cache), "--metrics"]
+            if contender.kind == "tree":
+                options += ["--nginx", "tree", "--publish-dir", str(published)]
+            app = start(Server(serve(url, cache, *options)))
+            wait_ready(app.port)
+            front = app
+            if contender.kind == "tree":
+                from tests.nginx_server import server_block
+
+                port = free_port()
+                front = start(nginx(server_block("tree", app.port, port, cache, published), workdir / "nginx", port))
+            yield Deployment(f"http://127.0.0.1:{front.port}", list(started), app,
+                             f"http://127.0.0.1:{app.port}/_servefiles/metrics")  # fmt: skip
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def wait_ready(port: int) -> None:
+    """Until servefiles' health report says the store answers and the change feed is up."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    report: object = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            report = httpx.get(f"http://127.0.0.1:{port}/_servefiles/health", timeout=5).json()
+            if isinstance(report, dict) and report.get("store") == "ok" and (report.get("feed") or {}).get("healthy"):
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"servefiles on {port} not ready in {READY_TIMEOUT:g} s: {report}")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """servefiles' counters: ``name`` or ``name/tier`` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                name = sample.name.removeprefix("servefiles_").removesuffix("_total")
+                tier = sample.labels.get("tier")
+                values[f"{name}/{tier}" if tier else name] = sample.value
+    return values
+
+
+@dataclass
+class Snapshot:
+    cpu: float
+    postgres: float
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+def snapshot(deployment: Deployment, database: str, start: bool) -> Snapshot:
+    """CPU times and counters; the scrape stays outside the CPU window (before it at the
+    start of a phase, after it at the end)."""
+    counters = scrape(deployment.metrics) if deployment.metrics and start else {}
+    taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers), postgres_cpu_seconds(database))
+    if deployment.metrics and not start:
+        counters = scrape(deployment.metrics)
+    taken.counters = counters
+    return taken
+
+
+def verify(deployment: Deployment, data: Dataset) -> str:
+    """Fetch a sample of keys (the head, the middle, the tail, the largest) and compare: "" when all are right."""
+    ranked = data.ranked
+    middle = len(ranked) // 2
+    largest = max(ranked, key=lambda key: data.sizes[key])
+    sample = dict.fromkeys([*ranked[:5], *ranked[middle : middle + 3], *ranked[-3:], largest])
+    with httpx.Client(timeout=60) as client:
+        for key in sample:
+            response = client.get(f"{deployment.url}/media/{key}")
+            if response.status_code != 200 or response.content != data.path(key).read_bytes():
+                return f"WRONG: {key} answered {response.status_code} with {len(response.content)} bytes"
+    return ""
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    s: float
+    contender: str
+    kind: str
+    phase: str
+    load: Load
+    server_us: float
+    postgres_us: float
+    peak_rss_mib: float
+    hit_ratio: float | None = None
+    store_fetches: int | None = None
+    evictions: int | None = None
+    note: str = ""
+
+
+def measure(contender: Contender, s: float, phase: str, deployment: Deployment, script: Path, database: str,
+            seconds: float, connections: int) -> Row:  # fmt: skip
+    before = snapshot(deployment, database, start=True)
+    load = wrk(deployment.url + "/", seconds, connections, script)
+    after = snapshot(deployment, database, start=False)
+    requests = max(load.requests, 1)
+    row = Row(s, contender.name, contender.kind, phase, load, (after.cpu - before.cpu) / requests * 1e6,
+              (after.postgres - before.postgres) / requests * 1e6, deployment.main.peak_rss_mib())  # fmt: skip
+    if deployment.metrics:
+
+        def delta(name: str) -> float:
+            return after.counters.get(name, 0.0) - before.counters.get(name, 0.0)
+
+        row.store_fetches = round(delta("store_fetches"))
+        if contender.kind == "tree":
+            # nginx answers published files itself, and servefiles counts a tree-mode miss
+            # (filled, then redirected to the tree) as a fetch, not as a miss.
+            row.hit_ratio = max(0.0, 1 - row.store_fetches / requests)
+        else:
+            hits, misses = delta("hits/memory") + delta("hits/disk"), delta("misses")
+            row.hit_ratio = hits / (hits + misses) if hits + misses else None
+        row.evictions = round(delta("evictions/disk"))
+    socket_errors = load.errors - load.non_2xx
+    if socket_errors:
+        row.note = f"{socket_errors} socket errors"
+    return row
+
+
+@dataclass
+class Run:
+    rows: list[Row] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_root: Path) -> Run:
+    result = Run()
+    database = urlsplit(url).path.lstrip("/")
+    words = [word.strip().lower() for word in args.only.split(",") if word.strip()]
+    wanted = [c for c in contenders(args.small_cache, args.large_cache)
+              if not words or any(word in c.name.lower() for word in words)]  # fmt: skip
+    for s in args.s:
+        scripts = {phase: zipf_script(work, data.ranked, s, args.seed * 100 + i) for i, phase in enumerate(PHASES)}
+        for contender in wanted:
+            workdir = cache_root / f"{contender.kind}-{contender.cache}-{s:g}"
+            log(f"s={_s(s)} {contender.name}: starting")
+            try:
+                with deploy(contender, url, data, workdir) as deployment:
+                    for phase in PHASES:
+                        row = measure(contender, s, phase, deployment, scripts[phase], database, args.seconds,
+                                      args.connections)  # fmt: skip
+                        result.rows.append(row)
+                        log(f"s={_s(s)} {contender.name} {phase}: {row.load.requests_per_second:,.0f} req/s, "
+                            f"p99 {row.load.p99_ms:.1f} ms, hit ratio {_pct(row.hit_ratio)}, "
+                            f"server {row.server_us:.0f} µs/req, PG {row.postgres_us:.0f} µs/req, "
+                            f"non-2xx {row.load.non_2xx}")  # fmt: skip
+                        if row.load.non_2xx:
+                            result.failures.append(f"s={_s(s)} {contender.name} {phase}: {row.load.non_2xx} non-2xx")
+                    wrong = verify(deployment, data)
+                    if wrong:
+                        result.rows[-1].note = "; ".join(filter(None, [result.rows[-1].note, wrong]))
+                        result.failures.append(f"s={_s(s)} {contender.name}: {wrong}")
+            except Exception as exc:  # one contender failing must not lose the others' figures
+                log(f"s={_s(s)} {contender.name}: FAILED: {type(exc).__name__}: {exc}")
+                result.failures.append(f"s={_s(s)} {contender.name}: {type(exc).__name__}: {str(exc)[:300]}")
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def human(size: int) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if size >= scale and size % (scale // 16) == 0:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
+
+
+def _s(s: float) -> str:
+    """A Zipf exponent as the issue writes it: 1.0, 0.8."""
+    return f"{s:.1f}" if round(s, 1) == s else f"{s:g}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+def _ratio(value: float, reference: Row | None) -> str:
+    if reference is None or not reference.load.requests_per_second:
+        return "—"
+    return f"{value / reference.load.requests_per_second:.2f}"
+
+
+def _reference(rows: Sequence[Row], kind: str, s: float, phase: str) -> Row | None:
+    return next((r for r in rows if r.kind == kind and r.s == s and r.phase == phase), None)
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = ["| s | contender | phase | req/s | MB/s | p50 ms | p99 ms | x DB-direct | x nginx | hit ratio "
+             "| store fetches | evictions | server µs/req | PG µs/req | non-2xx | peak RSS MiB | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        rps = r.load.requests_per_second
+        mb_s = r.load.bytes_read / r.load.duration_s / 1e6 if r.load.duration_s else 0.0
+        lines.append(
+            f"| {_s(r.s)} | {r.contender} | {r.phase} | {rps:,.0f} | {mb_s:,.1f} | {r.load.p50_ms:.1f} "
+            f"| {r.load.p99_ms:.1f} | {_ratio(rps, _reference(rows, 'db', r.s, r.phase))} "
+            f"| {_ratio(rps, _reference(rows, 'static', r.s, r.phase))} | {_pct(r.hit_ratio)} "
+            f"| {'—' if r.store_fetches is None else f'{r.store_fetches:,}'} "
+            f"| {'—' if r.evictions is None else f'{r.evictions:,}'} | {r.server_us:,.0f} | {r.postgres_us:,.0f} "
+            f"| {r.load.non_2xx} | {r.peak_rss_mib:.0f} | {r.note} |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def targets(rows: Sequence[Row], small: int, large: int) -> list[str]:
+    """The issue's ratio targets, one PASS/FAIL line each (those whose rows were measured)."""
+    lines: list[str] = []
+
+    def find(kind: str, cache: int, s: float, phase: str) -> Row | None:
+        name = ("servefiles" if kind == "serve" else "nginx tree") + f", {human(cache)}"
+        return next((r for r in rows if r.contender == name and r.s == s and r.phase == phase), None)
+
+    def check(row: Row | None, against: str, goal: float) -> None:
+        if row is None:
+            return
+        reference = _reference(rows, against, row.s, row.phase)
+        if reference is None:
+            return
+        ratio = row.load.requests_per_second / reference.load.requests_per_second
+        peer = "DB-direct" if against == "db" else "nginx static"
+        lines.append(f"- {'PASS' if ratio >= goal else 'FAIL'}: s={_s(row.s)} {row.contender}, {row.phase}: "
+                     f"{ratio:.2f}x {peer} (goal ≥ {goal:g}x)")  # fmt: skip
+
+    for phase in PHASES:
+        check(find("serve", small, 1.0, phase), "db", 1.5)
+    for phase in PHASES:
+        check(find("serve", small, 0.8, phase), "db", 1.0)
+    check(find("serve", large, 1.0, "cold"), "db", 1.5)
+    check(find("serve", large, 1.0, "warm"), "db", 3.0)
+    check(find("serve", large, 1.0, "warm"), "static", 0.5)
+    for phase in PHASES:
+        check(find("tree", small, 1.0, phase), "db", 2.0)
+    check(find("tree", large, 1.0, "warm"), "static", 0.8)
+    # Every servefiles phase: p99 and PostgreSQL CPU against DB-direct's (same s, same phase).
+    p99: list[tuple[float, Row]] = []
+    postgres: list[tuple[float, Row]] = []
+    for row in rows:
+        db = _reference(rows, "db", row.s, row.phase)
+        if row.kind not in ("serve", "tree") or db is None:
+            continue
+        p99.append((row.load.p99_ms / db.load.p99_ms if db.load.p99_ms else float("inf"), row))
+        if row.hit_ratio is not None:
+            budget = 1.2 * (1 - row.hit_ratio) * db.postgres_us
+            postgres.append((row.postgres_us / budget if budget else float("inf") if row.postgres_us else 0.0, row))
+    for what, found in (("p99 / DB-direct's p99", p99),
+                        ("PostgreSQL CPU per request / (1.2 x miss ratio x DB-direct's)", postgres)):  # fmt: skip
+        if found:
+            worst, row = max(found, key=lambda pair: pair[0])
+            over = sum(1 for ratio, _ in found if ratio > 1)
+            lines.append(f"- {'PASS' if over == 0 else 'FAIL'}: {what} ≤ 1 in every servefiles phase: "
+                         f"{over} of {len(found)} over; worst {worst:.2f} (s={_s(row.s)} {row.contender}, "
+                         f"{row.phase})")  # fmt: skip
+    return lines
+
+
+def describe(data: Dataset) -> str:
+    counts = {name: sum(1 for key in data.sizes if key.startswith(name + "/")) for name, *_ in CATEGORIES}
+    classes = ", ".join(f"{counts[name]:,} {name} {human(low)}-{human(high)}" for name, _, low, high, _ in CATEGORIES)
+    return f"{len(data.sizes):,} files, {data.total / 1e9:.2f} GB ({classes})"
+
+
+@contextlib.contextmanager
+def timed(what: str, timings: list[str]) -> Iterator[None]:
+    begun = time.monotonic()
+    log(f"{what}…")
+    yield
+    timings.append(f"{what} in {time.monotonic() - begun:.1f} s")
+    log(timings[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from servefiles.cli import parse_size
+
+    def size(value: str) -> int:
+        return parse_size(None, None, value)
+
+    def s_values(value: str) -> list[float]:
+        return [float(part) for part in value.split(",") if part.strip()]
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=10_000, help="number of files (default 10,000: about 1.1 GB)")
+    parser.add_argument("--seconds", type=float, default=20, help="length of each phase, cold and warm (default 20)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--s", type=s_values, default=[1.0, 0.8], help="Zipf exponents, comma-separated (1.0,0.8)")
+    parser.add_argument("--only", default="", help="only the contenders whose name contains one of these "
+                        "comma-separated words (e.g. 'DB-direct,nginx static,servefiles, 256')")  # fmt: skip
+    parser.add_argument("--small-cache", type=size, default=256 * MIB, help="the small disk cache (256MiB)")
+    parser.add_argument("--large-cache", type=size, default=4 * GIB, help="the large disk cache (4GiB)")
+    parser.add_argument("--seed", type=int, default=SEED, help="of the data, the ranks and the request sequences")
+    parser.add_argument("--json", type=Path, help="also write the raw rows here")
+    args = parser.parse_args(argv)
+    if args.files < 1 or args.seconds <= 0 or not args.s:
+        parser.error("--files and --seconds must be positive, --s must name an exponent")
+    # A TERM or an interrupt unwinds: servers stopped, the image unmounted, the database dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ensure_tools()
+    started = time.monotonic()
+    from benchmarks.compare import machine
+    from benchmarks.store_memory import postgres_store
+
+    base = "/var/tmp" if os.path.isdir("/var/tmp") else None  # not /tmp: it may be tmpfs, and this is 1 GB
+    with tempfile.TemporaryDirectory(prefix="servefiles-workload-", dir=base) as tmp, postgres_store() as url:
+        work = Path(tmp)
+        timings: list[str] = []
+        with timed("generated", timings):
+            data = make_dataset(args.files, args.seed, work / "static")
+        bulk_load(url, data, timings)
+        image_size = max(args.large_cache, 2 * data.total) + GIB  # sparse
+        with journaled_dir(image_size, work / "caches") as (cache_root, filesystem):
+            result = run(args, url, data, work, cache_root)
+    print(f"## Workload benchmark (issue 15), {datetime.date.today().isoformat()}\n")
+    print(f"Machine: {machine()}. Load average at the end: {os.getloadavg()[0]:.2f}. "
+          f"Run took {time.monotonic() - started:.0f} s.\n")  # fmt: skip
+    print(f"Data: {describe(data)}, seed {args.seed}; {'; '.join(timings)}. PostgreSQL: a fresh database, dropped "
+          f"afterwards.\n")  # fmt: skip
+    print(f"Load: wrk -t1 -c{args.connections} on core 1 with a Zipf Lua script (rank independent of size), "
+          f"{args.seconds:g} s cold (a fresh server, an empty cache) then {args.seconds:g} s warm; each server on "
+          f"core 0. Cache dirs: {filesystem}. servefiles: `serve --metrics --cache-size N`, memory tier at its "
+          f"default.\n")  # fmt: skip
+    caches = (args.small_cache, args.large_cache)
+    best = "; ".join(f"s={_s(s)}: " + ", ".join(f"{human(c)} {_pct(best_hit_ratio(data, s, c))}" for c in caches)
+                     for s in args.s)  # fmt: skip
+    print(f"Rank-order ideal hit ratio (the share of requests the most popular files that fit the disk cache "
+          f"would take): {best}.\n")  # fmt: skip
+    print(table(result.rows))
+    print("\n### Targets (ratios within this run)\n")
+    print("\n".join(targets(result.rows, args.small_cache, args.large_cache)) or "(none measured)")
+    if result.failures:
+        print("\n### Failures\n")
+        print("\n".join(f"- {failure}" for failure in result.failures))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in result.rows], indent=1))
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
