@@ -228,6 +228,24 @@ async def test_unsatisfiable_ranges_get_416(make_client: ClientMaker, files: obj
     assert response.headers["content-range"] == f"bytes */{len(SMALL)}"
 
 
+async def test_a_suffix_range_of_an_empty_file_is_ignored_and_int_ranges_are_416(
+    make_client: ClientMaker, files: object
+) -> None:
+    """RFC 9110 §14.1.1: "bytes=-N" (N > 0) is satisfiable on an empty file but no Content-Range
+    can name its bytes, so Range is ignored; "bytes=0-" has no byte to start at: 416 bytes */0."""
+    async with make_client() as client:
+        for value in ("bytes=-1", "bytes=-500", "bytes=-1,0-"):
+            for _ in range(2):  # cold, then warm
+                response = await client.get("/media/empty.bin", headers={"Range": value})
+                assert response.status_code == 200, value
+                assert response.content == b"" and response.headers["content-length"] == "0"
+                assert "content-range" not in response.headers
+        for value in ("bytes=0-", "bytes=-0"):
+            response = await client.get("/media/empty.bin", headers={"Range": value})
+            assert response.status_code == 416, value
+            assert response.headers["content-range"] == "bytes */0"
+
+
 @pytest.mark.parametrize(
     "header",
     [b"bytes=abc", b"bytes=5-1", b"items=0-1", "bytes=\u0660-\u0665".encode(), b"bytes=1_0-2_0", b"bytes"],

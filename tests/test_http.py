@@ -688,12 +688,27 @@ def test_no_satisfiable_range_is_416(value: str) -> None:
     assert response.body == ()
 
 
-@pytest.mark.parametrize("value", ["bytes=0-", "bytes=0-0", "bytes=-1", "bytes=-100", "bytes=0-9,-5"])
-def test_zero_length_file_makes_every_range_unsatisfiable(value: str) -> None:
+@pytest.mark.parametrize("value", ["bytes=0-", "bytes=0-0", "bytes=-0", "bytes=0-9, -0", "bytes=5-, 0-"])
+def test_zero_length_file_makes_int_ranges_and_empty_suffixes_unsatisfiable(value: str) -> None:
     assert parse_range(value, 0, 16) == "unsatisfiable"
     response = get(make_file(size=0), range=value)
     assert response.status == 416
     assert header(response, "content-range") == "bytes */0"
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=-1", "bytes=-500", "bytes=-" + "9" * 30, "bytes=0-9,-5", "bytes=-1,0-", "bytes=0-, -1"]
+)
+def test_zero_length_file_ignores_a_satisfiable_suffix_range(value: str) -> None:
+    """RFC 9110 §14.1.1: on an empty representation a suffix-range with a non-zero length is
+    satisfiable, yet no Content-Range can name its bytes: Range is ignored, 200 with no body."""
+    assert parse_range(value, 0, 16) is None
+    file = make_file(size=0)
+    response = get(file, range=value)
+    assert response.status == 200
+    assert response.headers == file.headers_200
+    assert header(response, "content-length") == "0"
+    assert response.body == ()
 
 
 def test_unsatisfiable_specs_are_dropped_from_a_list() -> None:
