@@ -217,8 +217,9 @@ class PreparedFile:
         ]
         # RFC 9110 §15.4.5: of the fields a 200 would carry, a 304 repeats
         # Content-Location, Date, ETag, Vary, Cache-Control and Expires; here
-        # that is ETag and Cache-Control (the server adds Date).
-        self.headers_304 = [(b"etag", self.etag), cache_control]
+        # that is ETag and Cache-Control (the server adds Date). nosniff is no
+        # representation metadata, and every response carries it, this one too.
+        self.headers_304 = [(b"etag", self.etag), cache_control, _NOSNIFF]
         self._boundary = b"servefiles-" + meta.sha256[:32].lower().encode("ascii")
         self._full_body = (ByteRange(0, meta.size),) if meta.size else ()
 

@@ -33,7 +33,8 @@ SERVER_ADDED = frozenset({"date", "server", "connection"})
 ClientMaker = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 # ServeFiles keyword -> `servefiles serve` flag, so one test configures both transports alike.
-FLAGS = {"active_content": "--active-content", "freshness_seconds": "--freshness", "metrics": "--metrics"}
+FLAGS = {"active_content": "--active-content", "freshness_seconds": "--freshness", "metrics": "--metrics",
+         "upload_tokens": "--upload-token", "max_upload_bytes": "--max-upload-size"}  # fmt: skip
 
 
 @pytest.fixture(params=["asgi", "uvicorn", "gunicorn"])
@@ -58,7 +59,8 @@ def make_client(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) 
             return
         args = ["--db", store_url, "--cache-dir", str(cache_dir)]
         for name, value in options.items():
-            args += [FLAGS[name]] if value is True else [FLAGS[name], str(value)]
+            for item in value if isinstance(value, list) else [value]:
+                args += [FLAGS[name]] if item is True else [FLAGS[name], str(item)]
         with running(*args) as frontend:
             async with httpx.AsyncClient(base_url=frontend.base) as client:
                 yield client
@@ -148,7 +150,8 @@ async def test_if_none_match_gives_304_with_exactly_the_listed_headers(make_clie
             response = await client.get("/media/small.bin", headers={"If-None-Match": value})
             assert response.status_code == 304, value
             assert response.content == b""
-            assert set(response.headers) - SERVER_ADDED == {"etag", "cache-control"}
+            assert set(response.headers) - SERVER_ADDED == {"etag", "cache-control", "x-content-type-options"}
+            assert response.headers["x-content-type-options"] == "nosniff"
         assert (await client.get("/media/small.bin", headers={"If-None-Match": '"other"'})).status_code == 200
 
 
@@ -318,6 +321,46 @@ async def test_health_and_metrics(make_client: ClientMaker, files: object) -> No
                  "servefiles_store_fetches_total 1.0", "servefiles_cache_write_failures_total 0.0",
                  'servefiles_evictions_total{tier="disk"}', "servefiles_bytes_sent_total"):  # fmt: skip
         assert name in text, name
+
+
+async def test_every_status_servefiles_answers_carries_nosniff(make_client: ClientMaker, files: object) -> None:
+    """X-Content-Type-Options: nosniff on every response: files, 304, errors, health, metrics
+    and each reply of the write API (503 is pinned where the store is down: test_outage)."""
+    tag, token = etag(SMALL), "nosniff-token-0123456789abcdef"
+    auth, narrow = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {token}x"}
+    requests: list[tuple[int, str, str, dict[str, str], bytes | None]] = [
+        (200, "GET", "/media/small.bin", {}, None),
+        (200, "HEAD", "/media/small.bin", {}, None),
+        (206, "GET", "/media/small.bin", {"Range": "bytes=0-9"}, None),
+        (206, "GET", "/media/small.bin", {"Range": "bytes=0-9,20-29"}, None),
+        (304, "GET", "/media/small.bin", {"If-None-Match": tag}, None),
+        (304, "HEAD", "/media/small.bin", {"If-None-Match": tag}, None),
+        (412, "GET", "/media/small.bin", {"If-Match": '"other"'}, None),
+        (416, "GET", "/media/small.bin", {"Range": "bytes=999999-"}, None),
+        (404, "GET", "/media/absent.bin", {}, None),
+        (404, "GET", "/elsewhere", {}, None),
+        (405, "POST", "/media/small.bin", {}, None),
+        (200, "GET", "/_servefiles/health", {}, None),
+        (200, "GET", "/_servefiles/metrics", {}, None),
+        (201, "PUT", "/media/up/new.bin", auth, b"new"),
+        (200, "PUT", "/media/up/new.bin", auth, b"newer"),
+        (412, "PUT", "/media/up/new.bin", {**auth, "If-None-Match": "*"}, b"x"),
+        (413, "PUT", "/media/up/big.bin", auth, b"x" * 2000),
+        (415, "PUT", "/media/up/gz.bin", {**auth, "Content-Encoding": "gzip"}, b"x"),
+        (400, "PUT", "/media/up/ranged.bin", {**auth, "Content-Range": "bytes 0-0/2"}, b"x"),
+        (401, "PUT", "/media/up/x.bin", {}, b"x"),
+        (401, "PUT", "/media/up/x.bin", {"Authorization": "Bearer wrong"}, b"x"),
+        (403, "PUT", "/media/other/x.bin", narrow, b"x"),
+        (200, "GET", "/media/", auth, None),
+        (204, "DELETE", "/media/up/new.bin", auth, None),
+        (404, "DELETE", "/media/up/new.bin", auth, None),
+    ]
+    options = {"metrics": True, "upload_tokens": [token, f"{token}x:up"], "max_upload_bytes": 1000}
+    async with make_client(**options) as client:
+        for status, method, path, headers, body in requests:
+            response = await client.request(method, path, headers=headers, content=body)
+            assert response.status_code == status, (method, path, headers, response.text)
+            assert response.headers.get("x-content-type-options") == "nosniff", (status, method, path)
 
 
 async def test_head_of_a_missing_or_rejected_key_is_a_404_without_a_body(

@@ -17,12 +17,17 @@ from servefiles.http import (
     HttpPolicy,
     PreparedFile,
     Response,
+    accel_redirect,
+    bearer_challenge,
     evaluate_preconditions,
+    json_error,
     method_not_allowed,
     not_found,
     parse_range,
     respond,
+    too_large,
     unavailable,
+    written,
 )
 from servefiles.store.types import FileMeta
 
@@ -199,11 +204,22 @@ def test_accept_ranges_bytes_is_advertised() -> None:
     assert header(get(make_file()), "accept-ranges") == "bytes"
 
 
-def test_nosniff_is_on_every_response_with_content() -> None:
+def test_nosniff_is_on_every_response() -> None:
     file = make_file()
+    meta = make_meta("docs/report.pdf")
     responses = [
         get(file),
         respond("HEAD", {}, file),
+        get(file, if_none_match=ETAG),
+        respond("HEAD", {"if-none-match": ETAG}, file),
+        get(file, if_modified_since=LATER),
+        respond("POST", {}, file),
+        accel_redirect(file, "/_servefiles_accel/x"),
+        json_error(400, "bad", "bad"),
+        bearer_challenge(401, None, "token"),
+        too_large(10),
+        written(meta, created=True, url="/media/docs/report.pdf"),
+        written(meta, created=False, url="/media/docs/report.pdf"),
         get(file, range="bytes=0-1"),
         get(file, range="bytes=0-1,5-6"),
         get(file, range="bytes=500-"),
@@ -545,11 +561,16 @@ def test_leap_second_is_read_as_59() -> None:
     assert evaluate_preconditions("GET", {"if-modified-since": "Sat, 31 Dec 2016 23:59:60 GMT"}, file) == 304
 
 
-def test_304_carries_only_etag_and_cache_control() -> None:
-    """RFC 9110 §15.4.5: of a 200's fields, ETag and Cache-Control here; no content fields."""
+def test_304_carries_only_etag_cache_control_and_nosniff() -> None:
+    """RFC 9110 §15.4.5: of a 200's fields, ETag and Cache-Control here; no content fields.
+    nosniff is no representation metadata: every response carries it, a 304 too."""
     response = get(make_file(content_type="text/html"), if_none_match=ETAG)
     assert response.status == 304
-    assert response.headers == [(b"etag", ETAG.encode()), (b"cache-control", b"no-cache")]
+    assert response.headers == [
+        (b"etag", ETAG.encode()),
+        (b"cache-control", b"no-cache"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
     assert response.body == ()
 
 
