@@ -396,3 +396,28 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     finally:
         resume.set()
         await service.close()
+
+
+@pytest.mark.parametrize("mode", ["accel", "tree"])
+async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: str, tmp_path: Path) -> None:
+    """What servefiles answers alone holds behind nginx too: a suffix range of an empty file
+    is ignored (200, empty), ``bytes=0-`` is 416 ``bytes */0``, and a 304 carries nosniff."""
+    with stack(mode, sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for key, data in (("empty.png", b""), ("photo.png", PNG)):
+                put = await client.put(f"/media/{key}", content=data, headers={**AUTH, "content-type": "image/png"})
+                assert put.status_code == 201, put.text
+            for _ in range(2):  # a miss, then a hit (in tree mode nginx's own)
+                for value in ("bytes=-1", "bytes=-500", "bytes=-1,0-"):
+                    response = await client.get("/media/empty.png", headers={"range": value})
+                    assert (response.status_code, response.content) == (200, b""), (value, response.headers)
+                    assert "content-range" not in response.headers
+                for value in ("bytes=0-", "bytes=-0"):
+                    response = await client.get("/media/empty.png", headers={"range": value})
+                    assert response.status_code == 416, value
+                    assert response.headers["content-range"] == "bytes */0"
+                full = await client.get("/media/photo.png")
+                assert (full.status_code, full.content) == (200, PNG)
+                again = await client.get("/media/photo.png", headers={"if-none-match": full.headers["etag"]})
+                assert again.status_code == 304
+                assert again.headers["x-content-type-options"] == "nosniff"

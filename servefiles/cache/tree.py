@@ -73,8 +73,14 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 def publishable(meta: FileMeta, allowed: Iterable[str], by_extension: Mapping[str, str]) -> bool:
     """Whether nginx, serving the file statically, would send its stored Content-Type: the
     type nginx finds must be the stored one (not merely servefiles' own guess, which may
-    differ, e.g. for ``.gz``), and one that may be published at all."""
-    return meta.content_type in allowed and nginx_content_type(meta.key, by_extension) == meta.content_type
+    differ, e.g. for an upload whose type was given), and one that may be published at all.
+    An empty file never is: nginx ignores Range on it, so ``bytes=0-`` would get a 200 where
+    servefiles answers 416 (RFC 9110 §14.1.1)."""
+    return (
+        meta.size > 0
+        and meta.content_type in allowed
+        and nginx_content_type(meta.key, by_extension) == meta.content_type
+    )
 
 
 class PublishedTree:
