@@ -33,6 +33,7 @@ __all__ = [
     "accel_redirect",
     "bearer_challenge",
     "evaluate_preconditions",
+    "head_too_large",
     "json_error",
     "json_response",
     "method_not_allowed",
@@ -406,6 +407,17 @@ def unavailable(retry_after: int) -> Response:
             _NO_STORE,
             _NOSNIFF,
         ],
+        (body,),
+    )
+
+
+def head_too_large(status: Literal[414, 431], reason: str) -> Response:
+    """414 URI Too Long (RFC 9110 §15.5.15) or 431 Request Header Fields Too Large (RFC 6585
+    §5), before any work; the connection is closed after it (the head may have been hostile)."""
+    body = reason.encode("ascii", "replace") + b"\n"
+    return Response(
+        status,
+        [_TEXT_PLAIN, (b"content-length", _ascii_int(len(body))), _NO_STORE, _NOSNIFF, (b"connection", b"close")],
         (body,),
     )
 
