@@ -120,6 +120,14 @@ def parse_size(ctx: click.Context | None, param: click.Parameter | None, value: 
     return size
 
 
+def _positive_size(ctx: click.Context | None, param: click.Parameter | None, value: str | int) -> int:
+    """A :func:`parse_size` that refuses 0: a request-head limit of nothing would refuse everything."""
+    size = parse_size(ctx, param, value)
+    if size < 1:
+        raise click.BadParameter("must be at least 1 byte")
+    return size
+
+
 def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--cache-dir", envvar="SERVEFILES_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -180,15 +188,27 @@ def publish_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @publish_dir_option
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--max-header-line", envvar="SERVEFILES_MAX_HEADER_LINE", callback=_positive_size, default="8KiB",
+              show_default=True, help="Largest header field line (name: value); over it, 431.")
+@click.option("--max-header-size", envvar="SERVEFILES_MAX_HEADER_SIZE", callback=_positive_size, default="32KiB",
+              show_default=True, help="Largest header block (all field lines); over it, 431.")
+@click.option("--max-header-count", envvar="SERVEFILES_MAX_HEADER_COUNT", type=click.IntRange(1), default=100,
+              show_default=True, help="Most header fields in one request; over it, 431.")
+@click.option("--max-url-size", envvar="SERVEFILES_MAX_URL_SIZE", callback=_positive_size, default="8KiB",
+              show_default=True, help="Longest request-target (path and query); over it, 414.")
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
           memory_size: int, freshness: float, cache_control: str,
           active_content: str, prefetch: bool, metrics: bool, nginx_mode: str, publish_dir: Path | None,
-          log_level: str) -> None:  # fmt: skip
+          log_level: str, max_header_line: int, max_header_size: int, max_header_count: int,
+          max_url_size: int) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
 
     from .middleware import ServeFiles
+    from .middleware.limits import BoundedRequests, RequestLimits
+
+    limits = RequestLimits(max_header_line, max_header_size, max_header_count, max_url_size)
 
     url = resolve_db_url(db_url)
     specs = [*upload_tokens, *(upload_token_file or ())]
@@ -214,7 +234,10 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     _run(check())
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+    # Every request passes the head limits before servefiles looks at it; h11 may buffer an
+    # incomplete head up to what those limits allow (httptools has no such bound of its own).
+    uvicorn.run(BoundedRequests(app, limits), host=host, port=port, log_level=log_level, lifespan="on",
+                h11_max_incomplete_event_size=limits.head_bytes)  # fmt: skip
 
 
 @main.command("nginx-config")

@@ -33,6 +33,7 @@ __all__ = [
     "accel_redirect",
     "bearer_challenge",
     "evaluate_preconditions",
+    "head_too_large",
     "json_error",
     "json_response",
     "method_not_allowed",
@@ -217,8 +218,9 @@ class PreparedFile:
         ]
         # RFC 9110 §15.4.5: of the fields a 200 would carry, a 304 repeats
         # Content-Location, Date, ETag, Vary, Cache-Control and Expires; here
-        # that is ETag and Cache-Control (the server adds Date).
-        self.headers_304 = [(b"etag", self.etag), cache_control]
+        # that is ETag and Cache-Control (the server adds Date). nosniff is no
+        # representation metadata, and every response carries it, this one too.
+        self.headers_304 = [(b"etag", self.etag), cache_control, _NOSNIFF]
         self._boundary = b"servefiles-" + meta.sha256[:32].lower().encode("ascii")
         self._full_body = (ByteRange(0, meta.size),) if meta.size else ()
 
@@ -299,7 +301,11 @@ def parse_range(value: str, size: int, max_ranges: int) -> list[ByteRange] | Lit
 
     Returns None when the header must be ignored (a 200 follows): unknown unit,
     any malformed range-spec, or more than ``max_ranges`` list elements (§14.2
-    lets a server ignore Range; ignoring is never wrong). Returns
+    lets a server ignore Range; ignoring is never wrong); also when ``size`` is 0
+    and a suffix-range with a non-zero length makes the set satisfiable (§14.1.1:
+    the only satisfiable form on an empty representation) although it selects no
+    byte that a Content-Range could name (the 200 with an empty body that Go's
+    ServeContent and Werkzeug send). Returns
     ``"unsatisfiable"`` when no range-spec is satisfiable (§14.1.1; 416).
     Otherwise the satisfiable ranges, sorted, with overlapping and adjacent
     ones coalesced (§14.2 allows coalescing). Cost is linear in the header:
@@ -315,6 +321,7 @@ def parse_range(value: str, size: int, max_ranges: int) -> list[ByteRange] | Lit
         return None
     satisfiable: list[ByteRange] = []
     any_spec = False
+    empty_suffix = False  # a satisfiable suffix-range of an empty file: it selects no byte
     for element in range_set.split(","):
         element = element.strip(_OWS)
         if not element:
@@ -325,11 +332,13 @@ def parse_range(value: str, size: int, max_ranges: int) -> list[ByteRange] | Lit
         any_spec = True
         first_digits, last_digits, suffix_digits = match.groups()
         if suffix_digits is not None:
-            # suffix-range: the last N bytes; N = 0 is unsatisfiable (§14.1.1), and
-            # so is any range of an empty file (no Content-Range can name its bytes).
+            # suffix-range: the last N bytes; N = 0 is unsatisfiable (§14.1.1). On an
+            # empty file N > 0 is satisfiable yet selects nothing: noted, not a range.
             length = _bounded_int(suffix_digits)
             if length > 0 and size > 0:
                 satisfiable.append(ByteRange(max(0, size - length), size))
+            elif length > 0:
+                empty_suffix = True
             continue
         if last_digits and _numeric_key(last_digits) < _numeric_key(first_digits):
             return None  # §14.1.1: an int-range with last-pos < first-pos is invalid
@@ -341,7 +350,9 @@ def parse_range(value: str, size: int, max_ranges: int) -> list[ByteRange] | Lit
     if not any_spec:
         return None  # 1#range-spec: at least one element
     if not satisfiable:
-        return "unsatisfiable"
+        # An empty file: "bytes=-1" is satisfiable but no Content-Range can describe it,
+        # so Range is ignored (200, empty body); "bytes=0-" stays 416 "bytes */0".
+        return None if empty_suffix else "unsatisfiable"
     return _coalesce(satisfiable)
 
 
@@ -396,6 +407,17 @@ def unavailable(retry_after: int) -> Response:
             _NO_STORE,
             _NOSNIFF,
         ],
+        (body,),
+    )
+
+
+def head_too_large(status: Literal[414, 431], reason: str) -> Response:
+    """414 URI Too Long (RFC 9110 §15.5.15) or 431 Request Header Fields Too Large (RFC 6585
+    §5), before any work; the connection is closed after it (the head may have been hostile)."""
+    body = reason.encode("ascii", "replace") + b"\n"
+    return Response(
+        status,
+        [_TEXT_PLAIN, (b"content-length", _ascii_int(len(body))), _NO_STORE, _NOSNIFF, (b"connection", b"close")],
         (body,),
     )
 

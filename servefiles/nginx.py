@@ -28,7 +28,7 @@ _ACCEL_HEADERS = """\
         add_header ETag $upstream_http_etag;
         add_header Last-Modified $upstream_http_last_modified;
         add_header Content-Security-Policy $upstream_http_content_security_policy;
-        add_header X-Content-Type-Options nosniff;
+        add_header X-Content-Type-Options nosniff always;  # on nginx's own errors here too
         etag off;                 # servefiles' ETag is the content hash, not nginx's mtime-size
         if_modified_since off;    # preconditions were judged by servefiles
         max_ranges 0;             # ranges are answered by servefiles, never redirected here"""

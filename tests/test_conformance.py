@@ -33,7 +33,8 @@ SERVER_ADDED = frozenset({"date", "server", "connection"})
 ClientMaker = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 # ServeFiles keyword -> `servefiles serve` flag, so one test configures both transports alike.
-FLAGS = {"active_content": "--active-content", "freshness_seconds": "--freshness", "metrics": "--metrics"}
+FLAGS = {"active_content": "--active-content", "freshness_seconds": "--freshness", "metrics": "--metrics",
+         "upload_tokens": "--upload-token", "max_upload_bytes": "--max-upload-size"}  # fmt: skip
 
 
 @pytest.fixture(params=["asgi", "uvicorn", "gunicorn"])
@@ -58,7 +59,8 @@ def make_client(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) 
             return
         args = ["--db", store_url, "--cache-dir", str(cache_dir)]
         for name, value in options.items():
-            args += [FLAGS[name]] if value is True else [FLAGS[name], str(value)]
+            for item in value if isinstance(value, list) else [value]:
+                args += [FLAGS[name]] if item is True else [FLAGS[name], str(item)]
         with running(*args) as frontend:
             async with httpx.AsyncClient(base_url=frontend.base) as client:
                 yield client
@@ -148,7 +150,8 @@ async def test_if_none_match_gives_304_with_exactly_the_listed_headers(make_clie
             response = await client.get("/media/small.bin", headers={"If-None-Match": value})
             assert response.status_code == 304, value
             assert response.content == b""
-            assert set(response.headers) - SERVER_ADDED == {"etag", "cache-control"}
+            assert set(response.headers) - SERVER_ADDED == {"etag", "cache-control", "x-content-type-options"}
+            assert response.headers["x-content-type-options"] == "nosniff"
         assert (await client.get("/media/small.bin", headers={"If-None-Match": '"other"'})).status_code == 200
 
 
@@ -228,6 +231,24 @@ async def test_unsatisfiable_ranges_get_416(make_client: ClientMaker, files: obj
     assert response.headers["content-range"] == f"bytes */{len(SMALL)}"
 
 
+async def test_a_suffix_range_of_an_empty_file_is_ignored_and_int_ranges_are_416(
+    make_client: ClientMaker, files: object
+) -> None:
+    """RFC 9110 §14.1.1: "bytes=-N" (N > 0) is satisfiable on an empty file but no Content-Range
+    can name its bytes, so Range is ignored; "bytes=0-" has no byte to start at: 416 bytes */0."""
+    async with make_client() as client:
+        for value in ("bytes=-1", "bytes=-500", "bytes=-1,0-"):
+            for _ in range(2):  # cold, then warm
+                response = await client.get("/media/empty.bin", headers={"Range": value})
+                assert response.status_code == 200, value
+                assert response.content == b"" and response.headers["content-length"] == "0"
+                assert "content-range" not in response.headers
+        for value in ("bytes=0-", "bytes=-0"):
+            response = await client.get("/media/empty.bin", headers={"Range": value})
+            assert response.status_code == 416, value
+            assert response.headers["content-range"] == "bytes */0"
+
+
 @pytest.mark.parametrize(
     "header",
     [b"bytes=abc", b"bytes=5-1", b"items=0-1", "bytes=\u0660-\u0665".encode(), b"bytes=1_0-2_0", b"bytes"],
@@ -244,7 +265,8 @@ async def test_range_is_ignored_on_head_and_thousands_of_ranges_are_answered_fas
     async with make_client() as client:
         head = await client.head("/media/small.bin", headers={"Range": "bytes=0-9"})
         assert head.status_code == 200 and head.headers["content-length"] == str(len(SMALL))
-        many = "bytes=" + ",".join("0-0" for _ in range(3_000))  # 12 KB: within uvicorn's header limit
+        # 2,000 ranges in 8 KB: within `servefiles serve`'s 8 KiB field line (see test_request_limits).
+        many = "bytes=" + ",".join("0-0" for _ in range(2_000))
         started = time.monotonic()
         response = await client.get("/media/small.bin", headers={"Range": many})
         assert time.monotonic() - started < 2
@@ -300,6 +322,46 @@ async def test_health_and_metrics(make_client: ClientMaker, files: object) -> No
                  "servefiles_store_fetches_total 1.0", "servefiles_cache_write_failures_total 0.0",
                  'servefiles_evictions_total{tier="disk"}', "servefiles_bytes_sent_total"):  # fmt: skip
         assert name in text, name
+
+
+async def test_every_status_servefiles_answers_carries_nosniff(make_client: ClientMaker, files: object) -> None:
+    """X-Content-Type-Options: nosniff on every response: files, 304, errors, health, metrics
+    and each reply of the write API (503 is pinned where the store is down: test_outage)."""
+    tag, token = etag(SMALL), "nosniff-token-0123456789abcdef"
+    auth, narrow = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {token}x"}
+    requests: list[tuple[int, str, str, dict[str, str], bytes | None]] = [
+        (200, "GET", "/media/small.bin", {}, None),
+        (200, "HEAD", "/media/small.bin", {}, None),
+        (206, "GET", "/media/small.bin", {"Range": "bytes=0-9"}, None),
+        (206, "GET", "/media/small.bin", {"Range": "bytes=0-9,20-29"}, None),
+        (304, "GET", "/media/small.bin", {"If-None-Match": tag}, None),
+        (304, "HEAD", "/media/small.bin", {"If-None-Match": tag}, None),
+        (412, "GET", "/media/small.bin", {"If-Match": '"other"'}, None),
+        (416, "GET", "/media/small.bin", {"Range": "bytes=999999-"}, None),
+        (404, "GET", "/media/absent.bin", {}, None),
+        (404, "GET", "/elsewhere", {}, None),
+        (405, "POST", "/media/small.bin", {}, None),
+        (200, "GET", "/_servefiles/health", {}, None),
+        (200, "GET", "/_servefiles/metrics", {}, None),
+        (201, "PUT", "/media/up/new.bin", auth, b"new"),
+        (200, "PUT", "/media/up/new.bin", auth, b"newer"),
+        (412, "PUT", "/media/up/new.bin", {**auth, "If-None-Match": "*"}, b"x"),
+        (413, "PUT", "/media/up/big.bin", auth, b"x" * 2000),
+        (415, "PUT", "/media/up/gz.bin", {**auth, "Content-Encoding": "gzip"}, b"x"),
+        (400, "PUT", "/media/up/ranged.bin", {**auth, "Content-Range": "bytes 0-0/2"}, b"x"),
+        (401, "PUT", "/media/up/x.bin", {}, b"x"),
+        (401, "PUT", "/media/up/x.bin", {"Authorization": "Bearer wrong"}, b"x"),
+        (403, "PUT", "/media/other/x.bin", narrow, b"x"),
+        (200, "GET", "/media/", auth, None),
+        (204, "DELETE", "/media/up/new.bin", auth, None),
+        (404, "DELETE", "/media/up/new.bin", auth, None),
+    ]
+    options = {"metrics": True, "upload_tokens": [token, f"{token}x:up"], "max_upload_bytes": 1000}
+    async with make_client(**options) as client:
+        for status, method, path, headers, body in requests:
+            response = await client.request(method, path, headers=headers, content=body)
+            assert response.status_code == status, (method, path, headers, response.text)
+            assert response.headers.get("x-content-type-options") == "nosniff", (status, method, path)
 
 
 async def test_head_of_a_missing_or_rejected_key_is_a_404_without_a_body(

@@ -17,12 +17,17 @@ from servefiles.http import (
     HttpPolicy,
     PreparedFile,
     Response,
+    accel_redirect,
+    bearer_challenge,
     evaluate_preconditions,
+    json_error,
     method_not_allowed,
     not_found,
     parse_range,
     respond,
+    too_large,
     unavailable,
+    written,
 )
 from servefiles.store.types import FileMeta
 
@@ -199,11 +204,22 @@ def test_accept_ranges_bytes_is_advertised() -> None:
     assert header(get(make_file()), "accept-ranges") == "bytes"
 
 
-def test_nosniff_is_on_every_response_with_content() -> None:
+def test_nosniff_is_on_every_response() -> None:
     file = make_file()
+    meta = make_meta("docs/report.pdf")
     responses = [
         get(file),
         respond("HEAD", {}, file),
+        get(file, if_none_match=ETAG),
+        respond("HEAD", {"if-none-match": ETAG}, file),
+        get(file, if_modified_since=LATER),
+        respond("POST", {}, file),
+        accel_redirect(file, "/_servefiles_accel/x"),
+        json_error(400, "bad", "bad"),
+        bearer_challenge(401, None, "token"),
+        too_large(10),
+        written(meta, created=True, url="/media/docs/report.pdf"),
+        written(meta, created=False, url="/media/docs/report.pdf"),
         get(file, range="bytes=0-1"),
         get(file, range="bytes=0-1,5-6"),
         get(file, range="bytes=500-"),
@@ -545,11 +561,16 @@ def test_leap_second_is_read_as_59() -> None:
     assert evaluate_preconditions("GET", {"if-modified-since": "Sat, 31 Dec 2016 23:59:60 GMT"}, file) == 304
 
 
-def test_304_carries_only_etag_and_cache_control() -> None:
-    """RFC 9110 §15.4.5: of a 200's fields, ETag and Cache-Control here; no content fields."""
+def test_304_carries_only_etag_cache_control_and_nosniff() -> None:
+    """RFC 9110 §15.4.5: of a 200's fields, ETag and Cache-Control here; no content fields.
+    nosniff is no representation metadata: every response carries it, a 304 too."""
     response = get(make_file(content_type="text/html"), if_none_match=ETAG)
     assert response.status == 304
-    assert response.headers == [(b"etag", ETAG.encode()), (b"cache-control", b"no-cache")]
+    assert response.headers == [
+        (b"etag", ETAG.encode()),
+        (b"cache-control", b"no-cache"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
     assert response.body == ()
 
 
@@ -688,12 +709,27 @@ def test_no_satisfiable_range_is_416(value: str) -> None:
     assert response.body == ()
 
 
-@pytest.mark.parametrize("value", ["bytes=0-", "bytes=0-0", "bytes=-1", "bytes=-100", "bytes=0-9,-5"])
-def test_zero_length_file_makes_every_range_unsatisfiable(value: str) -> None:
+@pytest.mark.parametrize("value", ["bytes=0-", "bytes=0-0", "bytes=-0", "bytes=0-9, -0", "bytes=5-, 0-"])
+def test_zero_length_file_makes_int_ranges_and_empty_suffixes_unsatisfiable(value: str) -> None:
     assert parse_range(value, 0, 16) == "unsatisfiable"
     response = get(make_file(size=0), range=value)
     assert response.status == 416
     assert header(response, "content-range") == "bytes */0"
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=-1", "bytes=-500", "bytes=-" + "9" * 30, "bytes=0-9,-5", "bytes=-1,0-", "bytes=0-, -1"]
+)
+def test_zero_length_file_ignores_a_satisfiable_suffix_range(value: str) -> None:
+    """RFC 9110 §14.1.1: on an empty representation a suffix-range with a non-zero length is
+    satisfiable, yet no Content-Range can name its bytes: Range is ignored, 200 with no body."""
+    assert parse_range(value, 0, 16) is None
+    file = make_file(size=0)
+    response = get(file, range=value)
+    assert response.status == 200
+    assert response.headers == file.headers_200
+    assert header(response, "content-length") == "0"
+    assert response.body == ()
 
 
 def test_unsatisfiable_specs_are_dropped_from_a_list() -> None:

@@ -67,7 +67,7 @@ def range_model(value: str, size: int, max_ranges: int) -> set[int] | Literal["u
     if len(elements) > max_ranges:
         return None
     covered: set[int] = set()
-    seen_any = False
+    seen_any = satisfiable = False
     for element in elements:
         element = element.strip(OWS)
         if element == "":
@@ -78,16 +78,22 @@ def range_model(value: str, size: int, max_ranges: int) -> set[int] | Literal["u
             return None
         if first == "":
             length = int(last)
-            covered |= set(range(max(0, size - length), size)) if length > 0 else set()
+            satisfiable |= length > 0  # §14.1.1, even on an empty file
+            covered |= set(range(max(0, size - length), size))
         else:
             start = int(first)
             if last != "" and int(last) < start:
                 return None
+            satisfiable |= start < size
             stop = size if last == "" else min(int(last) + 1, size)
             covered |= set(range(start, stop))
     if not seen_any:
         return None
-    return covered if covered else "unsatisfiable"
+    if not satisfiable:
+        return "unsatisfiable"
+    # Satisfiable but selecting no byte (a suffix-range of an empty file): no Content-Range
+    # can describe it, so the header is ignored.
+    return covered if covered else None
 
 
 numbers = st.one_of(

@@ -228,18 +228,23 @@ async def test_a_root_prefix_serves_every_path(mode: str, sqlite_url: str, tmp_p
 
 
 async def test_the_tree_sends_the_type_the_app_sends(sqlite_url: str, tmp_path: Path) -> None:
-    """``.gz`` is guessed as application/gzip, but nginx's types block cannot hold it (``.GZ``
-    guesses otherwise): such a file stays with the app, rather than change type once published."""
-    files = {"backup.gz": b"\x1f\x8b" + os.urandom(1000), "UPPER.PNG": PNG, "photo.jpeg": b"\xff\xd8" + os.urandom(900)}
+    """A file whose stored type is not the one nginx finds for its extension stays with the app,
+    rather than change type once published; the others (any case) are published."""
+    files = {"backup.gz": b"\x1f\x8b" + os.urandom(1000), "UPPER.PNG": PNG, "photo.jpeg": b"\xff\xd8" + os.urandom(900),
+             "given.png": PNG[:1000]}  # fmt: skip
+    given = {"given.png": "image/x-given"}
     with stack("tree", sqlite_url, tmp_path) as s:
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
             for key, data in files.items():
-                assert (await client.put(f"/media/{key}", content=data, headers=AUTH)).status_code == 201
+                headers = {**AUTH, "content-type": given[key]} if key in given else AUTH
+                assert (await client.put(f"/media/{key}", content=data, headers=headers)).status_code == 201
                 types = {(await client.get(f"/media/{key}")).headers["content-type"] for _ in range(3)}
                 stored = (await s.meta(key)).content_type
                 assert types == {stored}, (key, types, stored)
-            assert not s.published("backup.gz").exists()
+            assert (await s.meta("backup.gz")).content_type == "application/gzip"
+            assert not s.published("given.png").exists()
             assert s.published("UPPER.PNG").exists() and s.published("photo.jpeg").exists()
+            assert s.published("backup.gz").exists()  # .gz and .GZ are alike now: nginx types it as stored
 
 
 async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
@@ -396,3 +401,28 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     finally:
         resume.set()
         await service.close()
+
+
+@pytest.mark.parametrize("mode", ["accel", "tree"])
+async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: str, tmp_path: Path) -> None:
+    """What servefiles answers alone holds behind nginx too: a suffix range of an empty file
+    is ignored (200, empty), ``bytes=0-`` is 416 ``bytes */0``, and a 304 carries nosniff."""
+    with stack(mode, sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for key, data in (("empty.png", b""), ("photo.png", PNG)):
+                put = await client.put(f"/media/{key}", content=data, headers={**AUTH, "content-type": "image/png"})
+                assert put.status_code == 201, put.text
+            for _ in range(2):  # a miss, then a hit (in tree mode nginx's own)
+                for value in ("bytes=-1", "bytes=-500", "bytes=-1,0-"):
+                    response = await client.get("/media/empty.png", headers={"range": value})
+                    assert (response.status_code, response.content) == (200, b""), (value, response.headers)
+                    assert "content-range" not in response.headers
+                for value in ("bytes=0-", "bytes=-0"):
+                    response = await client.get("/media/empty.png", headers={"range": value})
+                    assert response.status_code == 416, value
+                    assert response.headers["content-range"] == "bytes */0"
+                full = await client.get("/media/photo.png")
+                assert (full.status_code, full.content) == (200, PNG)
+                again = await client.get("/media/photo.png", headers={"if-none-match": full.headers["etag"]})
+                assert again.status_code == 304
+                assert again.headers["x-content-type-options"] == "nosniff"

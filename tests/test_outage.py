@@ -41,6 +41,7 @@ async def test_service_through_a_database_outage_and_recovery(pg_url: str, pg_pr
                 stale = await client.get("/media/cached.txt")
                 assert stale.status_code == 200 and stale.content == b"version one"
                 assert stale.headers["x-servefiles-stale"] == "store-unavailable"
+                assert stale.headers["x-content-type-options"] == "nosniff"
                 assert app.service.metrics.value("servefiles_stale_served_total") >= 1
 
                 # Uncached: a prompt 503 with Retry-After, never a hang.
@@ -49,6 +50,7 @@ async def test_service_through_a_database_outage_and_recovery(pg_url: str, pg_pr
                     cold = await client.get("/media/cold.txt")
                     assert cold.status_code == 503
                     assert int(cold.headers["retry-after"]) > 0
+                    assert cold.headers["x-content-type-options"] == "nosniff"
                 assert time.monotonic() - started < 10
                 # The circuit breaker kept most of those 30 away from the database.
                 assert len(calls) <= 5, calls

@@ -431,7 +431,7 @@ async def upload_small_and_large(store: Store) -> dict[str, tuple[bytes, FileMet
     return {key: (data, await store.put(key, data)) for key, data in files.items()}
 
 
-async def test_if_none_match_with_the_etag_is_304_with_only_etag_and_cache_control(
+async def test_if_none_match_with_the_etag_is_304_with_only_etag_cache_control_and_nosniff(
     store: Store, served: Served
 ) -> None:
     for key, (data, _meta) in (await upload_small_and_large(store)).items():
@@ -442,7 +442,11 @@ async def test_if_none_match_with_the_etag_is_304_with_only_etag_and_cache_contr
                 response = await served.client.request(method, f"/media/{key}", headers={"If-None-Match": value})
                 assert response.status_code == 304, (method, value)
                 assert response.content == b""
-                assert headers_of(response, served.transport) == {"etag": tag, "cache-control": "no-cache"}
+                assert headers_of(response, served.transport) == {
+                    "etag": tag,
+                    "cache-control": "no-cache",
+                    "x-content-type-options": "nosniff",
+                }
         other = '"' + hashlib.sha256(data + b"x").hexdigest() + '"'
         assert_full(await served.client.get(f"/media/{key}", headers={"If-None-Match": other}), data)
 
@@ -481,7 +485,11 @@ async def test_if_modified_since_future_or_equal_is_304_unless_if_none_match_is_
             response = await served.client.get(f"/media/{key}", headers={"If-Modified-Since": value})
             assert response.status_code == 304, value
             assert response.content == b""
-            assert headers_of(response, served.transport) == {"etag": etag_of(data), "cache-control": "no-cache"}
+            assert headers_of(response, served.transport) == {
+                "etag": etag_of(data),
+                "cache-control": "no-cache",
+                "x-content-type-options": "nosniff",
+            }
         for value in (http_date(modified - timedelta(seconds=1)), PAST, "not a date"):
             assert_full(await served.client.get(f"/media/{key}", headers={"If-Modified-Since": value}), data)
         ignored = {"If-None-Match": '"nope"', "If-Modified-Since": http_date(modified + timedelta(days=1))}

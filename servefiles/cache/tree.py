@@ -26,7 +26,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..content_types import content_type_table
+from ..content_types import content_type_table, key_extension
 from ..http import is_active_content
 from ..localfs import kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
@@ -60,22 +60,21 @@ def nginx_content_type(key: str, by_extension: Mapping[str, str]) -> str:
     """The Content-Type nginx's static module gives the key's path, found as nginx finds it:
     the text after the last dot of the last segment (a leading dot starts no extension),
     ASCII lower-cased, looked up in the ``types`` block, else ``default_type``."""
-    name = key.rpartition("/")[2]
-    dot = name.rfind(".")
-    if dot <= 0:
-        return NGINX_DEFAULT_TYPE
-    extension = name[dot + 1 :].translate(_ASCII_LOWER)
-    return by_extension.get(extension, NGINX_DEFAULT_TYPE)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    extension = key_extension(key)
+    return NGINX_DEFAULT_TYPE if extension is None else by_extension.get(extension, NGINX_DEFAULT_TYPE)
 
 
 def publishable(meta: FileMeta, allowed: Iterable[str], by_extension: Mapping[str, str]) -> bool:
     """Whether nginx, serving the file statically, would send its stored Content-Type: the
     type nginx finds must be the stored one (not merely servefiles' own guess, which may
-    differ, e.g. for ``.gz``), and one that may be published at all."""
-    return meta.content_type in allowed and nginx_content_type(meta.key, by_extension) == meta.content_type
+    differ, e.g. for an upload whose type was given), and one that may be published at all.
+    An empty file never is: nginx ignores Range on it, so ``bytes=0-`` would get a 200 where
+    servefiles answers 416 (RFC 9110 §14.1.1)."""
+    return (
+        meta.size > 0
+        and meta.content_type in allowed
+        and nginx_content_type(meta.key, by_extension) == meta.content_type
+    )
 
 
 class PublishedTree:

@@ -1,0 +1,91 @@
+"""``BoundedRequests``: what one request may carry, for the standalone server (``servefiles serve``).
+
+uvicorn bounds a request head only while it is incomplete (h11's
+``max_incomplete_event_size``) or not at all (httptools): a complete header block of any
+size that arrives in one read reaches the app. This ASGI wrapper answers 431 (too many
+header fields, a field line or the whole block too large: RFC 6585 §5) or 414 (the
+request-target too long: RFC 9110 §15.5.15) before the app does any work, with nginx's
+defaults in mind (``large_client_header_buffers 4 8k``). It reads only what the server put
+in the scope, so it holds whichever HTTP implementation uvicorn runs.
+
+Mounted in someone else's app, or under a WSGI server, the server in front owns these
+limits: this wrapper is for ``servefiles serve`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import http
+from .asgi import ASGIApp, Receive, Scope, Send
+
+__all__ = ["BoundedRequests", "RequestLimits"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on one request's head, in bytes except ``max_fields``.
+
+    ``max_field_line``: one field line, ``name: value`` (8 KiB, nginx's buffer size).
+    ``max_header_block``: all field lines with their CRLFs (32 KiB, nginx's 4 buffers).
+    ``max_fields``: header fields (100). ``max_target``: the request-target, path and
+    query as sent (8 KiB). Each must be positive (ValueError otherwise).
+    """
+
+    max_field_line: int = 8 * 1024
+    max_header_block: int = 32 * 1024
+    max_fields: int = 100
+    max_target: int = 8 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_field_line", "max_header_block", "max_fields", "max_target"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+    @property
+    def head_bytes(self) -> int:
+        """The most a request head within these limits can take: what the server may buffer."""
+        return self.max_target + self.max_header_block + 1024  # + method, version, CRLFs
+
+    def refusal(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> http.Response | None:
+        """414 or 431 when the request is over a limit, else None. Linear in the head."""
+        if len(target) > self.max_target:
+            return http.head_too_large(414, f"the request-target is over {self.max_target} bytes")
+        if len(headers) > self.max_fields:
+            return http.head_too_large(431, f"more than {self.max_fields} header fields")
+        block = 0
+        for name, value in headers:
+            line = len(name) + 2 + len(value)  # name ": " value
+            if line > self.max_field_line:
+                return http.head_too_large(431, f"a header field line is over {self.max_field_line} bytes")
+            block += line + 2
+        if block > self.max_header_block:
+            return http.head_too_large(431, f"the header fields are over {self.max_header_block} bytes in all")
+        return None
+
+
+class BoundedRequests:
+    """Answer over-limit HTTP requests with 414 or 431; pass everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, limits: RequestLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.limits.refusal(_target(scope), scope["headers"])
+            if refusal is not None:
+                await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.headers})
+                await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else
+                            b"".join(s for s in refusal.body if isinstance(s, bytes))})  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+
+def _target(scope: Scope) -> bytes:
+    """The request-target as the client sent it: ``raw_path`` and the query string."""
+    raw_path = scope.get("raw_path")
+    path: bytes = raw_path if isinstance(raw_path, bytes) else scope["path"].encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    return path + b"?" + query if query else path
