@@ -203,7 +203,7 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
         prefetch=prefetch, metrics=metrics, upload_tokens=tokens, max_upload_bytes=max_upload_size,
         nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
-        publish_dir=publish_dir or config.default_publish_dir(),
+        publish_dir=publish_dir or config.default_publish_dir(), date_header=True,
     )  # fmt: skip
     app.service.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 
@@ -214,7 +214,9 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     _run(check())
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+    # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
+    # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
+    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", date_header=False)
 
 
 @main.command("nginx-config")

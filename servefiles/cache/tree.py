@@ -8,8 +8,12 @@ else keeps going through the app.
 
 Each published file is a hard link to the disk tier's content file (a copy when the
 content file already carries another key's timestamp), renamed into place atomically,
-with its mtime set from the database's ``updated_at``: nginx derives Last-Modified and
-its ETag (``"mtime-size"``) from it, so they are the same on every frontend. The disk
+with its mtime set to the version's ``last_modified`` (the database's validator second,
+never shared by two versions of a key): nginx derives Last-Modified and its ETag
+(``"mtime-size"``) from it, so they are the same on every frontend and differ between
+versions. A version whose second is not yet over is not published: nginx would send a
+Last-Modified later than its Date (RFC 9110 §8.8.2.1), so until then it goes through
+the app (accel), and the first request after that publishes it. The disk
 tier withdraws a key's path whenever its entry goes (replaced, deleted, evicted,
 dropped), and the service clears the whole tree while the change feed is down, since
 nginx serves the tree without asking anyone.
@@ -23,6 +27,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -103,10 +108,16 @@ class PublishedTree:
             return False
         return stat.S_ISREG(found.st_mode) and found.st_size == meta.size and found.st_mtime_ns == _mtime_ns(meta)
 
+    def is_due(self, meta: FileMeta, now: float | None = None) -> bool:
+        """Whether this version's validator second is over by ``now`` (default: this host's
+        clock, the one nginx stamps Date from), so nginx may state it as Last-Modified."""
+        return (time.time() if now is None else now) >= _mtime_ns(meta) / 1e9 + 1
+
     def publish(self, meta: FileMeta, content: Path) -> bool:
         """Put ``content`` (the disk tier's file of this version) at the key's path; False when
-        the path cannot hold it (a directory there, a name too long, a full disk)."""
-        if not self.accepts(meta):
+        the path cannot hold it (a directory there, a name too long, a full disk) or the
+        version's second is not over yet (:meth:`is_due`)."""
+        if not self.accepts(meta) or not self.is_due(meta):
             return False
         target = self.path(meta.key)
         try:
@@ -170,8 +181,8 @@ class PublishedTree:
 
 
 def _mtime_ns(meta: FileMeta) -> int:
-    """The database timestamp in whole seconds (HTTP dates have no finer grain)."""
-    return int(meta.updated_at.timestamp()) * 1_000_000_000
+    """The version's validator second (HTTP dates have no finer grain), as nanoseconds."""
+    return int(meta.last_modified.timestamp()) * 1_000_000_000
 
 
 def _make_parents(base: Path, directory: Path) -> None:
