@@ -758,7 +758,7 @@ def test_an_index_of_schema_1_is_migrated_keeping_its_entries(root: Path) -> Non
     with contextlib.closing(sqlite3.connect(root / "index.sqlite3", isolation_level=None)) as conn:
         conn.execute("ALTER TABLE entries DROP COLUMN last_modified")
         conn.execute("PRAGMA user_version = 1")
-    cache, report = reopen(root)
+    cache, _ = reopen(root)
     try:
         found = cache.get("k")
         assert found is not None and found.meta == entry.meta

@@ -13,7 +13,8 @@ never shared by two versions of a key): nginx derives Last-Modified and its ETag
 (``"mtime-size"``) from it, so they are the same on every frontend and differ between
 versions. A version whose second is not yet over is not published: nginx would send a
 Last-Modified later than its Date (RFC 9110 §8.8.2.1), so until then it goes through
-the app (accel), and the first request after that publishes it. The disk
+the app (accel), and the first request after that publishes it (see
+:meth:`PublishedTree.is_due`). The disk
 tier withdraws a key's path whenever its entry goes (replaced, deleted, evicted,
 dropped), and the service clears the whole tree while the change feed is down, since
 nginx serves the tree without asking anyone.
@@ -109,9 +110,17 @@ class PublishedTree:
         return stat.S_ISREG(found.st_mode) and found.st_size == meta.size and found.st_mtime_ns == _mtime_ns(meta)
 
     def is_due(self, meta: FileMeta, now: float | None = None) -> bool:
-        """Whether this version's validator second is over by ``now`` (default: this host's
-        clock, the one nginx stamps Date from), so nginx may state it as Last-Modified."""
-        return (time.time() if now is None else now) >= _mtime_ns(meta) / 1e9 + 1
+        """Whether nginx may state this version's validator second as Last-Modified by ``now``
+        (default: this host's clock, the one nginx stamps Date from).
+
+        A version written in its own second is due at once: it is published after the write, so
+        after that second began. One pushed ahead by a burst of writes is due once its second is
+        over, not the instant it begins, so that no nginx worker still dating its responses from
+        just before that instant can find the file (nginx reads its clock once per event loop turn).
+        """
+        second = _mtime_ns(meta) // 1_000_000_000
+        pushed = meta.last_modified > meta.updated_at
+        return (time.time() if now is None else now) >= second + (1 if pushed else 0)
 
     def publish(self, meta: FileMeta, content: Path) -> bool:
         """Put ``content`` (the disk tier's file of this version) at the key's path; False when
