@@ -308,7 +308,7 @@ def evaluate_preconditions(method: str, headers: Mapping[str, str], file: Prepar
             # §13.1.4: an invalid date is ignored; the condition is false when
             # the file changed after the given date.
             date = _parse_http_date(if_unmodified_since, file.last_modified.year)
-            if date is not None and file.last_modified > date:
+            if date is not None and not _unmodified_since(file.meta, date):
                 return 412
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
@@ -554,7 +554,21 @@ def unmodified_since(headers: Mapping[str, str], live: FileMeta | None) -> bool:
     if value is None or "if-match" in headers or live is None:
         return True
     date = _parse_http_date(value, live.last_modified.year)
-    return date is None or _whole_seconds(live.last_modified) <= date
+    return date is None or _unmodified_since(live, date)
+
+
+def _unmodified_since(meta: FileMeta, date: datetime) -> bool:
+    """Whether ``meta``'s version was already there at ``date`` (whole seconds): If-Unmodified-Since.
+
+    Judged by the write's true second, not the validator second a burst of writes pushes
+    ahead: a client sends back the Last-Modified it was given, which states the response's
+    time while the validator second is still ahead (:func:`respond`); every such date is at
+    or after the write's second, and no date stated for an older version is later than it.
+    A date in that very second is ambiguous, as with every date validator (RFC 9110 §8.8.2.2);
+    If-Match has no such blind spot. If-Modified-Since and If-Range keep to the validator
+    second, so that ambiguity can only cost a full response, never a stale 304 or splice.
+    """
+    return min(_whole_seconds(meta.updated_at), _whole_seconds(meta.last_modified)) <= date
 
 
 def written(meta: FileMeta, created: bool, url: str) -> Response:

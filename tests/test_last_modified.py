@@ -160,12 +160,19 @@ def test_the_stated_date_sent_back_never_earns_a_304_or_a_range_of_another_versi
     file = pushed_file()
     assert respond("GET", {"if-modified-since": NOW_HTTP}, file, NOW).status == 200
     assert respond("GET", {"range": "bytes=0-9", "if-range": NOW_HTTP}, file, NOW).status == 200
-    assert respond("GET", {"if-unmodified-since": NOW_HTTP}, file, NOW).status == 412
     assert respond("GET", {"if-modified-since": PUSHED_HTTP}, file, NOW).status == 304
     assert respond("GET", {"range": "bytes=0-9", "if-range": PUSHED_HTTP}, file, NOW).status == 206
-    live = file.meta
-    assert unmodified_since({"if-unmodified-since": PUSHED_HTTP}, live)
-    assert not unmodified_since({"if-unmodified-since": NOW_HTTP}, live), "judged by the validator second"
+
+
+def test_if_unmodified_since_holds_for_the_stated_date_and_fails_for_one_before_the_write() -> None:
+    """A client writing back with the Last-Modified it was given (the stated, earlier date) may
+    write; a date before the version was written is a 412, on GET and on PUT/DELETE alike."""
+    file = pushed_file()
+    before = "Mon, 06 May 2024 07:08:08 GMT"
+    for date, holds in ((NOW_HTTP, True), (PUSHED_HTTP, True), ("Mon, 06 May 2024 07:08:09 GMT", True),
+                        (before, False)):  # fmt: skip
+        assert respond("GET", {"if-unmodified-since": date}, file, NOW).status == (200 if holds else 412), date
+        assert unmodified_since({"if-unmodified-since": date}, file.meta) is holds, date
 
 
 def test_the_tree_takes_a_version_once_nginx_may_state_its_second(tmp_path: Path) -> None:
