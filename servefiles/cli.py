@@ -223,7 +223,7 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
         prefetch=prefetch, metrics=metrics, upload_tokens=tokens, max_upload_bytes=max_upload_size,
         nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
-        publish_dir=publish_dir or config.default_publish_dir(),
+        publish_dir=publish_dir or config.default_publish_dir(), date_header=True,
     )  # fmt: skip
     app.service.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 
@@ -236,8 +236,11 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     # Every request passes the head limits before servefiles looks at it; h11 may buffer an
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
-    uvicorn.run(BoundedRequests(app, limits), host=host, port=port, log_level=log_level, lifespan="on",
-                h11_max_incomplete_event_size=limits.head_bytes)  # fmt: skip
+    # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
+    # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
+    bounded = BoundedRequests(app, limits, date_header=True)
+    uvicorn.run(bounded, host=host, port=port, log_level=log_level, lifespan="on",
+                h11_max_incomplete_event_size=limits.head_bytes, date_header=False)  # fmt: skip
 
 
 @main.command("nginx-config")

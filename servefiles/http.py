@@ -154,8 +154,10 @@ class PreparedFile:
     """Per-file header work done ONCE when a cache entry is created, not per request.
 
     The strong ETag is the content hash, so every frontend computes the same
-    one (RFC 9110 §8.8.3); Last-Modified is the database timestamp truncated to
-    whole seconds, the granularity HTTP-date can express (§8.8.2).
+    one (RFC 9110 §8.8.3); Last-Modified is the version's validator second,
+    :attr:`FileMeta.last_modified` (whole seconds, the granularity HTTP-date can
+    express, §8.8.2). That second may still be ahead of the clock just after a
+    burst of writes: :func:`respond` then states the response's own time instead.
     """
 
     __slots__ = (
@@ -167,6 +169,7 @@ class PreparedFile:
         "headers_200",
         "headers_304",
         "last_modified",
+        "last_modified_epoch",
         "last_modified_header",
         "meta",
         "policy",
@@ -177,6 +180,7 @@ class PreparedFile:
     etag: bytes
     last_modified: datetime
     last_modified_header: bytes
+    last_modified_epoch: int
     content_type: bytes
     headers_200: list[Header]
     headers_304: list[Header]
@@ -192,7 +196,8 @@ class PreparedFile:
         self.meta = meta
         self.policy = policy
         self.etag = b'"' + meta.sha256.encode("ascii") + b'"'
-        self.last_modified = _whole_seconds(meta.updated_at)
+        self.last_modified = _whole_seconds(meta.last_modified)
+        self.last_modified_epoch = int(self.last_modified.timestamp())
         self.last_modified_header = format_datetime(self.last_modified, usegmt=True).encode("ascii")
         content_type = _response_content_type(meta.content_type)
         self.content_type = content_type.encode("latin-1")
@@ -231,13 +236,21 @@ class PreparedFile:
 # -- the decision ---------------------------------------------------------------------------
 
 
-def respond(method: str, headers: Mapping[str, str], file: PreparedFile) -> Response:
+def respond(method: str, headers: Mapping[str, str], file: PreparedFile, now: float | None = None) -> Response:
     """Decide the response to a GET or HEAD of ``file``.
 
     Order: preconditions (RFC 9110 §13.2.2), then for GET only, Range guarded
     by If-Range (§14.2, §13.1.5). HEAD gets the GET 200's headers and no body
     (§9.3.2); Range is ignored for it (§14.2 defines Range for GET only).
     Header lists are fresh copies, so an adapter may append to them.
+
+    ``now`` (seconds since the epoch) is a time no later than the Date the server
+    will send with the response; None means the caller knows ``file``'s
+    Last-Modified is not in the future. RFC 9110 §8.8.2.1: a Last-Modified later
+    than Date MUST be replaced by the Date, so while :attr:`PreparedFile.last_modified`
+    is after ``now`` the header states ``now``'s second. Preconditions are judged
+    against the true validator all the same: a client sending that earlier date
+    back gets the file, never a 304 for a version newer than the date.
     """
     if method not in _GET_OR_HEAD:
         return method_not_allowed(file.policy)
@@ -247,20 +260,36 @@ def respond(method: str, headers: Mapping[str, str], file: PreparedFile) -> Resp
     if status == 412:
         return Response(412, [_ZERO_LENGTH, _NOSNIFF])
     if method == "HEAD":
-        return Response(200, list(file.headers_200))
+        return Response(200, _stated(list(file.headers_200), file, now))
     range_value = headers.get("range")
     if range_value is None or not _if_range_holds(headers.get("if-range"), file):
-        return Response(200, list(file.headers_200), file._full_body)
+        return Response(200, _stated(list(file.headers_200), file, now), file._full_body)
     ranges = parse_range(range_value, file.meta.size, file.policy.max_ranges)
     if ranges is None:
-        return Response(200, list(file.headers_200), file._full_body)
+        return Response(200, _stated(list(file.headers_200), file, now), file._full_body)
     if ranges == "unsatisfiable":
         # RFC 9110 §15.5.17: a 416 names the current length in Content-Range.
         unsatisfied = b"bytes */" + _ascii_int(file.meta.size)
         return Response(416, [(b"content-range", unsatisfied), _ZERO_LENGTH, _NOSNIFF])
-    if len(ranges) == 1:
-        return _single_part(file, ranges[0])
-    return _multipart(file, ranges)
+    response = _single_part(file, ranges[0]) if len(ranges) == 1 else _multipart(file, ranges)
+    _stated(response.headers, file, now)  # in place
+    return response
+
+
+def _stated(headers: list[Header], file: PreparedFile, now: float | None) -> list[Header]:
+    """``headers`` (a fresh list, changed in place) with a Last-Modified no later than ``now``.
+
+    RFC 9110 §8.8.2.1: an origin server MUST NOT send a Last-Modified later than the
+    message's Date, and replaces one that would be with the Date. The precomputed header
+    stands as soon as the clock has reached the validator second: one comparison per hit.
+    """
+    if now is None or now >= file.last_modified_epoch:
+        return headers
+    stated = format_datetime(datetime.fromtimestamp(int(now // 1), UTC), usegmt=True).encode("ascii")
+    for index, (name, _value) in enumerate(headers):
+        if name == b"last-modified":
+            headers[index] = (name, stated)
+    return headers
 
 
 def evaluate_preconditions(method: str, headers: Mapping[str, str], file: PreparedFile) -> int | None:
@@ -281,7 +310,7 @@ def evaluate_preconditions(method: str, headers: Mapping[str, str], file: Prepar
             # §13.1.4: an invalid date is ignored; the condition is false when
             # the file changed after the given date.
             date = _parse_http_date(if_unmodified_since, file.last_modified.year)
-            if date is not None and file.last_modified > date:
+            if date is not None and not _unmodified_since(file.meta, date):
                 return 412
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
@@ -429,15 +458,18 @@ ACCEL_BLOCKERS = ("if-match", "if-unmodified-since", "range", "if-range")
 would judge them against its own validators (mtime and size), not the content hash."""
 
 
-def accel_redirect(file: PreparedFile, target: str) -> Response:
+def accel_redirect(file: PreparedFile, target: str, now: float | None = None) -> Response:
     """A 200 whose bytes nginx sends from ``target``, an internal location (``X-Accel-Redirect``).
 
     servefiles has already decided it is a 200 (preconditions evaluated); nginx keeps
     Content-Type, Content-Disposition, Cache-Control and Accept-Ranges from this
     response and sets ETag, Last-Modified, nosniff and the CSP from it as the generated
-    internal location says. The body here is empty; nginx replaces it.
+    internal location says. The body here is empty; nginx replaces it. ``now`` as for
+    :func:`respond`: nginx stamps Date after this decision, so no Last-Modified it
+    passes on is later than that Date.
     """
     headers = [header for header in file.headers_200 if header[0] != b"content-length"]
+    _stated(headers, file, now)
     return Response(200, [*headers, _ZERO_LENGTH, (b"x-accel-redirect", target.encode("ascii"))])
 
 
@@ -543,8 +575,22 @@ def unmodified_since(headers: Mapping[str, str], live: FileMeta | None) -> bool:
     value = headers.get("if-unmodified-since")
     if value is None or "if-match" in headers or live is None:
         return True
-    date = _parse_http_date(value, live.updated_at.year)
-    return date is None or _whole_seconds(live.updated_at) <= date
+    date = _parse_http_date(value, live.last_modified.year)
+    return date is None or _unmodified_since(live, date)
+
+
+def _unmodified_since(meta: FileMeta, date: datetime) -> bool:
+    """Whether ``meta``'s version was already there at ``date`` (whole seconds): If-Unmodified-Since.
+
+    Judged by the write's true second, not the validator second a burst of writes pushes
+    ahead: a client sends back the Last-Modified it was given, which states the response's
+    time while the validator second is still ahead (:func:`respond`); every such date is at
+    or after the write's second, and no date stated for an older version is later than it.
+    A date in that very second is ambiguous, as with every date validator (RFC 9110 §8.8.2.2);
+    If-Match has no such blind spot. If-Modified-Since and If-Range keep to the validator
+    second, so that ambiguity can only cost a full response, never a stale 304 or splice.
+    """
+    return min(_whole_seconds(meta.updated_at), _whole_seconds(meta.last_modified)) <= date
 
 
 def written(meta: FileMeta, created: bool, url: str) -> Response:

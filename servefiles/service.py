@@ -487,7 +487,7 @@ class FileService:
             entry = self.memory.get(key)
             if entry is not None and self._is_fresh(key, entry.file.meta.revision, now):
                 self.metrics.memory_hits.inc()
-                return Reply(http.respond(method, headers, entry.file), MemoryBody(entry.body))
+                return Reply(http.respond(method, headers, entry.file, time.time()), MemoryBody(entry.body))
             disk_entry = self.disk.get(key)
             if disk_entry is not None and self._is_fresh(key, disk_entry.meta.revision, now):
                 reply = self._from_disk(method, headers, disk_entry)
@@ -541,15 +541,15 @@ class FileService:
         file = self.prepared(entry.meta)
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             self.metrics.disk_hits.inc()
-            return Reply(http.accel_redirect(file, TREE_LOCATION + quote(entry.meta.key, safe="/")))
+            return Reply(http.accel_redirect(file, TREE_LOCATION + quote(entry.meta.key, safe="/"), time.time()))
         if method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS):
             return None
-        response = http.respond("GET", headers, file)
+        response = http.respond("GET", headers, file, time.time())
         if response.status != 200:
             return Reply(response)
         self.metrics.disk_hits.inc()
         self.disk.touch(key)
-        return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256)))
+        return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256), time.time()))
 
     async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
@@ -596,7 +596,7 @@ class FileService:
         file = self.prepared(entry.meta)
         self.metrics.disk_hits.inc()
         self.disk.touch(entry.meta.key)
-        response = http.respond(method, headers, file)
+        response = http.respond(method, headers, file, time.time())
         if self.memory.fits(entry.meta.size):
             try:
                 data = os.pread(fd, entry.meta.size, 0)
@@ -635,13 +635,13 @@ class FileService:
         if cached_meta is not None and cached_meta.revision == meta.revision:
             if cached is not None:
                 self.metrics.memory_hits.inc()
-                return Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
+                return Reply(http.respond(method, headers, cached.file, time.time()), MemoryBody(cached.body))
             if disk_entry is not None:
                 reply = self._from_disk(method, headers, disk_entry)
                 if reply is not None:
                     return reply
         file = self.prepared(meta)
-        response = http.respond(method, headers, file)
+        response = http.respond(method, headers, file, time.time())
         if not any(isinstance(segment, ByteRange) for segment in response.body):
             return Reply(response)  # HEAD, 304, 412, 416: no content needed
         self.metrics.misses.inc()
@@ -661,7 +661,8 @@ class FileService:
     ) -> Reply | None:
         """A cached copy, marked as possibly stale (``X-Servefiles-Stale``), or None."""
         if cached is not None:
-            reply: Reply | None = Reply(http.respond(method, headers, cached.file), MemoryBody(cached.body))
+            response = http.respond(method, headers, cached.file, time.time())
+            reply: Reply | None = Reply(response, MemoryBody(cached.body))
         else:
             reply = self._from_disk(method, headers, disk_entry) if disk_entry is not None else None
         if reply is not None:

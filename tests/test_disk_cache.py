@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import multiprocessing
@@ -350,7 +351,7 @@ def test_a_tampered_index_row_never_becomes_a_path(cache: DiskCache, root: Path)
     conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
     conn.execute("PRAGMA ignore_check_constraints = ON")  # the schema's CHECKs would refuse it
     conn.execute("INSERT INTO files VALUES ('../../../../etc/passwd', 3)")
-    conn.execute("INSERT INTO entries VALUES ('k', 1, '../../../../etc/passwd', 'text/plain', 0, 0, 0)")
+    conn.execute("INSERT INTO entries VALUES ('k', 1, '../../../../etc/passwd', 'text/plain', 0, 0, 0, 0)")
     conn.close()
     assert cache.get("k") is None
 
@@ -726,3 +727,42 @@ def assert_consistent(root: Path, max_bytes: int) -> None:
         if entry is not None:
             assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.meta.sha256
     cache.close()
+
+
+def test_the_index_keeps_a_versions_validator_second_apart_from_updated_at(root: Path) -> None:
+    """A burst of writes pushes a version's validator second (Last-Modified, the tree's mtime)
+    ahead of its true ``updated_at``: the index keeps both, across a restart."""
+    data = b"pushed ahead"
+    meta = dataclasses.replace(meta_for("k", data), last_modified=datetime(2024, 5, 1, 12, 0, 9, tzinfo=UTC))
+    cache = DiskCache(root, MiB)
+    cache.open()
+    with cache.begin(meta) as writer:
+        writer.write(data)
+        writer.commit()
+    cache.close()
+    cache, _ = reopen(root)
+    try:
+        entry = cache.get("k")
+        assert entry is not None and entry.meta == meta
+    finally:
+        cache.close()
+
+
+def test_an_index_of_schema_1_is_migrated_keeping_its_entries(root: Path) -> None:
+    """Schema 1 had no ``last_modified``: the entries stay (no refetch of the whole cache after an
+    upgrade), with the validator second taken from ``updated_at`` as the stores take theirs."""
+    cache = DiskCache(root, MiB)
+    cache.open()
+    entry = put(cache, "k", b"kept", version=3)
+    cache.close()
+    with contextlib.closing(sqlite3.connect(root / "index.sqlite3", isolation_level=None)) as conn:
+        conn.execute("ALTER TABLE entries DROP COLUMN last_modified")
+        conn.execute("PRAGMA user_version = 1")
+    cache, _ = reopen(root)
+    try:
+        found = cache.get("k")
+        assert found is not None and found.meta == entry.meta
+        assert found.meta.last_modified == entry.meta.updated_at.replace(microsecond=0)
+        assert found.path.read_bytes() == b"kept"
+    finally:
+        cache.close()

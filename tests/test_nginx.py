@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -43,8 +43,8 @@ def sha_etag(data: bytes) -> str:
 
 
 def nginx_etag(meta: FileMeta) -> str:
-    """What nginx's static module sends: hex mtime (the database's updated_at, whole seconds) - hex size."""
-    return f'"{int(meta.updated_at.timestamp()):x}-{meta.size:x}"'
+    """What nginx's static module sends: hex mtime (the version's validator second) - hex size."""
+    return f'"{int(meta.last_modified.timestamp()):x}-{meta.size:x}"'
 
 
 @dataclass
@@ -152,7 +152,7 @@ async def test_tree_hits_are_served_by_nginx_alone(store_url: str, tmp_path: Pat
             assert alone.headers["etag"] == nginx_etag(meta)
             assert alone.headers["content-type"] == "image/png"
             assert alone.headers["x-content-type-options"] == "nosniff"
-            assert os.stat(s.published("a/b/c.png")).st_mtime == int(meta.updated_at.timestamp())
+            assert os.stat(s.published("a/b/c.png")).st_mtime == int(meta.last_modified.timestamp())
             assert [s.frontend.metric(name) for name in ASKED] == asked, "a tree hit never reaches servefiles"
             s.frontend.stop()  # nothing follows the feed now: the tree goes with it
             assert not s.published("a/b/c.png").exists()
@@ -262,7 +262,7 @@ async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
             await client.put("/media/p.png", content=v2, headers=AUTH)  # same size, at once
             new = await s.meta("p.png")
             assert (first.content, first.headers["etag"]) == (v1, nginx_etag(old))  # the tree's validator
-            assert int(new.updated_at.timestamp()) > int(old.updated_at.timestamp())
+            assert int(new.last_modified.timestamp()) > int(old.last_modified.timestamp())
             stale = {"if-none-match": first.headers["etag"]}
             again = await client.get("/media/p.png", headers=stale)
             assert (again.status_code, again.content) == (200, v2)
@@ -270,6 +270,63 @@ async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
             resume = {"range": "bytes=100-", "if-range": first.headers["etag"]}
             resumed = await client.get("/media/p.png", headers=resume)
             assert (resumed.status_code, resumed.content) == (200, v2), "never v2's bytes for a v1 download"
+
+
+def assert_not_from_the_future(response: httpx.Response) -> None:
+    """RFC 9110 §8.8.2.1: no Last-Modified later than the response's own Date."""
+    modified = parsedate_to_datetime(response.headers["last-modified"])
+    date = parsedate_to_datetime(response.headers["date"])
+    assert modified <= date, (response.request.url, response.headers)
+
+
+@pytest.mark.parametrize("mode", ["accel", "tree"])
+async def test_a_burst_of_versions_never_dates_a_response_in_the_future_nor_shares_a_validator(
+    mode: str, store_url: str, tmp_path: Path
+) -> None:
+    """Six versions of one size within about a second, each asked for at once: every response,
+    whoever sends it (servefiles through accel, or nginx from the tree), has Last-Modified <=
+    Date, and no ETag or Last-Modified a client holds brings back a 304 or a spliced range of
+    another version. Once the clock has passed the pushed seconds, the tree serves the last
+    version with nginx's own "mtime-size" ETag, which no earlier version had."""
+    with stack(mode, store_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            versions: list[bytes] = []
+            seen: list[httpx.Response] = []
+            for _ in range(6):
+                data = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+                put = await client.put("/media/burst.png", content=data, headers=AUTH)
+                assert put.status_code in (200, 201), put.text
+                versions.append(data)
+                for _ in range(2):
+                    got = await client.get("/media/burst.png")
+                    assert (got.status_code, got.content) == (200, data)
+                    assert_not_from_the_future(got)
+                    seen.append(got)
+            meta = await s.meta("burst.png")
+            assert meta.last_modified.timestamp() > time.time() + 2, "the burst pushed the validator ahead"
+            await asyncio.sleep(meta.last_modified.timestamp() + 1.1 - time.time())  # the pushed second is over
+            last = await client.get("/media/burst.png")
+            assert (last.status_code, last.content) == (200, versions[-1])
+            assert_not_from_the_future(last)
+            if mode == "tree":
+                assert last.headers["etag"] == nginx_etag(meta), "published now, with its own second"
+                hit = await client.get("/media/burst.png")
+                assert (hit.headers["etag"], hit.content) == (nginx_etag(meta), versions[-1])
+                assert_not_from_the_future(hit)
+            etags: dict[str, bytes] = {}
+            for response in [*seen, last]:
+                assert etags.setdefault(response.headers["etag"], response.content) == response.content
+            for response in seen:
+                if response.content == versions[-1]:
+                    continue
+                for stale in ({"if-none-match": response.headers["etag"]},
+                              {"if-modified-since": response.headers["last-modified"]}):  # fmt: skip
+                    again = await client.get("/media/burst.png", headers=stale)
+                    assert (again.status_code, again.content) == (200, versions[-1]), stale
+                    assert_not_from_the_future(again)
+                resume = {"range": "bytes=100-", "if-range": response.headers["etag"]}
+                resumed = await client.get("/media/burst.png", headers=resume)
+                assert (resumed.status_code, resumed.content) == (200, versions[-1]), "never a spliced resume"
 
 
 async def test_tree_never_publishes_text_or_active_content(store_url: str, tmp_path: Path) -> None:

@@ -1191,14 +1191,65 @@ async def test_sqlite_store_opens_while_another_connection_writes_the_fresh_file
 
 async def test_a_keys_versions_never_share_a_second(store: Store) -> None:
     """Last-Modified and nginx's "mtime-size" ETag have whole seconds: each version (and
-    tombstone) of a key gets a later second than the one before, however fast they come."""
+    tombstone) of a key gets a later validator second than the one before, however fast
+    they come."""
     seconds = []
     for n in range(4):
         meta = await store.put("k", b"same size %d" % n)
-        seconds.append(int(meta.updated_at.timestamp()))
+        assert meta.last_modified.microsecond == 0 and meta.last_modified.utcoffset() == timedelta(0)
+        seconds.append(int(meta.last_modified.timestamp()))
     assert await store.delete("k") is not None
-    seconds.append(int((await store.put("k", b"same size 0")).updated_at.timestamp()))
+    seconds.append(int((await store.put("k", b"same size 0")).last_modified.timestamp()))
     assert all(earlier < later for earlier, later in itertools.pairwise(seconds)), seconds
     assert seconds[-1] - seconds[-2] >= 2, "the tombstone between them took a second of its own"
     other = await store.put("other", b"x")  # other keys are not pushed along
-    assert other.updated_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert other.last_modified <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def test_updated_at_is_the_true_time_of_each_write(store: Store) -> None:
+    """Only the validator second is pushed ahead by a burst of writes: ``updated_at`` (what
+    the Python API, the listing and Django report) is the database's clock at the write."""
+    for n in range(6):
+        before = datetime.now(UTC)
+        meta = await store.put("k", b"same size %d" % n)
+        after = datetime.now(UTC)
+        assert before - timedelta(milliseconds=500) <= meta.updated_at <= after + timedelta(milliseconds=500)
+        assert meta.last_modified >= meta.updated_at.replace(microsecond=0)
+        assert await store.stat("k") == meta
+        assert await store.list() == [meta]
+    assert meta.last_modified - meta.updated_at >= timedelta(seconds=4), "six versions in about a second"
+
+
+async def test_a_schema_1_database_is_migrated_with_last_modified_from_updated_at(store_url: str) -> None:
+    """Schema 1 had no ``last_modified``: its ``updated_at`` kept the one-second rule, so it becomes
+    the validator second; writes after the upgrade go on from there."""
+    async with open_store(store_url) as store:
+        v1 = await store.put("k", b"same size 1")
+        await store.put("gone", b"x")
+        await store.delete("gone")
+    pushed = v1.updated_at.replace(microsecond=0) + timedelta(seconds=3)  # as the old rule could have left it
+    statements = [
+        "ALTER TABLE servefiles_files DROP COLUMN last_modified",
+        "UPDATE servefiles_files SET updated_at = updated_at + {}",
+        "UPDATE servefiles_meta SET value = '1' WHERE name = 'schema_version'",
+    ]
+    if store_url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(sqlite_path(store_url))) as conn:
+            for statement in statements:
+                conn.execute(statement.format(3_000_000 - v1.updated_at.microsecond))
+            conn.commit()
+    else:
+        conn = await asyncpg.connect(store_url)
+        try:
+            for statement in statements:
+                await conn.execute(statement.format(f"interval '{3_000_000 - v1.updated_at.microsecond} microseconds'"))
+        finally:
+            await conn.close()
+    async with open_store(store_url) as store:
+        migrated = await store.stat("k")
+        assert migrated is not None and migrated.last_modified == pushed == migrated.updated_at
+        v2 = await store.put("k", b"same size 2")
+        assert v2.last_modified == pushed + timedelta(seconds=1)
+        assert (await store.put("gone", b"y")).last_modified > pushed
+    async with open_store(store_url) as store:  # opening again leaves it as it is
+        assert await store.stat("k") == v2

@@ -251,8 +251,9 @@ class DiskCache:
 
     def publish_to_tree(self, entry: DiskEntry) -> bool:
         """Publish an entry for nginx, if it is still the key's entry (checked under the write
-        lock, so a version replaced meanwhile is never published after its withdrawal)."""
-        if self.tree is None or not self.tree.accepts(entry.meta):
+        lock, so a version replaced meanwhile is never published after its withdrawal), and
+        once its validator second is over (see :meth:`PublishedTree.is_due`)."""
+        if self.tree is None or not self.tree.accepts(entry.meta) or not self.tree.is_due(entry.meta):
             return False
         if self.tree.is_published(entry.meta):
             return True

@@ -33,7 +33,8 @@ from pathlib import Path
 from ..localfs import NotRegularFile, kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: no ``last_modified`` column; 2: it has one (migrated in place, see :meth:`Index._open`)."""
 BUSY_TIMEOUT_SECONDS = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -56,7 +57,8 @@ SCHEMA = (
         content_type TEXT NOT NULL,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL,
-        last_access INTEGER NOT NULL)""",
+        last_access INTEGER NOT NULL,
+        last_modified INTEGER NOT NULL)""",
     "CREATE INDEX entries_by_sha256 ON entries (sha256)",
     "CREATE INDEX entries_by_access ON entries (last_access)",
     """CREATE TABLE totals (
@@ -73,9 +75,15 @@ SCHEMA = (
     """CREATE TRIGGER entries_removed AFTER DELETE ON entries
         BEGIN UPDATE totals SET entries = entries - 1; END""",
 )
+# Schema 1 -> 2: the validator time, from updated_at, which the stores of schema 1 kept in a
+# later whole second than the key's previous version (as they backfill their own column).
+MIGRATE_1_TO_2 = (
+    "ALTER TABLE entries ADD COLUMN last_modified INTEGER NOT NULL DEFAULT 0",
+    "UPDATE entries SET last_modified = updated_at / 1000000 * 1000000",
+)
 DROP_TABLE = "DROP TABLE IF EXISTS {}"  # only ever formatted with a name from _TABLES
 GET_ENTRY = """
-    SELECT e.version, e.sha256, f.size, e.content_type, e.created_at, e.updated_at
+    SELECT e.version, e.sha256, f.size, e.content_type, e.created_at, e.updated_at, e.last_modified
     FROM entries AS e JOIN files AS f ON f.sha256 = e.sha256
     WHERE e.key = ?"""
 GET_TOTALS = "SELECT entries, bytes FROM totals WHERE id = 1"
@@ -85,11 +93,12 @@ DELETE_FILE = "DELETE FROM files WHERE sha256 = ?"
 IS_REFERENCED = "SELECT 1 FROM entries WHERE sha256 = ? LIMIT 1"
 # An UPSERT, not INSERT OR REPLACE: REPLACE deletes without firing the delete trigger.
 PUT_ENTRY = """
-    INSERT INTO entries (key, version, sha256, content_type, created_at, updated_at, last_access)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO entries (key, version, sha256, content_type, created_at, updated_at, last_access, last_modified)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET
         version = excluded.version, sha256 = excluded.sha256, content_type = excluded.content_type,
-        created_at = excluded.created_at, updated_at = excluded.updated_at, last_access = excluded.last_access"""
+        created_at = excluded.created_at, updated_at = excluded.updated_at, last_access = excluded.last_access,
+        last_modified = excluded.last_modified"""
 DELETE_ENTRY = "DELETE FROM entries WHERE key = ?"
 DELETE_ENTRIES_OF_FILE = "DELETE FROM entries WHERE sha256 = ?"
 KEYS_OF_FILE = "SELECT key FROM entries WHERE sha256 = ?"
@@ -182,7 +191,7 @@ class Transaction:
             PUT_ENTRY,
             (
                 meta.key, meta.version, meta.sha256, meta.content_type,
-                to_micros(meta.created_at), to_micros(meta.updated_at), last_access,
+                to_micros(meta.created_at), to_micros(meta.updated_at), last_access, to_micros(meta.last_modified),
             ),
         )  # fmt: skip
 
@@ -222,11 +231,14 @@ class Transaction:
         self._conn.execute(RECOUNT_TOTALS)
 
 
-def _row_to_meta(key: str, row: tuple[int, str, int, str, int, int] | None) -> FileMeta | None:
+def _row_to_meta(key: str, row: tuple[int, str, int, str, int, int, int] | None) -> FileMeta | None:
     if row is None:
         return None
-    version, sha256, size, content_type, created_at, updated_at = row
-    return FileMeta(key, version, sha256, size, content_type, from_micros(created_at), from_micros(updated_at))
+    version, sha256, size, content_type, created_at, updated_at, last_modified = row
+    return FileMeta(
+        key, version, sha256, size, content_type,
+        from_micros(created_at), from_micros(updated_at), from_micros(last_modified),
+    )  # fmt: skip
 
 
 class Index:
@@ -280,7 +292,8 @@ class Index:
         """Connect, creating or rebuilding the schema; True if the index started empty.
 
         ``check`` runs SQLite's ``quick_check`` too. A file that is not a
-        database, is damaged, or has another schema version is rebuilt empty:
+        database, is damaged, or has another schema version is rebuilt empty
+        (schema 1, whose entries lack ``last_modified``, is migrated in place):
         it is a cache, and the sweep then removes the files nobody vouches for.
         The caller keeps other processes out while this runs.
         """
@@ -311,7 +324,12 @@ class Index:
         version = writer.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             with self._transaction() as conn:
-                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                found = conn.execute("PRAGMA user_version").fetchone()[0]
+                if found == 1:
+                    for statement in MIGRATE_1_TO_2:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif found != SCHEMA_VERSION:
                     for table in _TABLES:
                         conn.execute(DROP_TABLE.format(table))
                     for statement in SCHEMA:

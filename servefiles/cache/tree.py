@@ -8,8 +8,13 @@ else keeps going through the app.
 
 Each published file is a hard link to the disk tier's content file (a copy when the
 content file already carries another key's timestamp), renamed into place atomically,
-with its mtime set from the database's ``updated_at``: nginx derives Last-Modified and
-its ETag (``"mtime-size"``) from it, so they are the same on every frontend. The disk
+with its mtime set to the version's ``last_modified`` (the database's validator second,
+never shared by two versions of a key): nginx derives Last-Modified and its ETag
+(``"mtime-size"``) from it, so they are the same on every frontend and differ between
+versions. A version whose second is not yet over is not published: nginx would send a
+Last-Modified later than its Date (RFC 9110 §8.8.2.1), so until then it goes through
+the app (accel), and the first request after that publishes it (see
+:meth:`PublishedTree.is_due`). The disk
 tier withdraws a key's path whenever its entry goes (replaced, deleted, evicted,
 dropped), and the service clears the whole tree while the change feed is down, since
 nginx serves the tree without asking anyone.
@@ -23,6 +28,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -103,10 +109,24 @@ class PublishedTree:
             return False
         return stat.S_ISREG(found.st_mode) and found.st_size == meta.size and found.st_mtime_ns == _mtime_ns(meta)
 
+    def is_due(self, meta: FileMeta, now: float | None = None) -> bool:
+        """Whether nginx may state this version's validator second as Last-Modified by ``now``
+        (default: this host's clock, the one nginx stamps Date from).
+
+        A version written in its own second is due at once: it is published after the write, so
+        after that second began. One pushed ahead by a burst of writes is due once its second is
+        over, not the instant it begins, so that no nginx worker still dating its responses from
+        just before that instant can find the file (nginx reads its clock once per event loop turn).
+        """
+        second = _mtime_ns(meta) // 1_000_000_000
+        pushed = meta.last_modified > meta.updated_at
+        return (time.time() if now is None else now) >= second + (1 if pushed else 0)
+
     def publish(self, meta: FileMeta, content: Path) -> bool:
         """Put ``content`` (the disk tier's file of this version) at the key's path; False when
-        the path cannot hold it (a directory there, a name too long, a full disk)."""
-        if not self.accepts(meta):
+        the path cannot hold it (a directory there, a name too long, a full disk) or the
+        version's second is not over yet (:meth:`is_due`)."""
+        if not self.accepts(meta) or not self.is_due(meta):
             return False
         target = self.path(meta.key)
         try:
@@ -188,8 +208,8 @@ class PublishedTree:
 
 
 def _mtime_ns(meta: FileMeta) -> int:
-    """The database timestamp in whole seconds (HTTP dates have no finer grain)."""
-    return int(meta.updated_at.timestamp()) * 1_000_000_000
+    """The version's validator second (HTTP dates have no finer grain), as nanoseconds."""
+    return int(meta.last_modified.timestamp()) * 1_000_000_000
 
 
 def _real_dirs(root: Path, parts: tuple[str, ...]) -> bool:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -60,6 +62,14 @@ class ServeFiles:
     then lifespan events start and stop the service. With an ``app``, the
     app's lifespan passes through unchanged and servefiles closes itself once
     the app has completed its shutdown.
+
+    ``date_header``: servefiles stamps the Date header of its own responses, for a
+    server whose own Date is switched off (uvicorn's ``date_header=False``), as
+    ``servefiles serve`` runs it. uvicorn refreshes its Date once a second, so it may
+    name a second earlier than the Last-Modified of a file written a moment ago,
+    which RFC 9110 §8.8.2.1 forbids; servefiles states a Last-Modified no later than
+    its own clock, and stamps Date from that clock after deciding. Leave it off when
+    the server adds Date (the default everywhere), or Date would be sent twice.
     """
 
     def __init__(
@@ -68,9 +78,12 @@ class ServeFiles:
         db: str | Store,
         prefix: str = "/media",
         cache_dir: str | Path | None = None,
+        *,
+        date_header: bool = False,
         **options: Unpack[Options],
     ) -> None:
         self.app = app
+        self.date_header = date_header
         self.mount = mount(db, prefix, cache_dir, options)
         self.prefix = self.mount.prefix
         self.service = self.mount.service
@@ -122,10 +135,11 @@ class ServeFiles:
                 await self._send(reply, scope, send)
                 return
             if route == "health":
-                await _send_simple(send, 200, json.dumps(await self.service.health()).encode(), "application/json")
+                health = json.dumps(await self.service.health()).encode()
+                await _send_simple(send, 200, health, "application/json", self.date_header)
                 return
             if route == "metrics":
-                await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE)
+                await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE, self.date_header)
                 return
         if self.app is not None:
             if scope["type"] == "lifespan":
@@ -139,7 +153,8 @@ class ServeFiles:
     async def _send(self, reply: Reply, scope: Scope, send: Send) -> None:
         response, body = reply.response, reply.body
         segments = response.body
-        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        headers = [*response.headers, date_header()] if self.date_header else response.headers
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         sent = self.service.metrics.bytes_sent
         try:
             if scope["method"] == "HEAD":  # RFC 9110 §9.3.2: the headers of a GET, never a body
@@ -216,12 +231,27 @@ def _offers_pathsend(scope: Scope) -> bool:
     return "http.response.pathsend" in scope.get("extensions", {})
 
 
-async def _send_simple(send: Send, status: int, body: bytes, content_type: str) -> None:
+_last_date: tuple[int, tuple[bytes, bytes]] = (-1, (b"date", b""))
+
+
+def date_header() -> tuple[bytes, bytes]:
+    """``Date`` (RFC 9110 §6.6.1) from this host's clock, read now: after the response was
+    decided, so never before the time its Last-Modified was held to. Formatted once a second."""
+    global _last_date
+    second = int(time.time())
+    if _last_date[0] != second:
+        _last_date = (second, (b"date", formatdate(second, usegmt=True).encode("ascii")))
+    return _last_date[1]
+
+
+async def _send_simple(send: Send, status: int, body: bytes, content_type: str, dated: bool) -> None:
     headers = [
         (b"content-type", content_type.encode("latin-1")),
         (b"content-length", str(len(body)).encode("ascii")),
         (b"cache-control", b"no-store"),
         (b"x-content-type-options", b"nosniff"),
     ]
+    if dated:
+        headers.append(date_header())
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

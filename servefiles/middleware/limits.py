@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import http
-from .asgi import ASGIApp, Receive, Scope, Send
+from .asgi import ASGIApp, Receive, Scope, Send, date_header
 
 __all__ = ["BoundedRequests", "RequestLimits"]
 
@@ -66,17 +66,23 @@ class RequestLimits:
 
 
 class BoundedRequests:
-    """Answer over-limit HTTP requests with 414 or 431; pass everything else to ``app``."""
+    """Answer over-limit HTTP requests with 414 or 431; pass everything else to ``app``.
 
-    def __init__(self, app: ASGIApp, limits: RequestLimits) -> None:
+    ``date_header``: stamp Date on the refusal, for a server whose own Date is off (as
+    ``servefiles serve`` runs uvicorn); a 4xx carries one (RFC 9110 §6.6.1).
+    """
+
+    def __init__(self, app: ASGIApp, limits: RequestLimits, date_header: bool = False) -> None:
         self.app = app
         self.limits = limits
+        self.date_header = date_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             refusal = self.limits.refusal(_target(scope), scope["headers"])
             if refusal is not None:
-                await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.headers})
+                headers = [*refusal.headers, date_header()] if self.date_header else refusal.headers
+                await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
                 await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else
                             b"".join(s for s in refusal.body if isinstance(s, bytes))})  # fmt: skip
                 return

@@ -352,11 +352,11 @@ class Store(ABC):
         """Store every chunk, then publish them as ``key``'s new version atomically
         (after checking ``expect`` under the write lock: :func:`check_expectation`).
 
-        ``updated_at`` is the time of the write, but always in a later whole second than the
-        key's previous version or tombstone: Last-Modified has whole seconds, and nginx's
-        ETag for a published file is "mtime-size", so two versions of one size written in
-        the same second would otherwise share a validator (a stale 304, a resumed download
-        spliced from two versions)."""
+        ``created_at`` and ``updated_at`` are the true time of the write (the database's
+        clock). ``last_modified`` is its whole second, or the second after the key's previous
+        version's or tombstone's ``last_modified`` if that is later, so a key's versions never
+        share a validator second (:attr:`FileMeta.last_modified`); tombstones keep theirs for
+        that reason."""
 
     @abstractmethod
     async def _delete(self, key: str, expect: WritePrecondition | None) -> int | None:

@@ -39,7 +39,8 @@ from .types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: no ``last_modified`` column (``updated_at`` itself kept the one-second rule); 2: it has one."""
 COMMAND_TIMEOUT_SECONDS = 15.0
 """No statement waits longer on a database that stopped answering: a request gets a 503, not a hang."""
 INIT_LOCK = 0x5345_5256_4649_0001  # "SERVFI" + 1: serialises schema set-up
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS servefiles_files (
     sha256 text,
     content_type text,
     created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    last_modified timestamptz NOT NULL
 );
 CREATE TABLE IF NOT EXISTS servefiles_uploads (
     blob_id bigint PRIMARY KEY,
@@ -78,6 +80,14 @@ CREATE TABLE IF NOT EXISTS servefiles_chunks (
 # lock, so running it on every open would make a starting frontend wait for every
 # upload in progress, and every reader wait behind it.
 SET_CHUNK_STORAGE = "ALTER TABLE servefiles_chunks ALTER COLUMN data SET STORAGE EXTERNAL"
+# Schema 1 -> 2: add the validator time, taken from updated_at, which schema 1 kept in a
+# later whole second than the key's previous version (the rule last_modified keeps now).
+# Once, under INIT_LOCK: ALTER TABLE takes an ACCESS EXCLUSIVE lock.
+ADD_LAST_MODIFIED = """
+    ALTER TABLE servefiles_files ADD COLUMN IF NOT EXISTS last_modified timestamptz;
+    UPDATE servefiles_files SET last_modified = to_timestamp(floor(extract(epoch FROM updated_at)))
+        WHERE last_modified IS NULL;
+    ALTER TABLE servefiles_files ALTER COLUMN last_modified SET NOT NULL"""
 LOCK = "SELECT pg_advisory_xact_lock($1)"
 CHANGES_CHANNEL = "servefiles_changes"
 NOTIFY = f"SELECT pg_notify('{CHANGES_CHANNEL}', $1::bigint::text)"
@@ -90,7 +100,7 @@ GET_SCHEMA_VERSION = "SELECT value::int FROM servefiles_meta WHERE name = 'schem
 SET_SCHEMA_VERSION = """
     INSERT INTO servefiles_meta (name, value) VALUES ('schema_version', $1::int::text)
     ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
-_META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at"
+_META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
 BEGIN_UPLOAD = """
@@ -107,21 +117,28 @@ SWEEP_UPLOADS = """
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES ($1, $2, $3)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = $1"
 CURRENT_ROW = "SELECT blob_id, deleted, sha256 FROM servefiles_files WHERE key = $1"
+# updated_at is the true time of the write (statement_timestamp(): one reading for the whole
+# statement, taken under WRITE_LOCK); last_modified is its whole second, or the second after
+# the key's previous version or tombstone if that is later (see FileMeta.last_modified).
+_WRITE_SECOND = "to_timestamp(floor(extract(epoch FROM statement_timestamp())))"
 UPSERT_FILE = f"""
     INSERT INTO servefiles_files AS f
-        (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
-    VALUES ($1, nextval('servefiles_version_seq'), false, $2, $3, $4, $5, $6, clock_timestamp(), clock_timestamp())
+        (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at,
+         last_modified)
+    VALUES ($1, nextval('servefiles_version_seq'), false, $2, $3, $4, $5, $6, statement_timestamp(),
+        statement_timestamp(), {_WRITE_SECOND})
     ON CONFLICT (key) DO UPDATE SET
         version = excluded.version, deleted = false, blob_id = excluded.blob_id,
         chunk_size = excluded.chunk_size, size = excluded.size, sha256 = excluded.sha256,
-        content_type = excluded.content_type,
-        updated_at = greatest(excluded.updated_at, to_timestamp(floor(extract(epoch FROM f.updated_at)) + 1)),
+        content_type = excluded.content_type, updated_at = excluded.updated_at,
+        last_modified = greatest(excluded.last_modified, f.last_modified + interval '1 second'),
         created_at = CASE WHEN f.deleted THEN excluded.created_at ELSE f.created_at END
     RETURNING {_META_COLUMNS}"""
-TOMBSTONE = """
+TOMBSTONE = f"""
     UPDATE servefiles_files SET version = nextval('servefiles_version_seq'), deleted = true,
         blob_id = NULL, chunk_size = NULL, size = 0, sha256 = NULL, content_type = NULL,
-        updated_at = greatest(clock_timestamp(), to_timestamp(floor(extract(epoch FROM updated_at)) + 1))
+        updated_at = statement_timestamp(),
+        last_modified = greatest({_WRITE_SECOND}, last_modified + interval '1 second')
     WHERE key = $1
     RETURNING version"""
 LIST = f"""
@@ -156,7 +173,7 @@ def describe_dsn(dsn: str) -> str:
 def _meta(row: asyncpg.Record) -> FileMeta:
     return FileMeta(
         row["key"], row["version"], row["sha256"], row["size"], row["content_type"],
-        row["created_at"], row["updated_at"],
+        row["created_at"], row["updated_at"], row["last_modified"],
     )  # fmt: skip
 
 
@@ -217,7 +234,9 @@ class PostgresStore(Store):
                     f"this servefiles supports up to {SCHEMA_VERSION}"
                 )
             if found < SCHEMA_VERSION:
-                await conn.execute(SET_CHUNK_STORAGE)
+                if found < 1:
+                    await conn.execute(SET_CHUNK_STORAGE)
+                await conn.execute(ADD_LAST_MODIFIED)
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
             await conn.execute(INIT_STORE_ID)
             self.store_id = await conn.fetchval(GET_STORE_ID)

@@ -36,7 +36,8 @@ from .base import (
 )
 from .types import Change, FileMeta
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: no ``last_modified`` column (``updated_at`` itself kept the one-second rule); 2: it has one."""
 BUSY_TIMEOUT_SECONDS = 30.0
 
 _T = TypeVar("_T")
@@ -57,7 +58,8 @@ SCHEMA = (
         sha256 TEXT,
         content_type TEXT,
         created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL)""",
+        updated_at INTEGER NOT NULL,
+        last_modified INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS servefiles_uploads (
         blob_id INTEGER PRIMARY KEY AUTOINCREMENT,
         touched_at INTEGER NOT NULL)""",
@@ -71,9 +73,14 @@ GET_SCHEMA_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'schema_ver
 INIT_STORE_ID = "INSERT OR IGNORE INTO servefiles_meta (name, value) VALUES ('store_id', ?)"
 GET_STORE_ID = "SELECT value FROM servefiles_meta WHERE name = 'store_id'"
 SET_SCHEMA_VERSION = "INSERT OR REPLACE INTO servefiles_meta (name, value) VALUES ('schema_version', ?)"
+# Schema 1 -> 2: add the validator time, taken from updated_at, which schema 1 kept in
+# a later whole second than the key's previous version (the rule last_modified keeps now).
+FILES_COLUMNS = "SELECT name FROM pragma_table_info('servefiles_files')"
+ADD_LAST_MODIFIED = "ALTER TABLE servefiles_files ADD COLUMN last_modified INTEGER NOT NULL DEFAULT 0"
+BACKFILL_LAST_MODIFIED = "UPDATE servefiles_files SET last_modified = updated_at / 1000000 * 1000000"
 NEXT_VERSION = "UPDATE servefiles_meta SET value = value + 1 WHERE name = 'last_version' RETURNING value"
 LAST_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'last_version'"
-_META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at"
+_META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = ? AND NOT deleted"
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = ? AND seq BETWEEN ? AND ? ORDER BY seq"
 BEGIN_UPLOAD = "INSERT INTO servefiles_uploads (touched_at) VALUES (?)"
@@ -82,19 +89,20 @@ END_UPLOAD = "DELETE FROM servefiles_uploads WHERE blob_id = ?"
 STALE_UPLOADS = "SELECT blob_id FROM servefiles_uploads WHERE touched_at < ?"
 INSERT_CHUNK = "INSERT INTO servefiles_chunks (blob_id, seq, data) VALUES (?, ?, ?)"
 DELETE_CHUNKS = "DELETE FROM servefiles_chunks WHERE blob_id = ?"
-CURRENT_ROW = "SELECT blob_id, deleted, created_at, sha256, updated_at FROM servefiles_files WHERE key = ?"
+CURRENT_ROW = "SELECT blob_id, deleted, created_at, sha256, last_modified FROM servefiles_files WHERE key = ?"
 UPSERT_FILE = """
     INSERT INTO servefiles_files
-        (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at)
-    VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)
+        (key, version, deleted, blob_id, chunk_size, size, sha256, content_type, created_at, updated_at,
+         last_modified)
+    VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET
         version = excluded.version, deleted = 0, blob_id = excluded.blob_id,
         chunk_size = excluded.chunk_size, size = excluded.size, sha256 = excluded.sha256,
         content_type = excluded.content_type, created_at = excluded.created_at,
-        updated_at = excluded.updated_at"""
+        updated_at = excluded.updated_at, last_modified = excluded.last_modified"""
 TOMBSTONE = """
     UPDATE servefiles_files SET version = ?, deleted = 1, blob_id = NULL, chunk_size = NULL,
-        size = 0, sha256 = NULL, content_type = NULL, updated_at = ?
+        size = 0, sha256 = NULL, content_type = NULL, updated_at = ?, last_modified = ?
     WHERE key = ?"""
 LIST = f"""
     SELECT {_META_COLUMNS} FROM servefiles_files
@@ -107,10 +115,12 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _later_second(now_us: int, previous_us: int) -> int:
-    """``now``, or the start of the second after ``previous`` if that is later: see
-    :meth:`Store._write` on why a key's versions never share a second."""
-    return max(now_us, (previous_us // 1_000_000 + 1) * 1_000_000)
+def _validator_second(now_us: int, previous_us: int | None) -> int:
+    """A new version's ``last_modified`` (microseconds, a whole second): ``now``'s second, or
+    the second after the key's previous version or tombstone (``previous_us``) if that is
+    later. See :attr:`FileMeta.last_modified` on why a key's versions never share a second."""
+    second = now_us // 1_000_000 * 1_000_000
+    return second if previous_us is None else max(second, previous_us + 1_000_000)
 
 
 def _to_datetime(microseconds: int) -> datetime:
@@ -118,8 +128,11 @@ def _to_datetime(microseconds: int) -> datetime:
 
 
 def _meta(row: Sequence[Any]) -> FileMeta:
-    key, version, sha256, size, content_type, created_at, updated_at = row[:7]
-    return FileMeta(key, version, sha256, size, content_type, _to_datetime(created_at), _to_datetime(updated_at))
+    key, version, sha256, size, content_type, created_at, updated_at, last_modified = row[:8]
+    return FileMeta(
+        key, version, sha256, size, content_type,
+        _to_datetime(created_at), _to_datetime(updated_at), _to_datetime(last_modified),
+    )  # fmt: skip
 
 
 class _Transaction:
@@ -215,6 +228,9 @@ class SQLiteStore(Store):
                     f"{self.path} has schema version {found}; this servefiles supports up to {SCHEMA_VERSION}"
                 )
             if found < SCHEMA_VERSION:
+                if "last_modified" not in {name for (name,) in conn.execute(FILES_COLUMNS)}:
+                    conn.execute(ADD_LAST_MODIFIED)
+                    conn.execute(BACKFILL_LAST_MODIFIED)
                 conn.execute(SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
             conn.execute(INIT_STORE_ID, (uuid.uuid4().hex,))
             self.store_id = str(conn.execute(GET_STORE_ID).fetchone()[0])
@@ -233,7 +249,7 @@ class SQLiteStore(Store):
     async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
         def locate(conn: sqlite3.Connection) -> tuple[FileMeta, BlobRef] | None:
             row = conn.execute(LOCATE, (key,)).fetchone()
-            return None if row is None else (_meta(row), BlobRef(row[7], row[8]))
+            return None if row is None else (_meta(row), BlobRef(row[8], row[9]))
 
         return await self._run(locate)
 
@@ -343,14 +359,18 @@ def _publish(
         check_expectation(key, expect, _live_sha256(current))
         if conn.execute(END_UPLOAD, (blob_id,)).rowcount != 1:
             raise UploadAborted(f"the upload of {key} was idle too long and has been swept; retry it")
-        now = _now_us() if current is None else _later_second(_now_us(), current[4])
+        now = _now_us()
+        last_modified = _validator_second(now, None if current is None else current[4])
         version = _next_version(conn)
         created_at = current[2] if current is not None and not current[1] else now
-        row = (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now)
+        row = (key, version, blob_id, chunks.chunk_size, size, sha256, content_type, created_at, now, last_modified)
         conn.execute(UPSERT_FILE, row)
         if current is not None and current[0] is not None:
             conn.execute(DELETE_CHUNKS, (current[0],))
-    return FileMeta(key, version, sha256, size, content_type, _to_datetime(created_at), _to_datetime(now))
+    return FileMeta(
+        key, version, sha256, size, content_type,
+        _to_datetime(created_at), _to_datetime(now), _to_datetime(last_modified),
+    )  # fmt: skip
 
 
 def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | None) -> int | None:
@@ -360,7 +380,8 @@ def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | N
             return None  # nothing to delete: a 404 whatever the preconditions say (RFC 9110 13.2.1)
         check_expectation(key, expect, _live_sha256(current))
         version = _next_version(conn)
-        conn.execute(TOMBSTONE, (version, _later_second(_now_us(), current[4]), key))
+        now = _now_us()
+        conn.execute(TOMBSTONE, (version, now, _validator_second(now, current[4]), key))
         if current[0] is not None:
             conn.execute(DELETE_CHUNKS, (current[0],))
     return version

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NamedTuple
+
+_FROM_UPDATED_AT = datetime(1, 1, 1, tzinfo=UTC)
+"""Stands for "not given": :attr:`FileMeta.last_modified` then follows ``updated_at``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +16,19 @@ class FileMeta:
 
     ``version`` comes from one monotonic sequence shared by every write and
     delete; ``sha256`` (hex) names the content and becomes the HTTP ETag;
-    ``updated_at`` (UTC, the database's clock) becomes Last-Modified.
+    ``created_at`` and ``updated_at`` are true times (UTC, the database's clock
+    at the write).
+
+    ``last_modified`` is the version's validator time, in whole seconds (UTC):
+    the write's second, or the second after the key's previous version or
+    tombstone if that is later, so no two versions of a key share one. HTTP's
+    Last-Modified has whole seconds (RFC 9110 §5.6.7) and nginx's ETag for a
+    published file is "mtime-size": sharing a second, two versions of one size
+    would share a validator (a stale 304, a resumed download spliced from two
+    versions). It may therefore lie a few seconds ahead of the clock after a
+    burst of writes; a response never states it before its time (see
+    :func:`servefiles.http.respond`). When not given, it is ``updated_at``'s
+    whole second.
     """
 
     key: str
@@ -23,6 +38,12 @@ class FileMeta:
     content_type: str
     created_at: datetime
     updated_at: datetime
+    last_modified: datetime = field(default=_FROM_UPDATED_AT)
+
+    def __post_init__(self) -> None:
+        if self.last_modified is _FROM_UPDATED_AT:
+            moment = self.updated_at if self.updated_at.tzinfo is not None else self.updated_at.replace(tzinfo=UTC)
+            object.__setattr__(self, "last_modified", moment.astimezone(UTC).replace(microsecond=0))
 
     @property
     def revision(self) -> tuple[int, str]:
