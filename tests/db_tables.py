@@ -21,7 +21,20 @@ class Storage:
 
 
 async def storage(url: str) -> Storage:
-    """Read the store's tables directly: sqlite3 for SQLite, asyncpg for PostgreSQL."""
+    """Read the store's tables directly: sqlite3 for SQLite, asyncpg for PostgreSQL.
+
+    A database whose tables do not exist yet (no store has opened it: a WSGI worker that
+    never got as far as the store) holds nothing: an empty :class:`Storage`.
+    """
+    try:
+        return await _storage(url)
+    except (sqlite3.OperationalError, asyncpg.UndefinedTableError) as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" not in str(exc):
+            raise
+        return Storage()
+
+
+async def _storage(url: str) -> Storage:
     found = Storage()
     chunk_sql = "SELECT blob_id, seq FROM servefiles_chunks ORDER BY blob_id, seq"
     live_sql = "SELECT key, blob_id, size, chunk_size FROM servefiles_files WHERE NOT deleted"
