@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from cachetools import LRUCache
@@ -238,6 +238,10 @@ class FileService:
         self._store = None if isinstance(db, str) else db
         self._filler: Filler | None = None
         self._started: asyncio.Future[None] | None = None
+        self._state: Literal["not started", "starting", "running", "stopping", "stopped"] = "not started"
+        """Where the life cycle is, for the health report (which must answer in every state)."""
+        self._store_error: str | None = None
+        """Why the store last failed (start-up or a query), until a query succeeds again."""
         self._validated: LRUCache[str, _Validation] = LRUCache(VALIDATION_ENTRIES)
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._stats = _Flights()
@@ -272,20 +276,33 @@ class FileService:
         if self.disk.tree is not None:
             self.disk.tree.clear()
 
+    def _start_soon(self) -> None:
+        """Begin :meth:`start` without waiting for it (a failure is kept for the health report)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+            self._started.add_done_callback(lambda done: done.cancelled() or done.exception())
+
     async def _start(self) -> None:
+        self._state = "starting"
         await asyncio.to_thread(self.withdraw_tree)
         try:
             if self._store is None:
                 assert self._url is not None
                 self._store = await connect(self._url, self._read_url)
             report = await asyncio.to_thread(self.disk.open)
-        except BaseException:
+        except BaseException as exc:
             self._started = None  # let a later request try again (the database may come back)
+            if self._state == "starting":
+                self._state = "not started"
+            if isinstance(exc, Exception):
+                self._store_error = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
             raise
+        self._store_error = None
         logger.info("disk cache %s: %d entries, %d bytes", self.disk.root, report.entries, report.bytes)
         self._filler = Filler(self._store, self.disk, self.memory, self.metrics, self.settings.fill_wait_seconds)
         if self.settings.feed:
             await self._start_feed(self._store)
+        self._state = "running"
 
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings
@@ -351,6 +368,11 @@ class FileService:
         return self._store
 
     async def close(self) -> None:
+        self._state = "stopping"
+        starting = self._started
+        if starting is not None and not starting.done():
+            starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
+            await asyncio.wait([starting])
         if self.feed is not None:
             await self.feed.close()
             self.feed = None
@@ -364,20 +386,37 @@ class FileService:
         await asyncio.to_thread(self.withdraw_tree)  # nginx then asks servefiles: a 502 while it is down
         self.disk.close()
         self._started = None
+        self._state = "stopped"
 
     async def health(self) -> dict[str, Any]:
-        """Liveness plus what a load balancer may want to know; every adapter sends it as JSON with 200."""
-        report: dict[str, Any] = {"status": "ok"}
-        try:
-            await self.start()
-            report["store"] = "ok"
-            report["last_version"] = await self.store.last_version()
-        except StoreUnavailable as exc:
-            report["store"] = f"unavailable: {exc}"
+        """The liveness report every adapter sends as JSON with status 200, in every state.
+
+        It reads this process's own state and never waits on the database (a slow or
+        absent database must not make a liveness probe fail or hang): ``status`` is
+        always ``"ok"``; ``state`` is ``"not started"``, ``"starting"``, ``"running"``,
+        ``"stopping"`` or ``"stopped"``; ``store`` is ``"ok"``, ``"not connected"`` or
+        ``"unavailable: REASON"`` (the last failure, start-up or query, until a query
+        succeeds; DSNs in it are shown without their password); ``feed`` (while one
+        runs) its health, cursor and last error; ``disk`` the tier's entries, bytes and
+        max_bytes, or None while its index is not open; ``memory`` its entries and bytes.
+        A service never started is started in the background (as the first request would).
+        """
+        if self._state == "not started":
+            self._start_soon()
+        report: dict[str, Any] = {"status": "ok", "state": self._state}
+        if self._store_error is not None:
+            report["store"] = f"unavailable: {self._store_error}"
+        else:
+            report["store"] = "ok" if self._state == "running" else "not connected"
         if self.feed is not None:
             report["feed"] = {"healthy": self.feed.healthy, "cursor": self.feed.cursor, "error": self.feed.last_error}
-        stats = self.disk.stats()
-        report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+        report["disk"] = None
+        if self.disk.is_open:
+            try:
+                stats = self.disk.stats()
+                report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+            except (sqlite3.Error, OSError) as exc:
+                report["disk"] = {"error": f"{type(exc).__name__}: {exc}"}
         report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
         return report
 
@@ -683,13 +722,15 @@ class FileService:
             meta = await self.store.stat(key)
             if meta is not None and meta.version < self._latest.get(key, 0):
                 meta = await self.store.stat(key)  # read before a change the feed has since announced
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             self._breaker.failed()
+            self._store_error = str(exc)
             raise
         except BaseException:
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()
+        self._store_error = None
         if meta is None:
             self._validated.pop(key, None)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
