@@ -31,10 +31,22 @@ class _EvictionCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        hits = Counter("servefiles_hits", "Requests answered from a cache tier", ["tier"], registry=self.registry)
+        # Each request for an existing file is one hit or one miss (FileService.serve counts it);
+        # a reply about no file (404, 405, 503) is neither.
+        hits = Counter(
+            "servefiles_hits",
+            "Requests for a file answered from this tier's copy, whatever the status (200, 206, 304, 412, 416, "
+            "HEAD; a stale copy while the store is down too)",
+            ["tier"],
+            registry=self.registry,
+        )
         self.memory_hits = hits.labels(tier="memory")
         self.disk_hits = hits.labels(tier="disk")
-        self.misses = self._counter("servefiles_misses", "Requests whose content had to come from the store")
+        self.misses = self._counter(
+            "servefiles_misses",
+            "Requests for a file no cache tier held: its content came from a store fetch (a HEAD, 304, 412 "
+            "or 416 needs its metadata only); 404s are neither hits nor misses",
+        )
         self.store_fetches = self._counter("servefiles_store_fetches", "Content reads from the store")
         self.bytes_sent = self._counter("servefiles_bytes_sent", "Body bytes handed to the server")
         self.cache_write_failures = self._counter("servefiles_cache_write_failures", "Disk-tier writes that failed")

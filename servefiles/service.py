@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from cachetools import LRUCache
@@ -184,10 +184,17 @@ class PrimedBody(Body):
         self.inner.close()
 
 
+Source = Literal["memory", "disk", "miss"]
+"""How a request for an existing file was answered, for the hit and miss counters."""
+
+
 @dataclass(slots=True)
 class Reply:
     response: http.Response
     body: Body | None = None
+    source: Source | None = None
+    """A cache tier's copy answered (``memory``, ``disk``), or none held the file (``miss``);
+    None for a reply about no file (404, 405, 503). :meth:`FileService.serve` counts it once."""
 
 
 @dataclass(slots=True)
@@ -238,6 +245,10 @@ class FileService:
         self._store = None if isinstance(db, str) else db
         self._filler: Filler | None = None
         self._started: asyncio.Future[None] | None = None
+        self._state: Literal["not started", "starting", "running", "stopping", "stopped"] = "not started"
+        """Where the life cycle is, for the health report (which must answer in every state)."""
+        self._store_error: str | None = None
+        """Why the store last failed (start-up or a query), until a query succeeds again."""
         self._validated: LRUCache[str, _Validation] = LRUCache(VALIDATION_ENTRIES)
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._stats = _Flights()
@@ -272,20 +283,33 @@ class FileService:
         if self.disk.tree is not None:
             self.disk.tree.clear()
 
+    def _start_soon(self) -> None:
+        """Begin :meth:`start` without waiting for it (a failure is kept for the health report)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+            self._started.add_done_callback(lambda done: done.cancelled() or done.exception())
+
     async def _start(self) -> None:
+        self._state = "starting"
         await asyncio.to_thread(self.withdraw_tree)
         try:
             if self._store is None:
                 assert self._url is not None
                 self._store = await connect(self._url, self._read_url)
             report = await asyncio.to_thread(self.disk.open)
-        except BaseException:
+        except BaseException as exc:
             self._started = None  # let a later request try again (the database may come back)
+            if self._state == "starting":
+                self._state = "not started"
+            if isinstance(exc, Exception):
+                self._store_error = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
             raise
+        self._store_error = None
         logger.info("disk cache %s: %d entries, %d bytes", self.disk.root, report.entries, report.bytes)
         self._filler = Filler(self._store, self.disk, self.memory, self.metrics, self.settings.fill_wait_seconds)
         if self.settings.feed:
             await self._start_feed(self._store)
+        self._state = "running"
 
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings
@@ -351,6 +375,11 @@ class FileService:
         return self._store
 
     async def close(self) -> None:
+        self._state = "stopping"
+        starting = self._started
+        if starting is not None and not starting.done():
+            starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
+            await asyncio.wait([starting])
         if self.feed is not None:
             await self.feed.close()
             self.feed = None
@@ -364,20 +393,37 @@ class FileService:
         await asyncio.to_thread(self.withdraw_tree)  # nginx then asks servefiles: a 502 while it is down
         self.disk.close()
         self._started = None
+        self._state = "stopped"
 
     async def health(self) -> dict[str, Any]:
-        """Liveness plus what a load balancer may want to know; every adapter sends it as JSON with 200."""
-        report: dict[str, Any] = {"status": "ok"}
-        try:
-            await self.start()
-            report["store"] = "ok"
-            report["last_version"] = await self.store.last_version()
-        except StoreUnavailable as exc:
-            report["store"] = f"unavailable: {exc}"
+        """The liveness report every adapter sends as JSON with status 200, in every state.
+
+        It reads this process's own state and never waits on the database (a slow or
+        absent database must not make a liveness probe fail or hang): ``status`` is
+        always ``"ok"``; ``state`` is ``"not started"``, ``"starting"``, ``"running"``,
+        ``"stopping"`` or ``"stopped"``; ``store`` is ``"ok"``, ``"not connected"`` or
+        ``"unavailable: REASON"`` (the last failure, start-up or query, until a query
+        succeeds; DSNs in it are shown without their password); ``feed`` (while one
+        runs) its health, cursor and last error; ``disk`` the tier's entries, bytes and
+        max_bytes, or None while its index is not open; ``memory`` its entries and bytes.
+        A service never started is started in the background (as the first request would).
+        """
+        if self._state == "not started":
+            self._start_soon()
+        report: dict[str, Any] = {"status": "ok", "state": self._state}
+        if self._store_error is not None:
+            report["store"] = f"unavailable: {self._store_error}"
+        else:
+            report["store"] = "ok" if self._state == "running" else "not connected"
         if self.feed is not None:
             report["feed"] = {"healthy": self.feed.healthy, "cursor": self.feed.cursor, "error": self.feed.last_error}
-        stats = self.disk.stats()
-        report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+        report["disk"] = None
+        if self.disk.is_open:
+            try:
+                stats = self.disk.stats()
+                report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+            except (sqlite3.Error, OSError) as exc:
+                report["disk"] = {"error": f"{type(exc).__name__}: {exc}"}
         report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
         return report
 
@@ -449,7 +495,20 @@ class FileService:
         fetch (its old chunks are gone) is asked for again — the client gets the new
         version or a 404 — instead of a status line followed by a cut connection. The
         database going away at that point is a 503 with Retry-After rather than a cut.
+
+        Each reply about a file is counted once, however many attempts it took: a hit of
+        the tier whose copy answered it, or a miss (see :attr:`Reply.source`).
         """
+        reply = await self._serve_primed(method, raw_key, headers)
+        if reply.source == "memory":
+            self.metrics.memory_hits.inc()
+        elif reply.source == "disk":
+            self.metrics.disk_hits.inc()
+        elif reply.source == "miss":
+            self.metrics.misses.inc()
+        return reply
+
+    async def _serve_primed(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
         for _ in range(PRIME_ATTEMPTS):
             reply = await self._serve_once(method, raw_key, headers)
             if method == "HEAD" or not isinstance(reply.body, FillBody | StoreBody):
@@ -479,28 +538,35 @@ class FileService:
         try:
             if self._filler is None:
                 await self.start()
-            if self.accel_prefix is not None and method in ("GET", "HEAD"):
-                accelerated = await self._accelerated(method, headers, key)
+            filled = False
+            if self.accel_prefix is not None:
+                accelerated, filled = await self._accelerated(method, headers, key)
                 if accelerated is not None:
                     return accelerated
-            now = time.monotonic()
-            entry = self.memory.get(key)
-            if entry is not None and self._is_fresh(key, entry.file.meta.revision, now):
-                self.metrics.memory_hits.inc()
-                return Reply(http.respond(method, headers, entry.file, time.time()), MemoryBody(entry.body))
-            disk_entry = self.disk.get(key)
-            if disk_entry is not None and self._is_fresh(key, disk_entry.meta.revision, now):
-                reply = self._from_disk(method, headers, disk_entry)
-                if reply is not None:
-                    return reply
-            if entry is None and disk_entry is None and self._known_absent(key):
-                return Reply(self._not_found)
-            return await self._from_store(method, headers, key, entry, disk_entry)
+            reply = await self._from_tiers(method, headers, key)
+            if filled and reply.source is not None:
+                reply.source = "miss"  # on disk only because this request's own fill put it there
+            return reply
         except StoreUnavailable as exc:
             logger.warning("store unavailable: %s", exc)
             return Reply(self._unavailable)
 
-    async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
+    async def _from_tiers(self, method: str, headers: Mapping[str, str], key: str) -> Reply:
+        """Memory, then disk, then the store."""
+        now = time.monotonic()
+        entry = self.memory.get(key)
+        if entry is not None and self._is_fresh(key, entry.file.meta.revision, now):
+            return Reply(http.respond(method, headers, entry.file, time.time()), MemoryBody(entry.body), "memory")
+        disk_entry = self.disk.get(key)
+        if disk_entry is not None and self._is_fresh(key, disk_entry.meta.revision, now):
+            reply = self._from_disk(method, headers, disk_entry)
+            if reply is not None:
+                return reply
+        if entry is None and disk_entry is None and self._known_absent(key):
+            return Reply(self._not_found)
+        return await self._from_store(method, headers, key, entry, disk_entry)
+
+    async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> tuple[Reply | None, bool]:
         """Hand the bytes to nginx: answer with X-Accel-Redirect — to the published tree, where
         nginx judges preconditions and ranges against the tree file itself, or to the content
         file, for a plain whole-file GET that servefiles has judged.
@@ -510,46 +576,49 @@ class FileService:
         is down): the ordinary path then answers, streaming a miss as it writes it through,
         or from a stale copy. A miss of a file for the tree fills the disk tier first, so
         that even the first response carries nginx's validators, as every later hit will.
+        The flag says whether this request filled the disk tier: its reply is a miss then.
         """
         assert self.accel_prefix is not None and self._filler is not None
         tree = self.disk.tree
         if tree is None and (method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS)):
-            return None
+            return None, False
         entry = self.disk.get(key)
         if entry is None and self._known_absent(key):
-            return Reply(self._not_found)
+            return Reply(self._not_found), False
+        filled = False
         if entry is None or not self._is_fresh(key, entry.meta.revision, time.monotonic()):
             try:
                 meta = await self._stats.run(key, lambda: self._revalidate(key))
             except StoreUnavailable:
-                return None
+                return None, False
             if meta is None:
-                return Reply(self._not_found)
+                return Reply(self._not_found), False
             if entry is None or entry.meta.revision != meta.revision:
                 if tree is None or not tree.accepts(meta):
-                    return None  # streamed at once; the next request finds it on disk
+                    return None, False  # streamed at once; the next request finds it on disk
                 try:
                     if not await self._filler.fill(meta, self.prepared(meta)):
-                        return None
+                        return None, False
                 except ServeFilesError:
-                    return None
-                entry = DiskEntry(meta, self.disk.content_path(meta.sha256))
+                    return None, False
+                entry, filled = DiskEntry(meta, self.disk.content_path(meta.sha256)), True
+        source: Source = "miss" if filled else "disk"
         fd = self.disk.open_entry(entry)
         if fd is None:
-            return None  # damaged or gone: the ordinary path refetches it
+            return None, False  # damaged or gone: the ordinary path refetches it
         os.close(fd)
         file = self.prepared(entry.meta)
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
-            self.metrics.disk_hits.inc()
-            return Reply(http.accel_redirect(file, TREE_LOCATION + quote(entry.meta.key, safe="/"), time.time()))
+            location = TREE_LOCATION + quote(entry.meta.key, safe="/")
+            return Reply(http.accel_redirect(file, location, time.time()), None, source), False
         if method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS):
-            return None
+            return None, filled
         response = http.respond("GET", headers, file, time.time())
         if response.status != 200:
-            return Reply(response)
-        self.metrics.disk_hits.inc()
+            return Reply(response, None, source), False
         self.disk.touch(key)
-        return Reply(http.accel_redirect(file, self.accel_prefix + content_name(entry.meta.sha256), time.time()))
+        location = self.accel_prefix + content_name(entry.meta.sha256)
+        return Reply(http.accel_redirect(file, location, time.time()), None, source), False
 
     async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
@@ -594,7 +663,6 @@ class FileService:
         if fd is None:
             return None  # gone, truncated or tampered with: a miss
         file = self.prepared(entry.meta)
-        self.metrics.disk_hits.inc()
         self.disk.touch(entry.meta.key)
         response = http.respond(method, headers, file, time.time())
         if self.memory.fits(entry.meta.size):
@@ -606,11 +674,11 @@ class FileService:
             # in place (same size, other bytes) is refetched rather than served from memory.
             if len(data) == entry.meta.size and hashlib.sha256(data).hexdigest() == entry.meta.sha256:
                 self.memory.put(entry.meta.key, MemoryEntry(file, data))
-                return Reply(response, MemoryBody(data))
+                return Reply(response, MemoryBody(data), "disk")
             logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
             self.disk.drop_damaged(entry.meta)
             return None
-        return Reply(response, DiskBody(fd, entry.path, inline=False))
+        return Reply(response, DiskBody(fd, entry.path, inline=False), "disk")
 
     async def _from_store(
         self,
@@ -634,8 +702,8 @@ class FileService:
             return Reply(self._not_found)
         if cached_meta is not None and cached_meta.revision == meta.revision:
             if cached is not None:
-                self.metrics.memory_hits.inc()
-                return Reply(http.respond(method, headers, cached.file, time.time()), MemoryBody(cached.body))
+                response = http.respond(method, headers, cached.file, time.time())
+                return Reply(response, MemoryBody(cached.body), "memory")
             if disk_entry is not None:
                 reply = self._from_disk(method, headers, disk_entry)
                 if reply is not None:
@@ -643,8 +711,7 @@ class FileService:
         file = self.prepared(meta)
         response = http.respond(method, headers, file, time.time())
         if not any(isinstance(segment, ByteRange) for segment in response.body):
-            return Reply(response)  # HEAD, 304, 412, 416: no content needed
-        self.metrics.misses.inc()
+            return Reply(response, None, "miss")  # HEAD, 304, 412, 416: no content needed, yet no copy held it
         logger.debug("miss: %s version %d", key, meta.version)
         assert self._filler is not None
         fill = self._filler.get(meta)
@@ -652,9 +719,9 @@ class FileService:
             # A cold range: answer it from the store now, and fill the cache behind it.
             if meta.size <= self.settings.disk_bytes:
                 self._filler.start(meta, file)
-            return Reply(response, StoreBody(self.store, meta, self.metrics))
+            return Reply(response, StoreBody(self.store, meta, self.metrics), "miss")
         fill = fill or self._filler.start(meta, file)
-        return Reply(response, FillBody(FillReader(fill, self.store, self.metrics)))
+        return Reply(response, FillBody(FillReader(fill, self.store, self.metrics)), "miss")
 
     def _stale_copy(
         self, method: str, headers: Mapping[str, str], cached: MemoryEntry | None, disk_entry: DiskEntry | None
@@ -662,7 +729,7 @@ class FileService:
         """A cached copy, marked as possibly stale (``X-Servefiles-Stale``), or None."""
         if cached is not None:
             response = http.respond(method, headers, cached.file, time.time())
-            reply: Reply | None = Reply(response, MemoryBody(cached.body))
+            reply: Reply | None = Reply(response, MemoryBody(cached.body), "memory")
         else:
             reply = self._from_disk(method, headers, disk_entry) if disk_entry is not None else None
         if reply is not None:
@@ -684,13 +751,15 @@ class FileService:
             meta = await self.store.stat(key)
             if meta is not None and meta.version < self._latest.get(key, 0):
                 meta = await self.store.stat(key)  # read before a change the feed has since announced
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             self._breaker.failed()
+            self._store_error = str(exc)
             raise
         except BaseException:
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()
+        self._store_error = None
         if meta is None:
             self._validated.pop(key, None)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:

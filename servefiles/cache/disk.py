@@ -407,6 +407,11 @@ class DiskCache:
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         return FillLock(self._locks / f"{digest}.lock")
 
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has finished and :meth:`close` has not run since."""
+        return self._report is not None
+
     def stats(self) -> CacheStats:
         entries, total = self._index.totals()
         return CacheStats(entries=entries, bytes=total, max_bytes=self.max_bytes, evictions=self.evictions)

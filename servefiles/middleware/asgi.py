@@ -9,10 +9,11 @@ and lifespan, go to the wrapped app untouched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Unpack
@@ -22,7 +23,7 @@ from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..service import MemoryBody, Reply
+from ..service import Body, MemoryBody, Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
@@ -122,7 +123,7 @@ class ServeFiles:
             route, raw_key = self.mount.route(method, scope["path"])
             if route == "files":
                 reply = await self.service.serve(method, raw_key, request_headers(scope["headers"]))
-                await self._send(reply, scope, send)
+                await self._send(reply, scope, send, receive)
                 return
             if route == "writes":
                 reply = await self.writes.handle(
@@ -150,7 +151,14 @@ class ServeFiles:
         elif scope["type"] == "http":
             await self._send(Reply(http.not_found()), scope, send)
 
-    async def _send(self, reply: Reply, scope: Scope, send: Send) -> None:
+    async def _send(self, reply: Reply, scope: Scope, send: Send, receive: Receive | None = None) -> None:
+        """Send ``reply``; with ``receive``, a streamed body stops as soon as the client is gone.
+
+        ``servefiles_bytes_sent_total`` counts the body bytes handed to the server: each chunk
+        once ``send`` took it; a body of one message (a memory hit) or a file handed over whole
+        (``http.response.pathsend``: the server sends it itself, and stops itself when the
+        client goes) counts its full length at hand-over.
+        """
         response, body = reply.response, reply.body
         segments = response.body
         headers = [*response.headers, date_header()] if self.date_header else response.headers
@@ -171,14 +179,11 @@ class ServeFiles:
                 await send({"type": "http.response.pathsend", "path": body.path})
                 sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
                 return
-            for segment in segments:
-                if isinstance(segment, bytes):
-                    await send({"type": "http.response.body", "body": segment, "more_body": True})
-                    continue
-                async for chunk in body.chunks(segment):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    sent.inc(len(chunk))
-            await send({"type": "http.response.body", "body": b""})
+            streaming = _stream(segments, body, send, sent.inc)
+            if receive is None:
+                await streaming
+            elif not await _unless_disconnected(receive, streaming):
+                logger.debug("client went away during %s: response stopped", scope["path"])
         except Exception as exc:
             # The status line is gone already: end without completing the body, so
             # the server cuts the connection and the client sees a short response
@@ -212,6 +217,71 @@ class ServeFiles:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _stream(segments: Iterable[bytes | ByteRange], body: Body, send: Send, count: Callable[[int], None]) -> None:
+    """Send a body segment by segment, chunk by chunk, counting each chunk once ``send`` took it."""
+    for segment in segments:
+        if isinstance(segment, bytes):
+            await send({"type": "http.response.body", "body": segment, "more_body": True})
+            continue
+        chunks = body.chunks(segment)
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                count(len(chunk))
+                # A send to a client that has gone returns at once under servers before ASGI
+                # 2.4, and a cached block is read without waiting: let the loop run between
+                # chunks, so the disconnect is seen and this task cancelled.
+                await asyncio.sleep(0)
+        finally:
+            closing = getattr(chunks, "aclose", None)
+            if closing is not None:
+                await closing()  # now, not when collected: a store read gives back its connection
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _unless_disconnected(receive: Receive, sending: Coroutine[Any, Any, None]) -> bool:
+    """Run ``sending`` until it ends or ``receive`` reports ``http.disconnect``; True when it ended.
+
+    Servers before ASGI spec 2.4 (uvicorn among them) make a send after a disconnect return
+    silently (ASGI HTTP spec, "Disconnected Client Send Exception"), so only ``receive``
+    tells that the client is gone: the body is cancelled then, wherever it waits (the
+    disk, a fill, the store), instead of being read to its end for nobody.
+    """
+    sender = asyncio.ensure_future(sending)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request was cancelled: so is its body
+        sender.cancel()
+        watcher.cancel()
+        await asyncio.wait((sender, watcher))
+        raise
+    if sender in done:
+        watcher.cancel()
+        await asyncio.wait((watcher,))
+        sender.result()  # the body's own error, if any
+        return True
+    sender.cancel()
+    await asyncio.wait((sender,))
+    for task in (sender, watcher):
+        if not task.cancelled():
+            task.exception()  # retrieved: a receive that failed is taken as the client gone
+    return False
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Until the client disconnects (the request body, empty for a GET, is passed over).
+
+    Once the request is whole, only ``http.disconnect`` may follow; a server that answers
+    anything else cannot tell a disconnect, so this then waits to be cancelled, not spins.
+    """
+    whole = False
+    while (message := await receive())["type"] != "http.disconnect":
+        if whole:
+            await asyncio.get_running_loop().create_future()  # never set: cancelled with the response
+        whole = not message.get("more_body", False)
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

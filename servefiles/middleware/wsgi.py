@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -224,6 +224,8 @@ class ServeFilesWSGI:
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(body, DiskBody) and response.status == 200 and wrapper is not None:
             # The file object owns the descriptor now; the server closes it (sendfile under gunicorn).
+            # Counted whole at hand-over: the server sends it itself, and stops itself when the
+            # client goes (a sendfile to a closed socket fails); how far it got is not ours to see.
             sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
             return wrapper(os.fdopen(body.fd, "rb"), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
         return _Streamed(self, process, body, segments, sent.inc)
@@ -259,7 +261,9 @@ class ServeFilesWSGI:
 
 class _Streamed:
     """A response body pulled from the loop chunk by chunk; ``close()`` (called by the server,
-    PEP 3333) releases the body source whether or not it was read to the end."""
+    PEP 3333, also when the client went away mid-body) stops the reading there and releases
+    the body source at once, whether or not it was read to the end. Each chunk is counted
+    in ``servefiles_bytes_sent_total`` as the server takes it."""
 
     def __init__(
         self,
@@ -272,17 +276,27 @@ class _Streamed:
         self._adapter, self._process, self._body = adapter, process, body
         self._segments = list(segments)
         self._count = count
+        self._iterating: Generator[bytes, None, None] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
+        self._iterating = self._chunks()
+        return self._iterating
+
+    def _chunks(self) -> Generator[bytes, None, None]:
         for segment in self._segments:
             if isinstance(segment, bytes):
                 yield segment
                 continue
-            for chunk in _pull(self._adapter, self._process, self._body.chunks(segment)):
-                self._count(len(chunk))
-                yield chunk
+            with contextlib.closing(_pull(self._adapter, self._process, self._body.chunks(segment))) as chunks:
+                for chunk in chunks:
+                    self._count(len(chunk))
+                    yield chunk
 
     def close(self) -> None:
+        iterating, self._iterating = self._iterating, None
+        if iterating is not None:
+            with contextlib.suppress(ValueError):  # still running in another thread: it ends by itself
+                iterating.close()  # the store read or fill reader stops and gives back what it holds
         self._body.close()
 
     def __enter__(self) -> _Streamed:
@@ -292,7 +306,7 @@ class _Streamed:
         self.close()
 
 
-def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
+def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
     """Iterate an async iterator that lives on the loop, from a request thread.
 
     An error mid-body propagates: the server then cuts the connection, so the client
