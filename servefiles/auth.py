@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from .keys import key_folder
+
 MIN_TOKEN_LENGTH = 16
 """Shorter secrets are guessable; ``servefiles new-token`` makes 43-character ones."""
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
@@ -25,8 +27,10 @@ _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 class UploadToken:
     """A secret that may write keys under ``prefix`` ("" means every key).
 
-    A prefix is a folder: ``blog`` and ``blog/`` both allow ``blog/…`` but not
-    ``blogroll.png``.
+    A prefix is a folder (:func:`~servefiles.keys.key_folder`): ``blog`` and ``blog/``
+    both allow ``blog/…`` but not ``blogroll.png``. ValueError (:class:`InvalidKey` for the
+    folder) when the token is too short or the folder is not a valid key folder; neither
+    message contains the token.
     """
 
     token: str
@@ -38,14 +42,13 @@ class UploadToken:
                 f"an upload token must be at least {MIN_TOKEN_LENGTH} characters of A-Z a-z 0-9 - . _ ~ + / = "
                 "(make one with `servefiles new-token`)"
             )
-        if self.prefix and not self.prefix.endswith("/"):
-            object.__setattr__(self, "prefix", self.prefix + "/")
+        object.__setattr__(self, "prefix", key_folder(self.prefix))
 
     @classmethod
     def parse(cls, spec: str) -> UploadToken:
         """``TOKEN`` or ``TOKEN:PREFIX``, as given on the command line or in the environment."""
         token, _, prefix = spec.strip().partition(":")
-        return cls(token, prefix.strip("/"))
+        return cls(token, prefix)
 
     def allows(self, key: str) -> bool:
         """Whether this token may write ``key`` (a canonical key)."""

@@ -25,26 +25,77 @@ import click
 from . import config
 from .auth import UploadToken
 from .errors import InvalidKey, NotFound, ServeFilesError
-from .keys import canonical_key
-from .store import Store, connect
+from .keys import canonical_key, key_folder, key_under
+from .store import Store, connect, mask_dsn
 from .store.types import FileMeta
 
 _T = TypeVar("_T")
 HASH_BLOCK = 1024 * 1024
 EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class ErrorLine(click.ClickException):
+    """An error as the command shows it: ``servefiles: error: …``, one line on stderr, exit 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(line.strip() for line in message.splitlines() if line.strip()))
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"servefiles: error: {self.message}", file=file, err=True)
+
+
+class UsageLine(ErrorLine):
+    """A command line servefiles cannot run (bad option value, missing argument): one line, exit 2
+    (as click's own usage errors), without click's usage block."""
+
+    exit_code = EXIT_USAGE
+
+
+_HELP_INSTEAD = getattr(click.exceptions, "NoArgsIsHelpError", ())
+"""Click >= 8.2 shows the help for a bare ``servefiles`` through an error: that stays the help."""
+
+
+def one_line(exc: click.ClickException) -> ErrorLine:
+    """Click's error ``exc`` as one line: a usage error names the command and where its help is."""
+    if isinstance(exc, ErrorLine):
+        return exc
+    if isinstance(exc, click.UsageError):
+        help_hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return UsageLine(exc.format_message() + help_hint)
+    return ErrorLine(exc.format_message())
 
 
 class _Commands(click.Group):
-    """The one place where errors become CLI exits: a line on stderr, never a traceback."""
+    """The one place where errors become CLI exits: one line on stderr, never a traceback.
+
+    servefiles' error types and OSError (a missing or unreadable local file, named) exit 1;
+    click's usage errors (a bad option value, a missing argument, no such option or command)
+    exit 2, as with click, but in one line instead of click's usage block. ``--help`` is click's.
+    """
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _HELP_INSTEAD:
+            raise
+        except click.ClickException as exc:  # the group's own options: `servefiles --bogus`
+            raise one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _HELP_INSTEAD:
+            raise
+        except click.ClickException as exc:
+            raise one_line(exc) from None
         except ServeFilesError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise ErrorLine(str(exc)) from None
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise ErrorLine(f"{exc.strerror or exc}{where}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -113,7 +164,7 @@ def parse_size(ctx: click.Context | None, param: click.Parameter | None, value: 
     number = text.rstrip("KMGT")
     try:
         size = int(float(number) * _SIZE_UNITS[text[len(number) :]])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):  # OverflowError: "inf", "1e400"
         raise click.BadParameter(f"not a size: {value!r} (try 512M or 10GiB)") from None
     if size < 0:
         raise click.BadParameter("a size cannot be negative")
@@ -126,6 +177,15 @@ def _positive_size(ctx: click.Context | None, param: click.Parameter | None, val
     if size < 1:
         raise click.BadParameter("must be at least 1 byte")
     return size
+
+
+def parse_folder(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """A ``--prefix`` that places files, as a key folder (``"blog/"``, ``""`` for the root):
+    :func:`~servefiles.keys.key_folder`, its InvalidKey as click's BadParameter."""
+    try:
+        return key_folder(value)
+    except InvalidKey as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def cache_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -232,8 +292,10 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         await store.close()
 
     _run(check())
+    _check_writable_dir(cache_dir or config.default_cache_dir(), "--cache-dir")
+    _check_listen(host, port)
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
-    click.echo(f"servefiles: serving {url} at http://{host}:{port}{app.prefix}/{writes}", err=True)
+    click.echo(f"servefiles: serving {mask_dsn(url)} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     # Every request passes the head limits before servefiles looks at it; h11 may buffer an
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
     # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
@@ -267,13 +329,14 @@ def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix
 
 
 @main.command("new-token")
-@click.option("--prefix", default="", help="Limit the token to keys under this folder.")
+@click.option("--prefix", default="", callback=parse_folder,
+              help="Limit the token to keys under this folder: 'blog' and 'blog/' both mean blog/….")
 def new_token(prefix: str) -> None:
     """Print a fresh random upload token (TOKEN or TOKEN:PREFIX) for --upload-token."""
     import secrets
 
     token = secrets.token_urlsafe(32)
-    click.echo(f"{token}:{prefix.strip('/')}" if prefix.strip("/") else token)
+    click.echo(f"{token}:{prefix.rstrip('/')}" if prefix else token)
 
 
 async def _maintain(store: Store, cache_dir: Path | None, cache_size: int, work: Callable[[Any], Any]) -> None:
@@ -309,7 +372,10 @@ async def _warm_with_progress(maintainer: Any, prefix: str) -> None:
 @cache_size_option
 @with_store
 async def warm(store: Store, prefix: str, cache_dir: Path | None, cache_size: int) -> None:
-    """Pre-fill a cache dir from the database (incremental: only what changed since the last run)."""
+    """Pre-fill a cache dir from the database (incremental: only what changed since the last run).
+
+    PREFIX is a plain string prefix, as in ls: 'blog' also takes blogroll.png; 'blog/' only the folder.
+    """
     await _maintain(store, cache_dir, cache_size, lambda m: _warm_with_progress(m, prefix))
 
 
@@ -360,7 +426,7 @@ def stats(cache_dir: Path | None, as_json: bool) -> None:
 @with_store
 async def init(store: Store) -> None:
     """Create the database schema (it is also created on first use)."""
-    click.echo(f"schema ready in {store.url.rpartition('@')[2]}")
+    click.echo(f"schema ready in {mask_dsn(store.url)}")
 
 
 @main.command()
@@ -415,7 +481,10 @@ async def rm(store: Store, key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as a JSON array.")
 @with_store
 async def ls(store: Store, prefix: str, as_json: bool) -> None:
-    """List files whose key starts with PREFIX."""
+    """List files whose key starts with PREFIX.
+
+    PREFIX is a plain string prefix: 'blog' also lists blogroll.png; 'blog/' lists only the folder blog.
+    """
     first = True
     if as_json:
         click.echo("[", nl=False)
@@ -432,10 +501,12 @@ async def ls(store: Store, prefix: str, as_json: bool) -> None:
 
 @main.command(name="import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--prefix", default="", help="Key prefix for the imported files, e.g. 'blog/'.")
+@click.option("--prefix", default="", callback=parse_folder,
+              help="Folder to place the files in: 'blog' and 'blog/' both store a/b.txt as blog/a/b.txt. "
+              "Default: the root.")
 @with_store
 async def import_(store: Store, directory: Path, prefix: str) -> None:
-    """Upload every file under DIRECTORY, skipping those whose content is unchanged."""
+    """Upload every file under DIRECTORY, as PREFIX/its path, skipping those whose content is unchanged."""
     files = sorted(_walk(directory))
     uploaded = unchanged = 0
     problems: list[str] = []
@@ -444,7 +515,7 @@ async def import_(store: Store, directory: Path, prefix: str) -> None:
         for path, size in files:
             relative = path.relative_to(directory).as_posix()
             try:
-                key = canonical_key(prefix + relative)
+                key = key_under(prefix, relative)
                 current = await store.stat(key)
                 if current is not None and current.size == size and current.sha256 == await _sha256_of(path):
                     unchanged += 1
@@ -464,7 +535,8 @@ async def import_(store: Store, directory: Path, prefix: str) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--prefix", default="", help="Export only keys starting with this.")
+@click.option("--prefix", default="", help="Export only keys starting with this, a plain string prefix "
+              "('blog' also takes blogroll.png; 'blog/' only the folder). Files keep their whole key.")
 @with_store
 async def export(store: Store, directory: Path, prefix: str) -> None:
     """Write every file to DIRECTORY/KEY (atomically, one file at a time)."""
@@ -487,6 +559,32 @@ async def export(store: Store, directory: Path, prefix: str) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _check_writable_dir(path: Path, option: str) -> None:
+    """Fail in one line, before uvicorn starts, when ``path`` cannot be created or written: the
+    disk tier opens it in the ASGI lifespan, where a failure is a traceback among log lines."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ErrorLine(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail in one line, before uvicorn starts, when ``host:port`` cannot be listened on (in use,
+    a privileged port, an unknown host); uvicorn would report it among its start-up log lines."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+            probe.bind(address)
+    except OSError as exc:
+        raise ErrorLine(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _describe(meta: FileMeta) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import ServeFilesError, StoreUnavailable
 from .localfs import kind, lstat_mode, read_regular, remove_any
-from .store import Store
+from .store import Store, mask_dsn
 from .store.types import Change
 
 logger = logging.getLogger("servefiles")
@@ -145,7 +145,7 @@ class ChangeFeed:
                 async for _ in self.store.wake_ups(self.poll_seconds):
                     await self._catch_up()
                     if not self.healthy:
-                        logger.info("change feed following %s from version %d", self.store.url, self.cursor)
+                        logger.info("change feed following %s from version %d", mask_dsn(self.store.url), self.cursor)
                     self.healthy, self.last_error, backoff = True, None, FIRST_BACKOFF_SECONDS
                     self._caught_up.set()
             except (StoreUnavailable, ServeFilesError, OSError) as exc:

@@ -65,3 +65,31 @@ def canonical_key(raw: str | bytes) -> str:
             raise InvalidKey(f"key has a segment longer than {MAX_SEGMENT_BYTES} bytes")
     return key
 
+
+def key_folder(raw: str) -> str:
+    """A folder that files are placed under, as people type it, in its one form: ``"blog/"``.
+
+    ``blog``, ``blog/`` and ``/blog/`` all give ``"blog/"``; ``""`` and ``"/"`` give ``""``
+    (the root). The rest must be a valid key (:func:`canonical_key`), so a folder never
+    brings a doubled slash, a ``..`` or a control character into the keys placed under it;
+    otherwise :class:`InvalidKey` naming the folder. Used by every option that *places*
+    files under a prefix (``import --prefix``, an upload token's folder), never by those
+    that filter by a plain string prefix (``ls``, the listing's ``?prefix=``).
+    """
+    text = raw.strip("/")
+    if not text:
+        return ""
+    try:
+        return canonical_key(text) + "/"
+    except InvalidKey as exc:
+        raise InvalidKey(f"not a valid folder {raw!r}: {exc}") from None
+
+
+def key_under(folder: str, name: str) -> str:
+    """The canonical key of ``name`` (a relative, ``/``-separated name) placed in ``folder``.
+
+    ``folder`` is read by :func:`key_folder` (``imported`` and ``imported/`` alike), so
+    ``key_under("imported", "a/b/c.txt") == "imported/a/b/c.txt"``; :class:`InvalidKey` when
+    either part is not valid.
+    """
+    return canonical_key(key_folder(folder) + name)

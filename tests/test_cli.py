@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -96,9 +99,8 @@ def test_bad_keys_fail_in_one_line_and_store_nothing(db: dict[str, str], photo: 
 
 
 def test_missing_local_file_fails_in_one_line(db: dict[str, str], tmp_path: Path) -> None:
-    result = cli("put", str(tmp_path / "absent.jpg"), env=db)
-    assert result.returncode != 0
-    assert b"Traceback" not in result.stderr and b"does not exist" in result.stderr
+    message = fails_in_one_line("put", str(tmp_path / "absent.jpg"), env=db)
+    assert "does not exist" in message and "absent.jpg" in message
 
 
 def test_ls_lists_by_prefix_in_key_order(db: dict[str, str], photo: Path) -> None:
@@ -200,3 +202,176 @@ def test_serve_answers_files_and_refuses_the_rest(db: dict[str, str], photo: Pat
         assert missing.content == rejected.content
         assert client.post("/files/pics/p.jpg").status_code == 405
         assert client.get("/media/pics/p.jpg").status_code == 404  # outside the prefix
+
+
+# -- a prefix that places files is a folder (issue 13, item 5) ----------------------------
+
+
+@pytest.fixture
+def nested(tmp_path: Path) -> Path:
+    """A directory holding a/b/c.txt and top.txt."""
+    tree = tmp_path / "nested"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "c.txt").write_bytes(b"c")
+    (tree / "top.txt").write_bytes(b"top")
+    return tree
+
+
+@pytest.mark.parametrize("prefix", ["imported", "imported/", "/imported/", "imported//"])
+def test_import_prefix_is_a_folder(db: dict[str, str], nested: Path, prefix: str) -> None:
+    ok("import", str(nested), "--prefix", prefix, env=db)
+    assert [e["key"] for e in json.loads(ok("ls", "--json", env=db))] == ["imported/a/b/c.txt", "imported/top.txt"]
+
+
+@pytest.mark.parametrize("prefix", ["", "/"])
+def test_import_with_an_empty_prefix_places_files_at_the_root(db: dict[str, str], nested: Path, prefix: str) -> None:
+    ok("import", str(nested), "--prefix", prefix, env=db)
+    assert [e["key"] for e in json.loads(ok("ls", "--json", env=db))] == ["a/b/c.txt", "top.txt"]
+
+
+@pytest.mark.parametrize("prefix", ["a//b", "../up", "a/./b", "back\\slash"])
+def test_import_prefix_that_is_not_a_folder_fails_in_one_line_and_stores_nothing(
+    db: dict[str, str], nested: Path, prefix: str
+) -> None:
+    message = fails_in_one_line("import", str(nested), "--prefix", prefix, env=db)
+    assert "--prefix" in message and repr(prefix) in message
+    assert json.loads(ok("ls", "--json", env=db)) == []
+
+
+def test_new_token_prefix_is_a_folder() -> None:
+    for prefix in ("blog", "blog/", "/blog/"):
+        token, _, folder = ok("new-token", "--prefix", prefix).strip().partition(":")
+        assert folder == "blog" and len(token) >= 16
+    assert ":" not in ok("new-token", "--prefix", "/")
+    assert "'a//b'" in fails_in_one_line("new-token", "--prefix", "a//b")
+
+
+def test_upload_token_folders_are_read_like_import_prefixes() -> None:
+    from servefiles.auth import UploadToken
+
+    secret = "a-token-0123456789abcdef"
+    for prefix in ("blog", "blog/", "/blog/", "blog//"):
+        assert UploadToken(secret, prefix).prefix == "blog/"
+        assert UploadToken.parse(f"{secret}:{prefix}").prefix == "blog/"
+    assert UploadToken(secret, "").prefix == UploadToken(secret, "/").prefix == ""
+    for bad in ("a//b", "../x", "a/./b"):
+        with pytest.raises(ValueError, match="not a valid folder") as refused:
+            UploadToken.parse(f"{secret}:{bad}")
+        assert secret not in str(refused.value)
+
+
+def test_filtering_prefixes_say_in_help_that_they_are_plain_string_prefixes() -> None:
+    for command in (["ls"], ["warm"], ["export"]):
+        assert "plain string prefix" in " ".join(ok(*command, "--help").split())
+    assert "'blog' and 'blog/' both" in " ".join(ok("import", "--help").split())
+
+
+def test_ls_and_export_prefixes_match_strings_not_folders(db: dict[str, str], photo: Path, tmp_path: Path) -> None:
+    for key in ("blog/a.jpg", "blogroll.jpg", "other.jpg"):
+        ok("put", str(photo), key, env=db)
+    assert [e["key"] for e in json.loads(ok("ls", "--json", "blog", env=db))] == ["blog/a.jpg", "blogroll.jpg"]
+    assert [e["key"] for e in json.loads(ok("ls", "--json", "blog/", env=db))] == ["blog/a.jpg"]
+    ok("export", str(tmp_path / "out"), "--prefix", "blog", env=db)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")) == [
+        "blog/a.jpg", "blogroll.jpg",
+    ]  # fmt: skip
+
+
+# -- every error is one line (issue 13, item 6) -------------------------------------------
+
+USAGE, RUNTIME = 2, 1
+BAD_INVOCATIONS = [
+    # (arguments, a word the line must name, exit code); {tmp} is a scratch dir, {file} a file in it,
+    # stored as x.jpg first when the arguments name x.jpg
+    (["put", "{tmp}/missing.txt"], "missing.txt", USAGE),
+    (["put"], "LOCAL_FILE", USAGE),
+    (["put", "{file}", "a//b.jpg"], "empty segment", RUNTIME),
+    (["put", "-"], "KEY", RUNTIME),
+    (["import", "{tmp}/missing-dir"], "missing-dir", USAGE),
+    (["import", "{file}"], "file.txt", USAGE),
+    (["export"], "DIRECTORY", USAGE),
+    (["export", "{file}"], "file.txt", USAGE),
+    (["get"], "KEY", USAGE),
+    (["get", "nothing.jpg"], "nothing.jpg", RUNTIME),
+    (["get", "x.jpg", "--output", "{file}/below-a-file"], "file.txt", RUNTIME),
+    (["rm"], "KEY", USAGE),
+    (["rm", "nothing.jpg"], "nothing.jpg", RUNTIME),
+    (["ls", "--jsn"], "--jsn", USAGE),
+    (["ls", "a", "b"], "(b)", USAGE),
+    (["init", "--db", "mysql://root@127.0.0.1/test"], "unsupported database URL", RUNTIME),
+    (["init", "--db", "postgresql://127.0.0.1:notaport/test"], "notaport", RUNTIME),
+    (["init", "--db", "postgresql://127.0.0.1:99999/test"], "99999", RUNTIME),
+    (["init", "--db", "postgresql://[::1/test"], "[::1", RUNTIME),
+    (["init", "--db", "sqlite://host/files.db"], "not a SQLite URL", RUNTIME),
+    (["serve", "--cache-size", "lots"], "--cache-size", USAGE),
+    (["serve", "--memory-size", "-1"], "--memory-size", USAGE),
+    (["serve", "--max-upload-size", "inf"], "--max-upload-size", USAGE),
+    (["warm", "--cache-size", "1e400"], "--cache-size", USAGE),
+    (["serve", "--port", "99999"], "--port", USAGE),
+    (["serve", "--freshness", "soon"], "--freshness", USAGE),
+    (["serve", "--nginx", "fast"], "--nginx", USAGE),
+    (["serve", "--host", "no-such-host.invalid"], "no-such-host.invalid", RUNTIME),
+    (["serve", "--cache-dir", "{file}/cache"], "--cache-dir", RUNTIME),
+    (["serve", "--upload-token", "short"], "--upload-token", USAGE),
+    (["serve", "--upload-token-file", "{tmp}/no-tokens.txt"], "no-tokens.txt", USAGE),
+    (["nginx-config", "--mode", "fast"], "--mode", USAGE),
+    (["nginx-config", "--max-upload-size", "big"], "--max-upload-size", USAGE),
+    (["new-token", "--prefix", "a//b"], "--prefix", USAGE),
+    (["warm", "--cache-size", "-5"], "--cache-size", USAGE),
+    (["warm", "--cache-dir", "{file}"], "--cache-dir", USAGE),
+    (["sync", "--cache-dir", "{file}"], "--cache-dir", USAGE),
+    (["sync", "--verify=yes"], "--verify", USAGE),
+    (["stats", "--cache-dir", "{tmp}/no-cache"], "no-cache", RUNTIME),
+    (["stats", "--json", "extra"], "(extra)", USAGE),
+    (["bogus"], "bogus", USAGE),
+    (["--bogus"], "--bogus", USAGE),
+]
+
+
+@pytest.mark.parametrize(("args", "named", "code"), BAD_INVOCATIONS, ids=[" ".join(a) for a, _, _ in BAD_INVOCATIONS])
+def test_every_cli_error_is_one_line(
+    db: dict[str, str], tmp_path: Path, args: list[str], named: str, code: int
+) -> None:
+    (tmp_path / "file.txt").write_bytes(b"a file")
+    argv = [arg.format(tmp=tmp_path, file=tmp_path / "file.txt") for arg in args]
+    if "x.jpg" in argv:
+        ok("put", str(tmp_path / "file.txt"), "x.jpg", env=db)
+    result = cli(*argv, env=db)
+    stderr = result.stderr.decode()
+    assert result.returncode == code, stderr
+    assert "Traceback" not in stderr and "Usage:" not in stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("servefiles: error: ") and named in stderr, stderr
+
+
+def test_the_console_script_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("servefiles")
+    result = subprocess.run([str(script), "put", str(tmp_path / "missing.txt")], capture_output=True, timeout=60)
+    assert result.returncode == USAGE
+    assert result.stderr.decode().splitlines() == [
+        f"servefiles: error: Invalid value for 'LOCAL_FILE': File '{tmp_path / 'missing.txt'}' does not exist. "
+        "(see 'servefiles put --help')"
+    ]
+
+
+@pytest.mark.parametrize("command", ["", "serve", "put", "import", "ls", "nginx-config", "new-token", "stats"])
+def test_help_is_clicks_own(command: str) -> None:
+    result = cli(*command.split(), "--help")
+    assert result.returncode == 0 and result.stderr == b""
+    assert result.stdout.decode().startswith("Usage: ")
+    assert f"servefiles {command}".rstrip() + " [OPTIONS]" in result.stdout.decode().splitlines()[0]
+    assert "-h, --help" in result.stdout.decode()
+
+
+def test_no_command_still_shows_the_help() -> None:
+    result = cli()
+    shown = (result.stdout + result.stderr).decode()
+    assert "servefiles [OPTIONS] COMMAND" in shown and "Commands:" in shown and "error" not in shown
+
+
+def test_serve_on_a_port_in_use_fails_in_one_line(db: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert f"127.0.0.1:{port}" in fails_in_one_line("serve", "--port", port, env=db)

@@ -24,6 +24,7 @@ from typing import IO, Any, Protocol, Self, runtime_checkable
 from ..content_types import check_content_type, guess_content_type
 from ..errors import ContentChanged, InvalidKey, NotFound, PreconditionFailed
 from ..keys import canonical_key
+from .dsn import mask_dsn
 from .types import Change, FileMeta
 
 CHUNK_SIZE = 256 * 1024
@@ -194,11 +195,15 @@ class Store(ABC):
     """
 
     url: str
+    """The URL the store was opened with, password included: show it only through :func:`mask_dsn`."""
     notifies: bool = False
     """Whether :meth:`wake_ups` is woken by the database itself (else it polls)."""
     store_id: str
     """A random id the database got when its schema was created: a cache dir built
     from one database is never mistaken for another's (versions repeat across them)."""
+
+    def __repr__(self) -> str:  # never the password, in logs or tracebacks
+        return f"<{type(self).__name__} {mask_dsn(self.url)}>"
 
     # -- the public API -------------------------------------------------------------
 

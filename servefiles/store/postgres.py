@@ -21,11 +21,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
-from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
+from ..errors import InvalidURL, SchemaTooNew, StoreUnavailable, UploadAborted
 from .base import (
     STALE_UPLOAD_SECONDS,
     BlobRef,
@@ -35,6 +34,7 @@ from .base import (
     check_expectation,
     staged_batches,
 )
+from .dsn import mask_dsn
 from .types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
@@ -163,13 +163,6 @@ _UNAVAILABLE = (
 )
 
 
-def describe_dsn(dsn: str) -> str:
-    """``host:port/database`` of a DSN, for messages: never the password."""
-    parts = urlsplit(dsn)
-    host = parts.netloc.rpartition("@")[2] or "localhost"
-    return f"{host}{parts.path or ''}"
-
-
 def _meta(row: asyncpg.Record) -> FileMeta:
     return FileMeta(
         row["key"], row["version"], row["sha256"], row["size"], row["content_type"],
@@ -184,7 +177,8 @@ class PostgresStore(Store):
 
     def __init__(self, dsn: str, pool: asyncpg.Pool, connect_timeout: float = 10.0) -> None:
         self.url = dsn
-        self._where = describe_dsn(dsn)
+        self._where = mask_dsn(dsn)
+        """The DSN as messages show it: without its password."""
         self._pool = pool
         self._connect_timeout = connect_timeout
         self._read_pool: asyncpg.Pool | None = None
@@ -374,7 +368,9 @@ async def _create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.P
             dsn, min_size=1, max_size=size, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_SECONDS
         )
     except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_reason(exc)}") from exc
+        raise StoreUnavailable(f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {_reason(exc)}") from exc
+    except (ValueError, OverflowError) as exc:  # asyncpg could not parse it: a port "x" or 99999
+        raise InvalidURL(f"not a valid PostgreSQL URL ({_reason(exc)}): {mask_dsn(dsn)}") from None
 
 
 def _reason(exc: BaseException) -> str:
