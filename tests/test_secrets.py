@@ -281,6 +281,10 @@ async def test_health_report_and_feed_warnings_show_no_password_through_an_outag
         await until(lambda: feed(True), seconds=15)
         await pg_proxy.cut()
         await until(lambda: feed(False), seconds=15)
+        # Health never waits on the database: a request that needs the store records why it failed.
+        refused = await client.get("/media/not-cached.png")
+        assert refused.status_code == 503
+        assert_no_secret(refused.text, str(refused.headers))
         down = await health()
         assert str(down["store"]).startswith("unavailable: ") and "***" in str(down["store"])
         assert "***" in json.dumps(down["feed"])
