@@ -194,7 +194,7 @@ def run_child(target: Callable[..., object], *args: object, timeout: float = 30)
 # -- publish -------------------------------------------------------------------------------
 
 
-def test_commit_publishes_a_file_named_by_content_hash_never_by_key(cache: DiskCache, root: Path) -> None:
+def test_commit_installs_a_file_named_by_content_hash_never_by_key(cache: DiskCache, root: Path) -> None:
     data = b"PNG bytes"
     entry = put(cache, "avatars/alice.png", data)
     sha = hashlib.sha256(data).hexdigest()
@@ -523,7 +523,7 @@ def test_a_damaged_shared_file_drops_every_entry_that_uses_it(cache: DiskCache) 
     assert cache.get("a") is None and cache.get("b") is None
 
 
-def test_open_entry_keeps_a_good_copy_published_after_the_failed_open(cache: DiskCache) -> None:
+def test_open_entry_keeps_a_good_copy_installed_after_the_failed_open(cache: DiskCache) -> None:
     entry = put(cache, "k", b"content")
     entry.path.unlink()
     stale = DiskEntry(entry.meta, entry.path)

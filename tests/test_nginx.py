@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from servefiles import FileMeta, ServeFiles, open_store
-from servefiles.cache.disk import DiskEntry
-from servefiles.cache.tree import PublishedTree
+from servefiles.cache.disk import DiskCache, DiskEntry
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
+from servefiles.nginx.tree import PublishedTree
 from servefiles.service import FileService
 
 from .asgi_servers import http_request, uvicorn_server
@@ -434,14 +434,14 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     try:
         assert service.feed is not None and service.feed.healthy
         publishing, resume = threading.Event(), threading.Event()
-        publish = service.disk.publish_to_tree
+        publish = tree.publish_entry
 
-        def held(entry: DiskEntry) -> bool:
+        def held(disk: DiskCache, entry: DiskEntry) -> bool:
             publishing.set()
             resume.wait(10)
-            return publish(entry)
+            return publish(disk, entry)
 
-        service.disk.publish_to_tree = held  # type: ignore[method-assign]
+        tree.publish_entry = held  # type: ignore[method-assign]
         request = asyncio.create_task(service.serve("GET", "x.png", {}))
         assert await asyncio.to_thread(publishing.wait, 10)
         await pg_proxy.cut()
