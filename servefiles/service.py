@@ -36,13 +36,13 @@ from .breaker import CircuitBreaker
 from .cache.disk import DiskCache, DiskEntry, content_name
 from .cache.fill import Filler, FillReader, read_fd
 from .cache.memory import MemoryEntry, MemoryTier
-from .cache.tree import PublishedTree
 from .errors import ContentChanged, InvalidKey, NotFound, ServeFilesError, StoreUnavailable
 from .feed import ChangeFeed
 from .http import ByteRange, HttpPolicy, PreparedFile
 from .keys import canonical_key
 from .metrics import Metrics
 from .nginx import TREE_LOCATION
+from .nginx.tree import PublishedTree
 from .store import Store, connect
 from .store.base import PutSource, WritePrecondition
 from .store.types import Change, FileMeta
@@ -238,7 +238,11 @@ class FileService:
         self.settings = settings or CacheSettings()
         self.metrics = Metrics()
         self.memory = MemoryTier(self.settings.memory_bytes, self.settings.memory_file_bytes)
-        self.disk = DiskCache(cache_dir, self.settings.disk_bytes, tree)
+        self.disk = DiskCache(cache_dir, self.settings.disk_bytes)
+        self.tree = tree
+        """nginx's published tree, kept in step with the disk tier's entries (see nginx/tree.py)."""
+        if tree is not None:
+            tree.follow(self.disk)
         self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
         self._url = db if isinstance(db, str) else None
         self._read_url = read_url
@@ -280,8 +284,8 @@ class FileService:
         (a stopped or crashed run left it, nobody has vouched for it since, and the database
         may be unreachable) and at close (nothing keeps it current any more). Keys are
         published again as they are asked for."""
-        if self.disk.tree is not None:
-            self.disk.tree.clear()
+        if self.tree is not None:
+            self.tree.clear()
 
     def _start_soon(self) -> None:
         """Begin :meth:`start` without waiting for it (a failure is kept for the health report)."""
@@ -297,6 +301,8 @@ class FileService:
                 assert self._url is not None
                 self._store = await connect(self._url, self._read_url)
             report = await asyncio.to_thread(self.disk.open)
+            if self.tree is not None:
+                await asyncio.to_thread(self.tree.sweep, self.disk.get)
         except BaseException as exc:
             self._started = None  # let a later request try again (the database may come back)
             if self._state == "starting":
@@ -345,7 +351,7 @@ class FileService:
         """nginx serves the published tree without asking: withdraw it until the feed is back."""
         self._absent.clear()
         self._outages += 1
-        if self.disk.tree is not None:
+        if self.tree is not None:
             task = asyncio.create_task(asyncio.to_thread(self.withdraw_tree))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -579,7 +585,7 @@ class FileService:
         The flag says whether this request filled the disk tier: its reply is a miss then.
         """
         assert self.accel_prefix is not None and self._filler is not None
-        tree = self.disk.tree
+        tree = self.tree
         if tree is None and (method != "GET" or any(name in headers for name in http.ACCEL_BLOCKERS)):
             return None, False
         entry = self.disk.get(key)
@@ -627,11 +633,11 @@ class FileService:
         outages = self._outages
         if self.feed is None or not self.feed.healthy:
             return False
-        if not await asyncio.to_thread(self.disk.publish_to_tree, entry):
+        tree = self.tree
+        assert tree is not None
+        if not await asyncio.to_thread(tree.publish_entry, self.disk, entry):
             return False
         if self._outages != outages or not self.feed.healthy:
-            tree = self.disk.tree
-            assert tree is not None
             await asyncio.to_thread(tree.withdraw, entry.meta.key)
             return False
         return True

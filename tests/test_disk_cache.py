@@ -194,7 +194,7 @@ def run_child(target: Callable[..., object], *args: object, timeout: float = 30)
 # -- publish -------------------------------------------------------------------------------
 
 
-def test_commit_publishes_a_file_named_by_content_hash_never_by_key(cache: DiskCache, root: Path) -> None:
+def test_commit_installs_a_file_named_by_content_hash_never_by_key(cache: DiskCache, root: Path) -> None:
     data = b"PNG bytes"
     entry = put(cache, "avatars/alice.png", data)
     sha = hashlib.sha256(data).hexdigest()
@@ -523,7 +523,7 @@ def test_a_damaged_shared_file_drops_every_entry_that_uses_it(cache: DiskCache) 
     assert cache.get("a") is None and cache.get("b") is None
 
 
-def test_open_entry_keeps_a_good_copy_published_after_the_failed_open(cache: DiskCache) -> None:
+def test_open_entry_keeps_a_good_copy_installed_after_the_failed_open(cache: DiskCache) -> None:
     entry = put(cache, "k", b"content")
     entry.path.unlink()
     stale = DiskEntry(entry.meta, entry.path)
@@ -587,6 +587,54 @@ def test_shared_content_counts_once_against_the_budget(root: Path) -> None:
     assert all(cache.get(key) for key in "abc")
     assert (cache.stats().entries, cache.stats().bytes, cache.evictions) == (3, 15, 0)
     cache.close()
+
+
+# -- removal listeners and holding (what nginx's published tree follows) -------------------
+
+
+def test_removal_listeners_hear_each_replaced_discarded_or_evicted_key_after_it_commits(root: Path) -> None:
+    cache = DiskCache(root, max_bytes=30)
+    heard: list[tuple[str, DiskEntry | None]] = []
+    cache.on_removed(lambda key: heard.append((key, cache.get(key))))
+    cache.open()
+    put(cache, "a", b"a" * 10)
+    put(cache, "b", b"b" * 10)
+    put(cache, "a", b"A" * 10, version=2)
+    put(cache, "a", b"A" * 10, version=2)  # the same version again: nothing removed
+    assert [(key, entry and entry.meta.version) for key, entry in heard] == [("a", 2)]  # heard after the commit
+    cache.discard("b")
+    put(cache, "c", b"c" * 10)
+    put(cache, "d", b"d" * 10)
+    put(cache, "e", b"e" * 10)  # evicts the least recently used: a
+    assert [key for key, _ in heard] == ["a", "b", "a"]
+    cache.close()
+
+
+def test_a_failing_removal_listener_does_not_fail_the_change(cache: DiskCache) -> None:
+    def fail(key: str) -> None:
+        raise RuntimeError(key)
+
+    heard: list[str] = []
+    cache.on_removed(fail)
+    cache.on_removed(heard.append)
+    put(cache, "a", b"a")
+    cache.discard("a")
+    assert cache.get("a") is None and heard == ["a"]
+
+
+def test_holding_says_whether_an_entry_is_still_current_and_keeps_it_so(cache: DiskCache, root: Path) -> None:
+    old = put(cache, "a", b"old")
+    with cache.holding(old) as current:
+        assert current
+        other = DiskCache(root, MiB)
+        other._index.busy_timeout = 0.2
+        other.open(sweep=False)
+        with pytest.raises(CacheWriteError):  # another process cannot change the cache meanwhile
+            put(other, "a", b"new", version=2)
+        other.close()
+    put(cache, "a", b"new", version=2)
+    with cache.holding(old) as current:
+        assert not current
 
 
 # -- discard -------------------------------------------------------------------------------

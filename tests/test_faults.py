@@ -230,7 +230,7 @@ START_SECONDS = 15.0
 
 
 def cache_paths(cache: Path, publish: Path) -> dict[str, Path]:
-    """Where each thing lives in a cache dir (see cache/disk.py) and in the published tree."""
+    """Where each thing lives in a cache dir (see cache/layout.py) and in the published tree."""
     digest = sha(PHOTO)
     return {
         "content": cache / "objects" / digest[:2] / digest,

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from servefiles import open_store
-from servefiles.cache.tree import PublishedTree
 from servefiles.http import HttpPolicy, PreparedFile, Response, accel_redirect, respond, unmodified_since
+from servefiles.nginx.tree import PublishedTree
 from servefiles.store.types import FileMeta
 
 from .servers import Frontend, WsgiFrontend

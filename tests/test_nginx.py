@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
@@ -22,9 +23,9 @@ import httpx
 import pytest
 
 from servefiles import FileMeta, ServeFiles, open_store
-from servefiles.cache.disk import DiskEntry
-from servefiles.cache.tree import PublishedTree
+from servefiles.cache.disk import DiskCache, DiskEntry
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
+from servefiles.nginx.tree import PublishedTree
 from servefiles.service import FileService
 
 from .asgi_servers import http_request, uvicorn_server
@@ -434,14 +435,14 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     try:
         assert service.feed is not None and service.feed.healthy
         publishing, resume = threading.Event(), threading.Event()
-        publish = service.disk.publish_to_tree
+        publish = tree.publish_entry
 
-        def held(entry: DiskEntry) -> bool:
+        def held(disk: DiskCache, entry: DiskEntry) -> bool:
             publishing.set()
             resume.wait(10)
-            return publish(entry)
+            return publish(disk, entry)
 
-        service.disk.publish_to_tree = held  # type: ignore[method-assign]
+        tree.publish_entry = held  # type: ignore[method-assign]
         request = asyncio.create_task(service.serve("GET", "x.png", {}))
         assert await asyncio.to_thread(publishing.wait, 10)
         await pg_proxy.cut()
@@ -458,6 +459,36 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     finally:
         resume.set()
         await service.close()
+
+
+def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp_path: Path) -> None:
+    """Without nginx: the tree hears of every removal of an entry (replaced, discarded),
+    never publishes an entry the disk tier no longer holds, and sweeps what it cannot vouch for."""
+    disk = DiskCache(tmp_path / "cache", 10 * 1024 * 1024)
+    tree = PublishedTree(tmp_path / "published", "/media")
+    tree.follow(disk)
+    disk.open()
+    written = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+    def install(version: int, data: bytes) -> DiskEntry:
+        meta = FileMeta("x.png", version, hashlib.sha256(data).hexdigest(), len(data), "image/png",
+                        written, written + timedelta(seconds=version))  # fmt: skip
+        with disk.begin(meta) as writer:
+            writer.write(data)
+            return writer.commit()
+
+    first = install(1, PNG)
+    assert tree.publish_entry(disk, first) and tree.path("x.png").read_bytes() == PNG
+    second = install(2, PNG[::-1])
+    assert not tree.path("x.png").exists(), "a replaced version is withdrawn"
+    assert not tree.publish_entry(disk, first), "an entry no longer current is never published"
+    assert tree.publish_entry(disk, second) and tree.path("x.png").read_bytes() == PNG[::-1]
+    disk.discard("x.png")
+    assert not tree.path("x.png").exists()
+    stray = tree.path("gone.png")
+    stray.write_bytes(PNG)
+    assert tree.sweep(disk.get) == 1 and not stray.exists()
+    disk.close()
 
 
 @pytest.mark.parametrize("mode", ["accel", "tree"])

@@ -24,7 +24,7 @@ from servefiles import ServeFiles, open_store
 from .instrument import record_chunk_fetches
 from .servers import running
 
-TEMP_PREFIX = ".tmp-"  # the disk tier's temp-file prefix (servefiles.cache.disk.TEMP_PREFIX)
+TEMP_PREFIX = ".tmp-"  # the disk tier's temp-file prefix (servefiles.cache.layout.TEMP_PREFIX)
 
 
 async def put(store_url: str, key: str, data: bytes) -> None:
@@ -46,7 +46,7 @@ def counter(app: ServeFiles, name: str, **labels: str) -> float:
 
 
 async def wait_for_disk_entry(app: ServeFiles, key: str) -> None:
-    """Until the background fill of ``key`` has published its disk entry (at most 10 s)."""
+    """Until the background fill of ``key`` has installed its disk entry (at most 10 s)."""
     for _ in range(200):
         if app.service.disk.get(key) is not None:
             return

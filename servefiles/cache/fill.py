@@ -33,8 +33,11 @@ from ..localfs import open_regular
 from ..metrics import Metrics
 from ..store import Store
 from ..store.types import FileMeta
-from .disk import DiskCache, DiskEntry, DiskWriter, FillLock
+from .disk import DiskCache
+from .layout import DiskEntry
+from .locks import FillLock
 from .memory import MemoryEntry, MemoryTier
+from .writer import DiskWriter
 
 logger = logging.getLogger("servefiles")
 

@@ -16,7 +16,7 @@ it and the eviction loop reads one row instead of summing 10^5.
 The index's write lock is also the lock on the ``objects/`` namespace: every
 rename into place and every unlink of a content file happens inside a write
 transaction, so a process never deletes a file that another process has just
-published (see ``disk.py``).
+installed (see ``writer.py``).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.removed: list[str] = []
-        """Keys whose entry this transaction removed or replaced (the published tree follows them)."""
+        """Keys whose entry this transaction removed or replaced (``DiskCache.on_removed`` listeners hear of them)."""
 
     def _changes(self, sql: str, params: tuple[object, ...] = ()) -> int:
         return self._conn.execute(sql, params).rowcount

@@ -14,9 +14,9 @@ from typing import Literal, TypedDict
 
 from .. import config
 from ..auth import TokenRing, UploadToken
-from ..cache.tree import PublishedTree
 from ..http import HttpPolicy
 from ..nginx import ACCEL_LOCATION
+from ..nginx.tree import PublishedTree
 from ..service import CacheSettings, FileService
 from ..store import Store
 from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi

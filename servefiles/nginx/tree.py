@@ -3,7 +3,7 @@
 
 A file is published only when nginx would send exactly the headers servefiles sends:
 its stored Content-Type must be the one the generated ``types`` block gives its
-extension, and it must not be active content or text (see :func:`tree_types`). Everything
+extension, and it must not be active content or text (see static_types.py). Everything
 else keeps going through the app.
 
 Each published file is a hard link to the disk tier's content file (a copy when the
@@ -14,10 +14,10 @@ never shared by two versions of a key): nginx derives Last-Modified and its ETag
 versions. A version whose second is not yet over is not published: nginx would send a
 Last-Modified later than its Date (RFC 9110 §8.8.2.1), so until then it goes through
 the app (accel), and the first request after that publishes it (see
-:meth:`PublishedTree.is_due`). The disk
-tier withdraws a key's path whenever its entry goes (replaced, deleted, evicted,
-dropped), and the service clears the whole tree while the change feed is down, since
-nginx serves the tree without asking anyone.
+:meth:`PublishedTree.is_due`). The tree follows the disk tier (:meth:`PublishedTree.follow`):
+a key's path is withdrawn whenever its entry goes (replaced, deleted, evicted, dropped),
+and the service clears the whole tree while the change feed is down, since nginx serves
+the tree without asking anyone.
 """
 
 from __future__ import annotations
@@ -29,58 +29,19 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
-from ..content_types import content_type_table, key_extension
-from ..http import is_active_content
+from ..cache.disk import DiskCache, DiskEntry
 from ..localfs import kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
+from .static_types import extension_types, publishable, tree_types
+
+__all__ = ["TEMP_PREFIX", "PublishedTree"]
 
 logger = logging.getLogger("servefiles")
 
 TEMP_PREFIX = ".servefiles-tmp-"
-
-
-def tree_types() -> dict[str, list[str]]:
-    """Content type -> extensions that may be published: servefiles' own table minus text,
-    active types and message/* (MHTML), which need a charset or a Content-Disposition that
-    nginx's static module would not send. The generated nginx ``types`` block is exactly this."""
-    return {
-        content_type: extensions
-        for content_type, extensions in content_type_table().items()
-        if not content_type.startswith(("text/", "message/")) and not is_active_content(content_type)
-    }
-
-
-NGINX_DEFAULT_TYPE = "application/octet-stream"
-"""The generated block's ``default_type``: what nginx sends for an extension not in ``types``."""
-
-
-def extension_types(types: Mapping[str, Iterable[str]]) -> dict[str, str]:
-    """A ``types`` block turned round: extension -> Content-Type."""
-    return {extension: content_type for content_type, extensions in types.items() for extension in extensions}
-
-
-def nginx_content_type(key: str, by_extension: Mapping[str, str]) -> str:
-    """The Content-Type nginx's static module gives the key's path, found as nginx finds it:
-    the text after the last dot of the last segment (a leading dot starts no extension),
-    ASCII lower-cased, looked up in the ``types`` block, else ``default_type``."""
-    extension = key_extension(key)
-    return NGINX_DEFAULT_TYPE if extension is None else by_extension.get(extension, NGINX_DEFAULT_TYPE)
-
-
-def publishable(meta: FileMeta, allowed: Iterable[str], by_extension: Mapping[str, str]) -> bool:
-    """Whether nginx, serving the file statically, would send its stored Content-Type: the
-    type nginx finds must be the stored one (not merely servefiles' own guess, which may
-    differ, e.g. for an upload whose type was given), and one that may be published at all.
-    An empty file never is: nginx ignores Range on it, so ``bytes=0-`` would get a 200 where
-    servefiles answers 416 (RFC 9110 §14.1.1)."""
-    return (
-        meta.size > 0
-        and meta.content_type in allowed
-        and nginx_content_type(meta.key, by_extension) == meta.content_type
-    )
 
 
 class PublishedTree:
@@ -99,7 +60,28 @@ class PublishedTree:
         return self.base / key
 
     def accepts(self, meta: FileMeta) -> bool:
+        """Whether nginx, serving this version from the tree, would send its stored headers."""
         return publishable(meta, self._allowed, self._by_extension)
+
+    def follow(self, disk: DiskCache) -> None:
+        """Withdraw a key's path whenever the disk tier removes or replaces its entry (register
+        before the disk tier opens: its start-up drops entries too)."""
+        disk.on_removed(self.withdraw)
+
+    def publish_entry(self, disk: DiskCache, entry: DiskEntry) -> bool:
+        """Publish a disk tier entry, if it is still the key's entry and once its validator second
+        is over (:meth:`is_due`); True when the tree holds it now.
+
+        The check and the link happen under the disk tier's write lock (:meth:`DiskCache.holding`):
+        a version replaced meanwhile is never published after its withdrawal, which the tier's
+        listeners (:meth:`follow`) run only after the replacing change commits.
+        """
+        if not self.accepts(entry.meta) or not self.is_due(entry.meta):
+            return False
+        if self.is_published(entry.meta):
+            return True
+        with disk.holding(entry) as current:
+            return current and self.publish(entry.meta, entry.path)
 
     def is_published(self, meta: FileMeta) -> bool:
         """Whether ``key``'s path holds this version already (size and timestamp agree)."""
@@ -179,7 +161,7 @@ class PublishedTree:
         """
         if self._base_is_real():
             for item in list(os.scandir(self.base)):
-                _remove_any(Path(item.path))
+                remove_any(Path(item.path))
 
     def _base_is_real(self) -> bool:
         """Whether ``base`` is a real directory, reached from ``root`` through real directories
@@ -187,8 +169,9 @@ class PublishedTree:
         parts = self.base.relative_to(self.root).parts
         return _real_dirs(self.root, parts) if parts else os.path.isdir(self.root)
 
-    def sweep(self, current: Callable[[str], FileMeta | None]) -> int:
-        """Start-up: remove every path that is not ``current(key)``'s published version."""
+    def sweep(self, current: Callable[[str], DiskEntry | None]) -> int:
+        """Start-up: remove every path that is not the published version of ``current(key)``'s
+        entry (``DiskCache.get``, once the disk tier is open); returns how many paths went."""
         removed = 0
         if not self._base_is_real():
             return 0
@@ -196,13 +179,13 @@ class PublishedTree:
             for name in filenames:
                 path = Path(directory) / name
                 key = path.relative_to(self.base).as_posix()
-                meta = None if name.startswith(TEMP_PREFIX) else current(key)
-                if meta is None or not self.accepts(meta) or not self.is_published(meta):
-                    _remove_any(path)
+                entry = None if name.startswith(TEMP_PREFIX) else current(key)
+                if entry is None or not self.accepts(entry.meta) or not self.is_published(entry.meta):
+                    remove_any(path)
                     removed += 1
             for name in list(dirnames):
                 if os.path.islink(os.path.join(directory, name)):
-                    _remove_any(Path(directory) / name)
+                    remove_any(Path(directory) / name)
                     dirnames.remove(name)
         return removed
 
@@ -224,7 +207,7 @@ def _real_dirs(root: Path, parts: tuple[str, ...]) -> bool:
             return False
         if not stat.S_ISDIR(mode):
             logger.warning("nginx tree: removed a %s where the directory %s belongs", kind(mode), current)
-            _remove_any(current)
+            remove_any(current)
             return False
     return True
 
@@ -250,6 +233,3 @@ def _remove_empty_parents(base: Path, directory: Path) -> None:
         except OSError:
             return
         directory = directory.parent
-
-
-_remove_any = remove_any

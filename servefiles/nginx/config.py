@@ -1,4 +1,4 @@
-"""nginx in front of servefiles: the internal locations and the generated server block.
+"""The generated nginx server block and the internal locations servefiles redirects to.
 
 Two modes (``servefiles nginx-config --mode``):
 
@@ -18,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .static_types import NGINX_DEFAULT_TYPE, tree_types
+
+__all__ = ["ACCEL_LOCATION", "TREE_LOCATION", "NginxSettings", "render"]
 
 ACCEL_LOCATION = "/_servefiles_accel/"
 TREE_LOCATION = "/_servefiles_tree/"
@@ -130,7 +134,5 @@ def render(settings: NginxSettings) -> str:
 
 def _types_block() -> str:
     """The Content-Types of published files: servefiles' own table, so nginx sends the stored type."""
-    from .cache.tree import NGINX_DEFAULT_TYPE, tree_types
-
     entries = "\n".join(f"            {content_type} {' '.join(exts)};" for content_type, exts in tree_types().items())
     return f"        types {{\n{entries}\n        }}\n        default_type {NGINX_DEFAULT_TYPE};"

@@ -1,0 +1,145 @@
+"""Writing a file into the disk tier, atomically.
+
+Bytes go to a temp file in the directory of their final name (:class:`DiskWriter`), are
+fsynced and verified (size and sha256), then **installed** (:func:`install`): renamed into
+place (atomic: same directory) and only then indexed. A reader therefore never sees a
+partial file under a final name, and ``kill -9`` at any point leaves at worst a temp file,
+which the next start-up sweeps (loader.py). The rename happens under the index's write
+lock, so no other process deletes the file between its rename and its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import CacheWriteError
+from ..localfs import lstat_mode
+from ..store.types import FileMeta
+from . import locks
+from .eviction import release_file
+from .index import Transaction
+from .layout import CacheDir, DiskEntry, fsync_dir, is_good_file
+
+__all__ = ["DiskWriter", "install"]
+
+logger = logging.getLogger("servefiles")
+
+Install = Callable[[FileMeta, Path], DiskEntry]
+"""Installs a verified, fsynced temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
+
+
+def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -> None:
+    """Move a verified, fsynced temp file into place and index it as ``meta.key``'s entry, in
+    ``txn`` (the write lock). CacheWriteError when a newer version of the key is cached.
+
+    When the index already vouches for a good file of these bytes, the temp file goes and the
+    entry shares that file. The key's previous entry, when it was another version, is in
+    ``txn.removed`` afterwards; its file goes when no entry uses it any more.
+    """
+    final = cache_dir.content_path(meta.sha256)
+    current = txn.entry(meta.key)
+    if current is not None and current.version > meta.version:
+        raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
+    known_size = txn.file_size(meta.sha256)
+    if known_size == meta.size and is_good_file(final, meta.size):
+        os.unlink(temp)  # the same bytes are already in place: share them
+    else:
+        if known_size is not None:
+            txn.drop_file(meta.sha256)  # its row said one thing, the disk another
+        if stat.S_ISDIR(lstat_mode(final)):
+            shutil.rmtree(final)  # rename cannot replace a directory
+        os.rename(temp, final)
+        fsync_dir(final.parent)
+        txn.add_file(meta.sha256, meta.size)
+    txn.put_entry(meta, time.time_ns())
+    if current is not None and current.revision != meta.revision:
+        txn.removed.append(meta.key)  # whoever mirrors the entry holds the old version
+    if current is not None and current.sha256 != meta.sha256:
+        release_file(txn, cache_dir, current.sha256)
+
+
+class DiskWriter:
+    """One file being written into the cache; commit it or abort it.
+
+    ``path`` is the temp file: readers may open it and read as far as
+    ``written``; their fd stays valid through the rename (or the unlink).
+    Not for concurrent use by several threads.
+    """
+
+    def __init__(self, meta: FileMeta, path: Path, fd: int, install: Install) -> None:
+        self.meta = meta
+        self.path = path
+        self.written = 0
+        self._install = install
+        self._fd: int | None = fd  # holds the flock that tells the sweep we are alive
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        """Append bytes; CacheWriteError (temp file removed) if the disk refuses or they are too many."""
+        fd = self._open_fd()
+        if self.written + len(data) > self.meta.size:
+            self.abort()
+            raise CacheWriteError(f"{self.meta.key}: more than the announced {self.meta.size} bytes")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            self.abort()
+            raise CacheWriteError(f"cannot cache {self.meta.key}: {exc}") from exc
+        self._hash.update(data)
+        self.written += len(data)
+
+    def commit(self) -> DiskEntry:
+        """fsync, verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
+        fd = self._open_fd()
+        try:
+            if self.written != self.meta.size:
+                raise CacheWriteError(f"{self.meta.key}: wrote {self.written} bytes, expected {self.meta.size}")
+            if self._hash.hexdigest() != self.meta.sha256:
+                raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
+            os.fsync(fd)
+            if os.fstat(fd).st_size != self.meta.size:
+                raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
+            entry = self._install(self.meta, self.path)
+        except CacheWriteError:
+            self.abort()
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            self.abort()
+            raise CacheWriteError(f"cannot cache {self.meta.key}: {exc}") from exc
+        self._fd = None
+        os.close(fd)
+        return entry
+
+    def abort(self) -> None:
+        """Remove the temp file (while still holding its lock); idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            locks.unlink_then_unlock(self.path, fd)
+        except OSError as exc:
+            logger.warning("disk cache: could not remove %s: %s", self.path, exc)  # the sweep will
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise CacheWriteError(f"{self.meta.key}: the writer is already committed or aborted")
+        return self._fd
+
+    def __enter__(self) -> DiskWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()  # after a commit this does nothing
