@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from . import defaults
+
 ACCEL_LOCATION = "/_servefiles_accel/"
 TREE_LOCATION = "/_servefiles_tree/"
 
@@ -45,8 +47,8 @@ class NginxSettings:
     publish_dir: Path | None = None
     listen: str = "80"
     server_name: str = "_"
-    max_upload_bytes: int = 1024 * 1024 * 1024
-    cache_control: str = "no-cache"
+    max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
+    cache_control: str = defaults.CACHE_CONTROL
 
 
 def render(settings: NginxSettings) -> str:

@@ -55,7 +55,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import CacheWriteError
-from ..localfs import ensure_dir, kind, open_regular, remove_any
+from ..keys import key_digest
+from ..localfs import ensure_dir, kind, open_regular, remove_any, sha256_of_fd
 from ..store.types import FileMeta
 from . import locks
 from .index import Index, Transaction
@@ -138,10 +139,7 @@ def _is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
             return False
         if sha256 is None:
             return True
-        digest = hashlib.sha256()
-        while block := os.read(fd, 1024 * 1024):
-            digest.update(block)
-        return digest.hexdigest() == sha256
+        return sha256_of_fd(fd) == sha256
     finally:
         os.close(fd)
 
@@ -404,8 +402,7 @@ class DiskCache:
 
     def lock(self, key: str) -> FillLock:
         """The cross-process fill lock of ``key`` (named by the key's hash, never its text)."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return FillLock(self._locks / f"{digest}.lock")
+        return FillLock(self._locks / f"{key_digest(key).hex()}.lock")
 
     @property
     def is_open(self) -> bool:
