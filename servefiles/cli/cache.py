@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,8 +16,13 @@ from ..store import Store
 from .exits import EXIT_ERROR
 from .options import cache_dir_option, cache_size_option, with_store
 
+if TYPE_CHECKING:  # imported when a command runs: `servefiles --help` stays quick
+    from ..cache.warm import CacheMaintainer
 
-async def _maintain(store: Store, cache_dir: Path | None, cache_size: int, work: Callable[[Any], Any]) -> None:
+
+async def _maintain(
+    store: Store, cache_dir: Path | None, cache_size: int, work: Callable[[CacheMaintainer], Awaitable[None]]
+) -> None:
     """Open the cache dir for ``warm``/``sync`` and run ``work(maintainer)``; print the report."""
     from ..cache.disk import DiskCache
     from ..cache.warm import CacheMaintainer
@@ -36,7 +41,7 @@ async def _maintain(store: Store, cache_dir: Path | None, cache_size: int, work:
         await asyncio.to_thread(disk.close)
 
 
-async def _warm_with_progress(maintainer: Any, prefix: str) -> None:
+async def _warm_with_progress(maintainer: CacheMaintainer, prefix: str) -> None:
     missing, cursor = await maintainer.plan(prefix)
     total = sum(meta.size for meta in missing)
     with click.progressbar(length=total, label="warming", file=sys.stderr, show_pos=False) as bar:
@@ -65,7 +70,7 @@ async def warm(store: Store, prefix: str, cache_dir: Path | None, cache_size: in
 async def sync(store: Store, verify: bool, cache_dir: Path | None, cache_size: int) -> None:
     """Reconcile a cache dir with the database: drop what it deleted or changed, fetch what is missing."""
 
-    async def work(maintainer: Any) -> None:
+    async def work(maintainer: CacheMaintainer) -> None:
         entries = await asyncio.to_thread(maintainer.disk.stats)
         with click.progressbar(length=entries.bytes, label="checking", file=sys.stderr, show_pos=False) as bar:
             await maintainer.reconcile(verify, bar.update)
