@@ -624,7 +624,7 @@ def timed(what: str, timings: list[str]) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from servefiles.cli import parse_size
+    from servefiles.cli.options import parse_size
 
     def size(value: str) -> int:
         return parse_size(None, None, value)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Literal, TypeAlias
 
+from . import defaults
 from .content_types import DEFAULT_CONTENT_TYPE, check_content_type
 from .errors import InvalidContentType
 from .store.types import FileMeta
@@ -61,8 +62,8 @@ class HttpPolicy:
     and JavaScript uploads are kept from running on the app's origin.
     """
 
-    cache_control: str = "no-cache"
-    active_content: Literal["attachment", "sandbox"] = "attachment"
+    cache_control: str = defaults.CACHE_CONTROL
+    active_content: Literal["attachment", "sandbox"] = defaults.ACTIVE_CONTENT
     max_ranges: int = 16
     allow: str = "GET, HEAD"
 

@@ -6,6 +6,7 @@ through :func:`canonical_key`. Nothing downstream builds a path from a URL.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 from .errors import InvalidKey
@@ -93,3 +94,13 @@ def key_under(folder: str, name: str) -> str:
     either part is not valid.
     """
     return canonical_key(key_folder(folder) + name)
+
+
+def key_digest(key: str) -> bytes:
+    """The 32-byte sha256 of ``key``'s UTF-8: a fixed-size name for a key of any length.
+
+    Names a key where its text must not go (a fill lock's file name) and keeps a key in
+    bounded memory (the absent keys remembered). ``surrogatepass``: any ``str`` has a
+    digest, even one :func:`canonical_key` would refuse, so a caller never fails here.
+    """
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()

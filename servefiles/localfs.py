@@ -15,14 +15,26 @@ A leaf module: the cache and the change feed both use it, it imports neither.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["NotRegularFile", "ensure_dir", "kind", "lstat_mode", "open_regular", "read_regular", "remove_any"]
+__all__ = [
+    "NotRegularFile",
+    "ensure_dir",
+    "kind",
+    "lstat_mode",
+    "open_regular",
+    "read_regular",
+    "remove_any",
+    "sha256_of_fd",
+]
 
 NOFOLLOW_NONBLOCK = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+HASH_BLOCK = 1024 * 1024
+"""Bytes per read while hashing a file: few system calls, little memory."""
 
 
 class NotRegularFile(OSError):
@@ -84,6 +96,21 @@ def read_regular(path: str | Path, limit: int) -> bytes:
         return os.pread(fd, limit + 1, 0)
     finally:
         os.close(fd)
+
+
+def sha256_of_fd(fd: int) -> str:
+    """The sha256 of everything an open file holds, as 64 lowercase hex digits.
+
+    Read with positional reads from byte 0 in blocks of :data:`HASH_BLOCK`, so the fd's
+    offset neither matters nor moves; ``OSError`` as the reads raise it. The caller opens
+    (a cache file: with :func:`open_regular`) and closes ``fd``.
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, HASH_BLOCK, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
 
 
 def remove_any(path: str | Path) -> None:

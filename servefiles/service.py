@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from cachetools import LRUCache
 
-from . import http
+from . import defaults, http
 from .breaker import CircuitBreaker
 from .cache.disk import DiskCache, DiskEntry, content_name
 from .cache.fill import Filler, FillReader, read_fd
@@ -69,18 +69,18 @@ PRIME_ATTEMPTS = 5
 class CacheSettings:
     """Sizes and timings of the caches; the defaults suit a typical frontend."""
 
-    memory_bytes: int = 64 * 1024 * 1024
-    memory_file_bytes: int = 256 * 1024
-    disk_bytes: int = 1024 * 1024 * 1024
-    freshness_seconds: float = 1.0
-    fill_wait_seconds: float = 10.0
-    feed: bool = True
+    memory_bytes: int = defaults.MEMORY_BYTES
+    memory_file_bytes: int = defaults.MEMORY_FILE_BYTES
+    disk_bytes: int = defaults.DISK_BYTES
+    freshness_seconds: float = defaults.FRESHNESS_SECONDS
+    fill_wait_seconds: float = defaults.FILL_WAIT_SECONDS
+    feed: bool = defaults.FEED
     """Follow the store's change feed: while it is healthy, hits need no query at all."""
-    feed_poll_seconds: float = 0.2
+    feed_poll_seconds: float = defaults.FEED_POLL_SECONDS
     """How often a store that cannot notify (SQLite) is asked for changes."""
-    feed_check_seconds: float = 5.0
+    feed_check_seconds: float = defaults.FEED_CHECK_SECONDS
     """How often an idle notifying feed (PostgreSQL) checks its connection."""
-    prefetch: bool = False
+    prefetch: bool = defaults.PREFETCH
     """Fetch new versions as soon as they are announced, so even first requests hit the disk."""
 
 

@@ -34,7 +34,6 @@ from .store.types import FileMeta
 
 logger = logging.getLogger("servefiles")
 
-DEFAULT_MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
 DEFAULT_LIST_LIMIT = 100
 WRITE_METHODS = frozenset({"PUT", "DELETE"})
 REQUEST_HEADERS = frozenset(

@@ -157,7 +157,8 @@ async def test_health_with_the_store_unreachable_is_200_and_says_why(adapter: st
         assert (await client.get("/media/a.txt")).status_code == 503  # a request tried, and failed
         report = await health(client)
         assert report["state"] == "not started" and report["disk"] is None
-        assert report["store"].startswith("unavailable: cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:"), report
+        unavailable = "unavailable: cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:"
+        assert report["store"].startswith(unavailable), report
         assert "app@" not in report["store"]  # neither user nor password: host, port and database only
 
 

@@ -32,7 +32,6 @@ Whoever mirrors entries elsewhere (nginx's published tree) follows them with
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sqlite3
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CacheWriteError
+from ..keys import key_digest
 from ..localfs import ensure_dir, open_regular, remove_any
 from ..store.types import FileMeta
 from . import locks
@@ -295,8 +295,7 @@ class DiskCache:
 
     def lock(self, key: str) -> FillLock:
         """The cross-process fill lock of ``key`` (named by the key's hash, never its text)."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return FillLock(self._dir.locks / f"{digest}.lock")
+        return FillLock(self._dir.locks / f"{key_digest(key).hex()}.lock")
 
     def stats(self) -> CacheStats:
         """The entries and bytes of the whole dir (every process), and this object's evictions."""

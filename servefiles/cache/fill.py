@@ -95,7 +95,7 @@ def _read_cached(fd: int, want: int, pos: int) -> bytes | None:
 class Fill:
     """The state of one fetch, shared by the task that runs it and the requests that read it."""
 
-    def __init__(self, meta: FileMeta, file: PreparedFile, small: bool) -> None:
+    def __init__(self, meta: FileMeta, file: PreparedFile | None, small: bool) -> None:
         self.meta = meta
         self.file = file
         self.small = small
@@ -147,10 +147,14 @@ class Fill:
 
 
 class Filler:
-    """Runs fills, at most one per (key, version) in this process."""
+    """Runs fills, at most one per (key, version) in this process.
+
+    Without a ``memory`` tier (warm, sync), or for a fill started without a prepared file,
+    every fill goes to the disk tier alone.
+    """
 
     def __init__(
-        self, store: Store, disk: DiskCache, memory: MemoryTier, metrics: Metrics, wait_seconds: float
+        self, store: Store, disk: DiskCache, memory: MemoryTier | None, metrics: Metrics, wait_seconds: float
     ) -> None:
         self.store = store
         self.disk = disk
@@ -163,19 +167,20 @@ class Filler:
     def get(self, meta: FileMeta) -> Fill | None:
         return self._fills.get((meta.key, meta.revision))
 
-    def start(self, meta: FileMeta, file: PreparedFile) -> Fill:
-        """The fill for this version: the running one, or a new one."""
+    def start(self, meta: FileMeta, file: PreparedFile | None = None) -> Fill:
+        """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``)."""
         running = self._fills.get((meta.key, meta.revision))
         if running is not None:
             return running
-        fill = Fill(meta, file, small=self.memory.fits(meta.size))
+        small = file is not None and self.memory is not None and self.memory.fits(meta.size)
+        fill = Fill(meta, file, small)
         self._fills[(meta.key, meta.revision)] = fill
         task = asyncio.create_task(self._run(fill), name=f"servefiles fill {meta.key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
 
-    async def fill(self, meta: FileMeta, file: PreparedFile) -> bool:
+    async def fill(self, meta: FileMeta, file: PreparedFile | None = None) -> bool:
         """Fill now and wait for the end (warm, sync); True when the disk tier has it."""
         fill = self.start(meta, file)
         fill.join()
@@ -252,7 +257,7 @@ class Filler:
                 fill.body = await asyncio.to_thread(os.pread, fd, entry.meta.size, 0)
             finally:
                 os.close(fd)
-            self.memory.put(entry.meta.key, MemoryEntry(fill.file, fill.body))
+            self._remember(fill)
         else:
             fill.fd = fd
         fill.written = entry.meta.size
@@ -289,8 +294,13 @@ class Filler:
         if fill.small:
             fill.body = b"".join(pieces)
             if len(fill.body) == meta.size:
-                self.memory.put(meta.key, MemoryEntry(fill.file, fill.body))
+                self._remember(fill)
         fill.finish()
+
+    def _remember(self, fill: Fill) -> None:
+        """A small fill's bytes into the memory tier (a fill is small only with a tier and a file)."""
+        if self.memory is not None and fill.file is not None and fill.body is not None:
+            self.memory.put(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
     async def _begin(self, meta: FileMeta) -> DiskWriter | None:
         try:

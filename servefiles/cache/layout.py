@@ -14,14 +14,13 @@ Nothing here is built from a URL: a content file's name is its hash (checked by
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..localfs import kind, lstat_mode, open_regular
+from ..localfs import kind, lstat_mode, open_regular, sha256_of_fd
 from ..store.types import FileMeta
 
 __all__ = ["TEMP_PREFIX", "CacheDir", "DiskEntry", "content_name", "is_good_file", "is_sha256"]
@@ -90,10 +89,7 @@ def is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
             return False
         if sha256 is None:
             return True
-        digest = hashlib.sha256()
-        while block := os.read(fd, 1024 * 1024):
-            digest.update(block)
-        return digest.hexdigest() == sha256
+        return sha256_of_fd(fd) == sha256
     finally:
         os.close(fd)
 

@@ -11,21 +11,18 @@ against the database (and, with ``verify``, re-hashes its file).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..feed import FeedCursor
-from ..http import HttpPolicy, PreparedFile
+from ..localfs import sha256_of_fd
 from ..metrics import Metrics
 from ..store import Store
 from ..store.types import FileMeta
 from .disk import DiskCache
 from .fill import Filler
-from .memory import MemoryTier
 
-HASH_BLOCK = 1024 * 1024
 Progress = Callable[[int], None]
 
 
@@ -46,8 +43,7 @@ class CacheMaintainer:
         self.store = store
         self.disk = disk
         self.cursor = FeedCursor(disk.root, store.store_id)
-        self.filler = Filler(store, disk, MemoryTier(0, 0), Metrics(), wait_seconds=60.0)
-        self.policy = HttpPolicy()
+        self.filler = Filler(store, disk, None, Metrics(), wait_seconds=60.0)  # to disk only
         self.report = WarmReport(corrupt=dropped_at_open)  # truncated or replaced files the open found
 
     async def plan(self, prefix: str) -> tuple[list[FileMeta], int]:
@@ -80,7 +76,7 @@ class CacheMaintainer:
 
     async def fetch(self, metas: list[FileMeta], progress: Progress) -> None:
         for meta in metas:
-            if await self.filler.fill(meta, PreparedFile(meta, self.policy)):
+            if await self.filler.fill(meta):
                 self.report.fetched += 1
                 self.report.fetched_bytes += meta.size
             else:
@@ -112,10 +108,7 @@ class CacheMaintainer:
         fd = self.disk.open_entry(entry) if entry is not None else None
         if fd is None:
             return False
-        digest = hashlib.sha256()
         try:
-            while block := os.read(fd, HASH_BLOCK):
-                digest.update(block)
+            return sha256_of_fd(fd) == meta.sha256
         finally:
             os.close(fd)
-        return digest.hexdigest() == meta.sha256

@@ -42,6 +42,7 @@ from django.core.files.storage import Storage
 from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
+from .. import defaults
 from ..content_types import check_content_type
 from ..errors import InvalidContentType, InvalidKey, NotFound, PreconditionFailed
 from ..keys import canonical_key
@@ -70,7 +71,7 @@ def files() -> ServeFilesWSGI:
             if not config.get("DB"):
                 raise ImproperlyConfigured('settings.SERVEFILES["DB"] must name the servefiles database')
             media_path = urlsplit(getattr(settings, "MEDIA_URL", "") or "").path
-            prefix = config.get("PREFIX") or (media_path if media_path.strip("/") else "/media")
+            prefix = config.get("PREFIX") or (media_path if media_path.strip("/") else defaults.PREFIX)
             _files = ServeFilesWSGI(None, config["DB"], prefix, config.get("CACHE_DIR"), **config.get("OPTIONS", {}))
         return _files
 

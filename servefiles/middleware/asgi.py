@@ -18,7 +18,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Unpack
 
-from .. import http
+from .. import defaults, http
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
@@ -77,7 +77,7 @@ class ServeFiles:
         self,
         app: ASGIApp | None,
         db: str | Store,
-        prefix: str = "/media",
+        prefix: str = defaults.PREFIX,
         cache_dir: str | Path | None = None,
         *,
         date_header: bool = False,

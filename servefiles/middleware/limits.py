@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import http
+from .. import defaults, http
 from .asgi import ASGIApp, Receive, Scope, Send, date_header
 
 __all__ = ["BoundedRequests", "RequestLimits"]
@@ -32,10 +32,10 @@ class RequestLimits:
     query as sent (8 KiB). Each must be positive (ValueError otherwise).
     """
 
-    max_field_line: int = 8 * 1024
-    max_header_block: int = 32 * 1024
-    max_fields: int = 100
-    max_target: int = 8 * 1024
+    max_field_line: int = defaults.MAX_FIELD_LINE
+    max_header_block: int = defaults.MAX_HEADER_BLOCK
+    max_fields: int = defaults.MAX_FIELDS
+    max_target: int = defaults.MAX_TARGET
 
     def __post_init__(self) -> None:
         for name in ("max_field_line", "max_header_block", "max_fields", "max_target"):

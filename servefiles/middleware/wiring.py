@@ -14,12 +14,13 @@ from typing import Literal, TypedDict
 
 from .. import config
 from ..auth import TokenRing, UploadToken
+from ..defaults import ACTIVE_CONTENT, CACHE_CONTROL, MAX_UPLOAD_BYTES
 from ..http import HttpPolicy
 from ..nginx import ACCEL_LOCATION
 from ..nginx.tree import PublishedTree
 from ..service import CacheSettings, FileService
 from ..store import Store
-from ..write_api import DEFAULT_MAX_UPLOAD_BYTES, WriteApi
+from ..write_api import WriteApi
 
 HEALTH_PATH = "/_servefiles/health"
 METRICS_PATH = "/_servefiles/metrics"
@@ -102,8 +103,8 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
         db,
         Path(cache_dir) if cache_dir is not None else config.default_cache_dir(),
         HttpPolicy(
-            cache_control=options.get("cache_control", "no-cache"),
-            active_content=options.get("active_content", "attachment"),
+            cache_control=options.get("cache_control", CACHE_CONTROL),
+            active_content=options.get("active_content", ACTIVE_CONTENT),
             allow="GET, HEAD, PUT, DELETE" if tokens else "GET, HEAD",
         ),
         CacheSettings(
@@ -121,5 +122,5 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
         accel_prefix=ACCEL_LOCATION if nginx else None,
         tree=PublishedTree(Path(publish_dir), prefix) if nginx == "tree" and publish_dir is not None else None,
     )
-    writes = WriteApi(service, tokens, options.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES), prefix)
+    writes = WriteApi(service, tokens, options.get("max_upload_bytes", MAX_UPLOAD_BYTES), prefix)
     return Mount(service, writes, prefix, options.get("metrics", False))

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar, Unpack
 
-from .. import http
+from .. import defaults, http
 from ..errors import NotFound, ServeFilesError, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
@@ -112,7 +112,7 @@ class ServeFilesWSGI:
         self,
         app: WSGIApp | None,
         db: str | Store,
-        prefix: str = "/media",
+        prefix: str = defaults.PREFIX,
         cache_dir: str | Path | None = None,
         **options: Unpack[Options],
     ) -> None:

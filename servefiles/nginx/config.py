@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .. import defaults
 from .static_types import NGINX_DEFAULT_TYPE, tree_types
 
 __all__ = ["ACCEL_LOCATION", "TREE_LOCATION", "NginxSettings", "render"]
@@ -49,8 +50,8 @@ class NginxSettings:
     publish_dir: Path | None = None
     listen: str = "80"
     server_name: str = "_"
-    max_upload_bytes: int = 1024 * 1024 * 1024
-    cache_control: str = "no-cache"
+    max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
+    cache_control: str = defaults.CACHE_CONTROL
 
 
 def render(settings: NginxSettings) -> str:

@@ -1,0 +1,35 @@
+"""The ``servefiles`` command.
+
+Every option can come from the environment (``SERVEFILES_DB``,
+``SERVEFILES_CACHE_DIR``, ``SERVEFILES_UPLOAD_TOKEN``, ``SERVEFILES_HOST``,
+``SERVEFILES_PORT``, ``SERVEFILES_PREFIX``) and every command shares the same
+defaults (:mod:`servefiles.config` for places, :mod:`servefiles.defaults` for the
+rest). Errors are one line on stderr and a non-zero exit, mapped from servefiles'
+error types in :class:`~servefiles.cli.exits.Commands`.
+
+One module per family of commands: :mod:`.serve` (``serve``, ``nginx-config``,
+``new-token``), :mod:`.files` (the database: ``init``, ``put``, ``get``, ``rm``, ``ls``,
+``import``, ``export``), :mod:`.cache` (a cache dir: ``warm``, ``sync``, ``stats``);
+:mod:`.options` holds what they share.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .cache import stats, sync, warm
+from .exits import Commands
+from .files import export, get, import_, init, ls, put, rm
+from .serve import new_token, nginx_config, serve
+
+__all__ = ["main"]
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="servefiles")
+def main() -> None:
+    """Serve uploaded files from the database, fast, on every frontend."""
+
+
+for _command in (serve, nginx_config, new_token, init, put, get, rm, ls, import_, export, warm, sync, stats):
+    main.add_command(_command)

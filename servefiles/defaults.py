@@ -1,0 +1,61 @@
+"""Every default servefiles ships with, each written once.
+
+The command line, both adapters, the Django integration and the generated nginx block
+all read their defaults from here, so ``servefiles serve``, ``ServeFiles(app, db)`` and
+``servefiles nginx-config`` agree without anyone keeping copies in step. The ground
+floor: this module imports nothing from servefiles. Sizes are in bytes, times in seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+
+# -- serving ----------------------------------------------------------------------------------
+
+PREFIX: Final = "/media"
+"""The URL prefix files are served under (``{PREFIX}/{key}``); Django's MEDIA_URL, when set, wins."""
+CACHE_CONTROL: Final = "no-cache"
+"""Keys are mutable URLs: a cache may store a file but must revalidate it (a cheap ETag/304)
+before each reuse (RFC 9111 §5.2.2.4)."""
+ACTIVE_CONTENT: Final[Literal["attachment", "sandbox"]] = "attachment"
+"""HTML, SVG, XML and JavaScript uploads are downloaded, never rendered on the app's origin."""
+MAX_UPLOAD_BYTES: Final = 1 * GiB
+"""The largest upload over HTTP; a bigger one gets 413 and stores nothing."""
+
+# -- caches -----------------------------------------------------------------------------------
+
+MEMORY_BYTES: Final = 64 * MiB
+"""The memory tier's budget for small hot files."""
+MEMORY_FILE_BYTES: Final = 256 * KiB
+"""The largest file the memory tier keeps."""
+DISK_BYTES: Final = 1 * GiB
+"""The disk tier's budget; least recently used files are evicted beyond it."""
+FRESHNESS_SECONDS: Final = 1.0
+"""How long a cached file is served before its version is checked again while the change feed is down."""
+FILL_WAIT_SECONDS: Final = 10.0
+"""How long a request waits for another process's fill of the same file before reading the store itself."""
+FEED: Final = True
+"""Follow the store's change feed: while it is healthy, hits need no query at all."""
+FEED_POLL_SECONDS: Final = 0.2
+"""How often a store that cannot notify (SQLite) is asked for changes."""
+FEED_CHECK_SECONDS: Final = 5.0
+"""How often an idle notifying feed (PostgreSQL) checks its connection."""
+PREFETCH: Final = False
+"""Fetch new versions as soon as they are announced, so even first requests hit the disk."""
+
+# -- the standalone server (servefiles serve) -------------------------------------------------
+
+HOST: Final = "127.0.0.1"
+PORT: Final = 8000
+MAX_FIELD_LINE: Final = 8 * KiB
+"""The largest header field line, ``name: value`` (nginx's ``large_client_header_buffers`` size)."""
+MAX_HEADER_BLOCK: Final = 32 * KiB
+"""The largest header block, all field lines with their CRLFs (nginx's 4 buffers)."""
+MAX_FIELDS: Final = 100
+"""The most header fields one request may carry."""
+MAX_TARGET: Final = 8 * KiB
+"""The longest request-target, path and query as sent."""
