@@ -19,7 +19,7 @@ from servefiles.content_types import (
     content_type_table,
     guess_content_type,
 )
-from servefiles.http import is_active_content
+from servefiles.content_types import is_active_content
 from servefiles.nginx import NginxSettings, render
 
 # The whole table, written out: every supported Python must give exactly these, and no other

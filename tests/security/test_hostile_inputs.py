@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote_to_bytes
 
-from servefiles.http import is_active_content
+from servefiles.content_types import is_active_content
 
 from .corpus import (
     ACTIVE_UPLOADS,
