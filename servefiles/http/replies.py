@@ -14,22 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Literal, TypeAlias
 
-from ..errors import (
-    InvalidContentType,
-    InvalidKey,
-    InvalidRequest,
-    InvalidToken,
-    MethodNotAllowed,
-    NotFound,
-    OutOfScope,
-    PreconditionFailed,
-    ServeFilesError,
-    StoreUnavailable,
-    Unauthorized,
-    UnsupportedUpload,
-    UploadAborted,
-    UploadTooLarge,
-)
+from .. import errors
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..store.types import FileMeta
 from .model import NO_STORE, NOSNIFF, TEXT_PLAIN, ZERO_LENGTH, Header, HttpPolicy, Response, ascii_int
@@ -216,7 +201,7 @@ def file_json(meta: FileMeta, url: str) -> dict[str, object]:
 # -- the one mapping from errors to replies -------------------------------------------------
 
 
-def for_error(error: ServeFilesError, surface: Surface) -> Response:
+def for_error(error: errors.ServeFilesError, surface: Surface) -> Response:
     """The reply to ``error`` on ``surface``: every error type's HTTP status in one place.
 
     On the read surface a bad key is the same plain 404 as a missing one (a hostile URL
@@ -225,39 +210,39 @@ def for_error(error: ServeFilesError, surface: Surface) -> Response:
     ``precondition_failed``. Either surface: 401/403 with a Bearer challenge (RFC 6750 §3),
     405 with Allow, 400 for a request that cannot be acted on as sent, 413 over the upload
     limit, 415 for a body sent in a form servefiles does not store, and 503 with
-    Retry-After from :attr:`StoreUnavailable.retry_after` (:func:`retry_after_seconds`).
-    Any other :class:`ServeFilesError` (the store or cache not usable now: ``ContentChanged``,
-    ``SchemaTooNew``, ``CacheWriteError``) is a 503 with the default Retry-After.
+    Retry-After from ``StoreUnavailable.retry_after`` (:func:`retry_after_seconds`). Any
+    other error (the store or cache not usable now: ``ContentChanged``, ``SchemaTooNew``,
+    ``CacheWriteError``) is a 503 with the default Retry-After.
     """
     match error:
-        case StoreUnavailable():
+        case errors.StoreUnavailable():
             return unavailable(retry_after_seconds(error.retry_after))
-        case InvalidKey() | NotFound() if surface == "read":
+        case errors.InvalidKey() | errors.NotFound() if surface == "read":
             return not_found()
-        case PreconditionFailed() if surface == "read":
+        case errors.PreconditionFailed() if surface == "read":
             return precondition_failed()
-        case MethodNotAllowed():
+        case errors.MethodNotAllowed():
             return _not_allowed(error.allow)
-        case InvalidToken():
+        case errors.InvalidToken():
             return bearer_challenge(401, "invalid_token", str(error))
-        case Unauthorized():
+        case errors.Unauthorized():
             return bearer_challenge(401, None, str(error))
-        case OutOfScope():
+        case errors.OutOfScope():
             return bearer_challenge(403, "insufficient_scope", str(error))
-        case InvalidKey():
+        case errors.InvalidKey():
             return json_error(400, "invalid_key", str(error))
-        case InvalidContentType():
+        case errors.InvalidContentType():
             return json_error(400, "invalid_content_type", str(error))
-        case InvalidRequest():
+        case errors.InvalidRequest():
             return json_error(400, error.code, str(error))
-        case UnsupportedUpload():
+        case errors.UnsupportedUpload():
             return json_error(415, error.code, str(error))
-        case UploadAborted():
+        case errors.UploadAborted():
             return json_error(400, "upload_aborted", str(error))
-        case NotFound():
+        case errors.NotFound():
             return json_error(404, "not_found", "no such file")
-        case PreconditionFailed():
+        case errors.PreconditionFailed():
             return json_error(412, "precondition_failed", "the file is not in the state the request names")
-        case UploadTooLarge():
+        case errors.UploadTooLarge():
             return too_large(error.limit)
     return unavailable(RETRY_AFTER_SECONDS)
