@@ -38,12 +38,13 @@ class CircuitBreaker:
         return self._open_until is not None
 
     def before(self) -> None:
-        """Raise :class:`StoreUnavailable` if a call must not reach the database now."""
+        """Raise :class:`StoreUnavailable` if a call must not reach the database now, with
+        :meth:`retry_after` as its ``retry_after`` (seconds)."""
         if self._open_until is None:
             return
         if self._clock() < self._open_until or self._trial_running:
             self.rejected += 1
-            raise StoreUnavailable("database unavailable (circuit open)")
+            raise StoreUnavailable("database unavailable (circuit open)", retry_after=self.retry_after())
         self._trial_running = True  # half-open: this one call tries
 
     def succeeded(self) -> None:

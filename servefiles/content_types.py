@@ -148,3 +148,43 @@ def check_content_type(value: str) -> str:
     if len(value) > MAX_CONTENT_TYPE_LENGTH or not _CONTENT_TYPE.fullmatch(value):
         raise InvalidContentType(f"not a valid content type: {value!r}")
     return value
+
+
+# Types a browser would execute or render as a document with the app origin's
+# authority. The brief's list plus the other JavaScript MIME type essences of
+# the WHATWG MIME Sniffing standard (§4.6) and XSLT; any ``+xml`` suffix counts.
+ACTIVE_TYPES: frozenset[str] = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/xsl",
+        "text/javascript",
+        "application/javascript",
+        "application/ecmascript",
+        "application/x-javascript",
+        "application/x-ecmascript",
+        "text/ecmascript",
+        "text/jscript",
+        "text/livescript",
+        "text/x-ecmascript",
+        "text/x-javascript",
+        "text/javascript1.0",
+        "text/javascript1.1",
+        "text/javascript1.2",
+        "text/javascript1.3",
+        "text/javascript1.4",
+        "text/javascript1.5",
+        "multipart/x-mixed-replace",  # each part is rendered as its own type (HTML included, in some browsers)
+    }
+)
+
+
+def is_active_content(content_type: str) -> bool:
+    """Whether a browser would run or render this type as a document (script, markup):
+    such an upload is never rendered inline on the app's origin (an attachment, or a
+    sandboxing CSP, as the HTTP policy says)."""
+    essence = content_type.partition(";")[0].strip(" \t").lower()
+    return essence in ACTIVE_TYPES or essence.endswith("+xml")

@@ -1,7 +1,8 @@
 """The error types of servefiles.
 
-Each is mapped to an HTTP status and to a CLI exit in exactly one place each
-(the middleware and ``servefiles.cli``), so callers catch types, never strings.
+Each is mapped to an HTTP reply and to a CLI exit in exactly one place each
+(:func:`servefiles.http.replies.for_error` and ``servefiles.cli``), so callers raise
+and catch types, never build a reply or compare strings.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ class ContentChanged(ServeFilesError):
 
 
 class StoreUnavailable(ServeFilesError):
-    """The database cannot be reached (down, refused, timed out, bad credentials)."""
+    """The database cannot be reached (down, refused, timed out, bad credentials): HTTP 503.
+
+    ``retry_after`` is how many seconds until the database is worth asking again, when
+    something knows (the circuit breaker, refusing until its next trial); None otherwise.
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class InvalidURL(ServeFilesError, ValueError):
@@ -84,3 +93,53 @@ class UploadTooLarge(ServeFilesError):
 class UploadAborted(ServeFilesError):
     """The upload did not arrive whole (the client went away, or left it idle until it was
     swept); nothing of it is stored."""
+
+
+class MethodNotAllowed(ServeFilesError):
+    """A method the resource does not answer (HTTP 405); ``allow`` is the Allow header value."""
+
+    def __init__(self, method: str, allow: str) -> None:
+        super().__init__(f"{method} is not allowed here (allowed: {allow})")
+        self.method = method
+        self.allow = allow
+
+
+class Unauthorized(ServeFilesError):
+    """A write API request without an upload token (HTTP 401 with a Bearer challenge)."""
+
+    def __init__(self, message: str = "this needs an upload token: Authorization: Bearer <token>") -> None:
+        super().__init__(message)
+
+
+class InvalidToken(Unauthorized):
+    """An upload token that no configured token matches (HTTP 401, ``invalid_token``)."""
+
+    def __init__(self, message: str = "the upload token is not valid") -> None:
+        super().__init__(message)
+
+
+class OutOfScope(ServeFilesError):
+    """A valid upload token used outside its folder (HTTP 403, ``insufficient_scope``)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(f"this token may only change keys under {prefix!r}")
+        self.prefix = prefix
+
+
+class InvalidRequest(ServeFilesError, ValueError):
+    """A write API request that cannot be acted on as sent (HTTP 400); ``code`` is the
+    machine-readable name of what is wrong (``partial_put``, ``content_length``,
+    ``invalid_limit``, ``invalid_prefix``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnsupportedUpload(ServeFilesError):
+    """An upload sent in a form servefiles does not store as is (HTTP 415); ``code`` names
+    it (``content_encoding``, ``form_upload``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

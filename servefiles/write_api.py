@@ -6,8 +6,10 @@ checks is fixed, so nothing is read, parsed or written for a request that must
 fail: token (401/403), key (400), the refusals that need no body (400/413/415),
 the precondition against the live file (412), and only then the body, which
 streams to the store in chunks with its size counted as it arrives. Every
-decision about status and headers is :mod:`servefiles.http`'s; this module
-only sequences them with the store, for both adapters.
+refusal is raised as an error type and turned into its reply in one place,
+:func:`servefiles.http.replies.for_error`; every decision about status and
+headers is :mod:`servefiles.http`'s. This module only sequences them with the
+store, for both adapters.
 """
 
 from __future__ import annotations
@@ -16,19 +18,26 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import parse_qs, quote
 
-from . import http
 from .auth import TokenRing, UploadToken
 from .content_types import check_content_type
 from .errors import (
-    InvalidContentType,
     InvalidKey,
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    OutOfScope,
     PreconditionFailed,
+    ServeFilesError,
     StoreUnavailable,
+    Unauthorized,
+    UnsupportedUpload,
     UploadAborted,
     UploadTooLarge,
 )
+from .http.replies import deleted, file_json, for_error, json_response, written
+from .http.write import check_upload, unmodified_since, write_precondition
 from .keys import canonical_key
-from .service import RETRY_AFTER_SECONDS, FileService, Reply
+from .service import FileService, Reply
 from .store.base import MAX_LIST_LIMIT, WritePrecondition
 from .store.types import FileMeta
 
@@ -80,28 +89,30 @@ class WriteApi:
 
         ``root`` is where the app is mounted (WSGI's SCRIPT_NAME): the URLs in the reply start with it.
         """
+        try:
+            return await self._answer(method, raw_key, query, headers, body, root)
+        except ServeFilesError as exc:
+            if isinstance(exc, StoreUnavailable):
+                logger.warning("store unavailable: %s", exc)
+            return Reply(for_error(exc, "write"))
+
+    async def _answer(
+        self, method: str, raw_key: str, query: str, headers: Mapping[str, str], body: AsyncIterator[bytes], root: str
+    ) -> Reply:
+        """:meth:`handle`'s checks in their fixed order; every refusal is raised."""
         token = self.tokens.authenticate(headers.get("authorization"))
         if token == "missing":
-            return Reply(http.bearer_challenge(401, None, "this needs an upload token: Authorization: Bearer <token>"))
+            raise Unauthorized()
         if token == "invalid":
-            return Reply(http.bearer_challenge(401, "invalid_token", "the upload token is not valid"))
-        try:
-            if method in ("GET", "HEAD"):  # the adapters drop a HEAD's body
-                return await self._list(token, query, root)
-            try:
-                key = canonical_key(raw_key)
-            except InvalidKey as exc:
-                return Reply(http.json_error(400, "invalid_key", str(exc)))
-            if not token.allows(key):
-                return Reply(_out_of_scope(token))
-            if method == "PUT":
-                return await self._put(key, headers, body, root)
-            return await self._delete(key, headers)
-        except PreconditionFailed:
-            return Reply(http.json_error(412, "precondition_failed", "the file is not in the state the request names"))
-        except StoreUnavailable as exc:
-            logger.warning("store unavailable: %s", exc)
-            return Reply(http.unavailable(RETRY_AFTER_SECONDS))
+            raise InvalidToken()
+        if method in ("GET", "HEAD"):  # the adapters drop a HEAD's body
+            return await self._list(token, query, root)
+        key = canonical_key(raw_key)
+        if not token.allows(key):
+            raise OutOfScope(token.prefix)
+        if method == "PUT":
+            return await self._put(key, headers, body, root)
+        return await self._delete(key, headers)
 
     def url(self, key: str, root: str = "") -> str:
         """The path a key is served at: ``{root}{prefix}/{key}``, percent-encoded (a prefix
@@ -118,13 +129,13 @@ class WriteApi:
         repeat: when it holds now, the write is pinned to the version it was checked
         against, so a change in between still ends in 412.
         """
-        precondition = http.write_precondition(headers)
+        precondition = write_precondition(headers)
         dated = "if-unmodified-since" in headers and "if-match" not in headers
         if precondition is None and not dated:
             return None, None, True
         live = await self.service.stat(key)
         live_sha256 = live.sha256 if live else None
-        holds = (precondition is None or precondition(live_sha256)) and http.unmodified_since(headers, live)
+        holds = (precondition is None or precondition(live_sha256)) and unmodified_since(headers, live)
         if not dated:
             return live, precondition, holds
 
@@ -134,19 +145,14 @@ class WriteApi:
         return live, pinned, holds
 
     async def _put(self, key: str, headers: Mapping[str, str], body: AsyncIterator[bytes], root: str) -> Reply:
-        refusal = http.upload_refusal(headers, self.max_upload_bytes)
-        if refusal is not None:
-            return Reply(refusal)
+        check_upload(headers, self.max_upload_bytes)
         declared_type = headers.get("content-type")
         essence = (declared_type or "").partition(";")[0].strip().lower()
         if essence == "multipart/form-data":
-            return Reply(http.json_error(415, "form_upload", "send the file's bytes as the PUT body, not a form"))
+            raise UnsupportedUpload("form_upload", "send the file's bytes as the PUT body, not a form")
         if essence == "application/x-www-form-urlencoded":
             declared_type = None  # what `curl --data-binary` sends when told nothing: not the file's type
-        try:
-            content_type = check_content_type(declared_type) if declared_type else None
-        except InvalidContentType as exc:
-            return Reply(http.json_error(400, "invalid_content_type", str(exc)))
+        content_type = check_content_type(declared_type) if declared_type else None
         _, precondition, holds = await self._conditions(key, headers)
         if not holds:
             raise PreconditionFailed(key)  # before reading a byte; the store checks again, atomically, at commit
@@ -158,22 +164,20 @@ class WriteApi:
 
         try:
             meta = await self.service.put(key, _limited(body, self.max_upload_bytes), content_type, expect=expect)
-        except UploadTooLarge:
-            return Reply(http.too_large(self.max_upload_bytes))
         except UploadAborted as exc:
             logger.info("upload of %s abandoned: %s", key, exc)
-            return Reply(http.json_error(400, "upload_aborted", str(exc)))
-        return Reply(http.written(meta, created=seen[-1] is None, url=self.url(meta.key, root)))
+            raise
+        return Reply(written(meta, created=seen[-1] is None, url=self.url(meta.key, root)))
 
     async def _delete(self, key: str, headers: Mapping[str, str]) -> Reply:
         live, precondition, holds = await self._conditions(key, headers)
         if precondition is not None and live is None:
-            return Reply(_no_such_file())  # a 404 whatever the conditions say (RFC 9110 §13.2.1)
+            raise NotFound(key)  # a 404 whatever the conditions say (RFC 9110 §13.2.1)
         if not holds:
             raise PreconditionFailed(key)
         if await self.service.delete(key, expect=precondition) is None:
-            return Reply(_no_such_file())
-        return Reply(http.Response(204, [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]))
+            raise NotFound(key)
+        return Reply(deleted())
 
     async def _list(self, token: UploadToken, query: str, root: str) -> Reply:
         """``GET {prefix}/?prefix=blog/&after=blog/b.jpg&limit=100``: one page in key order,
@@ -184,32 +188,24 @@ class WriteApi:
         limit_text = _single(params, "limit")
         if not prefix.startswith(token.prefix):
             if not token.prefix.startswith(prefix):
-                return Reply(_out_of_scope(token))
+                raise OutOfScope(token.prefix)
             prefix = token.prefix  # a token sees only its own folder
         plain = not limit_text or (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6)
         limit = int(limit_text) if limit_text and plain else DEFAULT_LIST_LIMIT
         if not plain or not 1 <= limit <= MAX_LIST_LIMIT:  # int() would take "5_0" and non-ASCII digits
-            return Reply(http.json_error(400, "invalid_limit", f"limit must be a number from 1 to {MAX_LIST_LIMIT}"))
+            raise InvalidRequest("invalid_limit", f"limit must be a number from 1 to {MAX_LIST_LIMIT}")
         try:
             page = await self.service.list(prefix, limit, after)
-        except InvalidKey as exc:
-            return Reply(http.json_error(400, "invalid_prefix", str(exc)))
+        except InvalidKey as exc:  # the key gate's refusal, about the prefix, not a key
+            raise InvalidRequest("invalid_prefix", str(exc)) from exc
         next_after = page[-1].key if len(page) == limit else None
-        listing = {"files": [http.file_json(meta, self.url(meta.key, root)) for meta in page], "next": next_after}
+        listing = {"files": [file_json(meta, self.url(meta.key, root)) for meta in page], "next": next_after}
         link = []
         if next_after is not None:
             next_query = f"prefix={quote(prefix, safe='')}&after={quote(next_after, safe='')}&limit={limit}"
             target = f"{self.url('', root)}?{next_query}"
             link.append((b"link", f'<{target}>; rel="next"'.encode("ascii")))
-        return Reply(http.json_response(200, listing, link))
-
-
-def _no_such_file() -> http.Response:
-    return http.json_error(404, "not_found", "no such file")
-
-
-def _out_of_scope(token: UploadToken) -> http.Response:
-    return http.bearer_challenge(403, "insufficient_scope", f"this token may only change keys under {token.prefix!r}")
+        return Reply(json_response(200, listing, link))
 
 
 def _single(params: dict[str, list[str]], name: str) -> str | None:
@@ -226,4 +222,3 @@ async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[byte
         if received > limit:
             raise UploadTooLarge(limit)
         yield piece
-

@@ -18,8 +18,8 @@ from servefiles.content_types import (
     check_content_type,
     content_type_table,
     guess_content_type,
+    is_active_content,
 )
-from servefiles.http import is_active_content
 from servefiles.nginx import NginxSettings, render
 
 # The whole table, written out: every supported Python must give exactly these, and no other

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..content_types import content_type_table, key_extension
-from ..http import is_active_content
+from ..content_types import content_type_table, is_active_content, key_extension
 from ..store.types import FileMeta
 
 __all__ = ["NGINX_DEFAULT_TYPE", "extension_types", "nginx_content_type", "publishable", "tree_types"]

@@ -19,7 +19,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote_to_bytes
 
-from servefiles.http import is_active_content
+from servefiles.content_types import is_active_content
 
 from .corpus import (
     ACTIVE_UPLOADS,
