@@ -6,6 +6,7 @@ through :func:`canonical_key`. Nothing downstream builds a path from a URL.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 from .errors import InvalidKey
@@ -93,3 +94,8 @@ def key_under(folder: str, name: str) -> str:
     either part is not valid.
     """
     return canonical_key(key_folder(folder) + name)
+
+
+def key_digest(key: str) -> bytes:
+    """A key's 32-byte SHA-256 digest: a fixed-size name for any key (lone surrogates included)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()

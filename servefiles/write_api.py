@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import parse_qs, quote
 
 from . import http
+from .api import FilesApi
 from .auth import TokenRing, UploadToken
 from .content_types import check_content_type
 from .errors import (
@@ -28,7 +29,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .keys import canonical_key
-from .service import RETRY_AFTER_SECONDS, FileService, Reply
+from .service import RETRY_AFTER_SECONDS, Reply
 from .store.base import MAX_LIST_LIMIT, WritePrecondition
 from .store.types import FileMeta
 
@@ -55,7 +56,7 @@ REQUEST_HEADERS = frozenset(
 class WriteApi:
     """Answers write and listing requests under one prefix, for the tokens in ``tokens``."""
 
-    def __init__(self, service: FileService, tokens: TokenRing, max_upload_bytes: int, prefix: str) -> None:
+    def __init__(self, service: FilesApi, tokens: TokenRing, max_upload_bytes: int, prefix: str) -> None:
         if max_upload_bytes < 0:
             raise ValueError("max_upload_bytes cannot be negative")
         self.service = service

@@ -157,7 +157,7 @@ async def test_health_with_the_store_unreachable_is_200_and_says_why(adapter: st
         assert (await client.get("/media/a.txt")).status_code == 503  # a request tried, and failed
         report = await health(client)
         assert report["state"] == "not started" and report["disk"] is None
-        assert report["store"].startswith("unavailable: cannot connect to PostgreSQL at 127.0.0.1:"), report
+        assert report["store"].startswith("unavailable: cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:"), report
         assert "app@" not in report["store"]  # neither user nor password: host, port and database only
 
 
@@ -197,7 +197,7 @@ async def test_health_while_the_asgi_service_shuts_down_and_after(store_url: str
         assert after.status == 200 and b'"state": "stopped"' in after.body and b'"disk": null' in after.body
         assert (await asgi_request(app, "GET", b"/_servefiles/metrics")).status == 200
         await asyncio.sleep(0.2)
-        assert app.service._state == "stopped", "a probe after shutdown must not open the store again"
+        assert app.service.runtime.state == "stopped", "a probe after shutdown must not open the store again"
     finally:
         await app.aclose()
 
