@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import parse_qs, quote
 
+from .api import FilesApi
 from .auth import TokenRing, UploadToken
 from .content_types import check_content_type
 from .errors import (
@@ -37,7 +38,7 @@ from .errors import (
 from .http.replies import deleted, file_json, for_error, json_response, written
 from .http.write import check_upload, unmodified_since, write_precondition
 from .keys import canonical_key
-from .service import FileService, Reply
+from .service import Reply
 from .store.base import MAX_LIST_LIMIT, WritePrecondition
 from .store.types import FileMeta
 
@@ -63,7 +64,7 @@ REQUEST_HEADERS = frozenset(
 class WriteApi:
     """Answers write and listing requests under one prefix, for the tokens in ``tokens``."""
 
-    def __init__(self, service: FileService, tokens: TokenRing, max_upload_bytes: int, prefix: str) -> None:
+    def __init__(self, service: FilesApi, tokens: TokenRing, max_upload_bytes: int, prefix: str) -> None:
         if max_upload_bytes < 0:
             raise ValueError("max_upload_bytes cannot be negative")
         self.service = service

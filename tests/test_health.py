@@ -198,7 +198,7 @@ async def test_health_while_the_asgi_service_shuts_down_and_after(store_url: str
         assert after.status == 200 and b'"state": "stopped"' in after.body and b'"disk": null' in after.body
         assert (await asgi_request(app, "GET", b"/_servefiles/metrics")).status == 200
         await asyncio.sleep(0.2)
-        assert app.service._state == "stopped", "a probe after shutdown must not open the store again"
+        assert app.service.runtime.state == "stopped", "a probe after shutdown must not open the store again"
     finally:
         await app.aclose()
 

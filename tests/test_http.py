@@ -17,7 +17,6 @@ from servefiles.http import (
     HttpPolicy,
     PreparedFile,
     Response,
-    accel_redirect,
     bearer_challenge,
     evaluate_preconditions,
     json_error,
@@ -29,6 +28,7 @@ from servefiles.http import (
     unavailable,
     written,
 )
+from servefiles.nginx.redirect import accel_redirect
 from servefiles.store.types import FileMeta
 
 SHA = hashlib.sha256(b"servefiles").hexdigest()

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from servefiles import open_store
-from servefiles.http import HttpPolicy, PreparedFile, Response, accel_redirect, respond, unmodified_since
+from servefiles.http import HttpPolicy, PreparedFile, Response, respond, unmodified_since
+from servefiles.nginx.redirect import accel_redirect
 from servefiles.nginx.tree import PublishedTree
 from servefiles.store.types import FileMeta
 

@@ -25,6 +25,7 @@ import pytest
 from servefiles import FileMeta, ServeFiles, open_store
 from servefiles.cache.disk import DiskCache, DiskEntry
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
+from servefiles.nginx.accel import AccelLayer
 from servefiles.nginx.tree import PublishedTree
 from servefiles.service import FileService
 
@@ -429,8 +430,8 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     async with open_store(pg_url) as store:
         await store.put("x.png", PNG)
     tree = PublishedTree(tmp_path / "published", "/media")
-    service = FileService(with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache",
-                          accel_prefix=ACCEL_LOCATION, tree=tree)  # fmt: skip
+    service = FileService(with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache")
+    accel = AccelLayer(service, ACCEL_LOCATION, tree)
     await service.start()
     try:
         assert service.feed is not None and service.feed.healthy
@@ -443,7 +444,7 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
             return publish(disk, entry)
 
         tree.publish_entry = held  # type: ignore[method-assign]
-        request = asyncio.create_task(service.serve("GET", "x.png", {}))
+        request = asyncio.create_task(accel.serve("GET", "x.png", {}))
         assert await asyncio.to_thread(publishing.wait, 10)
         await pg_proxy.cut()
         deadline = time.monotonic() + 15

@@ -108,7 +108,8 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
         publish_dir=publish_dir or config.default_publish_dir(), date_header=True,
     )  # fmt: skip
-    app.service.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
+    if app.mount.accel is not None:
+        app.mount.accel.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 
     async def check() -> None:  # fail fast, in one line, if the database is not there
         store = await connect(url, read_db)

@@ -16,7 +16,6 @@ This face re-exports the names the rest of servefiles uses.
 """
 
 from ..content_types import is_active_content
-from .accel import ACCEL_BLOCKERS, accel_redirect
 from .model import ByteRange, Header, HttpPolicy, Response, Segment
 from .ranges import parse_range
 from .read import PreparedFile, evaluate_preconditions, respond
@@ -40,7 +39,6 @@ from .replies import (
 from .write import check_upload, content_length, unmodified_since, write_precondition
 
 __all__ = [
-    "ACCEL_BLOCKERS",
     "RETRY_AFTER_SECONDS",
     "ByteRange",
     "Header",
@@ -48,7 +46,6 @@ __all__ = [
     "PreparedFile",
     "Response",
     "Segment",
-    "accel_redirect",
     "bearer_challenge",
     "check_upload",
     "content_length",

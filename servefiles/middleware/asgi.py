@@ -10,7 +10,6 @@ and lifespan, go to the wrapped app untouched.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, MutableMapping
@@ -19,14 +18,15 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from .. import defaults, http
+from ..bodies import Body, DiskBody
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
 from ..keys import canonical_key
-from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..service import Body, MemoryBody, Reply
+from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
+from .sending import plan
 from .wiring import Options, mount
 
 Scope = MutableMapping[str, Any]
@@ -100,18 +100,18 @@ class ServeFiles:
         self, key: str, data: PutSource, content_type: str | None = None, *, expect: WritePrecondition | None = None
     ) -> FileMeta:
         """Store a file; this frontend serves it at once, the others once the feed tells them."""
-        return await self.service.put(key, data, content_type, expect=expect)
+        return await self.mount.files.put(key, data, content_type, expect=expect)
 
     async def delete(self, key: str, *, expect: WritePrecondition | None = None) -> bool:
         """Delete a file; False when there was none."""
-        return await self.service.delete(key, expect=expect) is not None
+        return await self.mount.files.delete(key, expect=expect) is not None
 
     async def stat(self, key: str) -> FileMeta | None:
-        return await self.service.stat(key)
+        return await self.mount.files.stat(key)
 
     async def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
         """One page of files in key order; pass the last key as ``after`` for the next."""
-        return await self.service.list(prefix, limit, after)
+        return await self.mount.files.list(prefix, limit, after)
 
     def url(self, key: str) -> str:
         """The path ``key`` is served at, percent-encoded, for links in the app's pages."""
@@ -122,7 +122,7 @@ class ServeFiles:
             method: str = scope["method"]
             route, raw_key = self.mount.route(method, scope["path"])
             if route == "files":
-                reply = await self.service.serve(method, raw_key, request_headers(scope["headers"]))
+                reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]))
                 await self._send(reply, scope, send, receive)
                 return
             if route == "writes":
@@ -136,11 +136,10 @@ class ServeFiles:
                 await self._send(reply, scope, send)
                 return
             if route == "health":
-                health = json.dumps(await self.service.health()).encode()
-                await _send_simple(send, 200, health, "application/json", self.date_header)
+                await self._send(Reply(http.health(await self.service.health())), scope, send)
                 return
             if route == "metrics":
-                await _send_simple(send, 200, self.service.metrics.render(), METRICS_CONTENT_TYPE, self.date_header)
+                await self._send(Reply(http.metrics(self.service.metrics.render())), scope, send)
                 return
         if self.app is not None:
             if scope["type"] == "lifespan":
@@ -165,20 +164,16 @@ class ServeFiles:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         sent = self.service.metrics.bytes_sent
         try:
-            if scope["method"] == "HEAD":  # RFC 9110 §9.3.2: the headers of a GET, never a body
-                await send({"type": "http.response.body", "body": b""})
-                return
-            if body is None or not any(isinstance(s, ByteRange) for s in segments):
-                await send({"type": "http.response.body", "body": b"".join(segments)})  # type: ignore[arg-type]
-                return
-            if isinstance(body, MemoryBody) and len(segments) == 1 and response.status == 200:
-                await send({"type": "http.response.body", "body": body.data})  # the hot path: one message
-                sent.inc(len(body.data))
-                return
-            if body.path is not None and response.status == 200 and _offers_pathsend(scope):
+            way = plan(reply, scope["method"], _offers_pathsend(scope))
+            if way.way == "whole":
+                await send({"type": "http.response.body", "body": way.data})
+            elif way.way == "file":
+                assert isinstance(body, DiskBody)
                 await send({"type": "http.response.pathsend", "path": body.path})
-                sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
+            sent.inc(way.counted)
+            if way.way != "stream":
                 return
+            assert body is not None
             streaming = _stream(segments, body, send, sent.inc)
             if receive is None:
                 await streaming
@@ -312,16 +307,3 @@ def date_header() -> tuple[bytes, bytes]:
     if _last_date[0] != second:
         _last_date = (second, (b"date", formatdate(second, usegmt=True).encode("ascii")))
     return _last_date[1]
-
-
-async def _send_simple(send: Send, status: int, body: bytes, content_type: str, dated: bool) -> None:
-    headers = [
-        (b"content-type", content_type.encode("latin-1")),
-        (b"content-length", str(len(body)).encode("ascii")),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
-    ]
-    if dated:
-        headers.append(date_header())
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

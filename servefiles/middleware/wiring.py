@@ -7,18 +7,20 @@ only in how bytes move.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypedDict
 
 from .. import config
+from ..api import FilesApi
 from ..auth import TokenRing, UploadToken
 from ..defaults import ACTIVE_CONTENT, CACHE_CONTROL, MAX_UPLOAD_BYTES
 from ..http import HttpPolicy
 from ..nginx import ACCEL_LOCATION
+from ..nginx.accel import AccelLayer
 from ..nginx.tree import PublishedTree
-from ..service import CacheSettings, FileService
+from ..service import CacheSettings, FileService, Reply
 from ..store import Store
 from ..write_api import WriteApi
 
@@ -64,9 +66,16 @@ class Mount:
     """A configured servefiles under one prefix."""
 
     service: FileService
+    files: FilesApi
     writes: WriteApi
     prefix: str
     metrics: bool
+    accel: AccelLayer | None = None
+    """nginx in front (``nginx="accel"`` or ``"tree"``): the layer that answers with X-Accel-Redirect."""
+
+    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
+        """The reply to a GET or HEAD of a file: the file service's, through the accel layer if any."""
+        return await (self.accel or self.service).serve(method, raw_key, headers)
 
     def route(self, method: str, path: str) -> tuple[Literal["files", "writes", "health", "metrics", "app"], str]:
         """Where a request goes, and the raw key for the first two: the one routing rule of both adapters."""
@@ -119,8 +128,11 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
             prefetch=options.get("prefetch", defaults.prefetch),
         ),
         read_url=options.get("read_db"),
-        accel_prefix=ACCEL_LOCATION if nginx else None,
-        tree=PublishedTree(Path(publish_dir), prefix) if nginx == "tree" and publish_dir is not None else None,
     )
-    writes = WriteApi(service, tokens, options.get("max_upload_bytes", MAX_UPLOAD_BYTES), prefix)
-    return Mount(service, writes, prefix, options.get("metrics", False))
+    accel = None
+    if nginx is not None:
+        tree = PublishedTree(Path(publish_dir), prefix) if nginx == "tree" and publish_dir is not None else None
+        accel = AccelLayer(service, ACCEL_LOCATION, tree)
+    files = FilesApi(service.runtime)
+    writes = WriteApi(files, tokens, options.get("max_upload_bytes", MAX_UPLOAD_BYTES), prefix)
+    return Mount(service, files, writes, prefix, options.get("metrics", False), accel)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -31,15 +30,15 @@ from types import TracebackType
 from typing import IO, Any, TypeVar, Unpack
 
 from .. import defaults, http
+from ..bodies import Body, DiskBody
 from ..errors import NotFound, ServeFilesError, UploadAborted
-from ..http import ByteRange
 from ..keys import canonical_key
-from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..service import Body, DiskBody, MemoryBody, Reply
+from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 from .asgi import REQUEST_HEADERS
+from .sending import plan
 from .wiring import Mount, Options, mount
 
 logger = logging.getLogger("servefiles")
@@ -186,7 +185,7 @@ class ServeFilesWSGI:
         route, raw_key = process.mount.route(method, request_path(environ))
         service = process.mount.service
         if route == "files":
-            reply = self._run(service.serve(method, raw_key, request_headers(environ, REQUEST_HEADERS)), process)
+            reply = self._run(process.mount.serve(method, raw_key, request_headers(environ, REQUEST_HEADERS)), process)
             return self._send(reply, environ, start_response, process)
         if route == "writes":
             body = _input_body(environ, process.readers)
@@ -196,10 +195,10 @@ class ServeFilesWSGI:
             writes = process.mount.writes.handle(method, raw_key, query, headers, body, root)
             return self._send(self._run(writes, process), environ, start_response, process)
         if route == "health":
-            report = json.dumps(self._run(service.health(), process)).encode()
-            return _simple(start_response, report, "application/json")
+            report = http.health(self._run(service.health(), process))
+            return self._send(Reply(report), environ, start_response, process)
         if route == "metrics":
-            return _simple(start_response, service.metrics.render(), METRICS_CONTENT_TYPE)
+            return self._send(Reply(http.metrics(service.metrics.render())), environ, start_response, process)
         if self.app is not None:
             return self.app(environ, start_response)
         return self._send(Reply(http.not_found()), environ, start_response, process)
@@ -210,25 +209,22 @@ class ServeFilesWSGI:
         response, body = reply.response, reply.body
         status = f"{response.status} {HTTPStatus(response.status).phrase}"
         start_response(status, [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers])
-        segments = response.body
         sent = process.mount.service.metrics.bytes_sent
-        if environ["REQUEST_METHOD"] == "HEAD" or body is None or not any(isinstance(s, ByteRange) for s in segments):
+        wrapper = environ.get("wsgi.file_wrapper")
+        way = plan(reply, environ["REQUEST_METHOD"], wrapper is not None)
+        sent.inc(way.counted)
+        if way.way == "whole":
             if body is not None:
                 body.close()
-            if environ["REQUEST_METHOD"] == "HEAD":
-                return []
-            return [b"".join(s for s in segments if isinstance(s, bytes))]
-        if isinstance(body, MemoryBody) and len(segments) == 1 and response.status == 200:
-            sent.inc(len(body.data))
-            return [body.data]
-        wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(body, DiskBody) and response.status == 200 and wrapper is not None:
+            return [way.data] if way.data else []
+        if way.way == "file":
             # The file object owns the descriptor now; the server closes it (sendfile under gunicorn).
             # Counted whole at hand-over: the server sends it itself, and stops itself when the
             # client goes (a sendfile to a closed socket fails); how far it got is not ours to see.
-            sent.inc(sum(s.end - s.start for s in segments if isinstance(s, ByteRange)))
+            assert isinstance(body, DiskBody) and wrapper is not None
             return wrapper(os.fdopen(body.fd, "rb"), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
-        return _Streamed(self, process, body, segments, sent.inc)
+        assert body is not None
+        return _Streamed(self, process, body, response.body, sent.inc)
 
     # -- the Python API, for the app's own views ----------------------------------------------
 
@@ -236,23 +232,23 @@ class ServeFilesWSGI:
         self, key: str, data: PutSource, content_type: str | None = None, *, expect: WritePrecondition | None = None
     ) -> FileMeta:
         """Store a file; this process serves it at once, other frontends once the feed tells them."""
-        return self._run(self.mount.service.put(key, data, content_type, expect=expect))
+        return self._run(self.mount.files.put(key, data, content_type, expect=expect))
 
     def delete(self, key: str, *, expect: WritePrecondition | None = None) -> bool:
         """Delete a file; False when there was none."""
-        return self._run(self.mount.service.delete(key, expect=expect)) is not None
+        return self._run(self.mount.files.delete(key, expect=expect)) is not None
 
     def stat(self, key: str) -> FileMeta | None:
-        return self._run(self.mount.service.stat(key))
+        return self._run(self.mount.files.stat(key))
 
     def list(self, prefix: str = "", limit: int = 1000, after: str | None = None) -> list[FileMeta]:
         """One page of files in key order; pass the last key as ``after`` for the next."""
-        return self._run(self.mount.service.list(prefix, limit, after))
+        return self._run(self.mount.files.list(prefix, limit, after))
 
     def open(self, key: str) -> Iterator[bytes]:
         """The bytes of ``key``, streamed from the store a few chunks at a time (NotFound if missing)."""
         process = self._current()
-        return _pull(self, process, process.mount.service.read(key))
+        return _pull(self, process, process.mount.files.read(key))
 
     def url(self, key: str) -> str:
         """The path ``key`` is served at, percent-encoded."""
@@ -369,12 +365,3 @@ async def _input_body(environ: WSGIEnviron, readers: ThreadPoolExecutor) -> Asyn
         if remaining is not None:
             remaining -= len(piece)
         yield piece
-
-
-def _simple(start_response: StartResponse, body: bytes, content_type: str) -> list[bytes]:
-    start_response(
-        "200 OK",
-        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
-         ("X-Content-Type-Options", "nosniff")],
-    )  # fmt: skip
-    return [body]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .model import ZERO_LENGTH, Response
-from .read import PreparedFile, stated
+from ..http.model import ZERO_LENGTH, Response
+from ..http.read import PreparedFile, stated
 
 __all__ = ["ACCEL_BLOCKERS", "accel_redirect"]
 

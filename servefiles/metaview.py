@@ -1,0 +1,207 @@
+"""The metadata view: what this frontend knows of each key's current version.
+
+Per key it remembers the newest version the change feed announced, when the store
+last confirmed a revision, and whether the store said the key is absent; it runs
+the revalidation query (one at a time per key, behind the circuit breaker). The
+rule that decides whether a cached copy may be served is :func:`is_fresh`, a pure
+function:
+
+* while the change feed is healthy, a copy is current unless the feed has announced
+  a newer version of its key (and the feed drops such copies as it announces them):
+  a hit costs no query;
+* while the feed is down, a copy is trusted for ``freshness_seconds`` after the
+  store last confirmed its revision, so a replaced file is never served for longer
+  than that interval.
+
+The view holds no cached bytes: dropping copies is the caller's, told by
+:func:`outdated` and by the ``on_checked`` callback of :meth:`MetadataView.revalidate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cachetools import LRUCache
+
+from .breaker import CircuitBreaker
+from .errors import StoreUnavailable
+from .feed import ChangeFeed
+from .keys import key_digest
+from .metrics import Metrics
+from .store import Store
+from .store.types import Change, FileMeta
+
+_T = TypeVar("_T")
+Revision = tuple[int, str]
+"""A version of a key with its content hash: ``(version, sha256)``."""
+
+ABSENT_ENTRIES = 20_000
+"""Absent keys remembered, by a 32-byte digest: anyone can ask for any key, so this is what
+bounds the memory a flood of 404s can take (about 4 MB); a forgotten one costs one query."""
+VALIDATION_ENTRIES = 100_000
+"""Keys whose last revalidation time is remembered; a forgotten one costs one more metadata query."""
+
+
+@dataclass(slots=True)
+class Validation:
+    """The store confirmed ``revision`` as the key's current one at ``checked_at`` (monotonic seconds)."""
+
+    revision: Revision
+    checked_at: float
+
+
+def is_fresh(
+    revision: Revision,
+    *,
+    feed_healthy: bool,
+    latest: int | None,
+    validation: Validation | None,
+    now: float,
+    freshness_seconds: float,
+) -> bool:
+    """Whether a cached copy of ``revision`` may be served at ``now`` (monotonic seconds).
+
+    With a healthy feed: unless ``latest`` (the newest version announced) is newer.
+    Without: only if the store confirmed this very revision less than
+    ``freshness_seconds`` ago.
+    """
+    if feed_healthy:
+        return latest is None or revision[0] >= latest
+    if validation is None or validation.revision != revision:
+        return False
+    return now - validation.checked_at < freshness_seconds
+
+
+def outdated(changes: Iterable[Change], cached_version: Callable[[str], int | None]) -> list[str]:
+    """The keys of ``changes`` whose cached copy (``cached_version(key)``, None when there is
+    none) is older than the version the change announces: the copies to drop."""
+    dropped = []
+    for change in changes:
+        version = cached_version(change.key)
+        if version is not None and version < change.version:
+            dropped.append(change.key)
+    return dropped
+
+
+@dataclass
+class Flights:
+    """Single-flight for coroutines keyed by a string: one runs, the others await it."""
+
+    running: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+
+    async def run(self, key: str, make: Callable[[], Awaitable[_T]]) -> _T:
+        future = self.running.get(key)
+        if future is None:
+            future = asyncio.ensure_future(make())
+            self.running[key] = future
+            future.add_done_callback(lambda _: self.running.pop(key, None))
+        result: _T = await asyncio.shield(future)
+        return result
+
+
+class MetadataView:
+    """Key → latest announced version, last validation, known-absent; and the revalidation query.
+
+    ``feed`` is the change feed once one runs (None without one: every copy then
+    needs a recent validation). ``store_error`` is why the store last failed a
+    revalidation, until one succeeds.
+    """
+
+    def __init__(self, freshness_seconds: float, metrics: Metrics, breaker: CircuitBreaker | None = None) -> None:
+        self.freshness_seconds = freshness_seconds
+        self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker()
+        self.feed: ChangeFeed | None = None
+        self.store_error: str | None = None
+        self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
+        self._validated: LRUCache[str, Validation] = LRUCache(VALIDATION_ENTRIES)
+        self._absent: LRUCache[bytes, bool] = LRUCache(ABSENT_ENTRIES)
+        """Keys the store said were missing while the feed was healthy: until the feed announces
+        them, asking again would only cost a query per request (a flood of 404s is free)."""
+        self._flights = Flights()
+
+    @property
+    def feed_healthy(self) -> bool:
+        return self.feed is not None and self.feed.healthy
+
+    def fresh(self, key: str, revision: Revision, now: float) -> bool:
+        """:func:`is_fresh` for a cached copy of ``key`` at ``now`` (monotonic seconds)."""
+        return is_fresh(
+            revision,
+            feed_healthy=self.feed_healthy,
+            latest=self._latest.get(key),
+            validation=self._validated.get(key),
+            now=now,
+            freshness_seconds=self.freshness_seconds,
+        )
+
+    def known_absent(self, key: str) -> bool:
+        """The store said ``key`` is missing, and the healthy feed has announced nothing of it since."""
+        return bool(self._absent) and key_digest(key) in self._absent and self.feed_healthy
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Take in a batch of the feed's changes: every copy older than announced is stale from now on."""
+        for change in changes:
+            self._latest[change.key] = change.version
+            self._validated.pop(change.key, None)
+            self._absent.pop(key_digest(change.key), None)
+
+    def wrote(self, key: str, version: int, revision: Revision | None) -> None:
+        """This frontend wrote ``key`` (``revision`` None: deleted it): older copies are stale here
+        and now, without waiting for the feed — ``latest`` outdates them while the feed is healthy,
+        the validation while it is not; copies a fill of the old version adds later are caught too."""
+        if self._latest.get(key, 0) < version:
+            self._latest[key] = version
+        self._absent.pop(key_digest(key), None)
+        if revision is None:
+            self._validated.pop(key, None)
+        else:
+            self._validated[key] = Validation(revision, time.monotonic())
+
+    def feed_down(self) -> None:
+        """Absence was vouched for by the feed: forget it while the feed is down."""
+        self._absent.clear()
+
+    async def revalidate(
+        self, store: Store, key: str, on_checked: Callable[[str, FileMeta | None], Awaitable[None]]
+    ) -> FileMeta | None:
+        """The key's current metadata from the store (None: absent), one query per key however many
+        ask at once; ``on_checked(key, meta)`` runs inside that one query's turn, for the caller to
+        drop copies of any other revision before any waiter goes on.
+
+        Raises :class:`StoreUnavailable` (at once while the circuit breaker is open).
+        """
+        return await self._flights.run(key, lambda: self._revalidate(store, key, on_checked))
+
+    async def _revalidate(
+        self, store: Store, key: str, on_checked: Callable[[str, FileMeta | None], Awaitable[None]]
+    ) -> FileMeta | None:
+        self.breaker.before()
+        self.metrics.revalidations.inc()
+        feed = self.feed
+        cursor = feed.cursor if feed is not None and feed.healthy else None
+        try:
+            meta = await store.stat(key)
+            if meta is not None and meta.version < self._latest.get(key, 0):
+                meta = await store.stat(key)  # read before a change the feed has since announced
+        except StoreUnavailable as exc:
+            self.breaker.failed()
+            self.store_error = str(exc)
+            raise
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+        self.store_error = None
+        if meta is None:
+            self._validated.pop(key, None)
+            if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
+                self._absent[key_digest(key)] = True  # no change arrived meanwhile: the feed will say when it exists
+        await on_checked(key, meta)
+        if meta is not None:
+            self._validated[key] = Validation(meta.revision, time.monotonic())
+        return meta

@@ -1,0 +1,52 @@
+"""How a reply's body goes out: the one sending decision both adapters carry out.
+
+:func:`plan` looks at a :class:`~servefiles.service.Reply` once and says which of three
+ways its body takes — ``whole`` (one piece of bytes: a HEAD's nothing, an error page, a
+memory hit), ``file`` (an open cache file the server sends itself: ASGI
+``http.response.pathsend``, WSGI ``wsgi.file_wrapper``/sendfile) or ``stream`` (segment
+by segment, chunk by chunk) — and how many body bytes the hand-over counts. The ASGI and
+WSGI adapters only carry the plan out with their own I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..bodies import DiskBody, MemoryBody
+from ..http import ByteRange
+from ..service import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """``way``: how the body goes out; ``data``: the whole body for ``whole``; ``counted``: the
+    body bytes that count as sent at hand-over (a file or a memory hit; a stream counts its
+    chunks as the server takes them, and error pages count nothing)."""
+
+    way: Literal["whole", "file", "stream"]
+    data: bytes = b""
+    counted: int = 0
+
+
+HEAD_PLAN = Plan("whole")
+
+
+def plan(reply: Reply, method: str, server_sends_files: bool) -> Plan:
+    """The way ``reply``'s body goes out. ``server_sends_files``: the server can send an open
+    file itself (pathsend, a file wrapper). A HEAD has the headers of a GET and never a body
+    (RFC 9110 §9.3.2)."""
+    response, body = reply.response, reply.body
+    segments = response.body
+    if method == "HEAD":
+        return HEAD_PLAN
+    if body is None or not any(isinstance(segment, ByteRange) for segment in segments):
+        return Plan("whole", b"".join(segment for segment in segments if isinstance(segment, bytes)))
+    if response.status == 200 and len(segments) == 1:
+        if isinstance(body, MemoryBody):
+            return Plan("whole", body.data, len(body.data))  # the hot path: one message
+        if isinstance(body, DiskBody) and server_sends_files:
+            whole = segments[0]
+            assert isinstance(whole, ByteRange)
+            return Plan("file", counted=whole.end - whole.start)
+    return Plan("stream")

@@ -1,0 +1,263 @@
+"""What a frontend runs besides the request path, and its life cycle.
+
+:class:`Runtime` owns the store connection, the memory and disk tiers, the fills,
+the change feed and the :class:`~servefiles.metaview.MetadataView`; it starts them
+once (however many requests race to it), keeps the view and the tiers true to the
+feed's changes, reports liveness, and closes them. The request path
+(:class:`~servefiles.service.FileService`) reads from what it holds.
+
+Layers in front of the request path (nginx's published tree) take part through
+:class:`Hooks`, so nothing here knows of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import defaults
+from .cache.disk import DiskCache
+from .cache.fill import Filler
+from .cache.memory import MemoryTier
+from .errors import StoreUnavailable
+from .feed import ChangeFeed
+from .metaview import MetadataView, outdated
+from .metrics import Metrics
+from .store import Store, connect
+from .store.types import Change
+
+logger = logging.getLogger("servefiles")
+
+FEED_START_SECONDS = 2.0
+"""How long start-up waits for the feed's first catch-up before serving anyway."""
+
+State = Literal["not started", "starting", "running", "stopping", "stopped"]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Sizes (bytes) and timings (seconds) of the caches; the defaults suit a typical frontend."""
+
+    memory_bytes: int = defaults.MEMORY_BYTES
+    memory_file_bytes: int = defaults.MEMORY_FILE_BYTES
+    disk_bytes: int = defaults.DISK_BYTES
+    freshness_seconds: float = defaults.FRESHNESS_SECONDS
+    fill_wait_seconds: float = defaults.FILL_WAIT_SECONDS
+    feed: bool = defaults.FEED
+    """Follow the store's change feed: while it is healthy, hits need no query at all."""
+    feed_poll_seconds: float = defaults.FEED_POLL_SECONDS
+    """How often a store that cannot notify (SQLite) is asked for changes."""
+    feed_check_seconds: float = defaults.FEED_CHECK_SECONDS
+    """How often an idle notifying feed (PostgreSQL) checks its connection."""
+    prefetch: bool = defaults.PREFETCH
+    """Fetch new versions as soon as they are announced, so even first requests hit the disk."""
+
+
+@dataclass
+class Hooks:
+    """Where a layer in front of the request path takes part in the life cycle: each callable
+    runs in a worker thread (``before_start``, ``after_close``) or on the loop (the others)."""
+
+    before_start: list[Callable[[], None]] = field(default_factory=list)
+    """Before the store is asked for anything (it may be unreachable)."""
+    after_close: list[Callable[[], None]] = field(default_factory=list)
+    feed_down: list[Callable[[], None]] = field(default_factory=list)
+    """The change feed just went down: nothing vouches for cached copies until it is back."""
+    announced: list[Callable[[Change], None]] = field(default_factory=list)
+    """A change the feed announced, after older copies were dropped."""
+
+
+class Runtime:
+    """The store connection, tiers, fills, feed and metadata view of one frontend (see the module)."""
+
+    def __init__(self, db: str | Store, cache_dir: Path, settings: CacheSettings, read_url: str | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.memory = MemoryTier(settings.memory_bytes, settings.memory_file_bytes)
+        self.disk = DiskCache(cache_dir, settings.disk_bytes)
+        self.view = MetadataView(settings.freshness_seconds, self.metrics)
+        self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
+        self.hooks = Hooks()
+        self.filler: Filler | None = None
+        self.feed: ChangeFeed | None = None
+        self._url = db if isinstance(db, str) else None
+        self._read_url = read_url
+        self._store = None if isinstance(db, str) else db
+        self._started: asyncio.Future[None] | None = None
+        self.state: State = "not started"
+        """Where the life cycle is, for the health report (which must answer in every state)."""
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    @property
+    def running(self) -> bool:
+        return self.filler is not None
+
+    async def start(self) -> None:
+        """Open the store and the disk tier and follow the feed; runs once, however many requests race to it.
+
+        Raises :class:`StoreUnavailable` when the database cannot be reached (a later call tries again)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background until it ends or :meth:`close` cancels it."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _start_soon(self) -> None:
+        """Begin :meth:`start` without waiting for it (a failure is kept for the health report)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+            self._started.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _start(self) -> None:
+        self.state = "starting"
+        for hook in self.hooks.before_start:
+            await asyncio.to_thread(hook)
+        try:
+            if self._store is None:
+                assert self._url is not None
+                self._store = await connect(self._url, self._read_url)
+            report = await asyncio.to_thread(self.disk.open)
+        except BaseException as exc:
+            self._started = None  # let a later request try again (the database may come back)
+            if self.state == "starting":
+                self.state = "not started"
+            if isinstance(exc, StoreUnavailable):
+                self.view.store_error = str(exc)
+            elif isinstance(exc, Exception):
+                self.view.store_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.view.store_error = None
+        logger.info("disk cache %s: %d entries, %d bytes", self.disk.root, report.entries, report.bytes)
+        self.filler = Filler(self._store, self.disk, self.memory, self.metrics, self.settings.fill_wait_seconds)
+        if self.settings.feed:
+            await self._start_feed(self._store)
+        self.state = "running"
+
+    async def _start_feed(self, store: Store) -> None:
+        settings = self.settings
+        self.feed = ChangeFeed(store, self.disk.root, self._apply_changes, settings.feed_poll_seconds,
+                               settings.feed_check_seconds, on_down=self._feed_down)  # fmt: skip
+        self.view.feed = self.feed
+        if not self.feed.load():
+            # No cursor for this database: nothing here can be vouched for.
+            dropped = await asyncio.to_thread(self.disk.clear)
+            if dropped:
+                logger.warning("disk cache %s was not filled from this database: cleared", self.disk.root)
+            # An empty cache has nothing to invalidate: follow from now on, rather than
+            # replaying the database's whole history (a million keys, a million changes).
+            self.feed.cursor = await store.last_version()
+        self.feed.start()
+        await self.feed.wait_caught_up(FEED_START_SECONDS)
+
+    async def _apply_changes(self, changes: list[Change]) -> None:
+        """Drop every cached copy older than what the feed announces.
+
+        Raises if the disk index cannot be written: the feed then retries the batch (its cursor did not move)."""
+        self.view.apply(changes)
+        for key in outdated(changes, self._memory_version):
+            self.memory.discard(key)
+        await asyncio.to_thread(self._drop_outdated_on_disk, changes)
+        for change in changes:
+            for hook in self.hooks.announced:
+                hook(change)
+
+    def _drop_outdated_on_disk(self, changes: list[Change]) -> None:
+        for key in outdated(changes, self._disk_version):
+            self.disk.discard(key)
+
+    def _memory_version(self, key: str) -> int | None:
+        cached = self.memory.get(key)
+        return cached.file.meta.version if cached is not None else None
+
+    def _disk_version(self, key: str) -> int | None:
+        entry = self.disk.get(key)
+        return entry.meta.version if entry is not None else None
+
+    def _feed_down(self) -> None:
+        self.view.feed_down()
+        for hook in self.hooks.feed_down:
+            hook()
+
+    async def wrote(self, key: str, version: int, revision: tuple[int, str] | None) -> None:
+        """This frontend wrote ``key`` (``revision`` None: deleted it): it serves the new state at
+        once (read-your-writes), without waiting for the feed (:meth:`MetadataView.wrote`)."""
+        self.view.wrote(key, version, revision)
+        await self.discard(key)
+
+    async def discard(self, key: str) -> None:
+        """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is
+        harmless: it no longer matches the validated revision, so it is not served."""
+        self.memory.discard(key)
+        try:
+            await asyncio.to_thread(self.disk.discard, key)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("disk cache: could not drop %s: %s", key, exc)
+
+    async def close(self) -> None:
+        """Stop the feed, background work and fills; close a store opened here and the disk index."""
+        self.state = "stopping"
+        starting = self._started
+        if starting is not None and not starting.done():
+            starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
+            await asyncio.wait([starting])
+        if self.feed is not None:
+            await self.feed.close()
+            self.feed = self.view.feed = None
+        for task in list(self._background):
+            task.cancel()
+        if self.filler is not None:
+            await self.filler.close()
+        if self._url is not None and self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+        for hook in self.hooks.after_close:
+            await asyncio.to_thread(hook)
+        self.disk.close()
+        self._started = None
+        self.state = "stopped"
+
+    def health(self) -> dict[str, Any]:
+        """The liveness report every adapter sends as JSON with status 200, in every state.
+
+        It reads this process's own state and never waits on the database (a slow or
+        absent database must not make a liveness probe fail or hang): ``status`` is
+        always ``"ok"``; ``state`` is ``"not started"``, ``"starting"``, ``"running"``,
+        ``"stopping"`` or ``"stopped"``; ``store`` is ``"ok"``, ``"not connected"`` or
+        ``"unavailable: REASON"`` (the last failure, start-up or query, until a query
+        succeeds; DSNs in it are shown without their password); ``feed`` (while one
+        runs) its health, cursor and last error; ``disk`` the tier's entries, bytes and
+        max_bytes, or None while its index is not open; ``memory`` its entries and bytes.
+        A service never started is started in the background (as the first request would).
+        """
+        if self.state == "not started":
+            self._start_soon()
+        report: dict[str, Any] = {"status": "ok", "state": self.state}
+        if self.view.store_error is not None:
+            report["store"] = f"unavailable: {self.view.store_error}"
+        else:
+            report["store"] = "ok" if self.state == "running" else "not connected"
+        if self.feed is not None:
+            report["feed"] = {"healthy": self.feed.healthy, "cursor": self.feed.cursor, "error": self.feed.last_error}
+        report["disk"] = None
+        if self.disk.is_open:
+            try:
+                stats = self.disk.stats()
+                report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+            except (sqlite3.Error, OSError) as exc:
+                report["disk"] = {"error": f"{type(exc).__name__}: {exc}"}
+        report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
+        return report
