@@ -78,13 +78,8 @@ def is_fresh(
 
 def outdated(changes: Iterable[Change], cached_version: Callable[[str], int | None]) -> list[str]:
     """The keys of ``changes`` whose cached copy (``cached_version(key)``, None when there is
-    none) is older than the version the change announces: the copies to drop."""
-    dropped = []
-    for change in changes:
-        version = cached_version(change.key)
-        if version is not None and version < change.version:
-            dropped.append(change.key)
-    return dropped
+    none) the change outdates (:meth:`Change.outdates`): the copies to drop."""
+    return [change.key for change in changes if change.outdates(cached_version(change.key))]
 
 
 @dataclass

@@ -170,22 +170,14 @@ class Runtime:
         self.view.apply(changes)
         for key in outdated(changes, self._memory_version):
             self.memory.discard(key)
-        await asyncio.to_thread(self._drop_outdated_on_disk, changes)
+        await asyncio.to_thread(self.disk.drop_outdated, changes)
         for change in changes:
             for hook in self.hooks.announced:
                 hook(change)
 
-    def _drop_outdated_on_disk(self, changes: list[Change]) -> None:
-        for key in outdated(changes, self._disk_version):
-            self.disk.discard(key)
-
     def _memory_version(self, key: str) -> int | None:
         cached = self.memory.get(key)
         return cached.file.meta.version if cached is not None else None
-
-    def _disk_version(self, key: str) -> int | None:
-        entry = self.disk.get(key)
-        return entry.meta.version if entry is not None else None
 
     def _feed_down(self) -> None:
         self.view.feed_down()

@@ -36,14 +36,14 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CacheWriteError
 from ..keys import key_digest
 from ..localfs import ensure_dir, open_regular, remove_any
-from ..store.types import FileMeta
+from ..store.types import Change, FileMeta
 from . import locks
 from .eviction import evict, release_file
 from .index import Index, Transaction
@@ -255,6 +255,16 @@ class DiskCache:
             if meta is not None:
                 txn.delete_entry(key)
                 release_file(txn, self._dir, meta.sha256)
+
+    def drop_outdated(self, changes: Iterable[Change]) -> int:
+        """Discard every entry that one of ``changes`` outdates (:meth:`Change.outdates`); how many."""
+        dropped = 0
+        for change in changes:
+            entry = self.get(change.key)
+            if change.outdates(entry.meta.version if entry is not None else None):
+                self.discard(change.key)
+                dropped += 1
+        return dropped
 
     def drop_damaged(self, meta: FileMeta) -> None:
         """Forget a file whose bytes were found not to match its hash, with every entry that

@@ -19,11 +19,12 @@ from ..feed import FeedCursor
 from ..localfs import sha256_of_fd
 from ..metrics import Metrics
 from ..store import Store
-from ..store.types import FileMeta
+from ..store.types import Change, FileMeta
 from .disk import DiskCache
 from .fill import Filler
 
 Progress = Callable[[int], None]
+CHANGE_BATCH = 1000
 
 
 @dataclass
@@ -60,11 +61,13 @@ class CacheMaintainer:
         if since is None:
             self.report.removed += await asyncio.to_thread(self.disk.clear)
         else:
+            batch: list[Change] = []
             async for change in self.store.iter_changes(since):
-                entry = await asyncio.to_thread(self.disk.get, change.key)
-                if entry is not None and entry.meta.version < change.version:
-                    await asyncio.to_thread(self.disk.discard, change.key)
-                    self.report.removed += 1
+                batch.append(change)
+                if len(batch) == CHANGE_BATCH:
+                    self.report.removed += await asyncio.to_thread(self.disk.drop_outdated, batch)
+                    batch = []
+            self.report.removed += await asyncio.to_thread(self.disk.drop_outdated, batch)
         missing = []
         async for meta in self.store.iter_files(prefix):
             entry = await asyncio.to_thread(self.disk.get, meta.key)

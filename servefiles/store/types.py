@@ -61,3 +61,8 @@ class Change(NamedTuple):
     key: str
     version: int
     deleted: bool
+
+    def outdates(self, cached_version: int | None) -> bool:
+        """Whether a cached copy of ``cached_version`` (None: no copy) is stale once this change
+        is known: it is older than the version announced. The one rule for dropping copies."""
+        return cached_version is not None and cached_version < self.version
