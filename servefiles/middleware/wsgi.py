@@ -107,14 +107,10 @@ class ServeFilesWSGI:
     is for the app's own views and the Django storage.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp | None,
-        db: str | Store,
-        prefix: str = defaults.PREFIX,
-        cache_dir: str | Path | None = None,
+    def __init__(  # the arguments of ServeFiles, but date_header (a WSGI server always sends Date)
+        self, app: WSGIApp | None, db: str | Store, prefix: str = defaults.PREFIX, cache_dir: str | Path | None = None,
         **options: Unpack[Options],
-    ) -> None:
+    ) -> None:  # fmt: skip
         if not isinstance(db, str):
             raise TypeError("ServeFilesWSGI takes a database URL: an open Store belongs to another event loop")
         self.app = app

@@ -8,7 +8,7 @@ batches under a fresh blob id registered in ``servefiles_uploads``, so a
 1 GiB upload never holds SQLite's single write lock for long; a last short
 transaction takes a version and points the key at the blob. An upload that
 dies half-way leaves only an unreferenced staged blob, which nobody can read
-and which is swept once it has been idle for :data:`STALE_UPLOAD_SECONDS`.
+and which is swept once it has been idle for :data:`~servefiles.store.base.STALE_UPLOAD_SECONDS`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
-from .base import (
-    STALE_UPLOAD_SECONDS,
-    BlobRef,
-    HashedChunks,
-    Store,
-    WritePrecondition,
-    check_expectation,
-    staged_batches,
-)
+from . import base
+from .base import BlobRef, HashedChunks, Store, WritePrecondition
 from .types import Change, FileMeta
 
 SCHEMA_VERSION = 2
@@ -238,7 +231,7 @@ class SQLiteStore(Store):
 
     def _sweep_stale_uploads(self, conn: sqlite3.Connection) -> None:
         """Free the chunks of uploads that died half-way (idle for an hour)."""
-        cutoff = _now_us() - STALE_UPLOAD_SECONDS * 1_000_000
+        cutoff = _now_us() - base.STALE_UPLOAD_SECONDS * 1_000_000
         for (blob_id,) in conn.execute(STALE_UPLOADS, (cutoff,)).fetchall():
             with _Transaction(conn):
                 conn.execute(DELETE_CHUNKS, (blob_id,))
@@ -285,7 +278,7 @@ class SQLiteStore(Store):
     ) -> FileMeta:
         blob_id = await self._run(_begin_upload)
         try:
-            async for batch in staged_batches(chunks):
+            async for batch in base.staged_batches(chunks):
                 await self._run(_stage_chunks, blob_id, [(blob_id, seq, chunk) for seq, chunk in batch])
             return await self._run(_publish, key, blob_id, chunks, content_type, expect)
         except BaseException:
@@ -356,7 +349,7 @@ def _publish(
     size, sha256 = chunks.size, chunks.sha256
     with _Transaction(conn):
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
-        check_expectation(key, expect, _live_sha256(current))
+        base.check_expectation(key, expect, _live_sha256(current))
         if conn.execute(END_UPLOAD, (blob_id,)).rowcount != 1:
             raise UploadAborted(f"the upload of {key} was idle too long and has been swept; retry it")
         now = _now_us()
@@ -378,7 +371,7 @@ def _tombstone(conn: sqlite3.Connection, key: str, expect: WritePrecondition | N
         current = conn.execute(CURRENT_ROW, (key,)).fetchone()
         if current is None or current[1]:
             return None  # nothing to delete: a 404 whatever the preconditions say (RFC 9110 13.2.1)
-        check_expectation(key, expect, _live_sha256(current))
+        base.check_expectation(key, expect, _live_sha256(current))
         version = _next_version(conn)
         now = _now_us()
         conn.execute(TOMBSTONE, (version, now, _validator_second(now, current[4]), key))
