@@ -102,9 +102,9 @@ def clone_rows(url: str, template: str, pattern: str, count: int) -> None:
             conn.execute(
                 """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
                 INSERT INTO servefiles_files (key, version, deleted, blob_id, chunk_size, size, sha256,
-                    content_type, created_at, updated_at)
+                    content_type, created_at, updated_at, last_modified)
                 SELECT printf(?, i), ? + i, 0, f.blob_id, f.chunk_size, f.size, f.sha256, f.content_type,
-                    f.created_at, f.updated_at FROM n, servefiles_files f WHERE f.key = ?""",
+                    f.created_at, f.updated_at, f.last_modified FROM n, servefiles_files f WHERE f.key = ?""",
                 (count, pattern, base, template),
             )
             conn.execute("UPDATE servefiles_meta SET value = ? WHERE name = 'last_version'", (base + count,))
@@ -117,9 +117,9 @@ def clone_rows(url: str, template: str, pattern: str, count: int) -> None:
         try:
             await conn.execute(
                 """INSERT INTO servefiles_files (key, version, deleted, blob_id, chunk_size, size, sha256,
-                    content_type, created_at, updated_at)
+                    content_type, created_at, updated_at, last_modified)
                 SELECT replace($2, '%d', i::text), nextval('servefiles_version_seq'), false, f.blob_id,
-                    f.chunk_size, f.size, f.sha256, f.content_type, f.created_at, f.updated_at
+                    f.chunk_size, f.size, f.sha256, f.content_type, f.created_at, f.updated_at, f.last_modified
                 FROM generate_series(1, $3) i, servefiles_files f WHERE f.key = $1""",
                 template, pattern, count,
             )  # fmt: skip
