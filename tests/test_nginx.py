@@ -590,6 +590,34 @@ def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp
     disk.close()
 
 
+def test_the_tree_notices_a_directory_another_process_removed_and_never_follows_a_link(tmp_path: Path) -> None:
+    """The tree keeps its directories open: one removed meanwhile (another worker withdrew its
+    last file) is opened afresh, so a withdrawal reaches a file published in the new one, and a
+    symlink put in its place is never followed."""
+    written = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    content = tmp_path / "content"
+    content.write_bytes(PNG)
+
+    def meta(key: str) -> FileMeta:
+        return FileMeta(key, 1, hashlib.sha256(PNG).hexdigest(), len(PNG), "image/png", written, written)
+
+    tree, other = PublishedTree(tmp_path / "published", "/media"), PublishedTree(tmp_path / "published", "/media")
+    assert tree.publish(meta("d/a.png"), content) and tree.path("d/a.png").read_bytes() == PNG
+    other.withdraw("d/a.png")  # another process: its last file gone, so the directory too
+    assert not tree.path("d").exists()
+    assert other.publish(meta("d/b.png"), content)  # ...and a new d/ with another file
+    tree.withdraw("d/b.png")
+    assert not tree.path("d/b.png").exists(), "withdrawn from the new directory, not the removed one"
+    assert tree.publish(meta("d/c.png"), content) and tree.path("d/c.png").exists()
+    other.withdraw("d/c.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree.path("d").symlink_to(outside)
+    assert not tree.publish(meta("d/e.png"), content)
+    tree.withdraw("d/e.png")
+    assert list(outside.iterdir()) == [], "nothing made or removed through the link"
+
+
 @pytest.mark.parametrize("mode", ["accel", "tree"])
 async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: str, tmp_path: Path) -> None:
     """What servefiles answers alone holds behind nginx too: a suffix range of an empty file

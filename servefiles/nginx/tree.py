@@ -134,49 +134,26 @@ class PublishedTree:
         version's second is not over yet (:meth:`is_due`)."""
         if not self.accepts(meta) or not self.is_due(meta):
             return False
-        parts, name = _split(meta.key)
+        parts, name, mtime = *_split(meta.key), _mtime_ns(meta)
         with self._lock:
-            self._trim()
-            for attempt in range(2):
-                directory: int | None = None
-                try:
-                    directory = self._dir(parts, create=True)
-                    assert directory is not None
-                    _place(directory, name, content, _mtime_ns(meta))
-                    return True
-                except FileNotFoundError as exc:  # its directory was removed under the fd: again, afresh
-                    if attempt or not self._vanished(directory):
-                        logger.info("not publishing %s for nginx: %s", meta.key, exc)
-                        return False
-                except OSError as exc:
-                    logger.info("not publishing %s for nginx: %s", meta.key, exc)
-                    return False
-        return False
+            try:
+                return self._in_dir(parts, True, lambda directory: _place(directory, name, content, mtime))
+            except OSError as exc:
+                logger.info("not publishing %s for nginx: %s", meta.key, exc)
+                return False
 
     def withdraw(self, key: str) -> None:
         """Remove the key's path (nginx then asks servefiles), and its directories left empty;
         missing is fine. The disk tier's change path runs this: a lookup of open fds, an unlink."""
         parts, name = _split(key)
         with self._lock:
-            self._trim()
-            for attempt in range(2):
-                directory: int | None = None
-                try:
-                    directory = self._dir(parts, create=False)
-                    if directory is None:
-                        return  # not there; and nothing but a real directory is ever gone through
-                    os.unlink(name, dir_fd=directory)
-                except FileNotFoundError:
-                    if attempt or not self._vanished(directory):
-                        return
-                    continue
-                except IsADirectoryError:
-                    return  # a key that is also a folder of other keys: nothing published here
-                except OSError as exc:
-                    logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
-                    return
-                self._remove_empty(parts)
-                return
+            try:
+                if self._in_dir(parts, False, lambda directory: os.unlink(name, dir_fd=directory)):
+                    self._remove_empty(parts)
+            except (FileNotFoundError, IsADirectoryError):
+                return  # not there, or a key that is also a folder of other keys: nothing published
+            except OSError as exc:
+                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
 
     def clear(self) -> None:
         """Withdraw everything (the feed is down: nothing here can be vouched for).
@@ -244,10 +221,27 @@ class PublishedTree:
         self._dirs[parts] = fd
         return fd
 
-    def _vanished(self, directory: int | None) -> bool:
+    def _in_dir(self, parts: Parts, create: bool, act: Callable[[int], object]) -> bool:
+        """``act(fd)`` in the open directory ``base/parts``; False, without acting, when it is
+        missing and not ``create``. Once more, afresh, when ``act`` meets ENOENT because another
+        process removed that directory; what ``act`` raises otherwise is raised."""
+        self._trim()
+        for attempt in range(2):
+            directory = self._dir(parts, create)
+            if directory is None:
+                return False
+            try:
+                act(directory)
+                return True
+            except FileNotFoundError:
+                if attempt or not self._vanished(directory):
+                    raise
+        return False
+
+    def _vanished(self, directory: int) -> bool:
         """Whether the open directory was removed (by another process): then forget it."""
         try:
-            gone = directory is not None and os.fstat(directory).st_nlink == 0
+            gone = os.fstat(directory).st_nlink == 0
         except OSError:
             gone = True
         if gone:
