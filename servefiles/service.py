@@ -60,6 +60,8 @@ class Reply:
     source: Source | None = None
     """A cache tier's copy answered (``memory``, ``disk``), or none held the file (``miss``);
     None for a reply about no file (404, 405, 503). :meth:`FileService.serve` counts it once."""
+    meta: FileMeta | None = None
+    """The version the reply is about (None for a reply about no file)."""
 
 
 @dataclass(slots=True)
@@ -188,7 +190,7 @@ class FileService:
         body = found.body
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
             body = self._fetch(found.file, response.status == 206)
-        return Reply(response, body, found.source)
+        return Reply(response, body, found.source, found.file.meta)
 
     def _fetch(self, file: PreparedFile, ranged: bool) -> Body:
         """The body of a miss: a fill that other requests may share, written through to disk; a cold

@@ -24,10 +24,11 @@ import pytest
 
 from servefiles import FileMeta, ServeFiles, open_store
 from servefiles.cache.disk import DiskCache, DiskEntry
+from servefiles.http import ByteRange
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
 from servefiles.nginx.accel import AccelLayer
 from servefiles.nginx.tree import PublishedTree
-from servefiles.service import FileService
+from servefiles.service import FileService, Reply
 
 from .asgi_servers import http_request, uvicorn_server
 from .nginx_server import Nginx, running_nginx, server_block
@@ -63,6 +64,13 @@ class Stack:
 
     def published(self, key: str) -> Path:
         return self.publish_dir / self.prefix.strip("/") / key
+
+    async def wait_published(self, key: str) -> None:
+        """A miss is published behind its reply, once its fill lands: until it is there."""
+        deadline = time.monotonic() + 10
+        while not self.published(key).exists():
+            assert time.monotonic() < deadline, f"{key} was not published"
+            await asyncio.sleep(0.01)
 
     def bytes_sent(self) -> float:
         return self.frontend.metric("servefiles_bytes_sent_total")
@@ -100,16 +108,18 @@ async def test_hits_misses_ranges_replace_and_delete(mode: str, store_url: str, 
             meta = await s.meta("blog/photo.png")
             etag = sha_etag(PNG) if mode == "accel" else nginx_etag(meta)
 
-            first = await client.get("/media/blog/photo.png")  # a miss: servefiles fills, nginx sends
+            first = await client.get("/media/blog/photo.png")  # a miss: servefiles' (streamed, or nginx sends)
             assert (first.status_code, first.content) == (200, PNG)
             assert first.headers["content-type"] == "image/png"
             assert first.headers["content-length"] == str(len(PNG))
-            assert first.headers["etag"] == etag
+            assert first.headers["etag"] == sha_etag(PNG), "the miss is servefiles' in both modes"
             assert first.headers["last-modified"] == format_datetime(meta.updated_at.replace(microsecond=0), True)
             assert first.headers["x-content-type-options"] == "nosniff"
             assert first.headers["cache-control"] == "no-cache"
             assert "x-accel-redirect" not in first.headers
 
+            if mode == "tree":
+                await s.wait_published("blog/photo.png")  # behind the miss's reply
             sent = s.bytes_sent()
             hit = await client.get("/media/blog/photo.png")
             assert (hit.status_code, hit.content, hit.headers["etag"]) == (200, PNG, etag)
@@ -146,7 +156,8 @@ async def test_tree_hits_are_served_by_nginx_alone(store_url: str, tmp_path: Pat
     with stack("tree", store_url, tmp_path) as s:
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
             await client.put("/media/a/b/c.png", content=PNG, headers={**AUTH, "content-type": "image/png"})
-            assert (await client.get("/media/a/b/c.png")).content == PNG  # published now
+            assert (await client.get("/media/a/b/c.png")).content == PNG  # a miss, published behind it
+            await s.wait_published("a/b/c.png")
             meta = await s.meta("a/b/c.png")
             asked = [s.frontend.metric(name) for name in ASKED]
             alone = await client.get("/media/a/b/c.png")
@@ -173,7 +184,7 @@ async def test_a_tree_left_by_a_stopped_frontend_is_withdrawn_at_start_even_with
     with stack("tree", pg_url, tmp_path) as s:
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
             assert (await client.get("/media/x.png")).content == PNG
-            assert s.published("x.png").exists()
+            await s.wait_published("x.png")
             s.frontend.kill()  # a crash: no shutdown code runs, the tree stays
             assert s.published("x.png").exists()
             async with open_store(pg_url) as store:  # meanwhile, another frontend deletes it
@@ -209,7 +220,7 @@ async def test_a_key_that_is_also_a_folder_in_the_tree_is_served_not_redirected(
             assert (await client.put("/media/avatars/42/thumb.png", content=PNG, headers=AUTH)).status_code == 201
             assert (await client.put("/media/avatars/42", content=b"raw avatar", headers=AUTH)).status_code == 201
             assert (await client.get("/media/avatars/42/thumb.png")).content == PNG
-            assert s.published("avatars/42/thumb.png").exists()  # so avatars/42 is a directory there
+            await s.wait_published("avatars/42/thumb.png")  # so avatars/42 is a directory there
             for _ in range(2):
                 response = await client.get("/media/avatars/42")
                 assert (response.status_code, response.content) == (200, b"raw avatar")
@@ -226,6 +237,7 @@ async def test_a_root_prefix_serves_every_path(mode: str, sqlite_url: str, tmp_p
                 response = await client.get("/x.png")
                 assert (response.status_code, response.content) == (200, PNG)
             if mode == "tree":
+                await s.wait_published("x.png")
                 assert s.published("x.png").read_bytes() == PNG
 
 
@@ -244,14 +256,14 @@ async def test_the_tree_sends_the_type_the_app_sends(sqlite_url: str, tmp_path: 
                 stored = (await s.meta(key)).content_type
                 assert types == {stored}, (key, types, stored)
             assert (await s.meta("backup.gz")).content_type == "application/gzip"
+            for key in ("UPPER.PNG", "photo.jpeg", "backup.gz"):  # .gz and .GZ are alike now: nginx types it as stored
+                await s.wait_published(key)
+            for key in files:  # nginx's now, for the published ones
+                assert (await client.get(f"/media/{key}")).headers["content-type"] == (await s.meta(key)).content_type
             assert not s.published("given.png").exists()
-            assert s.published("UPPER.PNG").exists() and s.published("photo.jpeg").exists()
-            assert s.published("backup.gz").exists()  # .gz and .GZ are alike now: nginx types it as stored
 
 
-async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
-    sqlite_url: str, tmp_path: Path
-) -> None:
+async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(sqlite_url: str, tmp_path: Path) -> None:
     """nginx's ETag is "mtime-size" in whole seconds: the store gives each version of a key
     its own second, so a stale If-None-Match gets the new file and a stale If-Range the whole file."""
     with stack("tree", sqlite_url, tmp_path) as s:
@@ -259,7 +271,9 @@ async def test_two_versions_of_one_size_in_one_second_never_share_a_validator(
             v1 = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
             v2 = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
             await client.put("/media/p.png", content=v1, headers=AUTH)
-            first = await client.get("/media/p.png")
+            assert (await client.get("/media/p.png")).content == v1  # the miss, published behind it
+            await s.wait_published("p.png")
+            first = await client.get("/media/p.png")  # nginx's, from the tree
             old = await s.meta("p.png")
             await client.put("/media/p.png", content=v2, headers=AUTH)  # same size, at once
             new = await s.meta("p.png")
@@ -422,11 +436,44 @@ async def test_an_accel_miss_is_streamed_at_once_not_after_the_whole_fill(
             pg_proxy.delay = 0
 
 
+async def read_reply(reply: Reply) -> bytes:
+    """The bytes an adapter would send for ``reply`` (its body closed after)."""
+    out = bytearray()
+    try:
+        for segment in reply.response.body:
+            if isinstance(segment, ByteRange):
+                assert reply.body is not None
+                async for chunk in reply.body.chunks(segment):
+                    out += chunk
+            else:
+                out += segment
+    finally:
+        if reply.body is not None:
+            reply.body.close()
+    return bytes(out)
+
+
+def hold_publishes(tree: PublishedTree) -> tuple[threading.Event, threading.Event]:
+    """Hold every publish in its thread at the start: (publishing, resume)."""
+    publishing, resume = threading.Event(), threading.Event()
+    publish = tree.publish_entry
+
+    def held(disk: DiskCache, entry: DiskEntry) -> bool:
+        publishing.set()
+        resume.wait(10)
+        return publish(disk, entry)
+
+    tree.publish_entry = held  # type: ignore[method-assign]
+    return publishing, resume
+
+
+@pytest.mark.parametrize("cached", [False, True])
 async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
-    pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+    cached: bool, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
 ) -> None:
     """The outage is real (the database's proxy is cut); the publish is held in its thread
-    at the one point where the race is, since no real timing hits that window every time."""
+    at the one point where the race is, since no real timing hits that window every time.
+    Both publishes: behind a miss's reply (``cached`` False) and before a disk hit's redirect."""
     async with open_store(pg_url) as store:
         await store.put("x.png", PNG)
     tree = PublishedTree(tmp_path / "published", "/media")
@@ -435,15 +482,11 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
     await service.start()
     try:
         assert service.feed is not None and service.feed.healthy
-        publishing, resume = threading.Event(), threading.Event()
-        publish = tree.publish_entry
-
-        def held(disk: DiskCache, entry: DiskEntry) -> bool:
-            publishing.set()
-            resume.wait(10)
-            return publish(disk, entry)
-
-        tree.publish_entry = held  # type: ignore[method-assign]
+        if cached:  # on disk, not published: the request publishes it before it redirects
+            meta = await service.revalidate("x.png")
+            assert meta is not None and service.runtime.filler is not None
+            assert await service.runtime.filler.fill(meta)
+        publishing, resume = hold_publishes(tree)
         request = asyncio.create_task(accel.serve("GET", "x.png", {}))
         assert await asyncio.to_thread(publishing.wait, 10)
         await pg_proxy.cut()
@@ -454,12 +497,67 @@ async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
         await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
         resume.set()
         reply = await request
+        await accel.settle()
         assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
         location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
         assert not location.startswith(TREE_LOCATION.encode())
+        if not cached:
+            assert await read_reply(reply) == PNG
     finally:
         resume.set()
         await service.close()
+
+
+async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, tmp_path: Path) -> None:
+    """The miss's reply is servefiles' own, whole, while its publish is still held; once the
+    publish lands the next request is a redirect into the tree, a disk hit."""
+    async with open_store(sqlite_url) as store:
+        await store.put("x.png", PNG)
+    tree = PublishedTree(tmp_path / "published", "/media")
+    service = FileService(sqlite_url, tmp_path / "cache")
+    accel = AccelLayer(service, ACCEL_LOCATION, tree)
+    await service.start()
+    try:
+        publishing, resume = hold_publishes(tree)
+        reply = await accel.serve("GET", "x.png", {})
+        headers = dict(reply.response.headers)
+        assert (reply.response.status, reply.source) == (200, "miss")
+        assert b"x-accel-redirect" not in headers and headers[b"etag"] == sha_etag(PNG).encode()
+        assert await read_reply(reply) == PNG, "sent in full while the publish waits"
+        assert await asyncio.to_thread(publishing.wait, 10), "published behind the reply"
+        assert not tree.path("x.png").exists()
+        resume.set()
+        await accel.settle()
+        assert tree.path("x.png").read_bytes() == PNG
+        again = await accel.serve("GET", "x.png", {})
+        assert again.source == "disk"
+        assert dict(again.response.headers)[b"x-accel-redirect"] == f"{TREE_LOCATION}x.png".encode()
+        head = await accel.serve("HEAD", "y.png", {})  # no such key: nothing to publish
+        assert head.response.status == 404 and not accel._behind
+    finally:
+        resume.set()
+        await service.close()
+
+
+async def test_the_request_after_a_tree_miss_is_nginx_s_alone(sqlite_url: str, tmp_path: Path) -> None:
+    """Through a real nginx: the miss is servefiles' (its ETag), the next request nginx's from
+    the tree (its ETag) without reaching servefiles; a HEAD of an uncached file fetches nothing."""
+    with stack("tree", sqlite_url, tmp_path) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for key in ("a.png", "b.png"):
+                assert (await client.put(f"/media/{key}", content=PNG, headers=AUTH)).status_code == 201
+            first = await client.get("/media/a.png")
+            assert (first.status_code, first.content, first.headers["etag"]) == (200, PNG, sha_etag(PNG))
+            await s.wait_published("a.png")
+            asked = [s.frontend.metric(name) for name in (*ASKED, "servefiles_store_fetches_total")]
+            second = await client.get("/media/a.png")
+            assert (second.status_code, second.content) == (200, PNG)
+            assert second.headers["etag"] == nginx_etag(await s.meta("a.png"))
+            assert [s.frontend.metric(name) for name in (*ASKED, "servefiles_store_fetches_total")] == asked
+            head = await client.head("/media/b.png")
+            assert head.status_code == 200 and head.headers["content-length"] == str(len(PNG))
+            assert s.frontend.metric("servefiles_store_fetches_total") == asked[-1], "a HEAD needs no bytes"
+            assert not s.published("b.png").exists()
 
 
 def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp_path: Path) -> None:
@@ -490,6 +588,34 @@ def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp
     stray.write_bytes(PNG)
     assert tree.sweep(disk.get) == 1 and not stray.exists()
     disk.close()
+
+
+def test_the_tree_notices_a_directory_another_process_removed_and_never_follows_a_link(tmp_path: Path) -> None:
+    """The tree keeps its directories open: one removed meanwhile (another worker withdrew its
+    last file) is opened afresh, so a withdrawal reaches a file published in the new one, and a
+    symlink put in its place is never followed."""
+    written = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    content = tmp_path / "content"
+    content.write_bytes(PNG)
+
+    def meta(key: str) -> FileMeta:
+        return FileMeta(key, 1, hashlib.sha256(PNG).hexdigest(), len(PNG), "image/png", written, written)
+
+    tree, other = PublishedTree(tmp_path / "published", "/media"), PublishedTree(tmp_path / "published", "/media")
+    assert tree.publish(meta("d/a.png"), content) and tree.path("d/a.png").read_bytes() == PNG
+    other.withdraw("d/a.png")  # another process: its last file gone, so the directory too
+    assert not tree.path("d").exists()
+    assert other.publish(meta("d/b.png"), content)  # ...and a new d/ with another file
+    tree.withdraw("d/b.png")
+    assert not tree.path("d/b.png").exists(), "withdrawn from the new directory, not the removed one"
+    assert tree.publish(meta("d/c.png"), content) and tree.path("d/c.png").exists()
+    other.withdraw("d/c.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree.path("d").symlink_to(outside)
+    assert not tree.publish(meta("d/e.png"), content)
+    tree.withdraw("d/e.png")
+    assert list(outside.iterdir()) == [], "nothing made or removed through the link"
 
 
 @pytest.mark.parametrize("mode", ["accel", "tree"])

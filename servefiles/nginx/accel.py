@@ -6,24 +6,37 @@ file) or to the disk tier's content file (a plain whole-file GET that servefiles
 judged) — and passes everything else to the :class:`~servefiles.service.FileService`
 behind it, which never knows nginx exists. It keeps the published tree in step with the
 service's life cycle and change feed through the runtime's hooks.
+
+A miss is the file service's, as without nginx: streamed with servefiles' headers while it
+is written through, never held back for the whole fill. Once that fill lands, the file is
+published behind the reply, so the next request is nginx's alone. The first response thus
+carries servefiles' ETag (the content hash) and later ones nginx's (``"mtime-size"``): a
+client revalidating across that change re-downloads the same bytes once, and is never sent
+a wrong byte (nginx's If-None-Match and If-Range never match the content hash).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from urllib.parse import quote
 
 from .. import http
 from ..cache.disk import DiskEntry, content_name
-from ..errors import InvalidKey, ServeFilesError, StoreUnavailable
+from ..cache.fill import Fill
+from ..errors import InvalidKey, StoreUnavailable
 from ..keys import canonical_key
-from ..service import FileService, Reply, Source
+from ..service import FileService, Reply
+from ..store.types import FileMeta
 from .config import TREE_LOCATION
 from .redirect import ACCEL_BLOCKERS, accel_redirect
 from .tree import PublishedTree
+
+logger = logging.getLogger("servefiles")
 
 
 class AccelLayer:
@@ -39,11 +52,19 @@ class AccelLayer:
         self.tree = tree
         self._outages = 0
         """Feed outages so far: a publish that overlapped one withdraws what it published."""
+        self._gate = threading.Lock()
+        self._closed = False
+        """Set at close under ``_gate``: a publish still in its thread then never lands after the
+        close emptied the tree (the task awaiting it is cancelled, the thread is not)."""
+        self._behind: dict[str, asyncio.Task[None]] = {}
+        """Publishes waiting behind a miss's reply for its fill to land, by key (one at a time).
+        Not cancelled at close: each ends with its fill, which the close ends, and then finds
+        the feed gone."""
         if tree is not None:
             tree.follow(files.disk)  # a key's link is withdrawn with every change of its disk entry
             hooks = files.runtime.hooks
-            hooks.before_start.append(self.withdraw_tree)
-            hooks.after_close.append(self.withdraw_tree)
+            hooks.before_start.append(self._open_tree)
+            hooks.after_close.append(self._close_tree)
             hooks.feed_down.append(self._feed_down)
 
     def withdraw_tree(self) -> None:
@@ -54,14 +75,24 @@ class AccelLayer:
         if self.tree is not None:
             self.tree.clear()
 
+    def _open_tree(self) -> None:
+        with self._gate:
+            self._closed = False
+            self.withdraw_tree()
+
+    def _close_tree(self) -> None:
+        with self._gate:
+            self._closed = True
+            self.withdraw_tree()
+
     def _feed_down(self) -> None:
         self._outages += 1
         self.files.runtime.spawn(asyncio.to_thread(self.withdraw_tree))
 
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
         """The reply, counted once: nginx's redirect where it applies, else the file service's
-        (a miss if this request's own fill put the file on disk)."""
-        reply, filled = None, False
+        (a miss of a file for the tree is then published behind it: :meth:`_publish_behind`)."""
+        reply = None
         if method in ("GET", "HEAD"):
             try:
                 key = canonical_key(raw_key)
@@ -69,63 +100,85 @@ class AccelLayer:
                     await self.files.start()
             except (InvalidKey, StoreUnavailable) as exc:
                 return self.files.count(self.files.refused(exc))
-            reply, filled = await self._accelerated(method, headers, key)
+            reply = await self._accelerated(method, headers, key)
         if reply is None:
             reply = await self.files.answer(method, raw_key, headers)
-            if filled and reply.source is not None:
-                reply.source = "miss"  # on disk only because this request's own fill put it there
+            self._publish_behind(method, reply)
         return self.files.count(reply)
 
-    async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> tuple[Reply | None, bool]:
-        """The redirect, or None where it does not apply or cannot be done (a HEAD or a range
-        that is not for the tree, a miss of a file the tree will not take, the cache cannot take
-        the file, the database is down): the file service then answers, streaming a miss as it
-        writes it through, or from a stale copy. A miss of a file for the tree fills the disk
-        tier first, so that even the first response carries nginx's validators, as every later
-        hit will. The flag says whether this request filled the disk tier: its reply is a miss then.
-        """
+    async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
+        """The redirect of a request for a file on disk, or None where it does not apply or
+        cannot be done (no disk copy: a miss; a HEAD or a range that is not for the tree; a copy
+        of another version; the cache file damaged; the database down): the file service then
+        answers, streaming a miss as it writes it through, or from a stale copy."""
         files, tree = self.files, self.tree
-        filler = files.runtime.filler
-        assert filler is not None
         if tree is None and (method != "GET" or any(name in headers for name in ACCEL_BLOCKERS)):
-            return None, False
+            return None
         entry = files.disk.get(key)
-        if entry is None and files.view.known_absent(key):
-            return Reply(http.not_found()), False
-        filled = False
-        if entry is None or not files.view.fresh(key, entry.meta.revision, time.monotonic()):
+        if entry is None:
+            return None  # the file service looks it up once: memory, known absence, the store
+        if not files.view.fresh(key, entry.meta.revision, time.monotonic()):
             try:
                 meta = await files.revalidate(key)
             except StoreUnavailable:
-                return None, False
+                return None
             if meta is None:
-                return Reply(http.not_found()), False
-            if entry is None or entry.meta.revision != meta.revision:
-                if tree is None or not tree.accepts(meta):
-                    return None, False  # streamed at once; the next request finds it on disk
-                try:
-                    if not await filler.fill(meta, files.prepared(meta)):
-                        return None, False
-                except ServeFilesError:
-                    return None, False
-                entry, filled = DiskEntry(meta, files.disk.content_path(meta.sha256)), True
-        source: Source = "miss" if filled else "disk"
+                return Reply(http.not_found())
+            if entry.meta.revision != meta.revision:
+                return None
         fd = files.disk.open_entry(entry)
         if fd is None:
-            return None, False  # damaged or gone: the file service refetches it
+            return None  # damaged or gone: the file service refetches it
         os.close(fd)
         file = files.prepared(entry.meta)
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
-            return Reply(accel_redirect(file, location, time.time()), None, source), False
+            return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
         if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS):
-            return None, filled
+            return None
         response = http.respond("GET", headers, file, time.time())
         if response.status != 200:
-            return Reply(response, None, source), False
+            return Reply(response, None, "disk", entry.meta)
         files.disk.touch(key)
         location = self.accel_prefix + content_name(entry.meta.sha256)
-        return Reply(accel_redirect(file, location, time.time()), None, source), False
+        return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
+
+    def _publish_behind(self, method: str, reply: Reply) -> None:
+        """A GET that missed a file for the tree: publish it once the fill its reply reads lands
+        in the disk tier (if the tier takes it), in the background; the reply waits for none of it."""
+        meta, tree, files = reply.meta, self.tree, self.files
+        if (
+            tree is None
+            or meta is None
+            or method != "GET"
+            or reply.source != "miss"
+            or reply.response.status not in (200, 206)
+            or meta.key in self._behind
+            or not tree.accepts(meta)
+            or not files.view.feed_healthy
+        ):
+            return
+        filler = files.runtime.filler
+        fill = filler.get(meta) if filler is not None else None
+        task = asyncio.create_task(self._publish_when_filled(meta, fill), name=f"servefiles publish {meta.key}")
+        self._behind[meta.key] = task
+        task.add_done_callback(lambda _: self._behind.pop(meta.key, None))
+
+    async def settle(self) -> None:
+        """Wait until the publishes under way behind replies have ended (published or not)."""
+        await asyncio.gather(*self._behind.values(), return_exceptions=True)
+
+    async def _publish_when_filled(self, meta: FileMeta, fill: Fill | None) -> None:
+        """``fill`` None: it ended already (or never ran; then the disk tier has no entry to publish)."""
+        if fill is not None:
+            await fill.wait_done()
+            if fill.error is not None or fill.disk_limit is not None:
+                return  # the disk tier did not take it whole
+        if self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
+            try:
+                await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
+            except Exception as exc:  # the index unreadable now: the next request publishes it
+                logger.warning("could not publish %s for nginx: %s", meta.key, exc)
 
     async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
@@ -135,9 +188,15 @@ class AccelLayer:
         assert tree is not None
         if not view.feed_healthy:
             return False
-        if not await asyncio.to_thread(tree.publish_entry, self.files.disk, entry):
+        if not await asyncio.to_thread(self._publish_now, entry):
             return False
         if self._outages != outages or not view.feed_healthy:
             await asyncio.to_thread(tree.withdraw, entry.meta.key)
             return False
         return True
+
+    def _publish_now(self, entry: DiskEntry) -> bool:
+        """In a worker thread: the check, link and timestamp of one publish, unless closed."""
+        assert self.tree is not None
+        with self._gate:
+            return not self._closed and self.tree.publish_entry(self.files.disk, entry)

@@ -7,8 +7,9 @@ Two modes (``servefiles nginx-config --mode``):
   ``X-Accel-Redirect`` to :data:`ACCEL_LOCATION`, an internal location over the disk
   tier's ``objects/``; nginx sends the bytes with servefiles' headers.
 * ``tree``: nginx first tries the published tree (``root`` + ``try_files``), so hits
-  never reach Python; a miss goes to servefiles, which fills the cache, publishes the
-  file and hands it back through :data:`TREE_LOCATION`. Files nginx could not serve with
+  never reach Python; a miss goes to servefiles, which answers it as ``accel`` would and
+  publishes the file behind the reply; a request for a file on disk but not (yet)
+  published is published and handed back through :data:`TREE_LOCATION`. Files nginx could not serve with
   the right headers (text, HTML, SVG, a type that does not match the extension) keep
   going through ``accel``.
 """

@@ -18,6 +18,12 @@ the app (accel), and the first request after that publishes it (see
 a key's path is withdrawn whenever its entry goes (replaced, deleted, evicted, dropped),
 and the service clears the whole tree while the change feed is down, since nginx serves
 the tree without asking anyone.
+
+Every operation goes through open directory fds (``*at`` system calls, ``O_NOFOLLOW``):
+nothing planted in the tree is ever followed, and a directory already open costs no
+``mkdir`` nor ``lstat`` walk, so a publish is a link, a timestamp and a rename, and a
+withdrawal (which the disk tier's change path waits for) an unlink. A directory another
+process removed meanwhile is noticed (its fd's link count is 0) and opened afresh.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,10 +48,16 @@ __all__ = ["TEMP_PREFIX", "PublishedTree"]
 logger = logging.getLogger("servefiles")
 
 TEMP_PREFIX = ".servefiles-tmp-"
+MAX_OPEN_DIRS = 1024
+"""Directory fds kept open (all are closed when there are more, then opened as needed)."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+Parts = tuple[str, ...]
+"""A directory of the tree as its names below ``base`` (``()``: ``base`` itself)."""
 
 
 class PublishedTree:
-    """The directory ``{root}{prefix}/`` that mirrors published keys as paths."""
+    """The directory ``{root}{prefix}/`` that mirrors published keys as paths. Thread-safe."""
 
     def __init__(self, root: Path, prefix: str) -> None:
         self.root = Path(root).absolute()
@@ -53,6 +65,9 @@ class PublishedTree:
         types = tree_types()
         self._allowed = frozenset(types)
         self._by_extension = extension_types(types)
+        self._lock = threading.Lock()
+        """Held across every use of ``_dirs``: no fd is closed while another thread uses it."""
+        self._dirs: dict[Parts, int] = {}
 
     def path(self, key: str) -> Path:
         """Where ``key`` is published. Keys are canonical (the key gate ran): no ``..``, no
@@ -74,9 +89,13 @@ class PublishedTree:
 
         The check and the link happen under the disk tier's write lock (:meth:`DiskCache.holding`):
         a version replaced meanwhile is never published after its withdrawal, which the tier's
-        listeners (:meth:`follow`) run only after the replacing change commits.
+        listeners (:meth:`follow`) run only after the replacing change commits. A plain read of
+        the index first spares that lock for an entry the tier does not hold (any more).
         """
         if not self.accepts(entry.meta) or not self.is_due(entry.meta):
+            return False
+        held = disk.get(entry.meta.key)
+        if held is None or held.meta.revision != entry.meta.revision:
             return False
         if self.is_published(entry.meta):
             return True
@@ -85,10 +104,15 @@ class PublishedTree:
 
     def is_published(self, meta: FileMeta) -> bool:
         """Whether ``key``'s path holds this version already (size and timestamp agree)."""
-        try:
-            found = os.stat(self.path(meta.key), follow_symlinks=False)
-        except OSError:
-            return False
+        parts, name = _split(meta.key)
+        with self._lock:
+            try:
+                directory = self._dir(parts, create=False)
+                if directory is None:
+                    return False
+                found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            except OSError:
+                return False
         return stat.S_ISREG(found.st_mode) and found.st_size == meta.size and found.st_mtime_ns == _mtime_ns(meta)
 
     def is_due(self, meta: FileMeta, now: float | None = None) -> bool:
@@ -110,47 +134,26 @@ class PublishedTree:
         version's second is not over yet (:meth:`is_due`)."""
         if not self.accepts(meta) or not self.is_due(meta):
             return False
-        target = self.path(meta.key)
-        try:
-            _make_parents(self.root, target.parent)
-            temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-            mtime = _mtime_ns(meta)
-            source = open_regular(content)  # never a FIFO to wait on, never a link to follow
+        parts, name, mtime = *_split(meta.key), _mtime_ns(meta)
+        with self._lock:
             try:
-                found = os.fstat(source)
-                if found.st_nlink == 1 or found.st_mtime_ns == mtime:
-                    os.link(content, temp)  # link(2) does not follow a symlink either
-                else:  # the content file is published under another key with another timestamp
-                    with open(source, "rb", closefd=False) as src, open(temp, "xb") as dst:
-                        shutil.copyfileobj(src, dst)
-            finally:
-                os.close(source)
-            try:
-                os.utime(temp, ns=(mtime, mtime), follow_symlinks=False)
-                os.rename(temp, target)  # atomic; fails on a directory, which stays
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-        except OSError as exc:
-            logger.info("not publishing %s for nginx: %s", meta.key, exc)
-            return False
-        return True
+                return self._in_dir(parts, True, lambda directory: _place(directory, name, content, mtime))
+            except OSError as exc:
+                logger.info("not publishing %s for nginx: %s", meta.key, exc)
+                return False
 
     def withdraw(self, key: str) -> None:
-        """Remove the key's path (nginx then asks servefiles); missing is fine."""
-        target = self.path(key)
-        if not _real_dirs(self.root, target.parent.relative_to(self.root).parts):
-            return  # not there; and a symlinked directory on the way is never gone through
-        try:
-            if not stat.S_ISDIR(os.stat(target, follow_symlinks=False).st_mode):
-                os.unlink(target)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
-            return
-        _remove_empty_parents(self.base, target.parent)
+        """Remove the key's path (nginx then asks servefiles), and its directories left empty;
+        missing is fine. The disk tier's change path runs this: a lookup of open fds, an unlink."""
+        parts, name = _split(key)
+        with self._lock:
+            try:
+                if self._in_dir(parts, False, lambda directory: os.unlink(name, dir_fd=directory)):
+                    self._remove_empty(parts)
+            except (FileNotFoundError, IsADirectoryError):
+                return  # not there, or a key that is also a folder of other keys: nothing published
+            except OSError as exc:
+                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
 
     def clear(self) -> None:
         """Withdraw everything (the feed is down: nothing here can be vouched for).
@@ -159,9 +162,11 @@ class PublishedTree:
         a directory elsewhere), file, FIFO or socket in their place is removed, never
         followed, so nothing outside the tree is ever emptied.
         """
-        if self._base_is_real():
-            for item in list(os.scandir(self.base)):
-                remove_any(Path(item.path))
+        with self._lock:
+            self._forget(())
+            if self._base_is_real():
+                for item in list(os.scandir(self.base)):
+                    remove_any(Path(item.path))
 
     def _base_is_real(self) -> bool:
         """Whether ``base`` is a real directory, reached from ``root`` through real directories
@@ -173,8 +178,10 @@ class PublishedTree:
         """Start-up: remove every path that is not the published version of ``current(key)``'s
         entry (``DiskCache.get``, once the disk tier is open); returns how many paths went."""
         removed = 0
-        if not self._base_is_real():
-            return 0
+        with self._lock:
+            self._forget(())
+            if not self._base_is_real():
+                return 0
         for directory, dirnames, filenames in os.walk(self.base):
             for name in filenames:
                 path = Path(directory) / name
@@ -188,6 +195,144 @@ class PublishedTree:
                     remove_any(Path(directory) / name)
                     dirnames.remove(name)
         return removed
+
+    # -- open directories (the caller holds ``_lock``) ---------------------------------------
+
+    def _dir(self, parts: Parts, create: bool) -> int | None:
+        """The open directory ``base/parts``; None when it is missing (``create`` False). What
+        stands in a directory's place is never followed: :class:`NotADirectoryError` when
+        creating, else removed (and logged) and None, as for a missing one."""
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd
+        if not parts:
+            if create:
+                _make_parents(self.root, self.base)
+            elif not self._base_is_real():
+                return None
+            fd = os.open(self.base, _DIR_FLAGS)
+        else:
+            parent = self._dir(parts[:-1], create)
+            if parent is None:
+                return None
+            fd = _open_dir(parent, parts[-1], create)
+            if fd is None:
+                return None
+        self._dirs[parts] = fd
+        return fd
+
+    def _in_dir(self, parts: Parts, create: bool, act: Callable[[int], object]) -> bool:
+        """``act(fd)`` in the open directory ``base/parts``; False, without acting, when it is
+        missing and not ``create``. Once more, afresh, when ``act`` meets ENOENT because another
+        process removed that directory; what ``act`` raises otherwise is raised."""
+        self._trim()
+        for attempt in range(2):
+            directory = self._dir(parts, create)
+            if directory is None:
+                return False
+            try:
+                act(directory)
+                return True
+            except FileNotFoundError:
+                if attempt or not self._vanished(directory):
+                    raise
+        return False
+
+    def _vanished(self, directory: int) -> bool:
+        """Whether the open directory was removed (by another process): then forget it."""
+        try:
+            gone = os.fstat(directory).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:
+            self._forget(())  # its parents may have gone too: open every one afresh
+        return gone
+
+    def _remove_empty(self, parts: Parts) -> None:
+        """Remove ``base/parts`` and its parents up to ``base`` while they are empty."""
+        while parts:
+            parent = self._dirs.get(parts[:-1])
+            try:
+                if parent is None:
+                    return
+                os.rmdir(parts[-1], dir_fd=parent)
+            except OSError:
+                return
+            self._forget(parts)
+            parts = parts[:-1]
+
+    def _forget(self, parts: Parts) -> None:
+        """Close the open directory ``parts`` and every one below it."""
+        for known in [known for known in self._dirs if known[: len(parts)] == parts]:
+            os.close(self._dirs.pop(known))
+
+    def _trim(self) -> None:
+        if len(self._dirs) > MAX_OPEN_DIRS:
+            self._forget(())
+
+
+def _split(key: str) -> tuple[Parts, str]:
+    """A canonical key as its directories below ``base`` and its file name."""
+    *parents, name = key.split("/")
+    return tuple(parents), name
+
+
+def _open_dir(parent: int, name: str, create: bool) -> int | None:
+    """Open (making it first when ``create``) the directory ``name`` in ``parent``, never
+    following what stands there instead (see :meth:`PublishedTree._dir`)."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=parent)
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except OSError:
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+            raise
+        if create:
+            raise NotADirectoryError(f"a {kind(mode)} stands where a directory of the nginx tree belongs") from None
+        logger.warning("nginx tree: removed a %s where the directory %s belongs", kind(mode), name)
+        os.unlink(name, dir_fd=parent)
+        return None
+
+
+def _place(directory: int, name: str, content: Path, mtime: int) -> None:
+    """Link (or copy) ``content`` into ``directory`` as ``name`` with its mtime, atomically."""
+    temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    source = open_regular(content)  # never a FIFO to wait on, never a link to follow
+    try:
+        found = os.fstat(source)
+        if found.st_nlink == 1 or found.st_mtime_ns == mtime:
+            os.link(content, temp, dst_dir_fd=directory, follow_symlinks=False)
+        else:  # the content file is published under another key with another timestamp
+            target = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                             dir_fd=directory)  # fmt: skip
+            try:
+                _copy(source, target, found.st_size)
+            finally:
+                os.close(target)
+    finally:
+        os.close(source)
+    try:
+        os.utime(temp, ns=(mtime, mtime), dir_fd=directory, follow_symlinks=False)
+        os.rename(temp, name, src_dir_fd=directory, dst_dir_fd=directory)  # atomic; fails on a directory
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=directory)
+        raise
+
+
+def _copy(source: int, target: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(target, source, offset, size - offset)
+        if sent == 0:
+            raise OSError(f"the content file ended at {offset} of {size} bytes")
+        offset += sent
 
 
 def _mtime_ns(meta: FileMeta) -> int:
@@ -224,12 +369,3 @@ def _make_parents(base: Path, directory: Path) -> None:
         except FileExistsError:
             if not stat.S_ISDIR(os.stat(current, follow_symlinks=False).st_mode):
                 raise NotADirectoryError(f"{current} is not a directory") from None
-
-
-def _remove_empty_parents(base: Path, directory: Path) -> None:
-    while directory != base and base in directory.parents:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-        directory = directory.parent
