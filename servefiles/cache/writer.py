@@ -1,11 +1,13 @@
 """Writing a file into the disk tier, atomically.
 
 Bytes go to a temp file in the directory of their final name (:class:`DiskWriter`), are
-fsynced and verified (size and sha256), then **installed** (:func:`install`): renamed into
-place (atomic: same directory) and only then indexed. A reader therefore never sees a
-partial file under a final name, and ``kill -9`` at any point leaves at worst a temp file,
-which the next start-up sweeps (loader.py). The rename happens under the index's write
-lock, so no other process deletes the file between its rename and its row.
+verified (size and sha256), then **installed**: renamed into place (atomic: same directory)
+and only then indexed. A reader therefore never sees a partial file under a final name, and
+``kill -9`` at any point leaves at worst a temp file, which the next start-up sweeps
+(loader.py). Nothing is fsynced here: a power cut is handled by ``syncfs`` watermarks and
+verification after a reboot (durable.py). A process alone in the dir renames outside any
+lock (disk.py); one sharing it uses :func:`install`, under the index's write lock, so no
+other process deletes the file between its rename and its row.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ from ..store.types import FileMeta
 from . import locks
 from .eviction import release_file
 from .index import Transaction
-from .layout import CacheDir, DiskEntry, fsync_dir, is_good_file
+from .layout import CacheDir, DiskEntry, is_good_file
 
-__all__ = ["DiskWriter", "install"]
+__all__ = ["DiskWriter", "install", "rename_into_place"]
 
 logger = logging.getLogger("servefiles")
 
 Install = Callable[[FileMeta, Path], DiskEntry]
-"""Installs a verified, fsynced temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
+"""Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
 
 
 def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -> None:
-    """Move a verified, fsynced temp file into place and index it as ``meta.key``'s entry, in
-    ``txn`` (the write lock). CacheWriteError when a newer version of the key is cached.
+    """Move a verified temp file into place and index it as ``meta.key``'s entry, in ``txn``
+    (the write lock). CacheWriteError when a newer version of the key is cached.
 
     When the index already vouches for a good file of these bytes, the temp file goes and the
     entry shares that file. The key's previous entry, when it was another version, is in
@@ -55,16 +57,20 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
     else:
         if known_size is not None:
             txn.drop_file(meta.sha256)  # its row said one thing, the disk another
-        if stat.S_ISDIR(lstat_mode(final)):
-            shutil.rmtree(final)  # rename cannot replace a directory
-        os.rename(temp, final)
-        fsync_dir(final.parent)
-        txn.add_file(meta.sha256, meta.size)
+        rename_into_place(temp, final)
+        txn.add_file(meta.sha256, meta.size, time.monotonic_ns())
     txn.put_entry(meta, time.time_ns())
     if current is not None and current.revision != meta.revision:
         txn.removed.append(meta.key)  # whoever mirrors the entry holds the old version
     if current is not None and current.sha256 != meta.sha256:
         release_file(txn, cache_dir, current.sha256)
+
+
+def rename_into_place(temp: Path, final: Path) -> None:
+    """Rename a temp file to its final name (same directory: atomic), replacing a squatting directory."""
+    if stat.S_ISDIR(lstat_mode(final)):
+        shutil.rmtree(final)  # rename cannot replace a directory
+    os.rename(temp, final)
 
 
 class DiskWriter:
@@ -100,14 +106,13 @@ class DiskWriter:
         self.written += len(data)
 
     def commit(self) -> DiskEntry:
-        """fsync, verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
+        """Verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
         fd = self._open_fd()
         try:
             if self.written != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: wrote {self.written} bytes, expected {self.meta.size}")
             if self._hash.hexdigest() != self.meta.sha256:
                 raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
-            os.fsync(fd)
             if os.fstat(fd).st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
             entry = self._install(self.meta, self.path)
