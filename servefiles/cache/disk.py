@@ -14,18 +14,16 @@ index in memory (memindex.py), loaded from the SQLite index at open; a lookup ne
 SQLite.
 
 **Alone or shared.** Each process registers in ``procs/`` (members.py). While a process is
-the only one using the dir, its memory is the authority: changes are made in memory, the
-files renamed and unlinked outside any lock, and SQLite is written behind in batches by a
-background thread (behind.py, journal.py), and at close. Once another process shows up (one
-``stat`` per fill tells), this one writes its pending batch and from then on writes SQLite
-through, under its write lock, which is then the lock on ``objects/`` as before, and fills
-take the per-key lock files (locks.py). Its memory stays a cache of what it knows: an entry
-another process installed is unknown here until a miss asks SQLite (:meth:`find`), which
-costs a revalidation, never a store fetch; an entry another process removed is found missing
-by :meth:`open_entry` (the file must exist with the indexed size) and forgotten. Content files
-are named by their hash, so a name never holds other bytes: whatever a stale view costs, it
-is a miss, never a wrong byte. Versions are the metadata view's business (service.py): the
-feed drops outdated keys in every process.
+the only one using the dir, its memory is the authority: changes are made in memory, files
+renamed and unlinked outside any lock, SQLite written behind in batches (behind.py,
+journal.py) and at close. Once another process shows up (one ``stat`` per fill tells), this
+one writes its pending batch and from then on writes SQLite through, under its write lock
+(then the lock on ``objects/``), and fills take per-key lock files (locks.py). Its memory
+stays a cache: an entry another process installed is unknown here until a miss asks SQLite
+(:meth:`find`), costing a revalidation, never a store fetch; one another process removed is
+found missing by :meth:`open_entry` (exists, indexed size) and forgotten. Content files are
+named by their hash, so a stale view costs a miss, never a wrong byte; versions are the
+metadata view's business (the feed drops outdated keys in every process).
 
 **Durability.** No fsync per file: a ``syncfs`` watermark and, after a reboot, verification of
 what it did not cover (durable.py). A crash before a batch reached SQLite loses its entries;
@@ -50,7 +48,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,18 +57,16 @@ from ..keys import key_digest
 from ..localfs import ensure_dir, open_regular, remove_any
 from ..store.types import Change, FileMeta
 from . import locks
-from .behind import FLUSH_CHANGES, SYNC_SECONDS, WriteBehind
-from .durable import syncfs
+from .behind import FLUSH_CHANGES, Behind
 from .eviction import evict, release_file
 from .index import Index, Transaction
-from .journal import load_entries, mark_synced, write_journal
+from .journal import load_memory
 from .layout import TEMP_PREFIX, CacheDir, DiskEntry, content_name, is_good_file, is_sha256
 from .loader import StartupReport, load
 from .locks import FillLock
 from .members import Members
-from .memindex import MemIndex
-from .touches import PendingTouches
-from .writer import DiskWriter, install, rename_into_place
+from .memindex import Journal, MemIndex
+from .writer import DiskWriter, install, install_alone
 
 __all__ = [
     "TEMP_PREFIX",
@@ -88,8 +83,6 @@ logger = logging.getLogger("servefiles")
 
 RemovalListener = Callable[[str], None]
 """Called with a key whose entry a committed change removed or replaced."""
-INSTALL_ATTEMPTS = 4
-"""Tries at sharing a file that is being evicted meanwhile before renaming a copy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +112,12 @@ class DiskCache:
         self._report: StartupReport | None = None
         self._state_lock = threading.Lock()
         self._lock = threading.Lock()  # the memory index: held for dict work only, never across I/O
-        self._flush_lock = threading.Lock()  # one batch at a time, in order
         self._mem = MemIndex()
         self._solo = False
-        self._unsynced = False
-        self._last_sync = 0.0
         self._members = Members(self._dir.procs)
-        self._touches = PendingTouches()
-        self._behind: WriteBehind | None = None
+        self._behind = Behind(self._index, self.root, self._take_journal, self._put_back)
+        self._touches = self._behind.touches
         self._listeners: list[RemovalListener] = []
-
-    # -- life cycle ----------------------------------------------------------------------
 
     def open(self, sweep: bool = True) -> StartupReport:
         """Create the dirs, open (or rebuild) the index, and load: validate and sweep (loader.py),
@@ -143,9 +131,7 @@ class DiskCache:
             if self._report is None:
                 report = load(self._dir, self._index, self._changing, sweep, self._members if sweep else None)
                 try:
-                    mem = MemIndex()
-                    for meta in load_entries(self._index):
-                        mem.load(meta)
+                    mem = load_memory(self._index)
                 except BaseException:
                     self._members.leave()
                     self._index.close()
@@ -153,21 +139,15 @@ class DiskCache:
                 self._solo = sweep and self._members.alone()
                 mem.journaling = self._solo
                 self._mem, self._report = mem, report
-                self._last_sync = time.monotonic()
-                self._behind = WriteBehind(self._write_behind, "servefiles disk index")
+                self._behind.start()
             return self._report
 
     def close(self) -> None:
         """Write what is pending to the index, make new files durable, close; idempotent."""
         with self._state_lock:
-            behind, self._behind = self._behind, None
-            if behind is not None:
-                behind.stop()
             if self._report is not None:
                 try:
-                    self.flush()
-                    if self._unsynced:
-                        self._sync()
+                    self._behind.stop()
                 except (sqlite3.Error, OSError) as exc:
                     logger.warning("disk cache: could not write the index on close: %s", exc)
             self._index.close()
@@ -189,11 +169,8 @@ class DiskCache:
         with self._lock:
             self._solo = False
             self._mem.journaling = False  # what is journaled already is written by the next flush
-        if self._behind is not None:
-            self._behind.wake()
+        self._behind.wake()
         return False
-
-    # -- for whoever mirrors the entries -------------------------------------------------
 
     def on_removed(self, listener: RemovalListener) -> None:
         """Call ``listener(key)`` after every change that removed or replaced ``key``'s entry
@@ -293,38 +270,15 @@ class DiskCache:
 
     def flush(self) -> None:
         """Write the pending changes and touches to the index now."""
-        with self._flush_lock:
-            with self._lock:
-                journal = self._mem.take_journal()
-            touches = self._touches.take()
-            if not journal and not touches:
-                return
-            try:
-                with self._index.transaction() as txn:
-                    write_journal(txn, journal, touches)
-            except BaseException:
-                with self._lock:
-                    self._mem.journal.merge_older(journal)
-                self._touches.give_back(touches)
-                raise
+        self._behind.flush()
 
-    def _write_behind(self) -> None:
-        self.flush()
-        if self._unsynced and time.monotonic() - self._last_sync >= SYNC_SECONDS:
-            self._sync()
+    def _take_journal(self) -> Journal:
+        with self._lock:
+            return self._mem.take_journal()
 
-    def _sync(self) -> None:
-        """Make every file renamed so far durable, then say so in the index (durable.py)."""
-        self._unsynced = False
-        self._last_sync = time.monotonic()
-        began = time.monotonic_ns()
-        try:
-            syncfs(self.root)
-            with self._index.transaction() as txn:
-                mark_synced(txn, began)
-        except BaseException:
-            self._unsynced = True
-            raise
+    def _put_back(self, journal: Journal) -> None:
+        with self._lock:
+            self._mem.journal.merge_older(journal)
 
     # -- changes -------------------------------------------------------------------------
 
@@ -362,51 +316,21 @@ class DiskCache:
         except BaseException:
             self._touches.give_back(touches)
             raise
-        self._unsynced = True
+        self._behind.unsynced = True
         self._count_evictions(evicted)
         return DiskEntry(meta, self._dir.content_path(meta.sha256))
 
     def _install_alone(self, meta: FileMeta, temp: Path) -> DiskEntry:
-        """Rename outside any lock, then change the memory index and pick the evictions under its
-        lock (dict work only), then unlink outside it. A file evicted while being shared is
-        renamed from the temp file instead; one unlinked by an eviction just as another thread
-        renamed the same bytes into place is a miss later (:meth:`open_entry`), never wrong."""
-        final = self._dir.content_path(meta.sha256)
-        renamed = False
-        for attempt in range(INSTALL_ATTEMPTS):
-            with self._lock:
-                self._refuse_older(meta)
-                share = self._mem.has_file(meta.sha256, meta.size) and attempt < INSTALL_ATTEMPTS - 1
-            if not share or not is_good_file(final, meta.size):
-                rename_into_place(temp, final)
-                renamed = True
-            with self._lock:
-                if not renamed and not self._mem.has_file(meta.sha256, meta.size):
-                    continue  # evicted meanwhile: rename ours
-                try:
-                    self._refuse_older(meta)
-                except CacheWriteError:
-                    unlink = [meta.sha256] if renamed and meta.sha256 not in self._mem.files else []
-                    self._unlink(unlink)
-                    raise
-                removed, unlink = self._mem.install(meta, time.monotonic_ns() if renamed else None)
-                evicted, unlink_evicted = self._mem.evict(self.max_bytes, meta)
-                pending = len(self._mem.journal)
-            break
-        if not renamed:
-            os.unlink(temp)  # the same bytes are in place already: share them
-        self._unsynced = self._unsynced or renamed
-        self._unlink(unlink + unlink_evicted)
-        self._count_evictions(len(evicted))
-        if pending >= FLUSH_CHANGES and self._behind is not None:
+        """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
+        what went, count the evictions, and tell the listeners."""
+        done = install_alone(self._mem, self._lock, self._dir, meta, temp, self.max_bytes)
+        self._behind.unsynced = self._behind.unsynced or done.renamed
+        self._unlink(done.unlink)
+        self._count_evictions(len(done.evicted))
+        if done.pending >= FLUSH_CHANGES:
             self._behind.wake()
-        self._tell(removed + evicted)
-        return DiskEntry(meta, final)
-
-    def _refuse_older(self, meta: FileMeta) -> None:
-        current = self._mem.get(meta.key)
-        if current is not None and current.version > meta.version:
-            raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
+        self._tell(done.removed + done.evicted)
+        return DiskEntry(meta, self._dir.content_path(meta.sha256))
 
     def _unlink(self, shas: Iterable[str]) -> None:
         for sha256 in shas:
@@ -417,9 +341,8 @@ class DiskCache:
                     logger.warning("disk cache: could not remove %s: %s", sha256, exc)
 
     def _count_evictions(self, evicted: int) -> None:
-        if evicted:
-            with self._lock:
-                self.evictions += evicted
+        with self._lock:
+            self.evictions += evicted
 
     def discard(self, key: str) -> None:
         """Forget the key; its file goes too unless another key's entry uses it."""
@@ -520,7 +443,7 @@ class DiskCache:
             with self._lock:
                 entries, total = len(self._mem.entries), self._mem.total_bytes
         else:
-            if self._behind is not None:
+            if self.is_open:
                 self.flush()
             entries, total = self._index.totals()
         return CacheStats(entries=entries, bytes=total, max_bytes=self.max_bytes, evictions=self.evictions)

@@ -283,16 +283,16 @@ class Filler:
             return
         fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
         self.metrics.store_fetches.inc()
-        written: DiskWriter | None = writer
         try:
+            written = True
             async for chunk in self.store.read(meta.key, version=meta.version):
-                written = await self._write(written, chunk, fill)
-                if written is None:
+                written = await self._write(writer, chunk, fill) is not None
+                if not written:
                     break  # the disk failed: waiters take the rest from the store
                 fill.advance(len(chunk))
-            if written is not None:
+            if written:
                 try:
-                    await asyncio.to_thread(written.commit)
+                    await asyncio.to_thread(writer.commit)
                 except CacheWriteError as exc:
                     self._count_failure(meta, exc)
         except BaseException:

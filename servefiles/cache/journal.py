@@ -10,14 +10,12 @@ disk.py), and its row must stay.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-from ..store.types import FileMeta
 from .index import PUT_ENTRY, Index, Transaction, entry_row, row_to_meta
 from .layout import is_sha256
-from .memindex import Journal
+from .memindex import Journal, MemIndex
 
-__all__ = ["MARK_ONE_SYNCED", "load_entries", "mark_synced", "unsynced_files", "write_journal"]
+__all__ = ["MARK_ONE_SYNCED", "load_memory", "mark_synced", "unsynced_files", "write_journal"]
 
 ALL_ENTRIES = """
     SELECT e.key, e.version, e.sha256, f.size, e.content_type, e.created_at, e.updated_at, e.last_modified
@@ -35,12 +33,14 @@ MARK_ONE_SYNCED = "UPDATE files SET installed_at = 0 WHERE sha256 = ?"
 MARK_SYNCED = "UPDATE files SET installed_at = 0 WHERE installed_at > 0 AND installed_at < ?"
 
 
-def load_entries(index: Index) -> Iterator[FileMeta]:
-    """Every entry whose sha256 can name a file, least recently used first."""
+def load_memory(index: Index) -> MemIndex:
+    """The index in memory: every entry whose sha256 can name a file, in last-access order."""
+    mem = MemIndex()
     for key, *rest in index.rows(ALL_ENTRIES):
         meta = row_to_meta(str(key), tuple(rest))  # type: ignore[arg-type]
         if meta is not None and is_sha256(meta.sha256):
-            yield meta
+            mem.load(meta)
+    return mem
 
 
 def write_journal(txn: Transaction, journal: Journal, touches: dict[str, int]) -> list[str]:

@@ -18,8 +18,10 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -30,8 +32,9 @@ from . import locks
 from .eviction import release_file
 from .index import Transaction
 from .layout import CacheDir, DiskEntry, is_good_file
+from .memindex import MemIndex
 
-__all__ = ["DiskWriter", "install", "rename_into_place"]
+__all__ = ["DiskWriter", "Installed", "install", "install_alone", "rename_into_place"]
 
 logger = logging.getLogger("servefiles")
 
@@ -71,6 +74,66 @@ def rename_into_place(temp: Path, final: Path) -> None:
     if stat.S_ISDIR(lstat_mode(final)):
         shutil.rmtree(final)  # rename cannot replace a directory
     os.rename(temp, final)
+
+
+INSTALL_ATTEMPTS = 4
+"""Tries at sharing a file that is being evicted meanwhile before renaming a copy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """What :func:`install_alone` did: keys replaced and evicted, files to unlink, whether the
+    temp file was renamed into place (else an existing file is shared), journal length."""
+
+    removed: list[str]
+    evicted: list[str]
+    unlink: list[str]
+    renamed: bool
+    pending: int
+
+
+def install_alone(
+    mem: MemIndex, lock: threading.Lock, cache_dir: CacheDir, meta: FileMeta, temp: Path, max_bytes: int
+) -> Installed:
+    """Install a verified temp file for a process alone in its cache dir: rename outside any lock,
+    then change the memory index and pick the evictions (one batch) under ``lock``, which is
+    held for dict work only. CacheWriteError when a newer version of the key is cached.
+
+    A file being shared that an eviction removes meanwhile is renamed from the temp file
+    instead; one unlinked by an eviction just as another thread renamed the same bytes into
+    place is a miss later (the size check on open), never a wrong byte: names are hashes.
+    """
+    final = cache_dir.content_path(meta.sha256)
+    renamed = False
+    for attempt in range(INSTALL_ATTEMPTS):
+        with lock:
+            _refuse_older(mem, meta)
+            share = mem.has_file(meta.sha256, meta.size) and attempt < INSTALL_ATTEMPTS - 1
+        if not share or not is_good_file(final, meta.size):
+            rename_into_place(temp, final)
+            renamed = True
+        with lock:
+            if not renamed and not mem.has_file(meta.sha256, meta.size):
+                continue  # evicted meanwhile: rename ours
+            try:
+                _refuse_older(mem, meta)
+            except CacheWriteError:
+                if renamed and meta.sha256 not in mem.files:
+                    os.unlink(final)  # nobody uses these bytes (under the lock: nobody can start to)
+                raise
+            removed, unlink = mem.install(meta, time.monotonic_ns() if renamed else None)
+            evicted, unlink_evicted = mem.evict(max_bytes, meta)
+            pending = len(mem.journal)
+        break
+    if not renamed:
+        os.unlink(temp)  # the same bytes are in place already: share them
+    return Installed(removed, evicted, unlink + unlink_evicted, renamed, pending)
+
+
+def _refuse_older(mem: MemIndex, meta: FileMeta) -> None:
+    current = mem.get(meta.key)
+    if current is not None and current.version > meta.version:
+        raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
 
 
 class DiskWriter:
