@@ -50,7 +50,7 @@ class StartupReport:
     dropped_invalid: int
     seconds: float
     verified: int = 0
-    """Files hashed at open because the machine restarted before a syncfs covered them."""
+    """Files checked at open (size, then sha256) because the machine restarted before a syncfs covered them."""
 
 
 @dataclass(slots=True)
