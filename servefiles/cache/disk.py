@@ -129,8 +129,8 @@ class DiskCache:
         """
         with self._state_lock:
             if self._report is None:
-                report = load(self._dir, self._index, self._changing, sweep, self._members if sweep else None)
                 try:
+                    report = load(self._dir, self._index, self._changing, sweep, self._members if sweep else None)
                     mem = load_memory(self._index)
                 except BaseException:
                     self._members.leave()
@@ -442,8 +442,6 @@ class DiskCache:
         if self.alone():
             with self._lock:
                 entries, total = len(self._mem.entries), self._mem.total_bytes
-        else:
-            if self.is_open:
-                self.flush()
+        else:  # what this process did alone reaches SQLite with the next batch
             entries, total = self._index.totals()
         return CacheStats(entries=entries, bytes=total, max_bytes=self.max_bytes, evictions=self.evictions)
