@@ -350,16 +350,21 @@ def test_a_busy_index_is_not_mistaken_for_a_corrupt_one(cache: DiskCache, root: 
 def test_a_tampered_index_row_never_becomes_a_path(cache: DiskCache, root: Path) -> None:
     conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
     conn.execute("PRAGMA ignore_check_constraints = ON")  # the schema's CHECKs would refuse it
-    conn.execute("INSERT INTO files VALUES ('../../../../etc/passwd', 3)")
+    conn.execute("INSERT INTO files (sha256, size) VALUES ('../../../../etc/passwd', 3)")
     conn.execute("INSERT INTO entries VALUES ('k', 1, '../../../../etc/passwd', 'text/plain', 0, 0, 0, 0)")
     conn.close()
     assert cache.get("k") is None
+    cache.close()
+    again, _ = reopen(root)  # the in-memory index is loaded from these rows: the row is skipped
+    assert again.get("k") is None and again.find("k") is None
+    again.close()
 
 
 def test_open_without_sweep_only_reads(cache: DiskCache, root: Path) -> None:
     entry = put(cache, "k", b"abc")
     dead = entry.path.parent / f"{TEMP_PREFIX}dead"
     dead.write_bytes(b"x")
+    cache.flush()  # a look reads the index on disk, written behind (at most FLUSH_SECONDS late)
     look = DiskCache(root, max_bytes=0)
     report = look.open(sweep=False)
     look.close()
@@ -446,7 +451,8 @@ def test_startup_keeps_the_temp_file_of_a_live_writer_in_another_process(root: P
         finish.set()
         writer.join(30)
     assert writer.exitcode == 0
-    entry = cache.get("slow")
+    assert cache.get("slow") is None  # installed by another process after this one loaded: not known yet
+    entry = cache.find("slow")  # a miss asks the index on disk
     assert entry is not None and entry.path.read_bytes() == data
     cache.close()
 

@@ -2,20 +2,32 @@
 
 The discipline is nginx ``proxy_cache``'s, in three small steps, each in a module of its own:
 
-* **install** (writer.py): bytes go to a temp file, are fsynced, verified and renamed
-  into place, and only then indexed.
+* **install** (writer.py): bytes go to a temp file, are verified and renamed into place,
+  and only then indexed.
 * **load** (loader.py, at :meth:`DiskCache.open`): validate the index against the disk
   and sweep, one ``objects/xx`` shard (one short transaction) at a time.
-* **evict** (eviction.py): after each install, least recently used entries go until
-  the files fit ``max_bytes``.
+* **evict**: after each install, least recently used entries go until the files fit
+  ``max_bytes``, in one batch.
 
-This module is the tier at run time: look up, open, record hits, forget, and the change
-transaction every write goes through. The layout of the dir is in layout.py.
+This module is the tier at run time: look up, open, record hits, forget. Lookups read an
+index in memory (memindex.py), loaded from the SQLite index at open; a lookup never touches
+SQLite.
 
-Processes agree through two kernel mechanisms only: the index's SQLite write
-lock, which every rename into ``objects/`` and every unlink of a content file
-happens under (so nobody deletes a file another process has just installed),
-and flock, which dies with its holder (fill locks, temp files in progress).
+**Alone or shared.** Each process registers in ``procs/`` (members.py). While a process is
+the only one using the dir, its memory is the authority: changes are made in memory, files
+renamed and unlinked outside any lock, SQLite written behind in batches (behind.py,
+journal.py) and at close. Once another process shows up (one ``stat`` per fill tells), this
+one writes its pending batch and from then on writes SQLite through, under its write lock
+(then the lock on ``objects/``), and fills take per-key lock files (locks.py). Its memory
+stays a cache: an entry another process installed is unknown here until a miss asks SQLite
+(:meth:`find`), costing a revalidation, never a store fetch; one another process removed is
+found missing by :meth:`open_entry` (exists, indexed size) and forgotten. Content files are
+named by their hash, so a stale view costs a miss, never a wrong byte; versions are the
+metadata view's business (the feed drops outdated keys in every process).
+
+**Durability.** No fsync per file: a ``syncfs`` watermark and, after a reboot, verification of
+what it did not cover (durable.py). A crash before a batch reached SQLite loses its entries;
+the next start-up sweeps their files.
 
 Hostile contents (a symlink, FIFO, socket or directory where a content file,
 the index, a lock file or a directory should be; a file where a directory
@@ -45,13 +57,16 @@ from ..keys import key_digest
 from ..localfs import ensure_dir, open_regular, remove_any
 from ..store.types import Change, FileMeta
 from . import locks
+from .behind import FLUSH_CHANGES, Behind
 from .eviction import evict, release_file
 from .index import Index, Transaction
+from .journal import load_memory
 from .layout import TEMP_PREFIX, CacheDir, DiskEntry, content_name, is_good_file, is_sha256
 from .loader import StartupReport, load
 from .locks import FillLock
-from .touches import Batch, PendingTouches
-from .writer import DiskWriter, install
+from .members import Members
+from .memindex import Journal, MemIndex
+from .writer import DiskWriter, install, install_alone
 
 __all__ = [
     "TEMP_PREFIX",
@@ -72,7 +87,7 @@ RemovalListener = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
-    """The tier's size now (all processes) and this object's evictions (this process)."""
+    """The tier's size now and this object's evictions (this process)."""
 
     entries: int
     bytes: int
@@ -83,8 +98,9 @@ class CacheStats:
 class DiskCache:
     """The disk tier of one cache dir; share one object between the threads of a process.
 
-    Every method blocks (file system, SQLite); async callers run the slow ones
-    in threads. Several processes may open the same dir at once.
+    Lookups (:meth:`get`, :meth:`touch`) never block on I/O; the other methods may (file
+    system, SQLite), and async callers run them in threads. Several processes may open the
+    same dir at once.
     """
 
     def __init__(self, root: Path, max_bytes: int) -> None:
@@ -95,33 +111,47 @@ class DiskCache:
         self._index = Index(self._dir.index_file)
         self._report: StartupReport | None = None
         self._state_lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._touches = PendingTouches(self._record_accesses)
+        self._lock = threading.Lock()  # the memory index: held for dict work only, never across I/O
+        self._mem = MemIndex()
+        self._solo = False
+        self._members = Members(self._dir.procs)
+        self._behind = Behind(self._index, self.root, self._take_journal, self._put_back)
+        self._touches = self._behind.touches
         self._listeners: list[RemovalListener] = []
 
-    # -- life cycle ----------------------------------------------------------------------
-
     def open(self, sweep: bool = True) -> StartupReport:
-        """Create the dirs, open (or rebuild) the index, and load: validate and sweep (loader.py).
+        """Create the dirs, open (or rebuild) the index, and load: validate and sweep (loader.py),
+        then read the index into memory.
 
-        Idempotent: a second call returns the first report. ``sweep=False``
-        only opens the index, for a read-only look at a dir others may be using.
+        Idempotent: a second call returns the first report. ``sweep=False`` only opens the
+        index, for a read-only look at a dir others may be using (such a look does not
+        register in ``procs/``: it writes SQLite through if it writes at all).
         """
         with self._state_lock:
             if self._report is None:
-                self._report = load(self._dir, self._index, self._changing, sweep)
+                try:
+                    report = load(self._dir, self._index, self._changing, sweep, self._members if sweep else None)
+                    mem = load_memory(self._index)
+                except BaseException:
+                    self._members.leave()
+                    self._index.close()
+                    raise
+                self._solo = sweep and self._members.alone()
+                mem.journaling = self._solo
+                self._mem, self._report = mem, report
+                self._behind.start()
             return self._report
 
     def close(self) -> None:
-        """Write pending touches and close the index; idempotent."""
+        """Write what is pending to the index, make new files durable, close; idempotent."""
         with self._state_lock:
-            self._touches.join()
             if self._report is not None:
                 try:
-                    self.flush()
+                    self._behind.stop()
                 except (sqlite3.Error, OSError) as exc:
-                    logger.warning("disk cache: could not record accesses on close: %s", exc)
+                    logger.warning("disk cache: could not write the index on close: %s", exc)
             self._index.close()
+            self._members.leave()
             self._report = None
 
     @property
@@ -129,36 +159,57 @@ class DiskCache:
         """Whether :meth:`open` has finished and :meth:`close` has not run since."""
         return self._report is not None
 
-    # -- for whoever mirrors the entries -------------------------------------------------
+    def alone(self) -> bool:
+        """Whether this process is the only one using the dir (one ``stat``; see members.py).
+        Once it is not, it writes SQLite through and its pending batch goes first."""
+        if not self._solo:
+            return False
+        if self._members.alone():
+            return True
+        with self._lock:
+            self._solo = False
+            self._mem.journaling = False  # what is journaled already is written by the next flush
+        self._behind.wake()
+        return False
 
     def on_removed(self, listener: RemovalListener) -> None:
         """Call ``listener(key)`` after every change that removed or replaced ``key``'s entry
         (discarded, replaced by another version, evicted, dropped as damaged or at start-up),
-        once per key and change, after the change commits, in the thread that made it. Register
+        once per key and change, after the change is made, in the thread that made it. Register
         before :meth:`open`. A listener that raises is logged, never the change's failure."""
         self._listeners.append(listener)
 
     @contextlib.contextmanager
     def holding(self, entry: DiskEntry) -> Iterator[bool]:
         """Whether ``entry`` is still its key's entry, held so for the block: it runs under the
-        index's write lock (across processes), so no change commits until it ends, and the
-        listeners hear of the entry's removal only after it. Keep the block short."""
-        with self._index.transaction() as txn:
-            current = txn.entry(entry.meta.key)
+        index's write lock (across processes) and this process's memory lock, so no change is
+        made until it ends, and the listeners hear of the entry's removal only after it. Keep
+        the block short."""
+        with self._index.transaction() as txn, self._lock:
+            current = self._mem.get(entry.meta.key) if self._solo else txn.entry(entry.meta.key)
             yield current is not None and current.revision == entry.meta.revision
 
+    def _tell(self, keys: Iterable[str]) -> None:
+        for key in dict.fromkeys(keys):
+            for listener in self._listeners:
+                try:
+                    listener(key)
+                except Exception:  # the change is made: its caller must not think it failed
+                    logger.exception("disk cache: a removal listener failed for %s", key)
+
     @contextlib.contextmanager
-    def _changing(self) -> Iterator[Transaction]:
-        """A write transaction; once it commits, the listeners hear of every key it removed or replaced."""
+    def _changing(self, adopt: FileMeta | None = None) -> Iterator[Transaction]:
+        """A write transaction of SQLite (a process that shares the dir, and start-up); once it
+        commits, the memory index follows (``adopt``: the entry it installed) and the listeners
+        hear of every key it removed or replaced."""
         with self._index.transaction() as txn:
             yield txn
-        if self._listeners and txn.removed:
-            for key in dict.fromkeys(txn.removed):
-                for listener in self._listeners:
-                    try:
-                        listener(key)
-                    except Exception:  # the change has committed: its caller must not think it failed
-                        logger.exception("disk cache: a removal listener failed for %s", key)
+        with self._lock:
+            for key in txn.removed:
+                self._mem.discard(key)
+            if adopt is not None:
+                self._mem.install(adopt, None)
+        self._tell(txn.removed)
 
     # -- the hit path --------------------------------------------------------------------
 
@@ -167,18 +218,27 @@ class DiskCache:
         return self._dir.content_path(sha256)
 
     def get(self, key: str) -> DiskEntry | None:
-        """The key's cached entry, from the index alone (no content read, no stat).
+        """The key's cached entry as this process knows it, from memory (no I/O at all)."""
+        meta = self._mem.get(key)
+        return None if meta is None else DiskEntry(meta, self._dir.content_path(meta.sha256))
 
-        An index that cannot be read right now is a miss, never an error: a
-        cache failure must not fail a request.
-        """
+    def find(self, key: str) -> DiskEntry | None:
+        """The key's entry, including one another process sharing the dir installed since this
+        one loaded (then a SQLite read, for the miss path; alone, the same as :meth:`get`).
+        An index that cannot be read right now is a miss, never an error."""
+        if self.alone() or not self.is_open:
+            return self.get(key)
         try:
             meta = self._index.get(key)
         except (sqlite3.Error, RuntimeError) as exc:
             logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc)
             return None
         if meta is None or not is_sha256(meta.sha256):
-            return None
+            return self.get(key)
+        with self._lock:
+            known = self._mem.get(key)
+            if known is None or known.version < meta.version:
+                self._mem.install(meta, None)
         return DiskEntry(meta, self._dir.content_path(meta.sha256))
 
     def open_entry(self, entry: DiskEntry) -> int | None:
@@ -203,16 +263,22 @@ class DiskCache:
         return None
 
     def touch(self, key: str) -> None:
-        """Record a hit for LRU, in memory; written to the index in batches (touches.py)."""
+        """Record a hit for LRU, in memory; written to the index in batches."""
+        with self._lock:
+            self._mem.touch(key)
         self._touches.touch(key)
 
     def flush(self) -> None:
-        """Write the pending touches to the index now."""
-        self._touches.flush()
+        """Write the pending changes and touches to the index now."""
+        self._behind.flush()
 
-    def _record_accesses(self, batch: Batch) -> None:
-        with self._changing() as txn:
-            txn.record_access(batch.items())
+    def _take_journal(self) -> Journal:
+        with self._lock:
+            return self._mem.take_journal()
+
+    def _put_back(self, journal: Journal) -> None:
+        with self._lock:
+            self._mem.journal.merge_older(journal)
 
     # -- changes -------------------------------------------------------------------------
 
@@ -230,37 +296,79 @@ class DiskCache:
             raise CacheWriteError(f"cannot cache {meta.key}: {exc}") from exc
         return DiskWriter(meta, path, fd, self._install)
 
+    def store(self, meta: FileMeta, data: bytes) -> DiskEntry:
+        """Write a whole file at once (begin, write, commit: one call, so one thread hop)."""
+        with self.begin(meta) as writer:
+            writer.write(data)
+            return writer.commit()
+
     def _install(self, meta: FileMeta, temp: Path) -> DiskEntry:
-        """Install a verified, fsynced temp file (writer.py), with the pending touches, then
-        evict (eviction.py): all in one change, under the write lock."""
+        """Install a verified temp file (writer.py), then evict in one batch."""
+        if self.alone():
+            return self._install_alone(meta, temp)
+        self.flush()  # what this process did alone goes first
         touches = self._touches.take()
         try:
-            with self._changing() as txn:
+            with self._changing(adopt=meta) as txn:
                 txn.record_access(touches.items())
                 install(txn, self._dir, meta, temp)
                 evicted = evict(txn, self._dir, meta, self.max_bytes)
         except BaseException:
             self._touches.give_back(touches)
             raise
-        if evicted:
-            with self._count_lock:
-                self.evictions += evicted
+        self._behind.unsynced = True
+        self._count_evictions(evicted)
         return DiskEntry(meta, self._dir.content_path(meta.sha256))
+
+    def _install_alone(self, meta: FileMeta, temp: Path) -> DiskEntry:
+        """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
+        what went, count the evictions, and tell the listeners."""
+        done = install_alone(self._mem, self._lock, self._dir, meta, temp, self.max_bytes)
+        self._behind.unsynced = self._behind.unsynced or done.renamed
+        self._unlink(done.unlink)
+        self._count_evictions(len(done.evicted))
+        if done.pending >= FLUSH_CHANGES:
+            self._behind.wake()
+        self._tell(done.removed + done.evicted)
+        return DiskEntry(meta, self._dir.content_path(meta.sha256))
+
+    def _unlink(self, shas: Iterable[str]) -> None:
+        for sha256 in shas:
+            if is_sha256(sha256):
+                try:
+                    remove_any(self._dir.content_path(sha256))
+                except OSError as exc:  # the next start-up's sweep removes it
+                    logger.warning("disk cache: could not remove %s: %s", sha256, exc)
+
+    def _count_evictions(self, evicted: int) -> None:
+        with self._lock:
+            self.evictions += evicted
 
     def discard(self, key: str) -> None:
         """Forget the key; its file goes too unless another key's entry uses it."""
         self._touches.forget(key)
+        if self.alone():
+            with self._lock:
+                known = self._mem.get(key) is not None
+                unlink = self._mem.discard(key)
+            self._unlink(unlink)
+            if known:
+                self._tell([key])
+            return
+        self.flush()
         with self._changing() as txn:
             meta = txn.entry(key)
             if meta is not None:
                 txn.delete_entry(key)
                 release_file(txn, self._dir, meta.sha256)
+        with self._lock:
+            self._mem.discard(key)  # known here, unknown to the index (never written, or gone)
 
     def drop_outdated(self, changes: Iterable[Change]) -> int:
         """Discard every entry that one of ``changes`` outdates (:meth:`Change.outdates`); how many."""
         dropped = 0
         for change in changes:
-            entry = self.get(change.key)
+            entry = self.find(change.key)
             if change.outdates(entry.meta.version if entry is not None else None):
                 self.discard(change.key)
                 dropped += 1
@@ -274,14 +382,27 @@ class DiskCache:
     def _drop_damaged(self, meta: FileMeta, check_hash: bool = False) -> None:
         """Forget a file found damaged, with every entry that uses it, and remove what is there.
 
-        Under the write lock the file is looked at again: another process may
-        have put a good copy in place meanwhile, and that one must stay. A failure
-        is logged: the next open's sweep will do it.
+        The file is looked at again first: another writer may have put a good copy in
+        place meanwhile, and that one must stay. A failure is logged: the next open's sweep
+        will do it.
         """
         if not is_sha256(meta.sha256):
             return
         path = self._dir.content_path(meta.sha256)
         try:
+            if self.alone():
+                with self._lock:
+                    size = self._mem.files.get(meta.sha256)
+                if size is None or is_good_file(path, size, meta.sha256 if check_hash else None):
+                    return
+                with self._lock:
+                    dropped = self._mem.drop_file(meta.sha256)
+                remove_any(path)
+                self._tell(dropped)
+                return
+            with self._lock:
+                self._mem.drop_file(meta.sha256)
+            self.flush()
             with self._changing() as txn:
                 size = txn.file_size(meta.sha256)
                 if size is None or is_good_file(path, size, meta.sha256 if check_hash else None):
@@ -293,6 +414,10 @@ class DiskCache:
 
     def keys(self) -> list[str]:
         """Every key with an entry (for maintenance commands, not the request path)."""
+        if self.alone():
+            with self._lock:
+                return list(self._mem.entries)
+        self.flush()
         with self._index.transaction() as txn:
             return txn.keys()
 
@@ -307,7 +432,16 @@ class DiskCache:
         """The cross-process fill lock of ``key`` (named by the key's hash, never its text)."""
         return FillLock(self._dir.locks / f"{key_digest(key).hex()}.lock")
 
+    def fill_lock(self, key: str) -> FillLock | None:
+        """The lock a fill of ``key`` takes: none while this process is alone in the dir (its
+        own single-flight suffices, and no lock file is made), else :meth:`lock`."""
+        return None if self.alone() else self.lock(key)
+
     def stats(self) -> CacheStats:
-        """The entries and bytes of the whole dir (every process), and this object's evictions."""
-        entries, total = self._index.totals()
+        """The entries and bytes (alone: this process's; else the whole dir's), and this object's evictions."""
+        if self.alone():
+            with self._lock:
+                entries, total = len(self._mem.entries), self._mem.total_bytes
+        else:  # what this process did alone reaches SQLite with the next batch
+            entries, total = self._index.totals()
         return CacheStats(entries=entries, bytes=total, max_bytes=self.max_bytes, evictions=self.evictions)

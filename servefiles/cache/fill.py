@@ -4,15 +4,16 @@ A :class:`Fill` is the one fetch of one version of one key. It runs as its
 own task, so a client that disconnects neither aborts nor corrupts it, and
 every request that wants that version joins it:
 
-* a small file (one that fits the memory tier) is read whole, written to the
-  disk tier, kept in memory, and handed to every waiter at once;
+* a small file (one that fits the memory tier) is read whole, kept in memory and
+  handed to every waiter at once, then written to the disk tier in one thread hop;
 * a large file streams into a disk-tier temp file; waiters read that file
   (one shared descriptor, positional reads) as far as it has been written,
   so the first bytes go out before the last ones have arrived.
 
-Across processes that share a cache dir, the disk tier's lock file elects one
-filler; the others wait for its entry, and a waiter that waits longer than
-``wait_seconds`` reads from the store itself. If the disk write fails (disk
+A process alone in its cache dir needs nothing more (:meth:`DiskCache.fill_lock`
+is None: no lock file, no thread hop). Across processes that share a cache dir, the
+disk tier's lock file elects one filler; the others wait for its entry, and a waiter
+that waits longer than ``wait_seconds`` reads from the store itself. If the disk write fails (disk
 full, read-only), the bytes beyond what reached the disk come from the store:
 a cache failure never fails a request.
 """
@@ -129,8 +130,8 @@ class Fill:
             await self._changed.wait()
 
     async def wait_past(self, pos: int) -> None:
-        """Until byte ``pos`` is on disk or nothing more will come; a small file: until done."""
-        while not self.done and (self.small or (self.written <= pos and self.disk_limit is None)):
+        """Until byte ``pos`` is on disk or nothing more will come; a small file: until its bytes are here."""
+        while not self.done and self.body is None and (self.small or (self.written <= pos and self.disk_limit is None)):
             await self._changed.wait()
 
     def join(self) -> None:
@@ -202,9 +203,17 @@ class Filler:
 
     async def _run(self, fill: Fill) -> None:
         meta = fill.meta
-        lock = self.disk.lock(meta.key)
+        lock = self.disk.fill_lock(meta.key)
         locked = False
         try:
+            if lock is None:  # alone in the cache dir: this object's single-flight is enough
+                entry = self._current_entry(meta)  # from memory: no thread hop
+                if entry is None:
+                    await self._fetch(fill)
+                    return
+                await self._adopt(fill, entry)
+                fill.finish()
+                return
             locked = await asyncio.to_thread(lock.try_acquire)
             entry = None
             if not locked:
@@ -224,11 +233,11 @@ class Filler:
             logger.warning("fill of %s failed: %s", meta.key, exc)
         finally:
             self._fills.pop((meta.key, meta.revision), None)
-            if locked:
+            if locked and lock is not None:
                 await asyncio.to_thread(lock.release)
 
     def _current_entry(self, meta: FileMeta) -> DiskEntry | None:
-        entry = self.disk.get(meta.key)
+        entry = self.disk.find(meta.key)
         return entry if entry is not None and entry.meta.revision == meta.revision else None
 
     async def _wait_for_other_process(self, fill: Fill, lock: FillLock) -> tuple[DiskEntry | None, bool]:
@@ -264,37 +273,47 @@ class Filler:
 
     async def _fetch(self, fill: Fill) -> None:
         """The one store read: into the disk tier (and memory, for a small file)."""
+        if fill.small:
+            await self._fetch_small(fill)
+            return
         meta = fill.meta
         writer = await self._begin(meta)
-        if writer is not None and not fill.small:
-            fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
-        elif not fill.small:
+        if writer is None:
             fill.finish()  # no disk copy at all: every waiter reads the store
             return
-        pieces: list[bytes] = []
+        fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
         self.metrics.store_fetches.inc()
         try:
+            written = True
             async for chunk in self.store.read(meta.key, version=meta.version):
-                if writer is not None:
-                    writer = await self._write(writer, chunk, fill)
-                if fill.small:
-                    pieces.append(chunk)
-                elif writer is None:
+                written = await self._write(writer, chunk, fill) is not None
+                if not written:
                     break  # the disk failed: waiters take the rest from the store
                 fill.advance(len(chunk))
-            if writer is not None:
+            if written:
                 try:
                     await asyncio.to_thread(writer.commit)
                 except CacheWriteError as exc:
                     self._count_failure(meta, exc)
         except BaseException:
-            if writer is not None:
-                await asyncio.shield(asyncio.to_thread(writer.abort))
+            await asyncio.shield(asyncio.to_thread(writer.abort))
             raise
-        if fill.small:
-            fill.body = b"".join(pieces)
-            if len(fill.body) == meta.size:
-                self._remember(fill)
+        fill.finish()
+
+    async def _fetch_small(self, fill: Fill) -> None:
+        """A small file: read whole, handed to the waiters and the memory tier, then written to
+        the disk tier in one thread hop (begin, write, commit) while they are answered."""
+        meta = fill.meta
+        self.metrics.store_fetches.inc()
+        pieces = [chunk async for chunk in self.store.read(meta.key, version=meta.version)]
+        fill.body = b"".join(pieces)
+        fill.advance(len(fill.body))  # wakes the waiters: they have the bytes
+        if len(fill.body) == meta.size:
+            self._remember(fill)
+        try:
+            await asyncio.shield(asyncio.to_thread(self.disk.store, meta, fill.body))
+        except CacheWriteError as exc:
+            self._count_failure(meta, exc)
         fill.finish()
 
     def _remember(self, fill: Fill) -> None:
@@ -315,8 +334,7 @@ class Filler:
             return writer
         except CacheWriteError as exc:
             self._count_failure(fill.meta, exc)
-            if not fill.small:  # a small fill goes on in memory; a large one stops here
-                fill.disk_limit = fill.written
+            fill.disk_limit = fill.written
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(writer.abort)
             return None

@@ -33,8 +33,9 @@ from pathlib import Path
 from ..localfs import NotRegularFile, kind, lstat_mode, open_regular, remove_any
 from ..store.types import FileMeta
 
-SCHEMA_VERSION = 2
-"""1: no ``last_modified`` column; 2: it has one (migrated in place, see :meth:`Index._open`)."""
+SCHEMA_VERSION = 3
+"""1: no ``last_modified`` column; 2: it has one; 3: files have ``installed_at`` (both migrated in
+place, see :meth:`Index._open`)."""
 BUSY_TIMEOUT_SECONDS = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -49,7 +50,11 @@ SCHEMA = (
     # so the start-up loader need not scan the whole index looking for them.
     """CREATE TABLE files (
         sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64 AND sha256 NOT GLOB '*[^0-9a-f]*'),
-        size INTEGER NOT NULL CHECK (typeof(size) = 'integer' AND size >= 0)) WITHOUT ROWID""",
+        size INTEGER NOT NULL CHECK (typeof(size) = 'integer' AND size >= 0),
+        installed_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    # installed_at: the monotonic ns of the file's rename until a syncfs made it durable, then 0
+    # (durable.py): after a reboot, the files with installed_at > 0 are verified before use.
+    "CREATE INDEX files_unsynced ON files (installed_at) WHERE installed_at > 0",
     """CREATE TABLE entries (
         key TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
@@ -81,6 +86,11 @@ MIGRATE_1_TO_2 = (
     "ALTER TABLE entries ADD COLUMN last_modified INTEGER NOT NULL DEFAULT 0",
     "UPDATE entries SET last_modified = updated_at / 1000000 * 1000000",
 )
+# Schema 2 -> 3: files written before were fsynced one by one, so they are durable (0).
+MIGRATE_2_TO_3 = (
+    "ALTER TABLE files ADD COLUMN installed_at INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS files_unsynced ON files (installed_at) WHERE installed_at > 0",
+)
 DROP_TABLE = "DROP TABLE IF EXISTS {}"  # only ever formatted with a name from _TABLES
 GET_ENTRY = """
     SELECT e.version, e.sha256, f.size, e.content_type, e.created_at, e.updated_at, e.last_modified
@@ -88,7 +98,7 @@ GET_ENTRY = """
     WHERE e.key = ?"""
 GET_TOTALS = "SELECT entries, bytes FROM totals WHERE id = 1"
 GET_FILE_SIZE = "SELECT size FROM files WHERE sha256 = ?"
-ADD_FILE = "INSERT INTO files (sha256, size) VALUES (?, ?)"
+ADD_FILE = "INSERT INTO files (sha256, size, installed_at) VALUES (?, ?, ?)"
 DELETE_FILE = "DELETE FROM files WHERE sha256 = ?"
 IS_REFERENCED = "SELECT 1 FROM entries WHERE sha256 = ? LIMIT 1"
 # An UPSERT, not INSERT OR REPLACE: REPLACE deletes without firing the delete trigger.
@@ -163,14 +173,21 @@ class Transaction:
         return self._conn.execute(sql, params).rowcount
 
     def entry(self, key: str) -> FileMeta | None:
-        return _row_to_meta(key, self._conn.execute(GET_ENTRY, (key,)).fetchone())
+        return row_to_meta(key, self._conn.execute(GET_ENTRY, (key,)).fetchone())
 
     def file_size(self, sha256: str) -> int | None:
         row = self._conn.execute(GET_FILE_SIZE, (sha256,)).fetchone()
         return None if row is None else int(row[0])
 
-    def add_file(self, sha256: str, size: int) -> None:
-        self._conn.execute(ADD_FILE, (sha256, size))
+    def add_file(self, sha256: str, size: int, installed_at: int) -> None:
+        self._conn.execute(ADD_FILE, (sha256, size, installed_at))
+
+    def run(self, sql: str, params: Iterable[tuple[object, ...]]) -> None:
+        """Run one statement per parameter tuple (journal.py's batches)."""
+        self._conn.executemany(sql, params)
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return list(self._conn.execute(sql, params))
 
     def delete_file(self, sha256: str) -> None:
         self._conn.execute(DELETE_FILE, (sha256,))
@@ -187,13 +204,7 @@ class Transaction:
 
     def put_entry(self, meta: FileMeta, last_access: int) -> None:
         """Point the key at ``meta`` (its file row must exist), replacing any older version."""
-        self._conn.execute(
-            PUT_ENTRY,
-            (
-                meta.key, meta.version, meta.sha256, meta.content_type,
-                to_micros(meta.created_at), to_micros(meta.updated_at), last_access, to_micros(meta.last_modified),
-            ),
-        )  # fmt: skip
+        self._conn.execute(PUT_ENTRY, entry_row(meta, last_access))
 
     def keys(self) -> list[str]:
         return [str(row[0]) for row in self._conn.execute("SELECT key FROM entries")]
@@ -231,7 +242,15 @@ class Transaction:
         self._conn.execute(RECOUNT_TOTALS)
 
 
-def _row_to_meta(key: str, row: tuple[int, str, int, str, int, int, int] | None) -> FileMeta | None:
+def entry_row(meta: FileMeta, last_access: int) -> tuple[object, ...]:
+    """The parameters of :data:`PUT_ENTRY` for ``meta``."""
+    return (
+        meta.key, meta.version, meta.sha256, meta.content_type,
+        to_micros(meta.created_at), to_micros(meta.updated_at), last_access, to_micros(meta.last_modified),
+    )  # fmt: skip
+
+
+def row_to_meta(key: str, row: tuple[int, str, int, str, int, int, int] | None) -> FileMeta | None:
     if row is None:
         return None
     version, sha256, size, content_type, created_at, updated_at, last_modified = row
@@ -325,9 +344,11 @@ class Index:
         if version != SCHEMA_VERSION:
             with self._transaction() as conn:
                 found = conn.execute("PRAGMA user_version").fetchone()[0]
-                if found == 1:
-                    for statement in MIGRATE_1_TO_2:
-                        conn.execute(statement)
+                if found in (1, 2):
+                    columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+                    for statement in (MIGRATE_1_TO_2 if found == 1 else ()) + MIGRATE_2_TO_3:
+                        if "installed_at" not in columns or "installed_at" not in statement:
+                            conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 elif found != SCHEMA_VERSION:
                     for table in _TABLES:
@@ -360,7 +381,12 @@ class Index:
     def get(self, key: str) -> FileMeta | None:
         with self._read_lock:
             row = self._read().execute(GET_ENTRY, (key,)).fetchone()
-        return _row_to_meta(key, row)
+        return row_to_meta(key, row)
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Every row of a read query, on the read connection (journal.py's loading)."""
+        with self._read_lock:
+            return list(self._read().execute(sql, params))
 
     def totals(self) -> tuple[int, int]:
         """(entries, bytes) as the index has them now, across all processes."""

@@ -4,6 +4,8 @@ Layout of a cache dir::
 
     index.sqlite3        the index (see index.py): key -> version, sha256, ..., last access
     open.lock            held while one process opens or repairs the index
+    boot-id              the boot id of the last open (durable.py)
+    procs/<pid>-*        one per process using the dir, flocked by it (members.py)
     objects/ab/<sha256>  content files, named by content hash, never by key or URL
     objects/ab/.tmp-*    temp files, each flocked by its live writer
     locks/<sha256(key)>.lock  fill locks (see locks.py)
@@ -29,6 +31,8 @@ OBJECTS_DIR = "objects"
 LOCKS_DIR = "locks"
 INDEX_FILE = "index.sqlite3"
 OPEN_LOCK_FILE = "open.lock"
+BOOT_FILE = "boot-id"
+PROCS_DIR = "procs"
 TEMP_PREFIX = ".tmp-"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -48,7 +52,7 @@ class DiskEntry:
 class CacheDir:
     """The paths of one cache dir (absolute: the process may change its working directory)."""
 
-    __slots__ = ("_objects_text", "index_file", "locks", "objects", "open_lock", "root")
+    __slots__ = ("_objects_text", "boot_file", "index_file", "locks", "objects", "open_lock", "procs", "root")
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
@@ -56,6 +60,8 @@ class CacheDir:
         self.locks = self.root / LOCKS_DIR
         self.index_file = self.root / INDEX_FILE
         self.open_lock = self.root / OPEN_LOCK_FILE
+        self.boot_file = self.root / BOOT_FILE
+        self.procs = self.root / PROCS_DIR
         self._objects_text = str(self.objects)
 
     def content_path(self, sha256: str) -> Path:
@@ -90,15 +96,6 @@ def is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
         if sha256 is None:
             return True
         return sha256_of_fd(fd) == sha256
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable: the directory entry, not just the data."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

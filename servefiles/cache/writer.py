@@ -1,11 +1,13 @@
 """Writing a file into the disk tier, atomically.
 
 Bytes go to a temp file in the directory of their final name (:class:`DiskWriter`), are
-fsynced and verified (size and sha256), then **installed** (:func:`install`): renamed into
-place (atomic: same directory) and only then indexed. A reader therefore never sees a
-partial file under a final name, and ``kill -9`` at any point leaves at worst a temp file,
-which the next start-up sweeps (loader.py). The rename happens under the index's write
-lock, so no other process deletes the file between its rename and its row.
+verified (size and sha256), then **installed**: renamed into place (atomic: same directory)
+and only then indexed. A reader therefore never sees a partial file under a final name, and
+``kill -9`` at any point leaves at worst a temp file, which the next start-up sweeps
+(loader.py). Nothing is fsynced here: a power cut is handled by ``syncfs`` watermarks and
+verification after a reboot (durable.py). A process alone in the dir renames outside any
+lock (disk.py); one sharing it uses :func:`install`, under the index's write lock, so no
+other process deletes the file between its rename and its row.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -27,19 +31,20 @@ from ..store.types import FileMeta
 from . import locks
 from .eviction import release_file
 from .index import Transaction
-from .layout import CacheDir, DiskEntry, fsync_dir, is_good_file
+from .layout import CacheDir, DiskEntry, is_good_file
+from .memindex import MemIndex
 
-__all__ = ["DiskWriter", "install"]
+__all__ = ["DiskWriter", "Installed", "install", "install_alone", "rename_into_place"]
 
 logger = logging.getLogger("servefiles")
 
 Install = Callable[[FileMeta, Path], DiskEntry]
-"""Installs a verified, fsynced temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
+"""Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
 
 
 def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -> None:
-    """Move a verified, fsynced temp file into place and index it as ``meta.key``'s entry, in
-    ``txn`` (the write lock). CacheWriteError when a newer version of the key is cached.
+    """Move a verified temp file into place and index it as ``meta.key``'s entry, in ``txn``
+    (the write lock). CacheWriteError when a newer version of the key is cached.
 
     When the index already vouches for a good file of these bytes, the temp file goes and the
     entry shares that file. The key's previous entry, when it was another version, is in
@@ -55,16 +60,80 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
     else:
         if known_size is not None:
             txn.drop_file(meta.sha256)  # its row said one thing, the disk another
-        if stat.S_ISDIR(lstat_mode(final)):
-            shutil.rmtree(final)  # rename cannot replace a directory
-        os.rename(temp, final)
-        fsync_dir(final.parent)
-        txn.add_file(meta.sha256, meta.size)
+        rename_into_place(temp, final)
+        txn.add_file(meta.sha256, meta.size, time.monotonic_ns())
     txn.put_entry(meta, time.time_ns())
     if current is not None and current.revision != meta.revision:
         txn.removed.append(meta.key)  # whoever mirrors the entry holds the old version
     if current is not None and current.sha256 != meta.sha256:
         release_file(txn, cache_dir, current.sha256)
+
+
+def rename_into_place(temp: Path, final: Path) -> None:
+    """Rename a temp file to its final name (same directory: atomic), replacing a squatting directory."""
+    if stat.S_ISDIR(lstat_mode(final)):
+        shutil.rmtree(final)  # rename cannot replace a directory
+    os.rename(temp, final)
+
+
+INSTALL_ATTEMPTS = 4
+"""Tries at sharing a file that is being evicted meanwhile before renaming a copy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """What :func:`install_alone` did: keys replaced and evicted, files to unlink, whether the
+    temp file was renamed into place (else an existing file is shared), journal length."""
+
+    removed: list[str]
+    evicted: list[str]
+    unlink: list[str]
+    renamed: bool
+    pending: int
+
+
+def install_alone(
+    mem: MemIndex, lock: threading.Lock, cache_dir: CacheDir, meta: FileMeta, temp: Path, max_bytes: int
+) -> Installed:
+    """Install a verified temp file for a process alone in its cache dir: rename outside any lock,
+    then change the memory index and pick the evictions (one batch) under ``lock``, which is
+    held for dict work only. CacheWriteError when a newer version of the key is cached.
+
+    A file being shared that an eviction removes meanwhile is renamed from the temp file
+    instead; one unlinked by an eviction just as another thread renamed the same bytes into
+    place is a miss later (the size check on open), never a wrong byte: names are hashes.
+    """
+    final = cache_dir.content_path(meta.sha256)
+    renamed = False
+    for attempt in range(INSTALL_ATTEMPTS):
+        with lock:
+            _refuse_older(mem, meta)
+            share = mem.has_file(meta.sha256, meta.size) and attempt < INSTALL_ATTEMPTS - 1
+        if not share or not is_good_file(final, meta.size):
+            rename_into_place(temp, final)
+            renamed = True
+        with lock:
+            if not renamed and not mem.has_file(meta.sha256, meta.size):
+                continue  # evicted meanwhile: rename ours
+            try:
+                _refuse_older(mem, meta)
+            except CacheWriteError:
+                if renamed and meta.sha256 not in mem.files:
+                    os.unlink(final)  # nobody uses these bytes (under the lock: nobody can start to)
+                raise
+            removed, unlink = mem.install(meta, time.monotonic_ns() if renamed else None)
+            evicted, unlink_evicted = mem.evict(max_bytes, meta)
+            pending = len(mem.journal)
+        break
+    if not renamed:
+        os.unlink(temp)  # the same bytes are in place already: share them
+    return Installed(removed, evicted, unlink + unlink_evicted, renamed, pending)
+
+
+def _refuse_older(mem: MemIndex, meta: FileMeta) -> None:
+    current = mem.get(meta.key)
+    if current is not None and current.version > meta.version:
+        raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
 
 
 class DiskWriter:
@@ -100,14 +169,13 @@ class DiskWriter:
         self.written += len(data)
 
     def commit(self) -> DiskEntry:
-        """fsync, verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
+        """Verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
         fd = self._open_fd()
         try:
             if self.written != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: wrote {self.written} bytes, expected {self.meta.size}")
             if self._hash.hexdigest() != self.meta.sha256:
                 raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
-            os.fsync(fd)
             if os.fstat(fd).st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
             entry = self._install(self.meta, self.path)
