@@ -27,7 +27,6 @@ import asyncpg
 from ..errors import InvalidURL, SchemaTooNew, StoreUnavailable, UploadAborted
 from .base import (
     STALE_UPLOAD_SECONDS,
-    BlobRef,
     HashedChunks,
     Store,
     WritePrecondition,
@@ -35,7 +34,7 @@ from .base import (
     staged_batches,
 )
 from .dsn import mask_dsn
-from .types import Change, FileMeta
+from .types import BlobRef, Change, FileMeta
 
 logger = logging.getLogger("servefiles")
 
@@ -102,6 +101,16 @@ SET_SCHEMA_VERSION = """
     ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
+# The metadata and the chunks that begin before byte $2, in one statement (one snapshot: a
+# version and its own chunks). LEFT JOIN: a file with no chunk in range still has its row.
+LOCATE_HEAD = """
+    SELECT f.key, f.version, f.sha256, f.size, f.content_type, f.created_at, f.updated_at, f.last_modified,
+        f.blob_id, f.chunk_size, c.data
+    FROM servefiles_files f
+    LEFT JOIN servefiles_chunks c
+        ON c.blob_id = f.blob_id AND c.seq < ($2::bigint + f.chunk_size - 1) / f.chunk_size
+    WHERE f.key = $1 AND NOT f.deleted
+    ORDER BY c.seq"""
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
 BEGIN_UPLOAD = """
     INSERT INTO servefiles_uploads (blob_id, touched_at) VALUES (nextval('servefiles_blob_seq'), clock_timestamp())
@@ -247,6 +256,14 @@ class PostgresStore(Store):
     async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
         rows = await self._fetch(LOCATE, key)
         return (_meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"])) if rows else None
+
+    async def _locate_head(self, key: str, max_bytes: int) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+        """From the primary: the metadata must be the primary's (a replica may lag behind the feed)."""
+        rows = await self._fetch(LOCATE_HEAD, key, max_bytes)
+        if not rows:
+            return None
+        chunks = [row["data"] for row in rows if row["data"] is not None]
+        return _meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"]), chunks
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
         """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""
