@@ -182,11 +182,12 @@ class MetadataView:
         on_checked: Callable[[str, FileMeta | None], Awaitable[None]],
         max_bytes: int,
     ) -> Checked | None:
-        """:meth:`revalidate` for a key with no copy here: the metadata AND the content's first
-        ``max_bytes`` in the same one query (:meth:`Store.fetch_head`), so a small miss costs one
-        round trip. The head is None when this request joined a metadata-only query of the key
-        already under way (single-flight: still one query per key). A head with bytes counts as a
-        store fetch; reading on from it is part of that fetch.
+        """:meth:`revalidate` for a key with no copy here: the metadata AND, for a file of at most
+        ``max_bytes``, its content in the same one query (:meth:`Store.fetch_head` with ``whole``),
+        so a small miss costs one round trip; a larger one comes with where its content is, so the
+        read that follows locates nothing again (and fetches no byte twice).
+        The head is None when this request joined a metadata-only query of the key already under
+        way (single-flight: still one query per key). A head with bytes counts as a store fetch.
         """
         return await self._flights.run(key, lambda: self._revalidate(store, key, on_checked, max_bytes))
 
@@ -195,7 +196,7 @@ class MetadataView:
         if max_bytes is None:
             meta = await store.stat(key)
             return None if meta is None else (meta, None)
-        head = await store.fetch_head(key, max_bytes)
+        head = await store.fetch_head(key, max_bytes, whole=True)
         if head is None:
             return None
         if head.data:

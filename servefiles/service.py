@@ -74,6 +74,8 @@ class Found:
     """A copy served while the store is unreachable (stale-if-error, RFC 5861 §4)."""
     head: Head | None = None
     """For a miss: the content's start, fetched with the metadata in the same query."""
+    sighted: bool = False
+    """For a miss: the admission filter counted this request when it went to the store."""
 
 
 def head_bytes(method: str, headers: Mapping[str, str]) -> int | None:
@@ -204,10 +206,10 @@ class FileService:
             response = http.Response(response.status, [*response.headers, STALE_HEADER], response.body)
         body = found.body
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
-            body = self._fetch(found.file, response.status == 206, found.head)
+            body = self._fetch(found.file, response.status == 206, found.head, found.sighted)
         return Reply(response, body, found.source)
 
-    def _fetch(self, file: PreparedFile, ranged: bool, head: Head | None) -> Body:
+    def _fetch(self, file: PreparedFile, ranged: bool, head: Head | None, sighted: bool) -> Body:
         """The body of a miss. A fill under way is joined. Else a file admitted to the disk tier
         (:mod:`servefiles.cache.admission`) is filled, written through from ``head`` on; one not
         admitted is written nowhere on disk. Either way a complete head answers at once from its
@@ -220,7 +222,7 @@ class FileService:
         fill = filler.get(meta)
         if fill is not None:
             return FillBody(FillReader(fill, self.store, self.metrics))
-        admitted = self._admit(meta.key)
+        admitted = self._admit(meta.key, sighted)
         complete = head is not None and head.complete
         if admitted and (not ranged or meta.size <= self.settings.disk_bytes):
             fill = filler.start(meta, file, head)
@@ -231,9 +233,12 @@ class FileService:
             return MemoryBody(head.data)
         return StoreBody(self.store, meta, self.metrics, head)
 
-    def _admit(self, key: str) -> bool:
-        """Whether this miss of ``key`` writes it to the disk tier (counted either way)."""
-        if self.runtime.admission.admit(key):
+    def _admit(self, key: str, sighted: bool) -> bool:
+        """Whether this miss of ``key`` writes it to the disk tier (counted either way). A request
+        is sighted as it goes to the store (:meth:`lookup`), so requests that waited for the same
+        query all count before any decides: a burst of them shares one fill, none streams alone."""
+        admission = self.runtime.admission
+        if admission.admitted(key) if sighted else admission.admit(key):
             self.metrics.admissions.inc()
             return True
         self.metrics.admission_rejections.inc()
@@ -258,6 +263,7 @@ class FileService:
             return None
         try:
             if cached is None and disk_entry is None and head_bytes is not None:
+                self.runtime.admission.admit(key)  # a sighting (see _admit)
                 checked = await self.view.revalidate_head(self.store, key, self._drop_other_revisions, head_bytes)
                 meta, head = checked if checked is not None else (None, None)
             else:
@@ -271,7 +277,10 @@ class FileService:
             return stale
         if meta is None:
             return None
-        return self._copy(cached, disk_entry, meta.revision) or Found(self.prepared(meta), "miss", head=head)
+        sighted = cached is None and disk_entry is None and head_bytes is not None
+        return self._copy(cached, disk_entry, meta.revision) or Found(
+            self.prepared(meta), "miss", head=head, sighted=sighted
+        )
 
     def _copy(
         self, cached: MemoryEntry | None, disk_entry: DiskEntry | None, revision: Revision | None

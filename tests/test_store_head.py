@@ -133,3 +133,16 @@ async def test_a_head_is_taken_under_the_canonical_key(store: Store) -> None:
     await store.put("caf\u00e9.txt", b"nfc")
     head = await store.fetch_head("cafe\u0301.txt")
     assert head is not None and head.meta.key == "caf\u00e9.txt" and head.data == b"nfc"
+
+
+async def test_a_whole_head_carries_a_small_file_and_none_of_a_large_one(store: Store) -> None:
+    small, large = content(CS, seed=7), content(CS + 1, seed=8)
+    await store.put("small", small)
+    await store.put("large", large)
+    head = await store.fetch_head("small", CS, whole=True)
+    assert head is not None and head.complete and head.data == small
+    head = await store.fetch_head("large", CS, whole=True)
+    assert head is not None and head.data == b"" and not head.complete
+    fetched = record_chunk_fetches(store)
+    assert await continued(store, head) == large
+    assert fetched == [(0, 1)]  # the continued read starts at byte 0, by blob, no LOCATE

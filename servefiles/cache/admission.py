@@ -74,6 +74,11 @@ class Admission:
             self._age()
         return seen >= self.min_uses
 
+    def admitted(self, key: str) -> bool:
+        """Whether ``key`` has been seen ``min_uses`` times, without counting a sighting: for a
+        decision taken after the sightings were counted (requests that waited together)."""
+        return self.min_uses <= 1 or self.estimate(key) >= self.min_uses
+
     def estimate(self, key: str) -> int:
         """How many times ``key`` was seen lately, as the sketch counts it (never fewer than true,
         less what aging took); for tests and reports."""

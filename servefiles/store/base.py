@@ -246,21 +246,23 @@ class Store(ABC):
         async for data in self._read_blob(meta, blob, start, stop):
             yield data
 
-    async def fetch_head(self, key: str, max_bytes: int = CHUNK_SIZE) -> Head | None:
+    async def fetch_head(self, key: str, max_bytes: int = CHUNK_SIZE, *, whole: bool = False) -> Head | None:
         """The live file's metadata and its first ``min(size, max_bytes)`` bytes in ONE query
         (None when the key is missing or deleted): for a file of at most ``max_bytes`` (one
         chunk by default) the whole content; for a larger one its start and where the rest is,
-        for :meth:`read_from`. ``max_bytes=0``: the metadata and the blob only. Raises
-        ValueError for a negative ``max_bytes``, :class:`InvalidKey`, :class:`StoreUnavailable`.
+        for :meth:`read_from`. ``max_bytes=0``, or ``whole`` and a file larger than ``max_bytes``:
+        the metadata and the blob only (a caller that wants a small file whole and would read a
+        large one through anyway transfers nothing twice). Raises ValueError for a negative
+        ``max_bytes``, :class:`InvalidKey`, :class:`StoreUnavailable`.
         """
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
         key = canonical_key(key)
-        found = await self._locate_head(key, max_bytes)
+        found = await self._locate_head(key, max_bytes, whole)
         if found is None:
             return None
         meta, blob, chunks = found
-        want = min(meta.size, max_bytes)
+        want = 0 if whole and meta.size > max_bytes else min(meta.size, max_bytes)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if len(data) > want:
             data = data[:want]
@@ -395,14 +397,17 @@ class Store(ABC):
     async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
         """The live row for ``key`` and where its content is, or None."""
 
-    async def _locate_head(self, key: str, max_bytes: int) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
         """The live row for ``key``, where its content is, and its chunks that begin before byte
-        ``max_bytes``, in order. Both backends do it in one query; this fallback takes two."""
+        ``max_bytes``, in order (none if ``whole`` and it is larger than ``max_bytes``). Both
+        backends do it in one query; this fallback takes two."""
         located = await self._locate(key)
         if located is None:
             return None
         meta, blob = located
-        last = min(max_bytes, meta.size) - 1
+        last = -1 if whole and meta.size > max_bytes else min(max_bytes, meta.size) - 1
         chunks = await self._fetch_chunks(blob.blob_id, 0, last // blob.chunk_size) if last >= 0 else []
         return meta, blob, chunks
 

@@ -101,7 +101,8 @@ SET_SCHEMA_VERSION = """
     ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
-# The metadata and the chunks that begin before byte $2, in one statement (one snapshot: a
+# The metadata and the chunks that begin before byte $2 (none if $3, "whole", and the file is
+# larger than $2), in one statement (one snapshot: a
 # version and its own chunks). LEFT JOIN: a file with no chunk in range still has its row.
 LOCATE_HEAD = """
     SELECT f.key, f.version, f.sha256, f.size, f.content_type, f.created_at, f.updated_at, f.last_modified,
@@ -109,6 +110,7 @@ LOCATE_HEAD = """
     FROM servefiles_files f
     LEFT JOIN servefiles_chunks c
         ON c.blob_id = f.blob_id AND c.seq < ($2::bigint + f.chunk_size - 1) / f.chunk_size
+        AND (NOT $3 OR f.size <= $2::bigint)
     WHERE f.key = $1 AND NOT f.deleted
     ORDER BY c.seq"""
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
@@ -257,9 +259,11 @@ class PostgresStore(Store):
         rows = await self._fetch(LOCATE, key)
         return (_meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"])) if rows else None
 
-    async def _locate_head(self, key: str, max_bytes: int) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
         """From the primary: the metadata must be the primary's (a replica may lag behind the feed)."""
-        rows = await self._fetch(LOCATE_HEAD, key, max_bytes)
+        rows = await self._fetch(LOCATE_HEAD, key, max_bytes, whole)
         if not rows:
             return None
         chunks = [row["data"] for row in rows if row["data"] is not None]

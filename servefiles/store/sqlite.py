@@ -75,13 +75,15 @@ NEXT_VERSION = "UPDATE servefiles_meta SET value = value + 1 WHERE name = 'last_
 LAST_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'last_version'"
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = ? AND NOT deleted"
-# The metadata and the chunks that begin before byte ? (one statement: one snapshot).
+# The metadata and the chunks that begin before byte ? (none if "whole" and the file is larger),
+# in one statement: one snapshot.
 LOCATE_HEAD = """
     SELECT f.key, f.version, f.sha256, f.size, f.content_type, f.created_at, f.updated_at, f.last_modified,
         f.blob_id, f.chunk_size, c.data
     FROM servefiles_files f
-    LEFT JOIN servefiles_chunks c ON c.blob_id = f.blob_id AND c.seq < (? + f.chunk_size - 1) / f.chunk_size
-    WHERE f.key = ? AND NOT f.deleted
+    LEFT JOIN servefiles_chunks c ON c.blob_id = f.blob_id AND c.seq < (:max + f.chunk_size - 1) / f.chunk_size
+        AND (NOT :whole OR f.size <= :max)
+    WHERE f.key = :key AND NOT f.deleted
     ORDER BY c.seq"""
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = ? AND seq BETWEEN ? AND ? ORDER BY seq"
 BEGIN_UPLOAD = "INSERT INTO servefiles_uploads (touched_at) VALUES (?)"
@@ -254,9 +256,11 @@ class SQLiteStore(Store):
 
         return await self._run(locate)
 
-    async def _locate_head(self, key: str, max_bytes: int) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
         def locate(conn: sqlite3.Connection) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
-            rows = conn.execute(LOCATE_HEAD, (max_bytes, key)).fetchall()
+            rows = conn.execute(LOCATE_HEAD, {"max": max_bytes, "whole": whole, "key": key}).fetchall()
             if not rows:
                 return None
             chunks = [row[10] for row in rows if row[10] is not None]
