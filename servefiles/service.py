@@ -76,6 +76,9 @@ class Found:
     """For a miss: the content's start, fetched with the metadata in the same query."""
     sighted: bool = False
     """For a miss: the admission filter counted this request when it went to the store."""
+    held: bool = False
+    """For a miss: a tier held another revision (or a damaged copy) of the key, which was admitted
+    then; its current one is admitted without waiting for more requests."""
 
 
 def head_bytes(method: str, headers: Mapping[str, str]) -> int | None:
@@ -206,23 +209,23 @@ class FileService:
             response = http.Response(response.status, [*response.headers, STALE_HEADER], response.body)
         body = found.body
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
-            body = self._fetch(found.file, response.status == 206, found.head, found.sighted)
+            body = self._fetch(found.file, response.status == 206, found)
         return Reply(response, body, found.source)
 
-    def _fetch(self, file: PreparedFile, ranged: bool, head: Head | None, sighted: bool) -> Body:
+    def _fetch(self, file: PreparedFile, ranged: bool, found: Found) -> Body:
         """The body of a miss. A fill under way is joined. Else a file admitted to the disk tier
         (:mod:`servefiles.cache.admission`) is filled, written through from ``head`` on; one not
         admitted is written nowhere on disk. Either way a complete head answers at once from its
         bytes (and the memory tier keeps them: cheap, and a second request then costs nothing);
         a cold range, or a large file not admitted, is read from the store for what is asked."""
-        meta = file.meta
+        meta, head = file.meta, found.head
         filler = self.runtime.filler
         assert filler is not None
         logger.debug("miss: %s version %d", meta.key, meta.version)
         fill = filler.get(meta)
         if fill is not None:
             return FillBody(FillReader(fill, self.store, self.metrics))
-        admitted = self._admit(meta.key, sighted)
+        admitted = self._admit(meta.key, found)
         complete = head is not None and head.complete
         if admitted and (not ranged or meta.size <= self.settings.disk_bytes):
             fill = filler.start(meta, file, head)
@@ -233,12 +236,12 @@ class FileService:
             return MemoryBody(head.data)
         return StoreBody(self.store, meta, self.metrics, head)
 
-    def _admit(self, key: str, sighted: bool) -> bool:
+    def _admit(self, key: str, found: Found) -> bool:
         """Whether this miss of ``key`` writes it to the disk tier (counted either way). A request
         is sighted as it goes to the store (:meth:`lookup`), so requests that waited for the same
         query all count before any decides: a burst of them shares one fill, none streams alone."""
         admission = self.runtime.admission
-        if admission.admitted(key) if sighted else admission.admit(key):
+        if found.held or (admission.admitted(key) if found.sighted else admission.admit(key)):
             self.metrics.admissions.inc()
             return True
         self.metrics.admission_rejections.inc()
@@ -277,9 +280,10 @@ class FileService:
             return stale
         if meta is None:
             return None
-        sighted = cached is None and disk_entry is None and head_bytes is not None
+        held = cached is not None or disk_entry is not None
+        sighted = not held and head_bytes is not None
         return self._copy(cached, disk_entry, meta.revision) or Found(
-            self.prepared(meta), "miss", head=head, sighted=sighted
+            self.prepared(meta), "miss", head=head, sighted=sighted, held=held
         )
 
     def _copy(

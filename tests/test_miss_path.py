@@ -153,7 +153,7 @@ async def test_head_and_conditional_requests_ask_for_metadata_only(store: Store,
 
 
 async def test_a_missing_key_costs_one_query(store: Store, tmp_path: Path) -> None:
-    async with serving(store, tmp_path / "cache") as (app, client):
+    async with serving(store, tmp_path / "cache") as (_app, client):
         queries = count_store_reads(store)
         assert (await client.get("/media/none.png")).status_code == 404
         assert queries == ["_locate_head"]
@@ -166,7 +166,7 @@ async def test_a_file_replaced_between_head_and_continuation_is_asked_for_again(
     await store.put("clip.mp4", old)
     original = store._fetch_chunks
     replaced = False
-    async with open_store(store_url) as writer, serving(store, tmp_path / "cache") as (app, client):
+    async with open_store(store_url) as writer, serving(store, tmp_path / "cache") as (_app, client):
 
         async def replace_first(blob_id: int, first: int, last: int) -> Sequence[bytes]:
             nonlocal replaced
