@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import InvalidURL, SchemaTooNew, StoreUnavailable, UploadAborted
+from . import sql
 from .base import (
     STALE_UPLOAD_SECONDS,
     HashedChunks,
@@ -101,18 +102,7 @@ SET_SCHEMA_VERSION = """
     ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
-# The metadata and the chunks that begin before byte $2 (none if $3, "whole", and the file is
-# larger than $2), in one statement (one snapshot: a
-# version and its own chunks). LEFT JOIN: a file with no chunk in range still has its row.
-LOCATE_HEAD = """
-    SELECT f.key, f.version, f.sha256, f.size, f.content_type, f.created_at, f.updated_at, f.last_modified,
-        f.blob_id, f.chunk_size, c.data
-    FROM servefiles_files f
-    LEFT JOIN servefiles_chunks c
-        ON c.blob_id = f.blob_id AND c.seq < ($2::bigint + f.chunk_size - 1) / f.chunk_size
-        AND (NOT $3 OR f.size <= $2::bigint)
-    WHERE f.key = $1 AND NOT f.deleted
-    ORDER BY c.seq"""
+LOCATE_HEAD = sql.locate_head("$2::bigint", "$3", "$1")
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
 BEGIN_UPLOAD = """
     INSERT INTO servefiles_uploads (blob_id, touched_at) VALUES (nextval('servefiles_blob_seq'), clock_timestamp())

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
-from . import base
+from . import base, sql
 from .base import HashedChunks, Store, WritePrecondition
 from .types import BlobRef, Change, FileMeta
 
@@ -75,16 +75,7 @@ NEXT_VERSION = "UPDATE servefiles_meta SET value = value + 1 WHERE name = 'last_
 LAST_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'last_version'"
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = ? AND NOT deleted"
-# The metadata and the chunks that begin before byte ? (none if "whole" and the file is larger),
-# in one statement: one snapshot.
-LOCATE_HEAD = """
-    SELECT f.key, f.version, f.sha256, f.size, f.content_type, f.created_at, f.updated_at, f.last_modified,
-        f.blob_id, f.chunk_size, c.data
-    FROM servefiles_files f
-    LEFT JOIN servefiles_chunks c ON c.blob_id = f.blob_id AND c.seq < (:max + f.chunk_size - 1) / f.chunk_size
-        AND (NOT :whole OR f.size <= :max)
-    WHERE f.key = :key AND NOT f.deleted
-    ORDER BY c.seq"""
+LOCATE_HEAD = sql.locate_head(":max", ":whole", ":key")
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = ? AND seq BETWEEN ? AND ? ORDER BY seq"
 BEGIN_UPLOAD = "INSERT INTO servefiles_uploads (touched_at) VALUES (?)"
 TOUCH_UPLOAD = "UPDATE servefiles_uploads SET touched_at = ? WHERE blob_id = ?"
