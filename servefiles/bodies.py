@@ -18,7 +18,7 @@ from .cache.fill import FillReader, read_fd
 from .http import ByteRange
 from .metrics import Metrics
 from .store import Store
-from .store.types import FileMeta
+from .store.types import FileMeta, Head
 
 
 class Body(ABC):
@@ -64,19 +64,28 @@ class DiskBody(Body):
 
 
 class StoreBody(Body):
-    """Bytes straight from the store: a cold range, or a cache that could not help.
+    """Bytes straight from the store: a cold range, a file not (yet) admitted to the disk tier,
+    or a cache that could not help.
 
     Pinned to ``meta``'s version: :class:`~servefiles.errors.ContentChanged` rather than
-    bytes of another version (see :meth:`Store.read`)."""
+    bytes of another version (see :meth:`Store.read`). With the ``head`` fetched along with
+    the metadata, its bytes are used and the rest read by blob id (:meth:`Store.read_from`)."""
 
-    def __init__(self, store: Store, meta: FileMeta, metrics: Metrics) -> None:
+    def __init__(self, store: Store, meta: FileMeta, metrics: Metrics, head: Head | None = None) -> None:
         self.store = store
         self.meta = meta
         self.metrics = metrics
+        self.head = head if head is not None and head.meta == meta else None
 
     async def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
-        self.metrics.store_fetches.inc()
-        async for chunk in self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version):
+        head = self.head
+        if head is None or not head.data:  # a head with bytes was counted when fetched
+            self.metrics.store_fetches.inc()
+        if head is not None:
+            reading = self.store.read_from(head, segment.start, segment.end)
+        else:
+            reading = self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version)
+        async for chunk in reading:
             yield chunk
 
 

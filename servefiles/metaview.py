@@ -33,11 +33,13 @@ from .feed import ChangeFeed
 from .keys import key_digest
 from .metrics import Metrics
 from .store import Store
-from .store.types import Change, FileMeta
+from .store.types import Change, FileMeta, Head
 
 _T = TypeVar("_T")
 Revision = tuple[int, str]
 """A version of a key with its content hash: ``(version, sha256)``."""
+Checked = tuple[FileMeta, Head | None]
+"""What a revalidation found of a live key: its metadata, and its head when the query fetched one."""
 
 ABSENT_ENTRIES = 20_000
 """Absent keys remembered, by a 32-byte digest: anyone can ask for any key, so this is what
@@ -170,19 +172,52 @@ class MetadataView:
 
         Raises :class:`StoreUnavailable` (at once while the circuit breaker is open).
         """
-        return await self._flights.run(key, lambda: self._revalidate(store, key, on_checked))
+        checked = await self._flights.run(key, lambda: self._revalidate(store, key, on_checked, None))
+        return checked[0] if checked is not None else None
+
+    async def revalidate_head(
+        self,
+        store: Store,
+        key: str,
+        on_checked: Callable[[str, FileMeta | None], Awaitable[None]],
+        max_bytes: int,
+    ) -> Checked | None:
+        """:meth:`revalidate` for a key with no copy here: the metadata AND, for a file of at most
+        ``max_bytes``, its content in the same one query (:meth:`Store.fetch_head` with ``whole``),
+        so a small miss costs one round trip; a larger one comes with where its content is, so the
+        read that follows locates nothing again (and fetches no byte twice).
+        The head is None when this request joined a metadata-only query of the key already under
+        way (single-flight: still one query per key). A head with bytes counts as a store fetch.
+        """
+        return await self._flights.run(key, lambda: self._revalidate(store, key, on_checked, max_bytes))
+
+    async def _query(self, store: Store, key: str, max_bytes: int | None) -> Checked | None:
+        """One query: ``stat`` (``max_bytes`` None) or ``fetch_head``."""
+        if max_bytes is None:
+            meta = await store.stat(key)
+            return None if meta is None else (meta, None)
+        head = await store.fetch_head(key, max_bytes, whole=True)
+        if head is None:
+            return None
+        if head.data:
+            self.metrics.store_fetches.inc()
+        return head.meta, head
 
     async def _revalidate(
-        self, store: Store, key: str, on_checked: Callable[[str, FileMeta | None], Awaitable[None]]
-    ) -> FileMeta | None:
+        self,
+        store: Store,
+        key: str,
+        on_checked: Callable[[str, FileMeta | None], Awaitable[None]],
+        max_bytes: int | None,
+    ) -> Checked | None:
         self.breaker.before()
         self.metrics.revalidations.inc()
         feed = self.feed
         cursor = feed.cursor if feed is not None and feed.healthy else None
         try:
-            meta = await store.stat(key)
-            if meta is not None and meta.version < self._latest.get(key, 0):
-                meta = await store.stat(key)  # read before a change the feed has since announced
+            checked = await self._query(store, key, max_bytes)
+            if checked is not None and checked[0].version < self._latest.get(key, 0):
+                checked = await self._query(store, key, max_bytes)  # read before a change the feed has since announced
         except StoreUnavailable as exc:
             self.breaker.failed()
             self.store_error = str(exc)
@@ -192,6 +227,7 @@ class MetadataView:
             raise
         self.breaker.succeeded()
         self.store_error = None
+        meta = checked[0] if checked is not None else None
         if meta is None:
             self._validated.pop(key, None)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
@@ -199,4 +235,4 @@ class MetadataView:
         await on_checked(key, meta)
         if meta is not None:
             self._validated[key] = Validation(meta.revision, time.monotonic())
-        return meta
+        return checked

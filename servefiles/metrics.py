@@ -50,6 +50,13 @@ class Metrics:
         self.store_fetches = self._counter("servefiles_store_fetches", "Content reads from the store")
         self.bytes_sent = self._counter("servefiles_bytes_sent", "Body bytes handed to the server")
         self.cache_write_failures = self._counter("servefiles_cache_write_failures", "Disk-tier writes that failed")
+        self.admissions = self._counter(
+            "servefiles_admissions", "Misses whose file was admitted to the disk tier (written through)"
+        )
+        self.admission_rejections = self._counter(
+            "servefiles_admission_rejections",
+            "Misses whose file was not yet asked for often enough to be written to the disk tier",
+        )
         self.revalidations = self._counter("servefiles_revalidations", "Metadata queries for a key's current version")
         self.stale_served = self._counter(
             "servefiles_stale_served", "Cached files served while the store was unreachable"

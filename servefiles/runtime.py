@@ -1,6 +1,6 @@
 """What a frontend runs besides the request path, and its life cycle.
 
-:class:`Runtime` owns the store connection, the memory and disk tiers, the fills,
+:class:`Runtime` owns the store connection, the memory and disk tiers, the fills and their admission,
 the change feed and the :class:`~servefiles.metaview.MetadataView`; it starts them
 once (however many requests race to it), keeps the view and the tiers true to the
 feed's changes, reports liveness, and closes them. The request path
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
+from .cache.admission import Admission
 from .cache.disk import DiskCache
 from .cache.fill import Filler
 from .cache.memory import MemoryTier
@@ -56,6 +57,10 @@ class CacheSettings:
     """How often an idle notifying feed (PostgreSQL) checks its connection."""
     prefetch: bool = defaults.PREFETCH
     """Fetch new versions as soon as they are announced, so even first requests hit the disk."""
+    cache_min_uses: int = defaults.CACHE_MIN_USES
+    """Admission: a file missed this many times within the window (:mod:`servefiles.cache.admission`)
+    is written through to the disk tier; before that it is served from the store fetch alone.
+    1 admits every file on its first request. Prefetch, warm and sync fill regardless."""
 
 
 @dataclass
@@ -73,7 +78,7 @@ class Hooks:
 
 
 class Runtime:
-    """The store connection, tiers, fills, feed and metadata view of one frontend (see the module)."""
+    """The store connection, tiers, fills, admission, feed and metadata view of one frontend (see the module)."""
 
     def __init__(self, db: str | Store, cache_dir: Path, settings: CacheSettings, read_url: str | None = None) -> None:
         self.settings = settings
@@ -81,6 +86,7 @@ class Runtime:
         self.memory = MemoryTier(settings.memory_bytes, settings.memory_file_bytes)
         self.disk = DiskCache(cache_dir, settings.disk_bytes)
         self.view = MetadataView(settings.freshness_seconds, self.metrics)
+        self.admission = Admission(settings.cache_min_uses)
         self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
         self.hooks = Hooks()
         self.filler: Filler | None = None

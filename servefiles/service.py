@@ -36,8 +36,8 @@ from .keys import canonical_key
 from .metaview import MetadataView, Revision
 from .metrics import Metrics
 from .runtime import CacheSettings, Runtime
-from .store import Store
-from .store.types import Change, FileMeta
+from .store import CHUNK_SIZE, Store
+from .store.types import Change, FileMeta, Head
 
 __all__ = ["CacheSettings", "FileService", "Found", "Reply", "Source"]
 
@@ -74,6 +74,28 @@ class Found:
     body: Body | None = None
     stale: bool = False
     """A copy served while the store is unreachable (stale-if-error, RFC 5861 §4)."""
+    head: Head | None = None
+    """For a miss: the content's start, fetched with the metadata in the same query."""
+    sighted: bool = False
+    """For a miss: the admission filter counted this request when it went to the store."""
+    held: bool = False
+    """For a miss: a tier held another revision (or a damaged copy) of the key, which was admitted
+    then; its current one is admitted without waiting for more requests."""
+
+
+def head_bytes(method: str, headers: Mapping[str, str]) -> int | None:
+    """How much content to ask for with the metadata of a key no tier holds (:meth:`Store.fetch_head`):
+    none for a HEAD (``stat`` alone: no content is needed); the metadata and blob only (0) for a
+    conditional GET, likely a 304, and for a range not from byte 0; else the first chunk, which is
+    the whole of most files (avatars, photos) and the start every full response needs first."""
+    if method != "GET":
+        return None
+    if "if-none-match" in headers or "if-modified-since" in headers:
+        return 0
+    range_value = headers.get("range")
+    if range_value is not None and not range_value.replace(" ", "").lower().startswith("bytes=0-"):
+        return 0
+    return CHUNK_SIZE
 
 
 class FileService:
@@ -167,7 +189,7 @@ class FileService:
             key = canonical_key(raw_key)
             if not self.runtime.running:
                 await self.start()
-            found = await self.lookup(key)
+            found = await self.lookup(key, head_bytes(method, headers))
         except (InvalidKey, StoreUnavailable) as exc:
             return self.refused(exc)
         if found is None:
@@ -189,26 +211,50 @@ class FileService:
             response = http.Response(response.status, [*response.headers, STALE_HEADER], response.body)
         body = found.body
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
-            body = self._fetch(found.file, response.status == 206)
+            body = self._fetch(found.file, response.status == 206, found)
         return Reply(response, body, found.source, found.file.meta)
 
-    def _fetch(self, file: PreparedFile, ranged: bool) -> Body:
-        """The body of a miss: a fill that other requests may share, written through to disk; a cold
-        range is answered from the store for that range only, the fill going on behind it."""
-        meta = file.meta
+    def _fetch(self, file: PreparedFile, ranged: bool, found: Found) -> Body:
+        """The body of a miss. A fill under way is joined. Else a file admitted to the disk tier
+        (:mod:`servefiles.cache.admission`) is filled, written through from ``head`` on; one not
+        admitted is written nowhere on disk. Either way a complete head answers at once from its
+        bytes (and the memory tier keeps them: cheap, and a second request then costs nothing);
+        a cold range, or a large file not admitted, is read from the store for what is asked."""
+        meta, head = file.meta, found.head
         filler = self.runtime.filler
         assert filler is not None
         logger.debug("miss: %s version %d", meta.key, meta.version)
         fill = filler.get(meta)
-        if ranged and fill is None:
-            if meta.size <= self.settings.disk_bytes:
-                filler.start(meta, file)
-            return StoreBody(self.store, meta, self.metrics)
-        return FillBody(FillReader(fill or filler.start(meta, file), self.store, self.metrics))
+        if fill is not None:
+            return FillBody(FillReader(fill, self.store, self.metrics))
+        admitted = self._admit(meta.key, found)
+        complete = head is not None and head.complete
+        if admitted and (not ranged or meta.size <= self.settings.disk_bytes):
+            fill = filler.start(meta, file, head)
+            if not ranged and not complete:
+                return FillBody(FillReader(fill, self.store, self.metrics))
+        if head is not None and complete:
+            self.memory.put(meta.key, MemoryEntry(file, head.data))
+            return MemoryBody(head.data)
+        return StoreBody(self.store, meta, self.metrics, head)
 
-    async def lookup(self, key: str) -> Found | None:
+    def _admit(self, key: str, found: Found) -> bool:
+        """Whether this miss of ``key`` writes it to the disk tier (counted either way). A request
+        is sighted as it goes to the store (:meth:`lookup`), so requests that waited for the same
+        query all count before any decides: a burst of them shares one fill, none streams alone."""
+        admission = self.runtime.admission
+        if found.held or (admission.admitted(key) if found.sighted else admission.admit(key)):
+            self.metrics.admissions.inc()
+            return True
+        self.metrics.admission_rejections.inc()
+        return False
+
+    async def lookup(self, key: str, head_bytes: int | None = None) -> Found | None:
         """Memory, then disk, then the store: the first fresh copy, else the store's word (None:
-        absent). Raises StoreUnavailable when the store is needed, unreachable, and no copy is at hand."""
+        absent). Raises StoreUnavailable when the store is needed, unreachable, and no copy is at hand.
+
+        ``head_bytes`` (see :func:`head_bytes`): when no tier holds the key at all, the store is asked
+        for its metadata and that much content in one query, carried in :attr:`Found.head`."""
         now = time.monotonic()
         cached = self.memory.get(key)
         if cached is not None and self.view.fresh(key, cached.file.meta.revision, now):
@@ -221,7 +267,12 @@ class FileService:
         if cached is None and disk_entry is None and self.view.known_absent(key):
             return None
         try:
-            meta = await self.revalidate(key)
+            if cached is None and disk_entry is None and head_bytes is not None:
+                self.runtime.admission.admit(key)  # a sighting (see _admit)
+                checked = await self.view.revalidate_head(self.store, key, self._drop_other_revisions, head_bytes)
+                meta, head = checked if checked is not None else (None, None)
+            else:
+                meta, head = await self.revalidate(key), None
         except StoreUnavailable:
             stale = self._copy(cached, disk_entry, None)  # stale-if-error: the database is down, a copy is here
             if stale is None:
@@ -231,7 +282,11 @@ class FileService:
             return stale
         if meta is None:
             return None
-        return self._copy(cached, disk_entry, meta.revision) or Found(self.prepared(meta), "miss")
+        held = cached is not None or disk_entry is not None
+        sighted = not held and head_bytes is not None
+        return self._copy(cached, disk_entry, meta.revision) or Found(
+            self.prepared(meta), "miss", head=head, sighted=sighted, held=held
+        )
 
     def _copy(
         self, cached: MemoryEntry | None, disk_entry: DiskEntry | None, revision: Revision | None

@@ -28,7 +28,7 @@ def record_chunk_fetches(store: Store) -> list[tuple[int, int]]:
 def count_store_reads(store: Store) -> list[str]:
     """The name of every metadata, listing and content query the store makes from now on."""
     calls: list[str] = []
-    for name in ("_locate", "_fetch_chunks", "_list"):
+    for name in ("_locate", "_locate_head", "_fetch_chunks", "_list"):
         original = getattr(store, name)
 
         def recorder(*args: Any, _original: Any = original, _name: str = name) -> Any:

@@ -57,6 +57,7 @@ def test_the_command_starts_from_the_library_defaults() -> None:
     assert serve["memory_size"] == cache.memory_bytes
     assert serve["freshness"] == cache.freshness_seconds
     assert serve["prefetch"] == cache.prefetch
+    assert serve["cache_min_uses"] == cache.cache_min_uses
     assert serve["cache_control"] == policy.cache_control
     assert serve["active_content"] == policy.active_content
     assert serve["max_upload_size"] == defaults.MAX_UPLOAD_BYTES

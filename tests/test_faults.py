@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import asyncpg
 import httpx
@@ -129,7 +130,7 @@ async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: 
     async with open_store(store_url) as store:
         meta = await store.put("photo.jpg", data)
     cache = tmp_path / "cache"
-    app = ServeFiles(None, db=store_url, cache_dir=cache)
+    app = ServeFiles(None, db=store_url, cache_dir=cache, cache_min_uses=1)  # on disk after one request
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
         assert (await client.get("/media/photo.jpg")).content == data
     await app.aclose()
@@ -193,18 +194,26 @@ async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
     async with open_store(store_url) as store:
         await store.put("k.bin", old)
         app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache", feed=False)
-        real_stat = store.stat
+        real_stat, real_fetch_head = store.stat, store.fetch_head
         interleaved = False
 
-        async def stat_then_change(key: str) -> object:  # a real write, at the worst moment
+        async def then_change(found: object) -> object:  # a real write, at the worst moment
             nonlocal interleaved
-            meta = await real_stat(key)
             if not interleaved:
                 interleaved = True
                 await (store.put("k.bin", new) if change == "replace" else store.delete("k.bin"))
-            return meta
+            return found
+
+        async def stat_then_change(key: str) -> object:
+            return await then_change(await real_stat(key))
+
+        async def fetch_head_then_change(key: str, *args: Any, **kwargs: Any) -> object:
+            # The miss path's metadata query (it brings a small file's content along; this
+            # one is larger than a chunk, so its content is fetched after the change).
+            return await then_change(await real_fetch_head(key, *args, **kwargs))
 
         store.stat = stat_then_change  # type: ignore[method-assign]
+        store.fetch_head = fetch_head_then_change  # type: ignore[method-assign]
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
                 response = await client.get("/media/k.bin")
@@ -345,6 +354,7 @@ def time_limit(seconds: float, root: Path) -> Iterator[None]:
 async def fill_cache(db: str, cache: Path, publish: Path | None = None) -> None:
     """A first run: the photo cached on disk (and, in tree mode, published), the cursor saved."""
     options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if publish is not None else {}
+    options["cache_min_uses"] = 1  # written to disk on its first request
     app = ServeFiles(None, db=db, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
@@ -378,6 +388,7 @@ async def test_the_service_starts_and_serves_whatever_stands_in_the_cache_dir(
     target = cache_paths(cache, publish)[place]
     plant(target, shape, outside)
     options: dict[str, object] = {"nginx": "tree", "publish_dir": publish} if tree else {}
+    options["cache_min_uses"] = 1  # the refetch is written to disk at once, as checked below
     app = ServeFiles(None, db=sqlite_url, cache_dir=cache, feed_poll_seconds=0.05, **options)  # type: ignore[arg-type]
     caplog.set_level(logging.INFO, logger="servefiles")
     try:
@@ -412,7 +423,8 @@ async def test_the_service_starts_and_serves_whatever_stands_in_the_cache_dir(
 
 
 def _serve_command(db: str, cache: Path, port: int, without_dac_override: bool = False) -> list[str]:
-    serve = ["-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache), "--port", str(port)]
+    serve = ["-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache), "--port", str(port),
+             "--cache-min-uses", "1"]  # the refetch is written to disk at once, as the tests check  # fmt: skip
     if without_dac_override and os.geteuid() == 0:
         return [sys.executable, "-c", DROP_DAC_AND_EXEC, *serve]
     return [sys.executable, *serve]

@@ -83,10 +83,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media") -> Iterator[Stack]:
+def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media", min_uses: int = 2) -> Iterator[Stack]:
+    """``min_uses``: the frontend's ``--cache-min-uses`` (1: every miss is written to the disk tier)."""
     cache_dir, publish_dir = tmp_path / "cache", tmp_path / "published"
     frontend = Frontend("--db", store_url, "--cache-dir", str(cache_dir), "--nginx", mode, "--publish-dir",
-                        str(publish_dir), "--upload-token", TOKEN, "--metrics", "--prefix", prefix).start()  # fmt: skip
+                        str(publish_dir), "--upload-token", TOKEN, "--metrics", "--prefix", prefix,
+                        "--cache-min-uses", str(min_uses)).start()  # fmt: skip
     try:
         port = free_port()
         block = server_block(mode, frontend.port, port, cache_dir, publish_dir, ("--prefix", prefix))
@@ -101,7 +103,7 @@ def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media") -> 
 
 @pytest.mark.parametrize("mode", ["accel", "tree"])
 async def test_hits_misses_ranges_replace_and_delete(mode: str, store_url: str, tmp_path: Path) -> None:
-    with stack(mode, store_url, tmp_path) as s:
+    with stack(mode, store_url, tmp_path, min_uses=1) as s:  # the first miss fills: the next GET is nginx's
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
             put = await client.put("/media/blog/photo.png", content=PNG, headers={**AUTH, "content-type": "image/png"})
             assert put.status_code == 201, put.text

@@ -76,7 +76,7 @@ async def test_100_concurrent_cold_requests_cause_one_store_fetch(store_url: str
 async def test_the_disk_cache_survives_a_restart(store_url: str, tmp_path: Path) -> None:
     data = os.urandom(2_000_000)
     await put(store_url, "keep.bin", data)
-    first = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    first = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache", cache_min_uses=1)  # fill on the first miss
     async with client_for(first) as client:
         assert (await client.get("/media/keep.bin")).content == data
     second = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
@@ -117,7 +117,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
 async def test_a_failed_cache_write_never_fails_the_request(store_url: str, full_disk: Path) -> None:
     data = os.urandom(3_000_000)
     await put(store_url, "too-big.bin", data)
-    app = ServeFiles(None, db=store_url, cache_dir=full_disk, disk_bytes=100 * 1024 * 1024)
+    app = ServeFiles(None, db=store_url, cache_dir=full_disk, disk_bytes=100 * 1024 * 1024, cache_min_uses=1)
     async with client_for(app) as client:
         first = await client.get("/media/too-big.bin")
         second = await client.get("/media/too-big.bin", headers={"Range": "bytes=2500000-"})
@@ -131,7 +131,7 @@ def test_one_store_fetch_across_processes_sharing_a_cache_dir(store_url: str, tm
     data = os.urandom(24_000_000)
     asyncio.run(put(store_url, "shared.bin", data))
     env = {"SERVEFILES_DB": store_url}
-    args = ("--cache-dir", str(tmp_path / "cache"), "--metrics", "--cache-size", "1G")
+    args = ("--cache-dir", str(tmp_path / "cache"), "--metrics", "--cache-size", "1G", "--cache-min-uses", "1")
     with running(*args, env=env) as first, running(*args, env=env) as second:
         bodies: dict[str, bytes] = {}
 
@@ -153,7 +153,7 @@ def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, 
     asyncio.run(put(store_url, "movie.bin", data))
     cache_dir = tmp_path / "cache"
     env = {"SERVEFILES_DB": store_url}
-    with running("--cache-dir", str(cache_dir), env=env) as frontend:
+    with running("--cache-dir", str(cache_dir), "--cache-min-uses", "1", env=env) as frontend:
         base = frontend.base
 
         def slow_client() -> None:
@@ -178,7 +178,7 @@ def test_kill_9_in_the_middle_of_a_fill_leaves_no_corrupt_entry(store_url: str, 
 async def test_a_client_that_disconnects_does_not_abort_the_fill(store_url: str, tmp_path: Path) -> None:
     data = os.urandom(6_000_000)
     await put(store_url, "walkaway.bin", data)
-    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache", cache_min_uses=1)
     async with client_for(app) as client:
         async with client.stream("GET", "/media/walkaway.bin") as response:
             async for _ in response.aiter_bytes():
@@ -194,7 +194,7 @@ async def test_disk_hits_use_pathsend_when_the_server_offers_it(store_url: str, 
     """Drive the app as a pathsend-capable ASGI server would, and record what it sends."""
     data = os.urandom(1_000_000)
     await put(store_url, "doc.pdf", data)
-    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache")
+    app = ServeFiles(None, db=store_url, cache_dir=tmp_path / "cache", cache_min_uses=1)
     try:
 
         async def request(extensions: dict[str, object], headers: list[tuple[bytes, bytes]]) -> list[dict[str, object]]:

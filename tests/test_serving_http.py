@@ -816,7 +816,8 @@ async def test_metrics_are_prometheus_text_and_count_misses_and_hits(
     await store.put("small.bin", small)
     await store.put("large.bin", large)
     cache_dir = tmp_path / "shared-cache"
-    async with make_client(cache_dir=cache_dir, metrics=True) as served:
+    # cache_min_uses=1: the first miss writes the large file to disk, for the fresh instance's disk hit.
+    async with make_client(cache_dir=cache_dir, metrics=True, cache_min_uses=1) as served:
         assert await scrape(served.client) == counters(0, 0, 0, 0, 0)
         assert_full(await served.client.get("/media/small.bin"), small)  # miss
         assert await scrape(served.client) == counters(0, 0, 1, 1, SMALL_SIZE)

@@ -33,7 +33,7 @@ from ..http import ByteRange, PreparedFile
 from ..localfs import open_regular
 from ..metrics import Metrics
 from ..store import Store
-from ..store.types import FileMeta
+from ..store.types import FileMeta, Head
 from .disk import DiskCache
 from .layout import DiskEntry
 from .locks import FillLock
@@ -96,10 +96,12 @@ def _read_cached(fd: int, want: int, pos: int) -> bytes | None:
 class Fill:
     """The state of one fetch, shared by the task that runs it and the requests that read it."""
 
-    def __init__(self, meta: FileMeta, file: PreparedFile | None, small: bool) -> None:
+    def __init__(self, meta: FileMeta, file: PreparedFile | None, small: bool, head: Head | None = None) -> None:
         self.meta = meta
         self.file = file
         self.small = small
+        self.head = head
+        """The content's start, fetched with the metadata: the fill reads on from it (by blob id)."""
         self.written = 0
         self.disk_limit: int | None = None  # set when the disk copy stops short of the end
         self.body: bytes | None = None  # a small file's bytes, once done
@@ -168,13 +170,17 @@ class Filler:
     def get(self, meta: FileMeta) -> Fill | None:
         return self._fills.get((meta.key, meta.revision))
 
-    def start(self, meta: FileMeta, file: PreparedFile | None = None) -> Fill:
-        """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``)."""
+    def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
+        """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
+
+        ``head`` (of this version, from :meth:`Store.fetch_head`): what the store already sent
+        with the metadata; the fill writes it and reads on from there (:meth:`Store.read_from`), so
+        a complete head costs no further query and a partial one no second LOCATE."""
         running = self._fills.get((meta.key, meta.revision))
         if running is not None:
             return running
         small = file is not None and self.memory is not None and self.memory.fits(meta.size)
-        fill = Fill(meta, file, small)
+        fill = Fill(meta, file, small, head if head is not None and head.meta == meta else None)
         self._fills[(meta.key, meta.revision)] = fill
         task = asyncio.create_task(self._run(fill), name=f"servefiles fill {meta.key}")
         self._tasks.add(task)
@@ -282,10 +288,9 @@ class Filler:
             fill.finish()  # no disk copy at all: every waiter reads the store
             return
         fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
-        self.metrics.store_fetches.inc()
         try:
             written = True
-            async for chunk in self.store.read(meta.key, version=meta.version):
+            async for chunk in self._source(fill):
                 written = await self._write(writer, chunk, fill) is not None
                 if not written:
                     break  # the disk failed: waiters take the rest from the store
@@ -304,8 +309,7 @@ class Filler:
         """A small file: read whole, handed to the waiters and the memory tier, then written to
         the disk tier in one thread hop (begin, write, commit) while they are answered."""
         meta = fill.meta
-        self.metrics.store_fetches.inc()
-        pieces = [chunk async for chunk in self.store.read(meta.key, version=meta.version)]
+        pieces = [chunk async for chunk in self._source(fill)]
         fill.body = b"".join(pieces)
         fill.advance(len(fill.body))  # wakes the waiters: they have the bytes
         if len(fill.body) == meta.size:
@@ -315,6 +319,16 @@ class Filler:
         except CacheWriteError as exc:
             self._count_failure(meta, exc)
         fill.finish()
+
+    def _source(self, fill: Fill) -> AsyncIterator[bytes]:
+        """The fill's one store read: on from the head the request path fetched, when it did (no
+        second lookup of the key; a head that brought bytes was counted as the fetch then)."""
+        head = fill.head
+        if head is None or not head.data:
+            self.metrics.store_fetches.inc()
+        if head is not None:
+            return self.store.read_from(head)
+        return self.store.read(fill.meta.key, version=fill.meta.version)
 
     def _remember(self, fill: Fill) -> None:
         """A small fill's bytes into the memory tier (a fill is small only with a tier and a file)."""
@@ -374,7 +388,12 @@ class FillReader:
 
     async def _from_store(self, start: int, end: int) -> AsyncIterator[bytes]:
         self.metrics.store_fetches.inc()
-        async for chunk in self.store.read(self.fill.meta.key, start, end, version=self.fill.meta.version):
+        meta, head = self.fill.meta, self.fill.head
+        if head is not None:
+            reading = self.store.read_from(head, start, end)
+        else:
+            reading = self.store.read(meta.key, start, end, version=meta.version)
+        async for chunk in reading:
             yield chunk
 
     def close(self) -> None:

@@ -59,6 +59,10 @@ from .options import (
               help="How HTML, SVG, XML and JavaScript uploads are kept from running on this origin.")
 @click.option("--prefetch/--no-prefetch", envvar="SERVEFILES_PREFETCH", default=defaults.PREFETCH, show_default=True,
               help="Download new versions as soon as the change feed announces them.")
+@click.option("--cache-min-uses", envvar="SERVEFILES_CACHE_MIN_USES", type=click.IntRange(1, 255),
+              default=defaults.CACHE_MIN_USES, show_default=True,
+              help="Write a file to the disk cache on its Nth request within the admission window; before that "
+              "it is served from the database fetch alone. 1: every miss is written.")
 @click.option("--metrics/--no-metrics", envvar="SERVEFILES_METRICS", default=False, show_default=True,
               help="Expose Prometheus counters at /_servefiles/metrics.")
 @click.option("--nginx", "nginx_mode", envvar="SERVEFILES_NGINX", type=click.Choice(["off", "accel", "tree"]),
@@ -81,8 +85,8 @@ from .options import (
               help="Longest request-target (path and query); over it, 414.")
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
-          memory_size: int, freshness: float, cache_control: str,
-          active_content: str, prefetch: bool, metrics: bool, nginx_mode: str, publish_dir: Path | None,
+          memory_size: int, freshness: float, cache_control: str, active_content: str, prefetch: bool,
+          cache_min_uses: int, metrics: bool, nginx_mode: str, publish_dir: Path | None,
           log_level: str, max_header_line: int, max_header_size: int, max_header_count: int,
           max_url_size: int) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
@@ -104,7 +108,8 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
         disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
         cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
-        prefetch=prefetch, metrics=metrics, upload_tokens=tokens, max_upload_bytes=max_upload_size,
+        prefetch=prefetch, cache_min_uses=cache_min_uses, metrics=metrics, upload_tokens=tokens,
+        max_upload_bytes=max_upload_size,
         nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
         publish_dir=publish_dir or config.default_publish_dir(), date_header=True,
     )  # fmt: skip

@@ -37,6 +37,8 @@ class Options(TypedDict, total=False):
     ``freshness_seconds`` [1.0]: revalidation interval while the change feed is down.
     ``fill_wait_seconds`` [10], ``feed`` [True], ``feed_poll_seconds`` [0.2],
     ``feed_check_seconds`` [5], ``prefetch`` [False], ``metrics`` [False].
+    ``cache_min_uses`` [2]: a file is written to the disk tier on its 2nd miss within the
+    admission window, served from the store fetch alone before that; 1 writes every miss.
     ``upload_tokens`` [none: read-only], ``max_upload_bytes`` [1 GiB].
     ``nginx`` [None]: "accel" or "tree" when nginx runs in front with the block
     ``servefiles nginx-config`` prints; "tree" also needs ``publish_dir``.
@@ -54,6 +56,7 @@ class Options(TypedDict, total=False):
     feed_poll_seconds: float
     feed_check_seconds: float
     prefetch: bool
+    cache_min_uses: int
     metrics: bool
     upload_tokens: Iterable[str | UploadToken]
     max_upload_bytes: int
@@ -126,6 +129,7 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
             feed_poll_seconds=options.get("feed_poll_seconds", defaults.feed_poll_seconds),
             feed_check_seconds=options.get("feed_check_seconds", defaults.feed_check_seconds),
             prefetch=options.get("prefetch", defaults.prefetch),
+            cache_min_uses=options.get("cache_min_uses", defaults.cache_min_uses),
         ),
         read_url=options.get("read_db"),
     )

@@ -17,7 +17,6 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
@@ -25,7 +24,7 @@ from ..content_types import check_content_type, guess_content_type
 from ..errors import ContentChanged, InvalidKey, NotFound, PreconditionFailed
 from ..keys import canonical_key
 from .dsn import mask_dsn
-from .types import Change, FileMeta
+from .types import BlobRef, Change, FileMeta, Head
 
 CHUNK_SIZE = 256 * 1024
 """Bytes per stored chunk: big enough to keep row overhead small, small enough
@@ -66,14 +65,6 @@ class Readable(Protocol):
 PutSource = bytes | bytearray | memoryview | IO[bytes] | Readable | AsyncIterable[bytes] | AsyncReadable
 """What :meth:`Store.put` accepts: bytes, a binary file (sync or async), or an
 async iterator of bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """Where a version's content lives: a never-reused blob id and its chunk size."""
-
-    blob_id: int
-    chunk_size: int
 
 
 async def _pieces(source: PutSource) -> AsyncIterator[bytes]:
@@ -252,6 +243,66 @@ class Store(ABC):
         if version is not None and meta.version != version:
             raise ContentChanged(key)
         stop = meta.size if end is None else min(end, meta.size)
+        async for data in self._read_blob(meta, blob, start, stop):
+            yield data
+
+    async def fetch_head(self, key: str, max_bytes: int = CHUNK_SIZE, *, whole: bool = False) -> Head | None:
+        """The live file's metadata and its first ``min(size, max_bytes)`` bytes in ONE query
+        (None when the key is missing or deleted): for a file of at most ``max_bytes`` (one
+        chunk by default) the whole content; for a larger one its start and where the rest is,
+        for :meth:`read_from`. ``max_bytes=0``, or ``whole`` and a file larger than ``max_bytes``:
+        the metadata and the blob only (a caller that wants a small file whole and would read a
+        large one through anyway transfers nothing twice). Raises ValueError for a negative
+        ``max_bytes``, :class:`InvalidKey`, :class:`StoreUnavailable`.
+        """
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
+        key = canonical_key(key)
+        found = await self._locate_head(key, max_bytes, whole)
+        if found is None:
+            return None
+        meta, blob, chunks = found
+        want = 0 if whole and meta.size > max_bytes else min(meta.size, max_bytes)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) > want:
+            data = data[:want]
+        if len(data) != want:  # one statement sees one snapshot: only a damaged blob gets here
+            raise ContentChanged(key)
+        return Head(meta, data, blob)
+
+    async def read_from(self, head: Head, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[start, end)`` of ``head``'s version (``end`` None: to the end): from
+        the head where it holds them, the rest by blob id, without locating the key again.
+
+        Pinned to that version like :meth:`read` with ``version``: raises :class:`ContentChanged`
+        if it was replaced or deleted since the head, never yields another version's bytes. The
+        first batch beyond the head is fetched before any byte is yielded, so a version replaced
+        since the head fails before a response built on it has begun.
+        """
+        meta, held = head.meta, len(head.data)
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"bad byte range [{start}, {end})")
+        stop = meta.size if end is None else min(end, meta.size)
+        if start >= stop:
+            return
+        if start >= held:
+            async for data in self._read_blob(meta, head.blob, start, stop):
+                yield data
+            return
+        first = head.data if (start, stop) == (0, held) else head.data[start : min(stop, held)]
+        if stop <= held:
+            yield first
+            return
+        rest = self._read_blob(meta, head.blob, held, stop)
+        following = await anext(rest)  # before the first byte goes out (see above)
+        yield first
+        yield following
+        async for data in rest:
+            yield data
+
+    async def _read_blob(self, meta: FileMeta, blob: BlobRef, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, stop)`` of ``meta``'s version, its chunks fetched from ``blob`` a few at a
+        time; :class:`ContentChanged` as soon as a chunk is missing or of the wrong size."""
         if start >= stop:
             return
         size, chunk_size = meta.size, blob.chunk_size
@@ -260,11 +311,11 @@ class Store(ABC):
             batch_last = min(last, seq + READ_BATCH_CHUNKS - 1)
             chunks = await self._fetch_chunks(blob.blob_id, seq, batch_last)
             if len(chunks) != batch_last - seq + 1:
-                raise ContentChanged(key)
+                raise ContentChanged(meta.key)
             for data in chunks:
                 offset = seq * chunk_size
                 if len(data) != min(chunk_size, size - offset):
-                    raise ContentChanged(key)
+                    raise ContentChanged(meta.key)
                 lo, hi = max(start - offset, 0), min(stop - offset, len(data))
                 yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
                 seq += 1
@@ -345,6 +396,20 @@ class Store(ABC):
     @abstractmethod
     async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
         """The live row for ``key`` and where its content is, or None."""
+
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+        """The live row for ``key``, where its content is, and its chunks that begin before byte
+        ``max_bytes``, in order (none if ``whole`` and it is larger than ``max_bytes``). Both
+        backends do it in one query; this fallback takes two."""
+        located = await self._locate(key)
+        if located is None:
+            return None
+        meta, blob = located
+        last = -1 if whole and meta.size > max_bytes else min(max_bytes, meta.size) - 1
+        chunks = await self._fetch_chunks(blob.blob_id, 0, last // blob.chunk_size) if last >= 0 else []
+        return meta, blob, chunks
 
     @abstractmethod
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:

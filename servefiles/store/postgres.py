@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 
 from ..errors import InvalidURL, SchemaTooNew, StoreUnavailable, UploadAborted
+from . import sql
 from .base import (
     STALE_UPLOAD_SECONDS,
-    BlobRef,
     HashedChunks,
     Store,
     WritePrecondition,
@@ -35,7 +35,7 @@ from .base import (
     staged_batches,
 )
 from .dsn import mask_dsn
-from .types import Change, FileMeta
+from .types import BlobRef, Change, FileMeta
 
 logger = logging.getLogger("servefiles")
 
@@ -102,6 +102,7 @@ SET_SCHEMA_VERSION = """
     ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = $1 AND NOT deleted"
+LOCATE_HEAD = sql.locate_head("$2::bigint", "$3", "$1")
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
 BEGIN_UPLOAD = """
     INSERT INTO servefiles_uploads (blob_id, touched_at) VALUES (nextval('servefiles_blob_seq'), clock_timestamp())
@@ -247,6 +248,16 @@ class PostgresStore(Store):
     async def _locate(self, key: str) -> tuple[FileMeta, BlobRef] | None:
         rows = await self._fetch(LOCATE, key)
         return (_meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"])) if rows else None
+
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+        """From the primary: the metadata must be the primary's (a replica may lag behind the feed)."""
+        rows = await self._fetch(LOCATE_HEAD, key, max_bytes, whole)
+        if not rows:
+            return None
+        chunks = [row["data"] for row in rows if row["data"] is not None]
+        return _meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"]), chunks
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
         """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""

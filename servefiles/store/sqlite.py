@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import SchemaTooNew, StoreUnavailable, UploadAborted
-from . import base
-from .base import BlobRef, HashedChunks, Store, WritePrecondition
-from .types import Change, FileMeta
+from . import base, sql
+from .base import HashedChunks, Store, WritePrecondition
+from .types import BlobRef, Change, FileMeta
 
 SCHEMA_VERSION = 2
 """1: no ``last_modified`` column (``updated_at`` itself kept the one-second rule); 2: it has one."""
@@ -75,6 +75,7 @@ NEXT_VERSION = "UPDATE servefiles_meta SET value = value + 1 WHERE name = 'last_
 LAST_VERSION = "SELECT value FROM servefiles_meta WHERE name = 'last_version'"
 _META_COLUMNS = "key, version, sha256, size, content_type, created_at, updated_at, last_modified"
 LOCATE = f"SELECT {_META_COLUMNS}, blob_id, chunk_size FROM servefiles_files WHERE key = ? AND NOT deleted"
+LOCATE_HEAD = sql.locate_head(":max", ":whole", ":key")
 FETCH_CHUNKS = "SELECT data FROM servefiles_chunks WHERE blob_id = ? AND seq BETWEEN ? AND ? ORDER BY seq"
 BEGIN_UPLOAD = "INSERT INTO servefiles_uploads (touched_at) VALUES (?)"
 TOUCH_UPLOAD = "UPDATE servefiles_uploads SET touched_at = ? WHERE blob_id = ?"
@@ -243,6 +244,18 @@ class SQLiteStore(Store):
         def locate(conn: sqlite3.Connection) -> tuple[FileMeta, BlobRef] | None:
             row = conn.execute(LOCATE, (key,)).fetchone()
             return None if row is None else (_meta(row), BlobRef(row[8], row[9]))
+
+        return await self._run(locate)
+
+    async def _locate_head(
+        self, key: str, max_bytes: int, whole: bool
+    ) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+        def locate(conn: sqlite3.Connection) -> tuple[FileMeta, BlobRef, Sequence[bytes]] | None:
+            rows = conn.execute(LOCATE_HEAD, {"max": max_bytes, "whole": whole, "key": key}).fetchall()
+            if not rows:
+                return None
+            chunks = [row[10] for row in rows if row[10] is not None]
+            return _meta(rows[0]), BlobRef(rows[0][8], rows[0][9]), chunks
 
         return await self._run(locate)
 

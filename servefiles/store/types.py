@@ -1,4 +1,4 @@
-"""Plain data types the store hands out: file metadata and change-feed entries."""
+"""Plain data types the store hands out: file metadata, heads and change-feed entries."""
 
 from __future__ import annotations
 
@@ -66,3 +66,31 @@ class Change(NamedTuple):
         """Whether a cached copy of ``cached_version`` (None: no copy) is stale once this change
         is known: it is older than the version announced. The one rule for dropping copies."""
         return cached_version is not None and cached_version < self.version
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """Where a version's content lives: a never-reused blob id and its chunk size (bytes).
+
+    A blob's chunks are deleted in the transaction that replaces or deletes its version,
+    so reading by blob id yields that version's bytes or finds them gone, never another's."""
+
+    blob_id: int
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A live file's metadata and its first bytes, read together in one query
+    (:meth:`Store.fetch_head`): the whole content when :attr:`complete`, else its start,
+    and where the rest is (:meth:`Store.read_from` continues without locating it again)."""
+
+    meta: FileMeta
+    data: bytes
+    """The content's first ``min(size, max_bytes)`` bytes."""
+    blob: BlobRef
+
+    @property
+    def complete(self) -> bool:
+        """Whether :attr:`data` is the whole content."""
+        return len(self.data) == self.meta.size

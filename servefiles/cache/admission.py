@@ -1,0 +1,98 @@
+"""Admission to the disk tier: a file asked for once is not worth a disk write.
+
+On a long tail most files are asked for once and evicted unread; writing each one
+costs a temp file, fsyncs and an index row. :class:`Admission` remembers how often
+each key was missed lately, in bounded memory, and admits a key to the disk tier on
+its ``min_uses``-th miss within the window — nginx's ``proxy_cache_min_uses``, with
+TinyLFU's frequency sketch and aging (Einziger, Friedman & Manes, "TinyLFU: A Highly
+Efficient Cache Admission Policy", 2017) so that the memory stays fixed however many
+keys are asked for.
+
+The sketch is a count-min sketch: ``ROWS`` rows of byte counters indexed by slices of
+the key's digest (:func:`servefiles.keys.key_digest`); a key's count is the smallest of
+its counters, so collisions can only overcount (admit a little early), never keep a
+key out. Every ``window`` sightings all counters are halved: what was popular long ago
+fades, a key seen once is forgotten within one to two windows.
+"""
+
+from __future__ import annotations
+
+from ..keys import key_digest
+
+ROWS = 4
+"""Counters per key, each in its own row: a false admission needs a collision in every row."""
+WIDTH = 1 << 17
+"""Counters per row (a power of two): ``ROWS * WIDTH`` bytes in all (512 KiB)."""
+WINDOW = 1 << 16
+"""Sightings between two halvings: about 65,000 misses, far more keys than one row's load
+makes collide often (with 65,536 distinct keys, a row's counter is shared ~40 % of the time,
+all four ~2 %)."""
+_HALVE = bytes(value >> 1 for value in range(256))
+"""``bytearray.translate`` table halving every counter (C speed, no Python loop)."""
+
+
+class Admission:
+    """``admit(key)`` is True from the ``min_uses``-th sighting of ``key`` within the window.
+
+    ``min_uses`` 1 admits everything (no sketch is kept); at most 255. Memory: ``ROWS *
+    width`` bytes, whatever the number of keys. Not thread-safe: the event loop's alone.
+    """
+
+    def __init__(self, min_uses: int = 2, width: int = WIDTH, window: int = WINDOW) -> None:
+        if not 1 <= min_uses <= 255:
+            raise ValueError(f"min_uses must be between 1 and 255, not {min_uses}")
+        if width < 1 or width & (width - 1):
+            raise ValueError(f"width must be a power of two, not {width}")
+        if window < 1:
+            raise ValueError(f"window must be positive, not {window}")
+        self.min_uses = min_uses
+        self.window = window
+        self._mask = width - 1
+        self._rows = [bytearray(width if min_uses > 1 else 0) for _ in range(ROWS)]
+        self._sightings = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The sketch's memory, in bytes (fixed at construction)."""
+        return sum(len(row) for row in self._rows)
+
+    def admit(self, key: str) -> bool:
+        """Count one sighting of ``key``; True when it has now been seen ``min_uses`` times."""
+        if self.min_uses <= 1:
+            return True
+        slots = self._slots(key)
+        counts = [row[slot] for row, slot in zip(self._rows, slots, strict=True)]
+        seen = min(counts) + 1
+        # Conservative update: raise only the counters at the minimum, so a key that shares
+        # some counters with busier keys inflates them less (fewer false admissions).
+        if seen <= 255:
+            for row, slot, count in zip(self._rows, slots, counts, strict=True):
+                if count < seen:
+                    row[slot] = seen
+        self._sightings += 1
+        if self._sightings >= self.window:
+            self._age()
+        return seen >= self.min_uses
+
+    def admitted(self, key: str) -> bool:
+        """Whether ``key`` has been seen ``min_uses`` times, without counting a sighting: for a
+        decision taken after the sightings were counted (requests that waited together)."""
+        return self.min_uses <= 1 or self.estimate(key) >= self.min_uses
+
+    def estimate(self, key: str) -> int:
+        """How many times ``key`` was seen lately, as the sketch counts it (never fewer than true,
+        less what aging took); for tests and reports."""
+        if self.min_uses <= 1:
+            return 0
+        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+
+    def _slots(self, key: str) -> list[int]:
+        """``key``'s counter in each row: four independent 32-bit slices of its sha256."""
+        digest, mask = key_digest(key), self._mask
+        return [int.from_bytes(digest[4 * row : 4 * row + 4], "little") & mask for row in range(ROWS)]
+
+    def _age(self) -> None:
+        """Halve every counter: popularity fades, bounded memory stays meaningful."""
+        self._sightings = 0
+        for row in self._rows:
+            row[:] = row.translate(_HALVE)

@@ -1,0 +1,181 @@
+"""The miss path: one query for a small cold miss, admission to the disk tier on repeat.
+
+Real stores (SQLite and PostgreSQL) behind the ASGI app; queries are counted by wrapping
+the real store's primitives (:mod:`tests.instrument`), every call still reaching the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+
+from servefiles import ServeFiles, Store, open_store
+from servefiles.store.base import CHUNK_SIZE
+
+from .instrument import count_store_reads
+
+TEMP_PREFIX = ".tmp-"
+
+
+@contextlib.asynccontextmanager
+async def serving(store: Store, cache_dir: Path, **options: int) -> AsyncIterator[tuple[ServeFiles, httpx.AsyncClient]]:
+    app = ServeFiles(None, db=store, cache_dir=cache_dir, **options)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+            yield app, client
+    finally:
+        await app.aclose()
+
+
+def counter(app: ServeFiles, name: str) -> float:
+    return app.service.metrics.value(name)
+
+
+def disk_files(cache_dir: Path) -> list[Path]:
+    """Content and temp files of the disk tier (its index and cursor aside)."""
+    return [p for p in cache_dir.rglob("*") if p.is_file() and ("objects" in p.parts or p.name.startswith(TEMP_PREFIX))]
+
+
+async def settle(app: ServeFiles) -> None:
+    """Until no fill runs (a write behind the response ends)."""
+    filler = app.service.runtime.filler
+    assert filler is not None
+    for _ in range(200):
+        if not filler._fills:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_small_cold_miss_costs_one_query_and_writes_nothing_to_disk(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(30_000)
+    await store.put("avatar.png", data)
+    async with serving(store, tmp_path / "cache") as (app, client):
+        queries = count_store_reads(store)
+        response = await client.get("/media/avatar.png")
+        assert response.status_code == 200 and response.content == data
+        assert queries == ["_locate_head"]  # metadata and content together
+        await settle(app)
+        assert app.service.disk.get("avatar.png") is None
+        assert disk_files(tmp_path / "cache") == []
+        assert counter(app, "servefiles_admission_rejections_total") == 1
+        assert counter(app, "servefiles_store_fetches_total") == 1
+        assert counter(app, "servefiles_misses_total") == 1
+        # The memory tier kept the bytes: the next request costs no query at all.
+        again = await client.get("/media/avatar.png")
+        assert again.content == data and queries == ["_locate_head"]
+        assert app.service.metrics.value("servefiles_hits_total", tier="memory") == 1
+
+
+async def test_a_file_asked_for_again_is_written_to_the_disk_tier(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(30_000)
+    await store.put("photo.jpg", data)
+    # No memory tier: every request reaches the store until the disk tier has the file.
+    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+        queries = count_store_reads(store)
+        assert (await client.get("/media/photo.jpg")).content == data
+        await settle(app)
+        assert app.service.disk.get("photo.jpg") is None
+        assert (await client.get("/media/photo.jpg")).content == data  # the second sighting: admitted
+        await settle(app)
+        entry = app.service.disk.get("photo.jpg")
+        assert entry is not None and entry.meta.size == len(data)
+        assert counter(app, "servefiles_admissions_total") == 1
+        assert queries == ["_locate_head", "_locate_head"]  # the fill wrote the fetched bytes: no query
+        third = await client.get("/media/photo.jpg")
+        assert third.content == data
+        assert app.service.metrics.value("servefiles_hits_total", tier="disk") == 1
+        assert queries == ["_locate_head", "_locate_head"]
+
+
+async def test_a_large_cold_miss_streams_from_the_store_without_a_second_locate(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 17)
+    await store.put("video.mp4", data)
+    async with serving(store, tmp_path / "cache") as (app, client):
+        queries = count_store_reads(store)
+        response = await client.get("/media/video.mp4")
+        assert response.status_code == 200 and response.content == data
+        assert "_locate" not in queries and queries[0] == "_locate_head"
+        assert set(queries[1:]) == {"_fetch_chunks"}
+        await settle(app)
+        assert disk_files(tmp_path / "cache") == []  # asked for once: not written
+        second = await client.get("/media/video.mp4")  # asked for again: filled as it streams
+        assert second.content == data
+        await settle(app)
+        assert app.service.disk.get("video.mp4") is not None
+        assert counter(app, "servefiles_store_fetches_total") == 2
+
+
+async def test_min_uses_1_fills_on_the_first_request(store: Store, tmp_path: Path) -> None:
+    small, large = os.urandom(1000), os.urandom(2 * CHUNK_SIZE + 1)
+    await store.put("s.bin", small)
+    await store.put("l.bin", large)
+    async with serving(store, tmp_path / "cache", cache_min_uses=1) as (app, client):
+        queries = count_store_reads(store)
+        assert (await client.get("/media/s.bin")).content == small
+        assert queries == ["_locate_head"]  # written through from the fetched bytes
+        assert (await client.get("/media/l.bin")).content == large
+        await settle(app)
+        assert app.service.disk.get("s.bin") is not None
+        assert app.service.disk.get("l.bin") is not None
+        assert "_locate" not in queries
+        assert counter(app, "servefiles_admission_rejections_total") == 0
+
+
+async def test_concurrent_cold_requests_share_one_query_and_one_fill(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    await store.put("hot.png", data)
+    async with serving(store, tmp_path / "cache") as (app, client):
+        queries = count_store_reads(store)
+        responses = await asyncio.gather(*(client.get("/media/hot.png") for _ in range(30)))
+        assert all(r.status_code == 200 and r.content == data for r in responses)
+        assert queries == ["_locate_head"]
+        await settle(app)
+        assert app.service.disk.get("hot.png") is not None  # a burst is popular: admitted
+        assert counter(app, "servefiles_store_fetches_total") == 1
+
+
+async def test_head_and_conditional_requests_ask_for_metadata_only(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    meta = await store.put("doc.pdf", data)
+    async with serving(store, tmp_path / "cache") as (app, client):
+        queries = count_store_reads(store)
+        head = await client.head("/media/doc.pdf")
+        assert head.status_code == 200 and queries == ["_locate"]
+        not_modified = await client.get("/media/doc.pdf", headers={"If-None-Match": f'"{meta.sha256}"'})
+        assert not_modified.status_code == 304
+        assert counter(app, "servefiles_store_fetches_total") == 0
+        assert disk_files(tmp_path / "cache") == []
+
+
+async def test_a_missing_key_costs_one_query(store: Store, tmp_path: Path) -> None:
+    async with serving(store, tmp_path / "cache") as (_app, client):
+        queries = count_store_reads(store)
+        assert (await client.get("/media/none.png")).status_code == 404
+        assert queries == ["_locate_head"]
+
+
+async def test_a_file_replaced_between_head_and_continuation_is_asked_for_again(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    old, new = os.urandom(3 * CHUNK_SIZE), os.urandom(3 * CHUNK_SIZE + 5)
+    await store.put("clip.mp4", old)
+    original = store._fetch_chunks
+    replaced = False
+    async with open_store(store_url) as writer, serving(store, tmp_path / "cache") as (_app, client):
+
+        async def replace_first(blob_id: int, first: int, last: int) -> Sequence[bytes]:
+            nonlocal replaced
+            if not replaced:
+                replaced = True
+                await writer.put("clip.mp4", new)
+            return await original(blob_id, first, last)
+
+        store._fetch_chunks = replace_first  # type: ignore[method-assign]
+        response = await client.get("/media/clip.mp4")
+        assert replaced
+        assert response.status_code == 200 and response.content == new  # never a cut or mixed body
