@@ -28,7 +28,7 @@ from servefiles.http import ByteRange
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
 from servefiles.nginx.accel import AccelLayer
 from servefiles.nginx.tree import PublishedTree
-from servefiles.service import FileService, Reply
+from servefiles.service import CacheSettings, FileService, Reply
 
 from .asgi_servers import http_request, uvicorn_server
 from .nginx_server import Nginx, running_nginx, server_block
@@ -83,8 +83,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media", min_uses: int = 2) -> Iterator[Stack]:
-    """``min_uses``: the frontend's ``--cache-min-uses`` (1: every miss is written to the disk tier)."""
+def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media", min_uses: int = 1) -> Iterator[Stack]:
+    """``min_uses``: the frontend's ``--cache-min-uses``. 1 here (every miss is written to the disk
+    tier, so a tree miss is published): these tests are about nginx's modes; admission in tree
+    mode has its own test, with the default 2."""
     cache_dir, publish_dir = tmp_path / "cache", tmp_path / "published"
     frontend = Frontend("--db", store_url, "--cache-dir", str(cache_dir), "--nginx", mode, "--publish-dir",
                         str(publish_dir), "--upload-token", TOKEN, "--metrics", "--prefix", prefix,
@@ -516,7 +518,7 @@ async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, t
     async with open_store(sqlite_url) as store:
         await store.put("x.png", PNG)
     tree = PublishedTree(tmp_path / "published", "/media")
-    service = FileService(sqlite_url, tmp_path / "cache")
+    service = FileService(sqlite_url, tmp_path / "cache", settings=CacheSettings(cache_min_uses=1))  # misses fill
     accel = AccelLayer(service, ACCEL_LOCATION, tree)
     await service.start()
     try:
@@ -560,6 +562,30 @@ async def test_the_request_after_a_tree_miss_is_nginx_s_alone(sqlite_url: str, t
             assert head.status_code == 200 and head.headers["content-length"] == str(len(PNG))
             assert s.frontend.metric("servefiles_store_fetches_total") == asked[-1], "a HEAD needs no bytes"
             assert not s.published("b.png").exists()
+
+
+async def test_a_one_off_tree_miss_is_neither_cached_nor_published_until_asked_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Admission in tree mode (the default ``--cache-min-uses 2``): a file asked for once is
+    answered from the store and written nowhere; asked again, it is filled and published, and
+    from then on nginx answers it alone."""
+    with stack("tree", sqlite_url, tmp_path, min_uses=2) as s:
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            assert (await client.put("/media/once.png", content=PNG, headers=AUTH)).status_code == 201
+            first = await client.get("/media/once.png")
+            assert (first.status_code, first.content, first.headers["etag"]) == (200, PNG, sha_etag(PNG))
+            await asyncio.sleep(0.5)  # what a publish behind the reply would have needed
+            assert not s.published("once.png").exists()
+            assert not any((s.cache_dir / "objects").rglob(hashlib.sha256(PNG).hexdigest()))
+            second = await client.get("/media/once.png")
+            assert (second.status_code, second.content) == (200, PNG)
+            await s.wait_published("once.png")
+            asked = [s.frontend.metric(name) for name in ASKED]
+            third = await client.get("/media/once.png")
+            assert (third.status_code, third.content) == (200, PNG)
+            assert third.headers["etag"] == nginx_etag(await s.meta("once.png"))
+            assert [s.frontend.metric(name) for name in ASKED] == asked, "nginx answered it alone"
 
 
 def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp_path: Path) -> None:
@@ -641,5 +667,11 @@ async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: 
                 full = await client.get("/media/photo.png")
                 assert (full.status_code, full.content) == (200, PNG)
                 again = await client.get("/media/photo.png", headers={"if-none-match": full.headers["etag"]})
+                if again.status_code == 200 and mode == "tree":
+                    # The miss came from servefiles (its ETag is the content hash); the tree published
+                    # the file behind it and nginx now answers with its own: one full 200 of the same
+                    # bytes, then 304s again.
+                    assert again.content == PNG and again.headers["etag"] != full.headers["etag"]
+                    again = await client.get("/media/photo.png", headers={"if-none-match": again.headers["etag"]})
                 assert again.status_code == 304
                 assert again.headers["x-content-type-options"] == "nosniff"
