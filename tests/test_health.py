@@ -169,8 +169,8 @@ async def test_health_with_the_feed_down_is_200_and_says_so(
     async with open_store(pg_url) as store:
         await store.put("a.txt", b"cached")
     proxied = with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}")
-    async with mounted(adapter, proxied, tmp_path / "cache", feed_check_seconds=0.2) as (_, client):
-        assert (await client.get("/media/a.txt")).content == b"cached"
+    async with mounted(adapter, proxied, tmp_path / "cache", feed_check_seconds=0.2, cache_min_uses=1) as (_, client):
+        assert (await client.get("/media/a.txt")).content == b"cached"  # and on disk: the miss fills
         assert (await health(client))["feed"]["healthy"] is True
         await pg_proxy.cut()
 

@@ -135,7 +135,7 @@ def _call(app: ServeFilesWSGI, method: str, path: str, **extra: Any) -> tuple[st
 
 def test_a_disk_hit_goes_to_wsgi_file_wrapper_and_its_file_is_closed(store_url: str, tmp_path: Path) -> None:
     asyncio.run(_put_files(store_url))
-    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache", cache_min_uses=1)  # the miss fills
     try:
         RecordingFileWrapper.handed.clear()
         status, _, body = _call(app, "GET", "/media/disk.bin")  # a miss: streamed while the cache fills
