@@ -26,7 +26,6 @@ from cachetools import LRUCache
 from . import http
 from .bodies import Body, DiskBody, FillBody, MemoryBody, PrimedBody, StoreBody
 from .cache.disk import DiskCache, DiskEntry
-from .cache.fill import FillReader
 from .cache.memory import MemoryEntry, MemoryTier
 from .errors import ContentChanged, InvalidKey, NotFound, ServeFilesError, StoreUnavailable
 from .feed import ChangeFeed
@@ -35,6 +34,7 @@ from .http.replies import for_error
 from .keys import canonical_key
 from .metaview import MetadataView, Revision
 from .metrics import Metrics
+from .misses import Misses
 from .runtime import CacheSettings, Runtime
 from .store import CHUNK_SIZE, Store
 from .store.types import Change, FileMeta, Head
@@ -119,6 +119,7 @@ class FileService:
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
+        self.misses = Misses(self.runtime)
         self._prefetching = asyncio.Semaphore(PREFETCH_CONCURRENCY)
         if self.settings.prefetch:
             self.runtime.hooks.announced.append(self._prefetch)
@@ -211,43 +212,9 @@ class FileService:
             response = http.Response(response.status, [*response.headers, STALE_HEADER], response.body)
         body = found.body
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
-            body = self._fetch(found.file, response.status == 206, found)
+            ranged = response.status == 206
+            body = self.misses.body(found.file, ranged, found.head, held=found.held, sighted=found.sighted)
         return Reply(response, body, found.source, found.file.meta)
-
-    def _fetch(self, file: PreparedFile, ranged: bool, found: Found) -> Body:
-        """The body of a miss. A fill under way is joined. Else a file admitted to the disk tier
-        (:mod:`servefiles.cache.admission`) is filled, written through from ``head`` on; one not
-        admitted is written nowhere on disk. Either way a complete head answers at once from its
-        bytes (and the memory tier keeps them: cheap, and a second request then costs nothing);
-        a cold range, or a large file not admitted, is read from the store for what is asked."""
-        meta, head = file.meta, found.head
-        filler = self.runtime.filler
-        assert filler is not None
-        logger.debug("miss: %s version %d", meta.key, meta.version)
-        fill = filler.get(meta)
-        if fill is not None:
-            return FillBody(FillReader(fill, self.store, self.metrics))
-        admitted = self._admit(meta.key, found)
-        complete = head is not None and head.complete
-        if admitted and (not ranged or meta.size <= self.settings.disk_bytes):
-            fill = filler.start(meta, file, head)
-            if not ranged and not complete:
-                return FillBody(FillReader(fill, self.store, self.metrics))
-        if head is not None and complete:
-            self.memory.put(meta.key, MemoryEntry(file, head.data))
-            return MemoryBody(head.data)
-        return StoreBody(self.store, meta, self.metrics, head)
-
-    def _admit(self, key: str, found: Found) -> bool:
-        """Whether this miss of ``key`` writes it to the disk tier (counted either way). A request
-        is sighted as it goes to the store (:meth:`lookup`), so requests that waited for the same
-        query all count before any decides: a burst of them shares one fill, none streams alone."""
-        admission = self.runtime.admission
-        if found.held or (admission.admitted(key) if found.sighted else admission.admit(key)):
-            self.metrics.admissions.inc()
-            return True
-        self.metrics.admission_rejections.inc()
-        return False
 
     async def lookup(self, key: str, head_bytes: int | None = None) -> Found | None:
         """Memory, then disk, then the store: the first fresh copy, else the store's word (None:

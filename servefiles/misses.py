@@ -1,0 +1,65 @@
+"""The body of a miss: which store read answers it, and whether it is written to the disk tier.
+
+:meth:`~servefiles.service.FileService.decide` has decided the response of a request no tier
+could answer; :class:`Misses` picks the body that carries it out — a fill under way is joined;
+a file admitted to the disk tier (:mod:`servefiles.cache.admission`) is filled, written through
+from the request path's head on; one not admitted is written nowhere on disk. A complete head
+(a small file fetched whole with its metadata) answers at once from its bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .bodies import Body, FillBody, MemoryBody, StoreBody
+from .cache.fill import FillReader
+from .cache.memory import MemoryEntry
+from .http import PreparedFile
+from .runtime import Runtime
+from .store.types import Head
+
+logger = logging.getLogger("servefiles")
+
+
+class Misses:
+    """Bodies of misses for one frontend's :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def body(self, file: PreparedFile, ranged: bool, head: Head | None, *, held: bool, sighted: bool) -> Body:
+        """The body of a miss of ``file`` (``ranged``: a 206). ``head``: what the request path's one
+        query brought (None: nothing). ``held``: a tier held another copy of the key (it is
+        admitted at once: a popular file that changes keeps its disk place). ``sighted``: the
+        request was already counted by the admission filter when it went to the store.
+
+        A complete head answers from its bytes (and the memory tier keeps them: cheap, and a
+        second request then costs nothing); a cold range, or a large file not admitted, is read
+        from the store for what is asked."""
+        runtime, meta = self.runtime, file.meta
+        filler = runtime.filler
+        assert filler is not None
+        logger.debug("miss: %s version %d", meta.key, meta.version)
+        fill = filler.get(meta)
+        if fill is not None:
+            return FillBody(FillReader(fill, runtime.store, runtime.metrics))
+        complete = head is not None and head.complete
+        if self._admit(meta.key, held, sighted) and (not ranged or meta.size <= runtime.settings.disk_bytes):
+            fill = filler.start(meta, file, head)
+            if not ranged and not complete:
+                return FillBody(FillReader(fill, runtime.store, runtime.metrics))
+        if head is not None and complete:
+            runtime.memory.put(meta.key, MemoryEntry(file, head.data))
+            return MemoryBody(head.data)
+        return StoreBody(runtime.store, meta, runtime.metrics, head)
+
+    def _admit(self, key: str, held: bool, sighted: bool) -> bool:
+        """Whether this miss writes ``key`` to the disk tier (counted either way). A request is
+        sighted as it goes to the store (see ``FileService.lookup``), so requests that waited for
+        the same query all count before any decides: a burst of them shares one fill."""
+        admission, metrics = self.runtime.admission, self.runtime.metrics
+        if held or (admission.admitted(key) if sighted else admission.admit(key)):
+            metrics.admissions.inc()
+            return True
+        metrics.admission_rejections.inc()
+        return False
