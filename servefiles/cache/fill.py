@@ -49,8 +49,8 @@ INLINE_READ = 64 * 1024
 REMOTE_POLL_SECONDS = 0.05
 
 
-async def read_fd(fd: int, start: int, end: int, inline: bool) -> AsyncIterator[bytes]:
-    """Yield bytes ``[start, end)`` of an open file in blocks of up to 256 KiB.
+async def read_fd(fd: int, start: int, end: int, inline: bool, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+    """Yield bytes ``[start, end)`` of an open file in blocks of up to ``block`` bytes (256 KiB).
 
     A block already in the page cache is read on the event loop (``RWF_NOWAIT``: the
     kernel answers from the cache or refuses at once, it never waits for the disk), as is
@@ -61,7 +61,7 @@ async def read_fd(fd: int, start: int, end: int, inline: bool) -> AsyncIterator[
     """
     pos = start
     while pos < end:
-        want = min(READ_BLOCK, end - pos)
+        want = min(block, end - pos)
         data = os.pread(fd, want, pos) if inline or want <= INLINE_READ else _read_cached(fd, want, pos)
         if data is None:
             data = await asyncio.to_thread(os.pread, fd, want, pos)

@@ -164,9 +164,12 @@ class ServeFiles:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         sent = self.service.metrics.bytes_sent
         try:
-            way = plan(reply, scope["method"], _offers_pathsend(scope))
+            way = plan(reply, scope["method"], _offers_pathsend(scope), reads_whole=True)
             if way.way == "whole":
                 await send({"type": "http.response.body", "body": way.data})
+            elif way.way == "read":
+                assert isinstance(body, DiskBody) and isinstance(segments[0], ByteRange)
+                await send({"type": "http.response.body", "body": await body.whole(segments[0])})
             elif way.way == "file":
                 assert isinstance(body, DiskBody)
                 await send({"type": "http.response.pathsend", "path": body.path})

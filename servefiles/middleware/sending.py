@@ -3,8 +3,9 @@
 :func:`plan` looks at a :class:`~servefiles.service.Reply` once and says which of three
 ways its body takes — ``whole`` (one piece of bytes: a HEAD's nothing, an error page, a
 memory hit), ``file`` (an open cache file the server sends itself: ASGI
-``http.response.pathsend``, WSGI ``wsgi.file_wrapper``/sendfile) or ``stream`` (segment
-by segment, chunk by chunk) — and how many body bytes the hand-over counts. The ASGI and
+``http.response.pathsend``, WSGI ``wsgi.file_wrapper``/sendfile), ``read`` (a cache file of
+at most :data:`ONE_MESSAGE_BYTES`, read whole and sent as one message, as a memory hit is) or
+``stream`` (segment by segment, chunk by chunk) — and how many body bytes the hand-over counts. The ASGI and
 WSGI adapters only carry the plan out with their own I/O.
 """
 
@@ -24,18 +25,22 @@ class Plan:
     body bytes that count as sent at hand-over (a file or a memory hit; a stream counts its
     chunks as the server takes them, and error pages count nothing)."""
 
-    way: Literal["whole", "file", "stream"]
+    way: Literal["whole", "file", "read", "stream"]
     data: bytes = b""
     counted: int = 0
 
 
 HEAD_PLAN = Plan("whole")
+ONE_MESSAGE_BYTES = 1024 * 1024
+"""A whole cache file up to this size is read in one go and sent as one message: a message per
+256 KiB block costs a server send, a loop turn and a disconnect watch each (measured: the bulk of
+a disk hit's cost on the long-tail workload), and a client that leaves cannot waste more than this."""
 
 
-def plan(reply: Reply, method: str, server_sends_files: bool) -> Plan:
+def plan(reply: Reply, method: str, server_sends_files: bool, reads_whole: bool = False) -> Plan:
     """The way ``reply``'s body goes out. ``server_sends_files``: the server can send an open
-    file itself (pathsend, a file wrapper). A HEAD has the headers of a GET and never a body
-    (RFC 9110 §9.3.2)."""
+    file itself (pathsend, a file wrapper); ``reads_whole``: the adapter can read a small cache
+    file whole (``read``). A HEAD has the headers of a GET and never a body (RFC 9110 §9.3.2)."""
     response, body = reply.response, reply.body
     segments = response.body
     if method == "HEAD":
@@ -45,8 +50,11 @@ def plan(reply: Reply, method: str, server_sends_files: bool) -> Plan:
     if response.status == 200 and len(segments) == 1:
         if isinstance(body, MemoryBody):
             return Plan("whole", body.data, len(body.data))  # the hot path: one message
-        if isinstance(body, DiskBody) and server_sends_files:
-            whole = segments[0]
-            assert isinstance(whole, ByteRange)
-            return Plan("file", counted=whole.end - whole.start)
+        whole = segments[0]
+        if isinstance(body, DiskBody) and isinstance(whole, ByteRange):
+            size = whole.end - whole.start
+            if server_sends_files:
+                return Plan("file", counted=size)
+            if reads_whole and size <= ONE_MESSAGE_BYTES:
+                return Plan("read", counted=size)
     return Plan("stream")

@@ -1,0 +1,65 @@
+"""The one sending decision both adapters carry out (servefiles.middleware.sending.plan)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from servefiles.bodies import DiskBody, MemoryBody
+from servefiles.http import HttpPolicy, PreparedFile, respond
+from servefiles.middleware.sending import ONE_MESSAGE_BYTES, plan
+from servefiles.service import Reply
+from servefiles.store.types import FileMeta
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def prepared(data: bytes) -> PreparedFile:
+    meta = FileMeta("a.bin", 1, hashlib.sha256(data).hexdigest(), len(data), "application/octet-stream", WHEN, WHEN)
+    return PreparedFile(meta, HttpPolicy())
+
+
+def disk_reply(tmp_path: Path, data: bytes, headers: dict[str, str] | None = None) -> Reply:
+    path = tmp_path / "content"
+    path.write_bytes(data)
+    return Reply(respond("GET", headers or {}, prepared(data)), DiskBody(os.open(path, os.O_RDONLY), path, False))
+
+
+@pytest.mark.parametrize("size", [1, 300_000, ONE_MESSAGE_BYTES])
+async def test_a_whole_cache_file_up_to_one_message_is_read_whole(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    reply = disk_reply(tmp_path, data)
+    try:
+        way = plan(reply, "GET", server_sends_files=False, reads_whole=True)
+        assert (way.way, way.counted) == ("read", size)
+        body = reply.body
+        assert isinstance(body, DiskBody)
+        assert await body.whole(reply.response.body[0]) == data  # type: ignore[arg-type]
+        assert plan(reply, "GET", server_sends_files=False, reads_whole=False).way == "stream"  # WSGI
+        assert plan(reply, "GET", server_sends_files=True, reads_whole=True).way == "file"  # pathsend first
+        assert plan(reply, "HEAD", server_sends_files=False, reads_whole=True).way == "whole"
+    finally:
+        reply.body.close()  # type: ignore[union-attr]
+
+
+async def test_a_larger_file_and_a_range_are_streamed(tmp_path: Path) -> None:
+    big = disk_reply(tmp_path, os.urandom(ONE_MESSAGE_BYTES + 1))
+    ranged = disk_reply(tmp_path, os.urandom(1000), {"range": "bytes=0-9"})
+    try:
+        assert plan(big, "GET", server_sends_files=False, reads_whole=True).way == "stream"
+        assert ranged.response.status == 206
+        assert plan(ranged, "GET", server_sends_files=False, reads_whole=True).way == "stream"
+    finally:
+        big.body.close()  # type: ignore[union-attr]
+        ranged.body.close()  # type: ignore[union-attr]
+
+
+def test_a_memory_hit_is_one_message_counted_whole() -> None:
+    data = b"x" * 5000
+    reply = Reply(respond("GET", {}, prepared(data)), MemoryBody(data))
+    way = plan(reply, "GET", server_sends_files=True, reads_whole=True)
+    assert (way.way, way.data, way.counted) == ("whole", data, len(data))
