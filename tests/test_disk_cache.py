@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
 from servefiles.errors import CacheWriteError
 from servefiles.store.types import FileMeta
+
+from .alarms import alarm
 
 MiB = 1024 * 1024
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -79,17 +80,8 @@ def cache(root: Path) -> Iterator[DiskCache]:
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """Fail instead of hanging: SIGALRM interrupts even a blocking open(2)."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
+    with alarm(seconds, lambda: TimeoutError(f"still running after {seconds} s")):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # -- child processes (module level: the spawn context imports them) -----------------------

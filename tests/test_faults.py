@@ -22,7 +22,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -30,7 +29,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -39,6 +37,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
+from .alarms import alarm
 from .servers import Frontend, cli, free_port
 from .tcp_proxy import TcpProxy, with_netloc
 
@@ -340,17 +339,10 @@ class Hung(BaseException):
 @contextlib.contextmanager
 def time_limit(seconds: float, root: Path) -> Iterator[None]:
     """Fail instead of hanging: SIGALRM interrupts the event loop, then blocked readers are released."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise Hung(f"still running after {seconds} s: something blocked on the cache dir")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        with alarm(seconds, lambda: Hung(f"still running after {seconds} s: something blocked on the cache dir")):
+            yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         release_fifos(root)
 
 
