@@ -42,15 +42,16 @@ def cli(
 @contextlib.contextmanager
 def listening(
     command: list[str], port: int, log: Path, *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-    ready_path: str | None = None, what: str = "the server",
+    ready_path: str | None = None, what: str = "the server", start_timeout: float = SERVER_START_TIMEOUT,
 ) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """Run ``command`` until it listens on ``port`` (and, with ``ready_path``, answers it with 200),
-    output to ``log``; stop it with SIGTERM (SIGKILL after 10 s) on the way out."""
+    """Run ``command`` until it listens on ``port`` (and, with ``ready_path``, answers it with 200)
+    within ``start_timeout`` seconds, output to ``log``; stop it with SIGTERM (SIGKILL after 10 s)
+    on the way out."""
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         while True:
             assert proc.poll() is None, f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
             with contextlib.suppress(OSError, httpx.TransportError), socket.create_connection(

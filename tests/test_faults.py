@@ -38,7 +38,7 @@ import pytest
 from servefiles import ServeFiles, open_store
 
 from .alarms import alarm
-from .servers import Frontend, cli, free_port
+from .servers import Frontend, cli, free_port, listening
 from .tcp_proxy import TcpProxy, with_netloc
 
 
@@ -441,27 +441,13 @@ def serve_and_get(db: str, cache: Path, log: Path, without_dac_override: bool = 
     """Start a real ``servefiles serve``; it must listen within START_SECONDS and serve the photo."""
     port = free_port()
     command = _serve_command(db, cache, port, without_dac_override)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text(errors='replace')}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            assert time.monotonic() < deadline, f"serve did not listen in time:\n{log.read_text(errors='replace')}"
-            time.sleep(0.05)
-        for _ in range(2):
-            response = httpx.get(f"http://127.0.0.1:{port}/media/{PHOTO_KEY}", timeout=10)
-            assert response.status_code == 200 and response.content == PHOTO
-            assert response.headers["etag"] == f'"{sha(PHOTO)}"'
+        with listening(command, port, log, what="serve", start_timeout=START_SECONDS):
+            for _ in range(2):
+                response = httpx.get(f"http://127.0.0.1:{port}/media/{PHOTO_KEY}", timeout=10)
+                assert response.status_code == 200 and response.content == PHOTO
+                assert response.headers["etag"] == f'"{sha(PHOTO)}"'
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         release_fifos(cache)
     output = log.read_text(errors="replace")
     assert "Traceback" not in output, output
