@@ -174,7 +174,7 @@ def run(seconds: float, connections: int, store_kind: str, work: Path, log: Call
     result = Run()
 
     def wanted(name: str) -> bool:
-        return only.lower() in name.lower()
+        return any(part.strip().lower() in name.lower() for part in only.split(","))
 
     url, cleanup = _store(store_kind, work)
     result.store = "PostgreSQL" if url.startswith("postgres") else "SQLite"
@@ -367,7 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--chart", type=Path, default=ROOT / "benchmarks" / "results.png")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    parser.add_argument("--only", default="", help="run only the parts whose name contains this (e.g. 'disk')")
+    parser.add_argument(
+        "--only", default="", help="run only the parts whose name contains one of these comma-separated fragments"
+    )
     args = parser.parse_args(argv)
     ensure_tools()
     started = time.monotonic()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from functools import lru_cache
 
 from .errors import InvalidKey
 
@@ -22,6 +23,11 @@ MAX_SEGMENT_BYTES = 255
 # newlines (header injection through a Content-Disposition filename).
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _REPLACEMENT_CHARACTER = "\ufffd"
+
+
+KNOWN_KEYS = 4096
+"""Valid keys remembered by :func:`canonical_key` (at most ~4 MiB at the longest keys): a hit then
+costs one dict lookup instead of a Unicode check of every character. Refused keys are never kept."""
 
 
 def canonical_key(raw: str | bytes) -> str:
@@ -42,6 +48,12 @@ def canonical_key(raw: str | bytes) -> str:
         text = raw
     else:
         raise InvalidKey(f"key must be str or bytes, not {type(raw).__name__}")
+    return _canonical_text(text)
+
+
+@lru_cache(maxsize=KNOWN_KEYS)
+def _canonical_text(text: str) -> str:
+    """:func:`canonical_key` of a ``str`` (pure: its results may be remembered)."""
     if not text:
         raise InvalidKey("key is empty")
     for char in text:

@@ -127,11 +127,12 @@ class MetadataView:
 
     def fresh(self, key: str, revision: Revision, now: float) -> bool:
         """:func:`is_fresh` for a cached copy of ``key`` at ``now`` (monotonic seconds)."""
+        healthy = self.feed_healthy
         return is_fresh(
             revision,
-            feed_healthy=self.feed_healthy,
-            latest=self._latest.get(key),
-            validation=self._validated.get(key),
+            feed_healthy=healthy,
+            latest=self._latest.get(key) if healthy else None,  # each read is a hit path's cost:
+            validation=None if healthy else self._validated.get(key),  # only what the rule reads
             now=now,
             freshness_seconds=self.freshness_seconds,
         )

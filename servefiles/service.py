@@ -49,6 +49,7 @@ PREFETCH_CONCURRENCY = 4
 PRIME_ATTEMPTS = 5
 """How often a reply is rebuilt when its file changes between the metadata query and the fetch."""
 
+_READS = frozenset({"GET", "HEAD"})
 Source = Literal["memory", "disk", "miss"]
 """How a request for an existing file was answered, for the hit and miss counters."""
 
@@ -145,7 +146,17 @@ class FileService:
     # -- the request path ---------------------------------------------------------------------
 
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
-        """The reply to a GET or HEAD of ``{prefix}/{raw_key}``, counted once as a hit or a miss."""
+        """The reply to a GET or HEAD of ``{prefix}/{raw_key}``, counted once as a hit or a miss.
+
+        A fresh memory copy is decided on at once, without a coroutine or a retry loop: that
+        is most requests, and the whole of their cost is this path's."""
+        if method in _READS:
+            try:
+                found = self.in_memory(canonical_key(raw_key), time.monotonic())
+            except InvalidKey:
+                found = None  # answered (a 404) below, as every refused key is
+            if found is not None:
+                return self.count(self.decide(method, headers, found))
         return self.count(await self.answer(method, raw_key, headers))
 
     def count(self, reply: Reply) -> Reply:
@@ -184,7 +195,7 @@ class FileService:
         return Reply(for_error(StoreUnavailable(f"{raw_key} keeps changing"), "read"))
 
     async def _answer_once(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
-        if method not in ("GET", "HEAD"):
+        if method not in _READS:
             return Reply(self._not_allowed)
         try:
             key = canonical_key(raw_key)
@@ -223,9 +234,10 @@ class FileService:
         ``head_bytes`` (see :func:`head_bytes`): when no tier holds the key at all, the store is asked
         for its metadata and that much content in one query, carried in :attr:`Found.head`."""
         now = time.monotonic()
+        found = self.in_memory(key, now)
+        if found is not None:
+            return found
         cached = self.memory.get(key)
-        if cached is not None and self.view.fresh(key, cached.file.meta.revision, now):
-            return Found(cached.file, "memory", MemoryBody(cached.body))
         disk_entry = self.disk.get(key)
         if disk_entry is not None and self.view.fresh(key, disk_entry.meta.revision, now):
             found = self.open_disk(disk_entry)
@@ -254,6 +266,13 @@ class FileService:
         return self._copy(cached, disk_entry, meta.revision) or Found(
             self.prepared(meta), "miss", head=head, sighted=sighted, held=held
         )
+
+    def in_memory(self, key: str, now: float) -> Found | None:
+        """The memory tier's copy of ``key`` if it is fresh at ``now`` (monotonic seconds)."""
+        cached = self.memory.get(key)
+        if cached is not None and self.view.fresh(key, cached.file.meta.revision, now):
+            return Found(cached.file, "memory", MemoryBody(cached.body))
+        return None
 
     def _copy(
         self, cached: MemoryEntry | None, disk_entry: DiskEntry | None, revision: Revision | None

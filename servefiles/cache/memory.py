@@ -6,9 +6,8 @@ file's bytes and its precomputed HTTP headers (:class:`PreparedFile`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-
-from cachetools import LRUCache
 
 from ..http import PreparedFile
 
@@ -26,45 +25,50 @@ def _cost(entry: MemoryEntry) -> int:
     return len(entry.body) + ENTRY_OVERHEAD
 
 
-class _CountingLRU(LRUCache[str, MemoryEntry]):
-    """cachetools evicts through ``popitem``: counting there counts every eviction."""
-
-    evictions = 0
-
-    def popitem(self) -> tuple[str, MemoryEntry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
-
-
 class MemoryTier:
-    """Key → :class:`MemoryEntry`, at most ``max_bytes`` in all, least recently used out first."""
+    """Key → :class:`MemoryEntry`, at most ``max_bytes`` in all, least recently used out first.
+
+    An ``OrderedDict`` in recency order rather than a general cache class: a hit, most requests,
+    is one C lookup and one C move to the end. The event loop's alone (not thread-safe).
+    """
 
     def __init__(self, max_bytes: int, max_file_bytes: int) -> None:
         self.max_file_bytes = max_file_bytes
-        self._lru = _CountingLRU(maxsize=max(max_bytes, 1), getsizeof=_cost)
-
-    @property
-    def evictions(self) -> int:
-        return self._lru.evictions
+        self.max_bytes = max(max_bytes, 1)
+        self.evictions = 0
+        """Entries pushed out to make room, since start (a replaced or discarded one is not counted)."""
+        self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
+        self._bytes = 0
 
     def get(self, key: str) -> MemoryEntry | None:
-        return self._lru.get(key)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
 
     def fits(self, size: int) -> bool:
         """Whether a file of ``size`` bytes belongs in this tier at all."""
-        return size <= self.max_file_bytes and size + ENTRY_OVERHEAD <= self._lru.maxsize
+        return size <= self.max_file_bytes and size + ENTRY_OVERHEAD <= self.max_bytes
 
     def put(self, key: str, entry: MemoryEntry) -> None:
-        if self.fits(len(entry.body)):
-            self._lru[key] = entry
+        if not self.fits(len(entry.body)):
+            return
+        self.discard(key)
+        self._entries[key] = entry
+        self._bytes += _cost(entry)
+        while self._bytes > self.max_bytes:  # never the new entry: it fits alone
+            _, gone = self._entries.popitem(last=False)
+            self._bytes -= _cost(gone)
+            self.evictions += 1
 
     def discard(self, key: str) -> None:
-        self._lru.pop(key, None)
+        gone = self._entries.pop(key, None)
+        if gone is not None:
+            self._bytes -= _cost(gone)
 
     @property
     def bytes(self) -> int:
-        return int(self._lru.currsize)
+        return self._bytes
 
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._entries)

@@ -31,10 +31,12 @@ class Plan:
 
 
 HEAD_PLAN = Plan("whole")
-ONE_MESSAGE_BYTES = 1024 * 1024
-"""A whole cache file up to this size is read in one go and sent as one message: a message per
-256 KiB block costs a server send, a loop turn and a disconnect watch each (measured: the bulk of
-a disk hit's cost on the long-tail workload), and a client that leaves cannot waste more than this."""
+ONE_MESSAGE_BYTES = 256 * 1024
+"""A whole cache file up to this size (one store chunk) is read in one go and sent as one message,
+as a memory hit is: a message per block costs a server send, a loop turn and a disconnect watch.
+Not more: a 1 MiB file sent as one message served 830 requests/s against 1,485-1,651 in 256 KiB
+messages (benchmarks.compare, 2026-11-30; each request then allocates, faults in and frees a
+1 MiB buffer, and the server holds all of it in its write buffer at once)."""
 
 
 def plan(reply: Reply, method: str, server_sends_files: bool, reads_whole: bool = False) -> Plan:
@@ -45,11 +47,11 @@ def plan(reply: Reply, method: str, server_sends_files: bool, reads_whole: bool 
     segments = response.body
     if method == "HEAD":
         return HEAD_PLAN
+    if type(body) is MemoryBody and response.status == 200 and len(segments) == 1:
+        return Plan("whole", body.data, len(body.data))  # the hot path, first: one message
     if body is None or not any(isinstance(segment, ByteRange) for segment in segments):
         return Plan("whole", b"".join(segment for segment in segments if isinstance(segment, bytes)))
     if response.status == 200 and len(segments) == 1:
-        if isinstance(body, MemoryBody):
-            return Plan("whole", body.data, len(body.data))  # the hot path: one message
         whole = segments[0]
         if isinstance(body, DiskBody) and isinstance(whole, ByteRange):
             size = whole.end - whole.start

@@ -22,13 +22,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from .. import http
+from ..bodies import MemoryBody
 from ..cache.disk import DiskEntry, content_name
 from ..cache.fill import Fill
-from ..errors import InvalidKey, StoreUnavailable
+from ..errors import CacheWriteError, InvalidKey, StoreUnavailable
 from ..keys import canonical_key
 from ..service import FileService, Reply
 from ..store.types import FileMeta
@@ -144,23 +146,33 @@ class AccelLayer:
         return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
 
     def _publish_behind(self, method: str, reply: Reply) -> None:
-        """A GET that missed a file for the tree: publish it once the fill its reply reads lands
-        in the disk tier (if the tier takes it), in the background; the reply waits for none of it."""
+        """A GET of a file for the tree that the file service answered: publish it in the
+        background once it is in the disk tier; the reply waits for none of it. A miss lands
+        there with its fill (if the tier takes it). A memory-only copy — a small file fetched
+        whole but not admitted to the disk tier then — is written there from its bytes once the
+        admission filter takes it (this request counts): else nginx would never serve it, and
+        every request for a popular small file would cost a trip through Python."""
         meta, tree, files = reply.meta, self.tree, self.files
         if (
             tree is None
             or meta is None
             or method != "GET"
-            or reply.source != "miss"
+            or reply.source not in ("miss", "memory")
             or reply.response.status not in (200, 206)
             or meta.key in self._behind
             or not tree.accepts(meta)
             or not files.view.feed_healthy
         ):
             return
-        filler = files.runtime.filler
-        fill = filler.get(meta) if filler is not None else None
-        task = asyncio.create_task(self._publish_when_filled(meta, fill), name=f"servefiles publish {meta.key}")
+        if reply.source == "memory":
+            if not isinstance(reply.body, MemoryBody) or not files.runtime.admission.admit(meta.key):
+                return
+            landing = self._store_copy(meta, reply.body.data)
+        else:
+            filler = files.runtime.filler
+            fill = filler.get(meta) if filler is not None else None
+            landing = self._wait_for(fill)
+        task = asyncio.create_task(self._publish_when_landed(meta, landing), name=f"servefiles publish {meta.key}")
         self._behind[meta.key] = task
         task.add_done_callback(lambda _: self._behind.pop(meta.key, None))
 
@@ -168,12 +180,30 @@ class AccelLayer:
         """Wait until the publishes under way behind replies have ended (published or not)."""
         await asyncio.gather(*self._behind.values(), return_exceptions=True)
 
-    async def _publish_when_filled(self, meta: FileMeta, fill: Fill | None) -> None:
-        """``fill`` None: it ended already (or never ran; then the disk tier has no entry to publish)."""
-        if fill is not None:
-            await fill.wait_done()
-            if fill.error is not None or fill.disk_limit is not None:
-                return  # the disk tier did not take it whole
+    @staticmethod
+    async def _wait_for(fill: Fill | None) -> bool:
+        """Whether ``fill`` put its file in the disk tier whole, once it ended (None: it ended
+        already, or never ran; then the disk tier has no entry, and publishing finds none)."""
+        if fill is None:
+            return True
+        await fill.wait_done()
+        return fill.error is None and fill.disk_limit is None
+
+    async def _store_copy(self, meta: FileMeta, data: bytes) -> bool:
+        """Write a memory-only copy to the disk tier (verified against its sha256 there)."""
+        try:
+            await asyncio.to_thread(self.files.disk.store, meta, data)
+        except CacheWriteError as exc:
+            logger.warning("could not write %s to the disk cache: %s", meta.key, exc)
+            self.files.metrics.cache_write_failures.inc()
+            return False
+        self.files.metrics.admissions.inc()
+        return True
+
+    async def _publish_when_landed(self, meta: FileMeta, landing: Coroutine[Any, Any, bool]) -> None:
+        """Publish ``meta`` once ``landing`` put it in the disk tier (False: it did not)."""
+        if not await landing:
+            return
         if self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
             try:
                 await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
