@@ -444,8 +444,11 @@ class Row:
 def measure(contender: Contender, s: float, phase: str, deployment: Deployment, script: Path, database: str,
             seconds: float, connections: int) -> Row:  # fmt: skip
     before = snapshot(deployment, database, start=True)
+    spy = _profiler(deployment, contender, s, phase, seconds)
     load = wrk(deployment.url + "/", seconds, connections, script)
     after = snapshot(deployment, database, start=False)
+    if spy is not None:
+        spy.wait(timeout=60)
     requests = max(load.requests, 1)
     row = Row(s, contender.name, contender.kind, phase, load, (after.cpu - before.cpu) / requests * 1e6,
               (after.postgres - before.postgres) / requests * 1e6, deployment.main.peak_rss_mib())  # fmt: skip
@@ -467,6 +470,25 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
     if socket_errors:
         row.note = f"{socket_errors} socket errors"
     return row
+
+
+PROFILE_DIR: Path | None = None
+"""``--profile``: where py-spy's samples of each servefiles phase go (None: no profiling)."""
+
+
+def _profiler(deployment: Deployment, contender: Contender, s: float, phase: str,
+              seconds: float) -> subprocess.Popen[bytes] | None:  # fmt: skip
+    """py-spy sampling the servefiles process for the phase (``--profile``): it costs the server
+    some CPU, so figures of a profiled run are for finding where time goes, not for the table."""
+    if PROFILE_DIR is None or contender.kind not in ("serve", "tree"):
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    name = f"{contender.name.replace(', ', '-').replace(' ', '')}-s{s:g}-{phase}"
+    output = PROFILE_DIR / f"{name}.txt"
+    pid = str(deployment.main.proc.pid)
+    command = [str(spy), "record", "--pid", pid, "--duration", str(max(1, int(seconds) - 1)), "--format", "raw",
+               "--rate", "250", "--gil", "--output", str(output), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @dataclass
@@ -643,7 +665,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--large-cache", type=size, default=4 * GIB, help="the large disk cache (4GiB)")
     parser.add_argument("--seed", type=int, default=SEED, help="of the data, the ranks and the request sequences")
     parser.add_argument("--json", type=Path, help="also write the raw rows here")
+    parser.add_argument("--profile", type=Path,
+                        help="write py-spy samples (raw, --gil) of each servefiles phase here")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        global PROFILE_DIR
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE_DIR = args.profile
     if args.files < 1 or args.seconds <= 0 or not args.s:
         parser.error("--files and --seconds must be positive, --s must name an exponent")
     # A TERM or an interrupt unwinds: servers stopped, the image unmounted, the database dropped.

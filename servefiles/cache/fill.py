@@ -5,7 +5,7 @@ own task, so a client that disconnects neither aborts nor corrupts it, and
 every request that wants that version joins it:
 
 * a small file (one that fits the memory tier) is read whole, kept in memory and
-  handed to every waiter at once, then written to the disk tier in one thread hop;
+  handed to every waiter at once, then written to the disk tier;
 * a large file streams into a disk-tier temp file; waiters read that file
   (one shared descriptor, positional reads) as far as it has been written,
   so the first bytes go out before the last ones have arrived.
@@ -26,7 +26,8 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from ..errors import CacheWriteError
 from ..http import ByteRange, PreparedFile
@@ -41,11 +42,19 @@ from .memory import MemoryEntry, MemoryTier
 from .writer import DiskWriter
 
 logger = logging.getLogger("servefiles")
+_T = TypeVar("_T")
 
 READ_BLOCK = 256 * 1024
 """Bytes per read of a cache file: one thread hop per 256 KiB (each hop costs ~50 us)."""
 INLINE_READ = 64 * 1024
 """Reads up to this size always run on the event loop."""
+INLINE_WRITE_BYTES = 1024 * 1024
+"""Fills of files up to this size write their cache file on the event loop, not on a thread.
+Nothing on this path waits for the device (no fsync: durability is a background ``syncfs``,
+durable.py), so each step is page-cache work of tens of µs, and a thread hop costs more than
+the work: the GIL changes hands around every system call. Measured on a journaled ext4, an
+admitted 20 KB miss took 1,192 µs of CPU with its write on a thread and 597 µs on the loop.
+Larger files keep the thread: their writes are long enough to hold other requests up."""
 REMOTE_POLL_SECONDS = 0.05
 
 
@@ -297,11 +306,11 @@ class Filler:
                 fill.advance(len(chunk))
             if written:
                 try:
-                    await asyncio.to_thread(writer.commit)
+                    await self._on_disk(meta, writer.commit)
                 except CacheWriteError as exc:
                     self._count_failure(meta, exc)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(writer.abort))
+            await asyncio.shield(self._on_disk(meta, writer.abort))
             raise
         fill.finish()
 
@@ -315,7 +324,7 @@ class Filler:
         if len(fill.body) == meta.size:
             self._remember(fill)
         try:
-            await asyncio.shield(asyncio.to_thread(self.disk.store, meta, fill.body))
+            await asyncio.shield(self._on_disk(meta, self.disk.store, meta, fill.body))
         except CacheWriteError as exc:
             self._count_failure(meta, exc)
         fill.finish()
@@ -335,22 +344,30 @@ class Filler:
         if self.memory is not None and fill.file is not None and fill.body is not None:
             self.memory.put(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
+    @staticmethod
+    async def _on_disk(meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
+        """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at
+        most :data:`INLINE_WRITE_BYTES`, else on a thread."""
+        if meta.size <= INLINE_WRITE_BYTES:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
+
     async def _begin(self, meta: FileMeta) -> DiskWriter | None:
         try:
-            return await asyncio.to_thread(self.disk.begin, meta)
+            return await self._on_disk(meta, self.disk.begin, meta)
         except CacheWriteError as exc:
             self._count_failure(meta, exc)
             return None
 
     async def _write(self, writer: DiskWriter, chunk: bytes, fill: Fill) -> DiskWriter | None:
         try:
-            await asyncio.to_thread(writer.write, chunk)
+            await self._on_disk(fill.meta, writer.write, chunk)
             return writer
         except CacheWriteError as exc:
             self._count_failure(fill.meta, exc)
             fill.disk_limit = fill.written
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(writer.abort)
+                await self._on_disk(fill.meta, writer.abort)
             return None
 
     def _count_failure(self, meta: FileMeta, exc: BaseException) -> None:

@@ -376,12 +376,26 @@ def _live_sha256(current: asyncpg.Record | None) -> str | None:
 async def _create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:
     try:
         return await asyncpg.create_pool(
-            dsn, min_size=1, max_size=size, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_SECONDS
+            dsn,
+            min_size=1,
+            max_size=size,
+            timeout=connect_timeout,
+            command_timeout=COMMAND_TIMEOUT_SECONDS,
+            reset=_keep_session,
         )
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {_reason(exc)}") from exc
     except (ValueError, OverflowError) as exc:  # asyncpg could not parse it: a port "x" or 99999
         raise InvalidURL(f"not a valid PostgreSQL URL ({_reason(exc)}): {mask_dsn(dsn)}") from None
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, beyond rolling back an open transaction
+    (which asyncpg always does): nothing. asyncpg's default sends ``pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL`` — a round trip per query, the second of every miss — to
+    undo session state this store never creates on a pooled connection: its advisory locks are
+    transaction-scoped (``pg_advisory_xact_lock``), it LISTENs on a connection of its own, and
+    it sets no parameter and opens no cursor outside a transaction."""
 
 
 def _reason(exc: BaseException) -> str:
