@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from servefiles.bodies import DiskBody, MemoryBody
+from servefiles.cache.fill import READ_BLOCK, read_fd
 from servefiles.http import HttpPolicy, PreparedFile, respond
 from servefiles.middleware.sending import ONE_MESSAGE_BYTES, plan
 from servefiles.service import Reply
@@ -63,3 +66,31 @@ def test_a_memory_hit_is_one_message_counted_whole() -> None:
     reply = Reply(respond("GET", {}, prepared(data)), MemoryBody(data))
     way = plan(reply, "GET", server_sends_files=True, reads_whole=True)
     assert (way.way, way.data, way.counted) == ("whole", data, len(data))
+
+
+async def test_cached_reads_share_a_buffer_but_never_each_others_bytes(tmp_path: Path) -> None:
+    """Page-cache reads go through one reused buffer per thread (fill._scratch): what a read
+    returned stays as it was after later reads into that buffer, of other files and sizes, on
+    the loop and on other threads at the same time."""
+    files = {size: os.urandom(size) for size in (100, 70_000, READ_BLOCK, READ_BLOCK + 5, 3 * READ_BLOCK)}
+    for size, data in files.items():
+        (tmp_path / str(size)).write_bytes(data)
+
+    async def read(size: int) -> list[bytes]:
+        """The chunks as read_fd gave them (kept, not joined: joining would copy them at once)."""
+        fd = os.open(tmp_path / str(size), os.O_RDONLY)
+        try:
+            return [chunk async for chunk in read_fd(fd, 0, size, inline=False, block=size)]
+        finally:
+            os.close(fd)
+
+    first = {size: await read(size) for size in files}
+    again = {size: await read(size) for size in reversed(list(files))}
+
+    def in_a_thread(size: int) -> bool:
+        return all(b"".join(asyncio.run(read(size))) == files[size] for _ in range(20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(in_a_thread, [size for size in files for _ in range(2)]))
+    assert {size: b"".join(chunks) for size, chunks in first.items()} == files
+    assert {size: b"".join(chunks) for size, chunks in again.items()} == files
