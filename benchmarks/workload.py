@@ -16,7 +16,9 @@ for every contender.
 
 Contenders: DB-direct (``benchmarks/apps.py:bytea_direct``, one asyncpg ``SELECT data``
 per request, under uvicorn), ``servefiles serve`` with a small (256 MiB) and a large
-(4 GiB) disk cache, nginx static over the directory (the limit), and nginx in front of
+(4 GiB) disk cache, nginx static over the directory (the limit), a bare ASGI app serving
+every file from a dict under uvicorn (the ceiling for a Python app: no cache, no database, no
+HTTP rules; its RSS holds the whole data set), and nginx in front of
 ``servefiles serve --nginx tree`` with both cache sizes. The cache dirs are on an ext4
 loop image with a journal (root only; otherwise a warning and a plain directory).
 
@@ -306,6 +308,7 @@ def contenders(small: int, large: int) -> list[Contender]:
     return [
         Contender("DB-direct", "db"),
         Contender("nginx static", "static"),
+        Contender("bare ASGI dict", "bare"),
         Contender(f"servefiles, {human(small)}", "serve", small),
         Contender(f"servefiles, {human(large)}", "serve", large),
         Contender(f"nginx tree, {human(small)}", "tree", small),
@@ -336,6 +339,13 @@ def deploy(contender: Contender, url: str, data: Dataset, workdir: Path) -> Iter
         if contender.kind == "db":
             app = start(Server(uvicorn("benchmarks.apps:bytea_direct"),
                                {"BENCH_BYTEA_DB": url, "BENCH_BYTEA_TABLE": TABLE}))  # fmt: skip
+            yield Deployment(f"http://127.0.0.1:{app.port}", [app], app)
+        elif contender.kind == "bare":
+            # Every file's bytes in a dict, served under uvicorn with nothing else: the ceiling
+            # for any Python ASGI app on this traffic (its RSS holds the whole data set).
+            (workdir / "bare").mkdir(parents=True, exist_ok=True)
+            (workdir / "bare" / "static").symlink_to(data.root / "media")
+            app = start(Server(uvicorn("benchmarks.apps:bare_dict"), {"BENCH_STATIC": str(workdir / "bare")}))
             yield Deployment(f"http://127.0.0.1:{app.port}", [app], app)
         elif contender.kind == "static":
             port = free_port()
@@ -480,7 +490,7 @@ def _profiler(deployment: Deployment, contender: Contender, s: float, phase: str
               seconds: float) -> subprocess.Popen[bytes] | None:  # fmt: skip
     """py-spy sampling the servefiles process for the phase (``--profile``): it costs the server
     some CPU, so figures of a profiled run are for finding where time goes, not for the table."""
-    if PROFILE_DIR is None or contender.kind not in ("serve", "tree"):
+    if PROFILE_DIR is None or contender.kind not in ("serve", "tree", "bare"):
         return None
     spy = Path(sys.executable).with_name("py-spy")
     name = f"{contender.name.replace(', ', '-').replace(' ', '')}-s{s:g}-{phase}"

@@ -28,7 +28,7 @@ MAX_UPLOAD_BYTES: Final = 1 * GiB
 
 # -- caches -----------------------------------------------------------------------------------
 
-MEMORY_BYTES: Final = 64 * MiB
+MEMORY_BYTES: Final = 32 * MiB
 """The memory tier's budget for small hot files."""
 MEMORY_FILE_BYTES: Final = 256 * KiB
 """The largest file the memory tier keeps."""

@@ -84,20 +84,49 @@ def outdated(changes: Iterable[Change], cached_version: Callable[[str], int | No
     return [change.key for change in changes if change.outdates(cached_version(change.key))]
 
 
+class _LeaderGone(Exception):
+    """The caller running a flight was cancelled: a waiter runs it again for itself."""
+
+
 @dataclass
 class Flights:
-    """Single-flight for coroutines keyed by a string: one runs, the others await it."""
+    """Single-flight for coroutines keyed by a string: one runs, the others await its result.
+
+    The first caller runs the coroutine itself, in its own task: no task is created and no
+    loop turn is spent between the request and its query (each turn costs milliseconds on a
+    busy loop, and a miss is already the slow path). The others wait for its result. If that
+    first caller is cancelled (its client went away), the query stops with it, and one of the
+    waiters runs it again for itself: nobody is answered with another request's cancellation.
+    """
 
     running: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
 
     async def run(self, key: str, make: Callable[[], Awaitable[_T]]) -> _T:
-        future = self.running.get(key)
-        if future is None:
-            future = asyncio.ensure_future(make())
-            self.running[key] = future
-            future.add_done_callback(lambda _: self.running.pop(key, None))
-        result: _T = await asyncio.shield(future)
-        return result
+        while (running := self.running.get(key)) is not None:
+            try:
+                # shield: a waiter cancelled must not cancel the future the others share
+                shared: _T = await asyncio.shield(running)
+                return shared
+            except _LeaderGone:
+                continue
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.running[key] = future
+        try:
+            result = await make()
+        except asyncio.CancelledError:
+            future.set_exception(_LeaderGone())
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            if self.running.get(key) is future:
+                del self.running[key]
+            if not future.cancelled() and future.done():
+                future.exception()  # retrieved: no "never retrieved" warning when nobody waited
 
 
 class MetadataView:

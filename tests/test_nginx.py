@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -457,64 +456,58 @@ async def read_reply(reply: Reply) -> bytes:
     return bytes(out)
 
 
-def hold_publishes(tree: PublishedTree) -> tuple[threading.Event, threading.Event]:
-    """Hold every publish in its thread at the start: (publishing, resume)."""
-    publishing, resume = threading.Event(), threading.Event()
-    publish = tree.publish_entry
-
-    def held(disk: DiskCache, entry: DiskEntry) -> bool:
-        publishing.set()
-        resume.wait(10)
-        return publish(disk, entry)
-
-    tree.publish_entry = held  # type: ignore[method-assign]
-    return publishing, resume
-
-
 @pytest.mark.parametrize("cached", [False, True])
-async def test_a_publish_overlapping_a_feed_outage_is_withdrawn(
+async def test_a_publish_before_a_feed_outage_is_withdrawn_and_none_is_made_during_it(
     cached: bool, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    """The outage is real (the database's proxy is cut); the publish is held in its thread
-    at the one point where the race is, since no real timing hits that window every time.
-    Both publishes: behind a miss's reply (``cached`` False) and before a disk hit's redirect."""
+    """The outage is real (the database's proxy is cut). A publish is one step on the event loop,
+    so it cannot overlap the feed noticing an outage: one made before is in the tree the outage
+    clears, and none is made while the feed is down, not even for a file on disk (its request is
+    answered without the tree). Both publishes: behind a miss's reply (``cached`` False) and
+    before a disk hit's redirect (``cached`` True)."""
     async with open_store(pg_url) as store:
         await store.put("x.png", PNG)
+        await store.put("y.png", PNG + b"y")
     tree = PublishedTree(tmp_path / "published", "/media")
-    service = FileService(with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache")
+    service = FileService(
+        with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache", settings=CacheSettings(cache_min_uses=1)
+    )
     accel = AccelLayer(service, ACCEL_LOCATION, tree)
     await service.start()
     try:
         assert service.feed is not None and service.feed.healthy
-        if cached:  # on disk, not published: the request publishes it before it redirects
-            meta = await service.revalidate("x.png")
-            assert meta is not None and service.runtime.filler is not None
-            assert await service.runtime.filler.fill(meta)
-        publishing, resume = hold_publishes(tree)
-        request = asyncio.create_task(accel.serve("GET", "x.png", {}))
-        assert await asyncio.to_thread(publishing.wait, 10)
+        keys = ("x.png", "y.png")
+        if cached:  # on disk, not published: a request publishes it before it redirects
+            for key in keys:
+                meta = await service.revalidate(key)
+                assert meta is not None and service.runtime.filler is not None
+                assert await service.runtime.filler.fill(meta)
+        first = await accel.serve("GET", "x.png", {})
+        if not cached:
+            assert await read_reply(first) == PNG
+        await accel.settle()
+        assert tree.path("x.png").read_bytes() == PNG, "published while the feed was up"
         await pg_proxy.cut()
         deadline = time.monotonic() + 15
-        while service.feed.healthy:
-            assert time.monotonic() < deadline, "the feed did not notice the outage"
+        while service.feed.healthy or tree.path("x.png").exists():
+            assert time.monotonic() < deadline, "the outage was not noticed, or the tree not withdrawn"
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
-        resume.set()
-        reply = await request
+        if cached:
+            during = await accel.serve("GET", "y.png", {})
+            location = dict(during.response.headers).get(b"x-accel-redirect", b"")
+            assert not location.startswith(TREE_LOCATION.encode()), "nginx would serve it unchecked"
+            await read_reply(during)  # answered without the tree (its body closed)
         await accel.settle()
-        assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
-        location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
-        assert not location.startswith(TREE_LOCATION.encode())
-        if not cached:
-            assert await read_reply(reply) == PNG
+        await asyncio.sleep(0.2)
+        assert not tree.path("y.png").exists() and not tree.path("x.png").exists()
     finally:
-        resume.set()
         await service.close()
 
 
 async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, tmp_path: Path) -> None:
-    """The miss's reply is servefiles' own, whole, while its publish is still held; once the
-    publish lands the next request is a redirect into the tree, a disk hit."""
+    """The miss's reply is servefiles' own, whole, while its publish is still to come (it waits
+    in a task behind the reply, which the loop has not run yet); once the publish lands the next
+    request is a redirect into the tree, a disk hit."""
     async with open_store(sqlite_url) as store:
         await store.put("x.png", PNG)
     tree = PublishedTree(tmp_path / "published", "/media")
@@ -522,15 +515,13 @@ async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, t
     accel = AccelLayer(service, ACCEL_LOCATION, tree)
     await service.start()
     try:
-        publishing, resume = hold_publishes(tree)
         reply = await accel.serve("GET", "x.png", {})
+        assert "x.png" in accel._behind, "a publish waits behind the reply"
         headers = dict(reply.response.headers)
         assert (reply.response.status, reply.source) == (200, "miss")
         assert b"x-accel-redirect" not in headers and headers[b"etag"] == sha_etag(PNG).encode()
         assert await read_reply(reply) == PNG, "sent in full while the publish waits"
-        assert await asyncio.to_thread(publishing.wait, 10), "published behind the reply"
         assert not tree.path("x.png").exists()
-        resume.set()
         await accel.settle()
         assert tree.path("x.png").read_bytes() == PNG
         again = await accel.serve("GET", "x.png", {})
@@ -539,7 +530,6 @@ async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, t
         head = await accel.serve("HEAD", "y.png", {})  # no such key: nothing to publish
         assert head.response.status == 404 and not accel._behind
     finally:
-        resume.set()
         await service.close()
 
 

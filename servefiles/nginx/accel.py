@@ -52,12 +52,10 @@ class AccelLayer:
         self.files = files
         self.accel_prefix = accel_prefix.rstrip("/") + "/"
         self.tree = tree
-        self._outages = 0
-        """Feed outages so far: a publish that overlapped one withdraws what it published."""
         self._gate = threading.Lock()
         self._closed = False
-        """Set at close under ``_gate``: a publish still in its thread then never lands after the
-        close emptied the tree (the task awaiting it is cancelled, the thread is not)."""
+        """Set at close under ``_gate``: a publish under way then never lands after the
+        close emptied the tree."""
         self._behind: dict[str, asyncio.Task[None]] = {}
         """Publishes waiting behind a miss's reply for its fill to land, by key (one at a time).
         Not cancelled at close: each ends with its fill, which the close ends, and then finds
@@ -88,7 +86,6 @@ class AccelLayer:
             self.withdraw_tree()
 
     def _feed_down(self) -> None:
-        self._outages += 1
         self.files.runtime.spawn(asyncio.to_thread(self.withdraw_tree))
 
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
@@ -133,7 +130,7 @@ class AccelLayer:
             return None  # damaged or gone: the file service refetches it
         os.close(fd)
         file = files.prepared(entry.meta)
-        if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
+        if tree is not None and tree.accepts(entry.meta) and self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
             return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
         if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS):
@@ -206,27 +203,22 @@ class AccelLayer:
             return
         if self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
             try:
-                await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
+                self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
             except Exception as exc:  # the index unreadable now: the next request publishes it
                 logger.warning("could not publish %s for nginx: %s", meta.key, exc)
 
-    async def _publish(self, entry: DiskEntry) -> bool:
+    def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
-        unchecked. An outage that began while the publish ran has cleared the tree already,
-        perhaps before this file landed in it: withdraw it then."""
-        outages, view, tree = self._outages, self.files.view, self.tree
-        assert tree is not None
-        if not view.feed_healthy:
+        unchecked. One step on the event loop, so it never overlaps the feed noticing an
+        outage: made before, it is in the tree the outage clears; after, it is not made."""
+        if not self.files.view.feed_healthy:
             return False
-        if not await asyncio.to_thread(self._publish_now, entry):
-            return False
-        if self._outages != outages or not view.feed_healthy:
-            await asyncio.to_thread(tree.withdraw, entry.meta.key)
-            return False
-        return True
+        return self._publish_now(entry)
 
     def _publish_now(self, entry: DiskEntry) -> bool:
-        """In a worker thread: the check, link and timestamp of one publish, unless closed."""
+        """The check, link and timestamp of one publish, unless closed. On the event loop: a
+        few metadata calls with locks held for dict work only; a thread hop around them cost
+        more CPU than they do (the GIL changes hands around every system call)."""
         assert self.tree is not None
         with self._gate:
             return not self._closed and self.tree.publish_entry(self.files.disk, entry)
