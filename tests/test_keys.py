@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servefiles import InvalidKey, canonical_key
-from servefiles.keys import MAX_KEY_BYTES, MAX_SEGMENT_BYTES
+from servefiles.keys import KNOWN_KEYS, MAX_KEY_BYTES, MAX_SEGMENT_BYTES
 
 # -- accepted keys ----------------------------------------------------------------------
 
@@ -94,6 +94,20 @@ def test_segment_of_exactly_max_bytes_is_accepted() -> None:
 def test_invalid_key_is_rejected(key: str) -> None:
     with pytest.raises(InvalidKey):
         canonical_key(key)
+    with pytest.raises(InvalidKey):  # asked again: a refusal is never remembered as a key
+        canonical_key(key)
+    with pytest.raises(InvalidKey):
+        canonical_key(key.encode("utf-8", "surrogatepass"))
+
+
+def test_remembered_keys_give_the_same_answer_as_the_first_time() -> None:
+    """canonical_key remembers valid keys (KNOWN_KEYS of them): the answer for a key seen
+    before, after many others pushed it out or not, is the first answer."""
+    first = {raw: canonical_key(raw) for raw in ("cafe\u0301.png", "a/b.png", "x" * 255)}
+    for i in range(KNOWN_KEYS + 10):
+        canonical_key(f"filler/{i}.png")
+    assert {raw: canonical_key(raw) for raw in first} == first
+    assert first["cafe\u0301.png"] == "caf\u00e9.png"  # NFC, however often it is asked for
 
 
 def test_invalid_key_is_a_value_error() -> None:

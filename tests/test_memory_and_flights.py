@@ -1,0 +1,114 @@
+"""The memory tier's LRU (servefiles.cache.memory) and the revalidation single-flight
+(servefiles.metaview.Flights): pure in-process structures, tested directly."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from servefiles.cache.memory import ENTRY_OVERHEAD, MemoryEntry, MemoryTier
+from servefiles.http import HttpPolicy, PreparedFile
+from servefiles.metaview import Flights
+from servefiles.store.types import FileMeta
+
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def entry(key: str, size: int) -> MemoryEntry:
+    data = key.encode()[:1] * size
+    meta = FileMeta(key, 1, hashlib.sha256(data).hexdigest(), size, "image/png", WHEN, WHEN)
+    return MemoryEntry(PreparedFile(meta, HttpPolicy()), data)
+
+
+def test_the_memory_tier_keeps_its_byte_budget_and_evicts_the_least_recently_used() -> None:
+    cost = 1000 + ENTRY_OVERHEAD
+    tier = MemoryTier(max_bytes=3 * cost, max_file_bytes=1000)
+    for key in ("a", "b", "c"):
+        tier.put(key, entry(key, 1000))
+    assert (len(tier), tier.bytes, tier.evictions) == (3, 3 * cost, 0)
+    assert tier.get("a") is not None  # a is now the most recently used: b goes first
+    tier.put("d", entry("d", 1000))
+    assert tier.get("b") is None and all(tier.get(key) is not None for key in "acd")
+    assert (tier.bytes, tier.evictions) == (3 * cost, 1)
+    tier.put("a", entry("a", 10))  # a replacement is no eviction, and frees what it replaced
+    assert (tier.bytes, tier.evictions, len(tier)) == (2 * cost + 10 + ENTRY_OVERHEAD, 1, 3)
+    tier.discard("c")
+    tier.discard("nothing")
+    assert (tier.bytes, len(tier)) == (cost + 10 + ENTRY_OVERHEAD, 2)
+
+
+def test_a_file_over_the_tiers_limits_is_not_kept_and_evicts_nothing() -> None:
+    tier = MemoryTier(max_bytes=2000, max_file_bytes=1000)
+    tier.put("a", entry("a", 900))
+    tier.put("big", entry("b", 1001))  # over max_file_bytes
+    assert tier.get("big") is None and tier.get("a") is not None and tier.evictions == 0
+    small_budget = MemoryTier(max_bytes=1000, max_file_bytes=1000)
+    small_budget.put("x", entry("x", 1000 - ENTRY_OVERHEAD + 1))  # over the budget with its overhead
+    assert len(small_budget) == 0 and small_budget.bytes == 0
+
+
+async def test_one_query_runs_for_many_callers_and_each_gets_its_result() -> None:
+    flights, runs = Flights(), 0
+    gate = asyncio.Event()
+
+    async def query() -> str:
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        return "meta"
+
+    callers = [asyncio.create_task(flights.run("k", query)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*callers) == ["meta"] * 5 and runs == 1
+    assert not flights.running
+
+
+async def test_a_leader_cancelled_leaves_its_waiters_to_run_the_query_themselves() -> None:
+    """The first caller runs the query in its own task: when that request is cancelled (its
+    client left), a waiter runs it again rather than sharing the cancellation."""
+    flights, runs = Flights(), 0
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def query() -> int:
+        nonlocal runs
+        runs += 1
+        started.set()
+        await gate.wait()
+        return runs
+
+    leader = asyncio.create_task(flights.run("k", query))
+    await started.wait()
+    waiters = [asyncio.create_task(flights.run("k", query)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await asyncio.sleep(0.01)  # a waiter has taken the query over; the others wait for it
+    assert runs == 2
+    gate.set()
+    assert await asyncio.gather(*waiters) == [2, 2, 2], "one of them ran it again, once, for all"
+    assert not flights.running
+
+
+async def test_a_failed_query_fails_every_caller_of_that_flight_and_the_next_asks_again() -> None:
+    flights, runs = Flights(), 0
+    gate = asyncio.Event()
+
+    async def query() -> str:
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        if runs == 1:
+            raise ConnectionError("database gone")
+        return "meta"
+
+    callers = [asyncio.create_task(flights.run("k", query)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results) and runs == 1
+    assert await flights.run("k", query) == "meta" and runs == 2
