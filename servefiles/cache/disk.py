@@ -184,16 +184,9 @@ class DiskCache:
         """Whether ``entry`` is still its key's entry, held so for the block: it runs under the
         index's write lock (across processes) and this process's memory lock, so no change is
         made until it ends, and the listeners hear of the entry's removal only after it. Keep
-        the block short. A process alone in the dir changes entries under the memory lock only
-        (writer.install_alone), so that lock alone holds them: no SQLite transaction per publish."""
-        if self.alone():
-            with self._lock:
-                if self._solo:  # still: another process may have joined since
-                    current = self._mem.get(entry.meta.key)
-                    yield current is not None and current.revision == entry.meta.revision
-                    return
+        the block short."""
         with self._index.transaction() as txn, self._lock:
-            current = txn.entry(entry.meta.key)
+            current = self._mem.get(entry.meta.key) if self._solo else txn.entry(entry.meta.key)
             yield current is not None and current.revision == entry.meta.revision
 
     def _tell(self, keys: Iterable[str]) -> None:
