@@ -589,6 +589,10 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+RSS_GOAL_MIB = 100
+"""Issue 15: servefiles' peak RSS on this workload, at its default memory tier."""
+
+
 def targets(rows: Sequence[Row], small: int, large: int) -> list[str]:
     """The issue's ratio targets, one PASS/FAIL line each (those whose rows were measured)."""
     lines: list[str] = []
@@ -637,6 +641,12 @@ def targets(rows: Sequence[Row], small: int, large: int) -> list[str]:
             lines.append(f"- {'PASS' if over == 0 else 'FAIL'}: {what} ≤ 1 in every servefiles phase: "
                          f"{over} of {len(found)} over; worst {worst:.2f} (s={_s(row.s)} {row.contender}, "
                          f"{row.phase})")  # fmt: skip
+    served = [row for row in rows if row.kind in ("serve", "tree")]
+    if served:
+        largest = max(served, key=lambda row: row.peak_rss_mib)
+        lines.append(f"- {'PASS' if largest.peak_rss_mib <= RSS_GOAL_MIB else 'FAIL'}: peak RSS ≤ {RSS_GOAL_MIB} MiB "
+                     f"in every servefiles phase: largest {largest.peak_rss_mib:.0f} MiB (s={_s(largest.s)} "
+                     f"{largest.contender}, {largest.phase})")  # fmt: skip
     return lines
 
 

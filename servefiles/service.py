@@ -293,6 +293,7 @@ class FileService:
             return None
         file = self.prepared(entry.meta)
         self.disk.touch(entry.meta.key)
+        self.runtime.admission.seen(entry.meta.key)  # its frequency, against newcomers
         if not self.memory.fits(entry.meta.size):
             return Found(file, "disk", DiskBody(fd, entry.path, inline=False))
         try:

@@ -74,3 +74,20 @@ def test_counters_saturate_instead_of_wrapping() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         Admission(**kwargs)
+
+
+def test_a_newcomer_outranks_a_victim_asked_for_no_more_often_than_itself() -> None:
+    admission = Admission(min_uses=2)
+    for _ in range(5):
+        admission.seen("popular.jpg")
+    for _ in range(2):
+        admission.admit("newcomer.jpg")
+    assert not admission.outranks("newcomer.jpg", "popular.jpg")
+    assert admission.outranks("newcomer.jpg", None), "no eviction needed: room is free"
+    admission.seen("tied.jpg")
+    admission.seen("tied.jpg")
+    assert admission.outranks("newcomer.jpg", "tied.jpg"), "ties admit (tree mode cannot see nginx's hits)"
+    for _ in range(3):
+        admission.admit("newcomer.jpg")
+    assert admission.outranks("newcomer.jpg", "popular.jpg")
+    assert Admission(min_uses=1).outranks("x", "y"), "min_uses 1 admits everything"

@@ -179,3 +179,37 @@ async def test_a_file_replaced_between_head_and_continuation_is_asked_for_again(
         response = await client.get("/media/clip.mp4")
         assert replaced
         assert response.status_code == 200 and response.content == new  # never a cut or mixed body
+
+
+async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer(store: Store, tmp_path: Path) -> None:
+    """TinyLFU's admission rule on a full tier: a newcomer asked for twice does not push out a
+    cached file asked for more often (its disk hits count); once it has been asked for as often
+    as that file, it takes its place. Every request is answered with the right bytes throughout."""
+    files = {key: os.urandom(100_000) for key in ("a.bin", "b.bin", "c.bin")}
+    for key, data in files.items():
+        await store.put(key, data)
+    cache = tmp_path / "cache"
+    # Room for two of the three; no memory tier, so every hit is a disk hit the sketch counts.
+    async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
+
+        async def get(key: str) -> None:
+            response = await client.get(f"/media/{key}")
+            assert response.status_code == 200 and response.content == files[key]
+            await settle(app)
+
+        for key in ("a.bin", "b.bin"):
+            for _ in range(2):
+                await get(key)
+        disk = app.service.disk
+        assert disk.get("a.bin") is not None and disk.get("b.bin") is not None
+        for _ in range(4):
+            for key in ("a.bin", "b.bin"):
+                await get(key)  # disk hits: both now far more popular than any newcomer
+        for _ in range(3):
+            await get("c.bin")
+        assert disk.get("c.bin") is None, "a newcomer asked for 3 times pushed out a file asked for 6"
+        assert disk.get("a.bin") is not None and disk.get("b.bin") is not None
+        for _ in range(6):
+            await get("c.bin")
+        assert disk.get("c.bin") is not None, "asked for as often as the least recent file, it is admitted"
+        assert (disk.get("a.bin") is None) != (disk.get("b.bin") is None), "and took one file's place"

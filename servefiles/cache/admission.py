@@ -6,7 +6,9 @@ each key was missed lately, in bounded memory, and admits a key to the disk tier
 its ``min_uses``-th miss within the window — nginx's ``proxy_cache_min_uses``, with
 TinyLFU's frequency sketch and aging (Einziger, Friedman & Manes, "TinyLFU: A Highly
 Efficient Cache Admission Policy", 2017) so that the memory stays fixed however many
-keys are asked for.
+keys are asked for. Disk hits are counted too (:meth:`Admission.seen`), so that once the
+tier is full a newcomer is compared with the entry it would evict (:meth:`Admission.outranks`,
+TinyLFU's admission rule proper).
 
 The sketch is a count-min sketch: ``ROWS`` rows of byte counters indexed by slices of
 the key's digest (:func:`servefiles.keys.key_digest`); a key's count is the smallest of
@@ -73,6 +75,23 @@ class Admission:
         if self._sightings >= self.window:
             self._age()
         return seen >= self.min_uses
+
+    def seen(self, key: str) -> None:
+        """Count one request of ``key`` answered from the disk tier: what makes a cached key's
+        frequency comparable with a newcomer's (:meth:`outranks`)."""
+        if self.min_uses > 1:
+            self.admit(key)
+
+    def outranks(self, key: str, victim: str | None) -> bool:
+        """Whether ``key`` may take the place of ``victim``, the entry its admission would evict
+        first (None: no eviction needed): unless the victim was asked for more often lately.
+        TinyLFU's admission rule (Einziger et al., §3): on a skewed (Zipf) load it keeps the
+        popular files that the plain recency order would let each one-off newcomer push out.
+        Ties admit, so that a tier whose hits this process cannot see (nginx serves them in tree
+        mode) keeps taking files in as it did on recency alone."""
+        if victim is None or self.min_uses <= 1:
+            return True
+        return self.estimate(key) >= self.estimate(victim)
 
     def admitted(self, key: str) -> bool:
         """Whether ``key`` has been seen ``min_uses`` times, without counting a sighting: for a

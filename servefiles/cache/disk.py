@@ -262,6 +262,12 @@ class DiskCache:
         self._drop_damaged(entry.meta)
         return None
 
+    def victim(self, size: int) -> str | None:
+        """The key whose entry would be evicted first to make room for ``size`` more bytes, or
+        None when there is room (as this process knows the tier: memory only, no I/O)."""
+        with self._lock:
+            return self._mem.victim(size, self.max_bytes)
+
     def touch(self, key: str) -> None:
         """Record a hit for LRU, in memory; written to the index in batches."""
         with self._lock:

@@ -77,6 +77,13 @@ class MemIndex:
         if key in self.order:
             self.order.move_to_end(key)
 
+    def victim(self, size: int, max_bytes: int) -> str | None:
+        """The key the next eviction would take first to make room for ``size`` more bytes within
+        ``max_bytes`` (the least recently used), or None when they fit without one."""
+        if self.total_bytes + size <= max_bytes:
+            return None
+        return next(iter(self.order), None)
+
     # -- changes (each returns what the caller must unlink, and records itself) -------------
 
     def install(self, meta: FileMeta, installed_at: int | None) -> tuple[list[str], list[str]]:

@@ -139,6 +139,7 @@ class AccelLayer:
         if response.status != 200:
             return Reply(response, None, "disk", entry.meta)
         files.disk.touch(key)
+        files.runtime.admission.seen(key)
         location = self.accel_prefix + content_name(entry.meta.sha256)
         return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
 
