@@ -76,7 +76,7 @@ def test_bad_parameters_are_refused(kwargs: dict[str, int]) -> None:
         Admission(**kwargs)
 
 
-def test_a_newcomer_outranks_a_victim_asked_for_no_more_often_than_itself() -> None:
+def test_a_newcomer_outranks_only_a_victim_asked_for_less_often() -> None:
     admission = Admission(min_uses=2)
     for _ in range(5):
         admission.seen("popular.jpg")
@@ -86,8 +86,11 @@ def test_a_newcomer_outranks_a_victim_asked_for_no_more_often_than_itself() -> N
     assert admission.outranks("newcomer.jpg", None), "no eviction needed: room is free"
     admission.seen("tied.jpg")
     admission.seen("tied.jpg")
-    assert admission.outranks("newcomer.jpg", "tied.jpg"), "ties admit (tree mode cannot see nginx's hits)"
-    for _ in range(3):
+    assert not admission.outranks("newcomer.jpg", "tied.jpg"), "only a newcomer asked for more often"
+    admission.hits_seen = False  # tree mode: nginx answers the hits, a victim's count is its misses
+    assert admission.outranks("newcomer.jpg", "tied.jpg"), "ties admit then: the tier never freezes"
+    admission.hits_seen = True
+    for _ in range(4):  # 6 sightings in all, against the popular file's 5
         admission.admit("newcomer.jpg")
     assert admission.outranks("newcomer.jpg", "popular.jpg")
     assert Admission(min_uses=1).outranks("x", "y"), "min_uses 1 admits everything"

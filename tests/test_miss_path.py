@@ -182,9 +182,10 @@ async def test_a_file_replaced_between_head_and_continuation_is_asked_for_again(
 
 
 async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer(store: Store, tmp_path: Path) -> None:
-    """TinyLFU's admission rule on a full tier: a newcomer asked for twice does not push out a
-    cached file asked for more often (its disk hits count); once it has been asked for as often
-    as that file, it takes its place. Every request is answered with the right bytes throughout."""
+    """TinyLFU's admission rule on a full tier: a newcomer asked for a few times does not push
+    out a cached file asked for more often (its disk hits count); once it has been asked for
+    more often than that file, it takes its place. Every request is answered with the right
+    bytes throughout."""
     files = {key: os.urandom(100_000) for key in ("a.bin", "b.bin", "c.bin")}
     for key, data in files.items():
         await store.put(key, data)
@@ -211,5 +212,5 @@ async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer
         assert disk.get("a.bin") is not None and disk.get("b.bin") is not None
         for _ in range(6):
             await get("c.bin")
-        assert disk.get("c.bin") is not None, "asked for as often as the least recent file, it is admitted"
+        assert disk.get("c.bin") is not None, "asked for more often than the least recent file, it is admitted"
         assert (disk.get("a.bin") is None) != (disk.get("b.bin") is None), "and took one file's place"

@@ -48,6 +48,8 @@ class Admission:
         if window < 1:
             raise ValueError(f"window must be positive, not {window}")
         self.min_uses = min_uses
+        self.hits_seen = True
+        """Whether every disk hit is counted (:meth:`seen`); see :meth:`outranks`."""
         self.window = window
         self._mask = width - 1
         self._rows = [bytearray(width if min_uses > 1 else 0) for _ in range(ROWS)]
@@ -84,13 +86,16 @@ class Admission:
 
     def outranks(self, key: str, victim: str | None) -> bool:
         """Whether ``key`` may take the place of ``victim``, the entry its admission would evict
-        first (None: no eviction needed): unless the victim was asked for more often lately.
-        TinyLFU's admission rule (Einziger et al., §3): on a skewed (Zipf) load it keeps the
-        popular files that the plain recency order would let each one-off newcomer push out.
-        Ties admit, so that a tier whose hits this process cannot see (nginx serves them in tree
-        mode) keeps taking files in as it did on recency alone."""
+        first (None: no eviction needed): only if asked for more often lately. TinyLFU's
+        admission rule (Einziger et al., §3): on a skewed (Zipf) load it keeps the popular files
+        that the plain recency order would let each newcomer push out. Where this process
+        cannot see the tier's hits (:attr:`hits_seen` False: nginx serves them in tree mode), a
+        victim's count is its misses alone, so ties admit: the tier keeps taking files in as it
+        did on recency alone, never freezes."""
         if victim is None or self.min_uses <= 1:
             return True
+        if self.hits_seen:
+            return self.estimate(key) > self.estimate(victim)
         return self.estimate(key) >= self.estimate(victim)
 
     def admitted(self, key: str) -> bool:

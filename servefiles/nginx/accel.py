@@ -61,6 +61,7 @@ class AccelLayer:
         Not cancelled at close: each ends with its fill, which the close ends, and then finds
         the feed gone."""
         if tree is not None:
+            files.runtime.admission.hits_seen = False  # nginx answers the tree's hits itself
             tree.follow(files.disk)  # a key's link is withdrawn with every change of its disk entry
             hooks = files.runtime.hooks
             hooks.before_start.append(self._open_tree)
