@@ -28,11 +28,12 @@ MAX_UPLOAD_BYTES: Final = 1 * GiB
 
 # -- caches -----------------------------------------------------------------------------------
 
-MEMORY_BYTES: Final = 32 * MiB
-"""The memory tier's budget for small hot files. 32 MiB, not more: a disk hit from the page cache
-costs tens of µs more than a memory hit, while every MiB here is resident. On the long-tail
-workload (benchmarks/RESULTS.md, 2026-11-30) 64 MiB gave a peak RSS of 140-146 MiB, 32 MiB
-106-112 MiB and 16 MiB 89-94 MiB, at 5,387, 5,030-5,262 and 5,104 requests/s."""
+MEMORY_BYTES: Final = 16 * MiB
+"""The memory tier's budget for small hot files. Small, because the page cache keeps a hot disk
+tier in memory anyway (a disk hit costs tens of µs more than a memory hit) while every MiB here
+is resident. On the long-tail workload (benchmarks/RESULTS.md, 2026-11-30), peak RSS was
+140-146 MiB at 64 MiB, 106-112 MiB at 32 MiB and 96-104 MiB at 16 MiB, with requests/s
+within the run-to-run noise of each other (16 MiB was the fastest of the three runs)."""
 MEMORY_FILE_BYTES: Final = 256 * KiB
 """The largest file the memory tier keeps."""
 DISK_BYTES: Final = 1 * GiB

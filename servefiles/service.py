@@ -43,7 +43,10 @@ __all__ = ["CacheSettings", "FileService", "Found", "Reply", "Source"]
 
 logger = logging.getLogger("servefiles")
 
-PREPARED_CACHE_ENTRIES = 4096
+PREPARED_CACHE_ENTRIES = 16384
+"""Versions whose per-file header work is kept (about 1 KB each). More than the disk tier's
+entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail workload
+with 4,096 for 10,000 files (benchmarks/RESULTS.md, 2026-11-30)."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 PREFETCH_CONCURRENCY = 4
 PRIME_ATTEMPTS = 5

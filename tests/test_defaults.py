@@ -35,7 +35,7 @@ def test_defaults_imports_nothing_from_servefiles() -> None:
 
 @pytest.mark.parametrize(
     ("size", "text"),
-    [(defaults.MAX_UPLOAD_BYTES, "1GiB"), (defaults.MEMORY_BYTES, "32MiB"), (defaults.MAX_FIELD_LINE, "8KiB"),
+    [(defaults.MAX_UPLOAD_BYTES, "1GiB"), (defaults.MEMORY_BYTES, "16MiB"), (defaults.MAX_FIELD_LINE, "8KiB"),
      (defaults.MAX_HEADER_BLOCK, "32KiB"), (1536, "1536"), (0, "0"), (3 << 40, "3TiB")],
 )  # fmt: skip
 def test_a_size_default_shows_as_people_type_it_and_reads_back(size: int, text: str) -> None:

@@ -33,7 +33,7 @@ class Options(TypedDict, total=False):
 
     ``read_db``: a PostgreSQL read replica for content fetches [None].
     ``cache_control`` ["no-cache"]; ``active_content``: "attachment" or "sandbox".
-    ``memory_bytes`` [32 MiB], ``memory_file_bytes`` [256 KiB], ``disk_bytes`` [1 GiB].
+    ``memory_bytes`` [16 MiB], ``memory_file_bytes`` [256 KiB], ``disk_bytes`` [1 GiB].
     ``freshness_seconds`` [1.0]: revalidation interval while the change feed is down.
     ``fill_wait_seconds`` [10], ``feed`` [True], ``feed_poll_seconds`` [0.2],
     ``feed_check_seconds`` [5], ``prefetch`` [False], ``metrics`` [False].
