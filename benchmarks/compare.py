@@ -46,7 +46,7 @@ from servefiles import open_store
 
 SIZES = {"10 KiB": 10 * 1024, "1 MiB": 1024 * 1024}
 KEY = {"10 KiB": "bench/small.png", "1 MiB": "bench/large.png"}
-COLD_KEYS = {"10 KiB": 40_000, "1 MiB": 4_000}
+COLD_KEYS = {"10 KiB": 60_000, "1 MiB": 12_000}
 """Distinct never-fetched keys for the cold runs: more than a run can request."""
 REPEATS = 2
 GUNICORN = ["--workers", "1", "--worker-class", "gthread", "--threads", "8", "--no-control-socket",
@@ -289,6 +289,8 @@ def _key_count_rows(result: Run, kind: str, files: dict[str, bytes], work: Path,
 def _disk_startup() -> str:
     done = subprocess.run([python(), "-m", "benchmarks.disk_startup", "--entries", "100000"], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
+    if done.returncode != 0:  # a failure shows in the report, never as an empty section
+        return f"FAILED: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
     return done.stdout.strip()
 
 
