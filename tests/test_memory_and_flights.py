@@ -50,20 +50,33 @@ def test_a_file_over_the_tiers_limits_is_not_kept_and_evicts_nothing() -> None:
     assert len(small_budget) == 0 and small_budget.bytes == 0
 
 
-async def test_one_query_runs_for_many_callers_and_each_gets_its_result() -> None:
-    flights, runs = Flights(), 0
-    gate = asyncio.Event()
+class GatedQuery:
+    """A query that waits for :attr:`gate`, counts its runs, and fails on the runs in ``failing``."""
 
-    async def query() -> str:
-        nonlocal runs
-        runs += 1
-        await gate.wait()
+    def __init__(self, failing: frozenset[int] = frozenset()) -> None:
+        self.gate = asyncio.Event()
+        self.runs = 0
+        self.failing = failing
+
+    async def __call__(self) -> str:
+        self.runs += 1
+        run = self.runs
+        await self.gate.wait()
+        if run in self.failing:
+            raise ConnectionError("database gone")
         return "meta"
 
-    callers = [asyncio.create_task(flights.run("k", query)) for _ in range(5)]
-    await asyncio.sleep(0.01)
-    gate.set()
-    assert await asyncio.gather(*callers) == ["meta"] * 5 and runs == 1
+    async def run_together(self, flights: Flights, callers: int) -> list[object]:
+        """``callers`` requests of one key at once, the gate opened once all are waiting."""
+        tasks = [asyncio.create_task(flights.run("k", self)) for _ in range(callers)]
+        await asyncio.sleep(0.01)
+        self.gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_one_query_runs_for_many_callers_and_each_gets_its_result() -> None:
+    flights, query = Flights(), GatedQuery()
+    assert await query.run_together(flights, 5) == ["meta"] * 5 and query.runs == 1
     assert not flights.running
 
 
@@ -95,20 +108,7 @@ async def test_a_leader_cancelled_leaves_its_waiters_to_run_the_query_themselves
 
 
 async def test_a_failed_query_fails_every_caller_of_that_flight_and_the_next_asks_again() -> None:
-    flights, runs = Flights(), 0
-    gate = asyncio.Event()
-
-    async def query() -> str:
-        nonlocal runs
-        runs += 1
-        await gate.wait()
-        if runs == 1:
-            raise ConnectionError("database gone")
-        return "meta"
-
-    callers = [asyncio.create_task(flights.run("k", query)) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    gate.set()
-    results = await asyncio.gather(*callers, return_exceptions=True)
-    assert all(isinstance(result, ConnectionError) for result in results) and runs == 1
-    assert await flights.run("k", query) == "meta" and runs == 2
+    flights, query = Flights(), GatedQuery(failing=frozenset({1}))
+    results = await query.run_together(flights, 3)
+    assert all(isinstance(result, ConnectionError) for result in results) and query.runs == 1
+    assert await flights.run("k", query) == "meta" and query.runs == 2
