@@ -113,11 +113,11 @@ class Flights:
         self.running[key] = future
         try:
             result = await make()
-        except asyncio.CancelledError:
-            future.set_exception(_LeaderGone())
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             future.set_exception(exc)
+            raise
+        except BaseException:  # cancelled, closed, interrupted: this caller's end, not the waiters'
+            future.set_exception(_LeaderGone())
             raise
         else:
             future.set_result(result)

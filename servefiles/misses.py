@@ -63,7 +63,7 @@ class Misses:
         before any decides: a burst of them shares one fill."""
         admission, metrics = self.runtime.admission, self.runtime.metrics
         frequent = held or (admission.admitted(key) if sighted else admission.admit(key))
-        if frequent and (held or admission.outranks(key, self.runtime.disk.victim(size))):
+        if frequent and (held or admission.outranks(key, self.runtime.disk.victim(size, key))):
             metrics.admissions.inc()
             return True
         metrics.admission_rejections.inc()

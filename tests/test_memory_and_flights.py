@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from servefiles.cache.memindex import MemIndex
 from servefiles.cache.memory import ENTRY_OVERHEAD, MemoryEntry, MemoryTier
 from servefiles.http import HttpPolicy, PreparedFile
 from servefiles.metaview import Flights
@@ -112,3 +113,15 @@ async def test_a_failed_query_fails_every_caller_of_that_flight_and_the_next_ask
     results = await query.run_together(flights, 3)
     assert all(isinstance(result, ConnectionError) for result in results) and query.runs == 1
     assert await flights.run("k", query) == "meta" and query.runs == 2
+
+
+def test_the_disk_tiers_victim_is_the_least_recent_other_key() -> None:
+    index = MemIndex()
+    for key in ("a", "b"):
+        index.install(entry(key, 100).file.meta, installed_at=1)
+    assert index.total_bytes == 200
+    assert index.victim("c", 50, max_bytes=250) is None, "room enough: nothing to evict"
+    assert index.victim("c", 100, max_bytes=250) == "a"
+    assert index.victim("a", 100, max_bytes=250) == "b", "a key's own older entry is replaced, not evicted"
+    index.touch("a")
+    assert index.victim("c", 100, max_bytes=250) == "b"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 
 from servefiles import FileMeta, ServeFiles, open_store
 from servefiles.cache.disk import DiskCache, DiskEntry
+from servefiles.cache.fill import INLINE_WRITE_BYTES
 from servefiles.http import ByteRange
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
 from servefiles.nginx.accel import AccelLayer
@@ -454,6 +456,67 @@ async def read_reply(reply: Reply) -> bytes:
         if reply.body is not None:
             reply.body.close()
     return bytes(out)
+
+
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(INLINE_WRITE_BYTES + 1)
+
+
+def hold_publishes(tree: PublishedTree) -> tuple[threading.Event, threading.Event]:
+    """Hold every publish in its thread at the start: (publishing, resume)."""
+    publishing, resume = threading.Event(), threading.Event()
+    publish = tree.publish_entry
+
+    def held(disk: DiskCache, entry: DiskEntry) -> bool:
+        publishing.set()
+        resume.wait(10)
+        return publish(disk, entry)
+
+    tree.publish_entry = held  # type: ignore[method-assign]
+    return publishing, resume
+
+
+@pytest.mark.parametrize("cached", [False, True])
+async def test_a_large_publish_on_a_thread_overlapping_a_feed_outage_is_withdrawn(
+    cached: bool, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """A file too large to publish on the event loop (over INLINE_WRITE_BYTES: it is published
+    on a thread). The outage is real (the database's proxy is cut); the publish is held in its
+    thread at the one point where the race is, since no real timing hits that window every time.
+    Both publishes: behind a miss's reply (``cached`` False) and before a disk hit's redirect."""
+    async with open_store(pg_url) as store:
+        await store.put("x.png", BIG_PNG)
+    tree = PublishedTree(tmp_path / "published", "/media")
+    service = FileService(
+        with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache", settings=CacheSettings(cache_min_uses=1)
+    )
+    accel = AccelLayer(service, ACCEL_LOCATION, tree)
+    await service.start()
+    try:
+        assert service.feed is not None and service.feed.healthy
+        if cached:  # on disk, not published: the request publishes it before it redirects
+            meta = await service.revalidate("x.png")
+            assert meta is not None and service.runtime.filler is not None
+            assert await service.runtime.filler.fill(meta)
+        publishing, resume = hold_publishes(tree)
+        request = asyncio.create_task(accel.serve("GET", "x.png", {}))
+        assert await asyncio.to_thread(publishing.wait, 10)
+        await pg_proxy.cut()
+        deadline = time.monotonic() + 15
+        while service.feed.healthy:
+            assert time.monotonic() < deadline, "the feed did not notice the outage"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
+        resume.set()
+        reply = await request
+        await accel.settle()
+        assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
+        location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
+        assert not location.startswith(TREE_LOCATION.encode())
+        if not cached:
+            assert await read_reply(reply) == BIG_PNG
+    finally:
+        resume.set()
+        await service.close()
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -262,11 +262,11 @@ class DiskCache:
         self._drop_damaged(entry.meta)
         return None
 
-    def victim(self, size: int) -> str | None:
-        """The key whose entry would be evicted first to make room for ``size`` more bytes, or
-        None when there is room (as this process knows the tier: memory only, no I/O)."""
+    def victim(self, size: int, key: str) -> str | None:
+        """The key whose entry would be evicted first to make room for ``key``'s ``size`` bytes,
+        or None when there is room (as this process knows the tier: memory only, no I/O)."""
         with self._lock:
-            return self._mem.victim(size, self.max_bytes)
+            return self._mem.victim(key, size, self.max_bytes)
 
     def touch(self, key: str) -> None:
         """Record a hit for LRU, in memory; written to the index in batches."""

@@ -360,11 +360,12 @@ class Filler:
         if self.memory is not None and fill.file is not None and fill.body is not None:
             self.memory.put(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
-    @staticmethod
-    async def _on_disk(meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
+    async def _on_disk(self, meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
         """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at
-        most :data:`INLINE_WRITE_BYTES`, else on a thread."""
-        if meta.size <= INLINE_WRITE_BYTES:
+        most :data:`INLINE_WRITE_BYTES` in a cache dir this process has to itself (sharing it,
+        an install waits for SQLite's write lock, which another process may hold for long),
+        else on a thread."""
+        if meta.size <= INLINE_WRITE_BYTES and self.disk.alone():
             return call(*args)
         return await asyncio.to_thread(call, *args)
 

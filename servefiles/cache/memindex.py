@@ -77,12 +77,13 @@ class MemIndex:
         if key in self.order:
             self.order.move_to_end(key)
 
-    def victim(self, size: int, max_bytes: int) -> str | None:
-        """The key the next eviction would take first to make room for ``size`` more bytes within
-        ``max_bytes`` (the least recently used), or None when they fit without one."""
+    def victim(self, key: str, size: int, max_bytes: int) -> str | None:
+        """The key the next eviction would take first to make room for ``key``'s ``size`` more
+        bytes within ``max_bytes`` (the least recently used other key), or None when they fit
+        without one. ``key``'s own older entry is never its victim: it is replaced, not evicted."""
         if self.total_bytes + size <= max_bytes:
             return None
-        return next(iter(self.order), None)
+        return next((other for other in self.order if other != key), None)
 
     # -- changes (each returns what the caller must unlink, and records itself) -------------
 

@@ -29,8 +29,8 @@ from urllib.parse import quote
 from .. import http
 from ..bodies import MemoryBody
 from ..cache.disk import DiskEntry, content_name
-from ..cache.fill import Fill
-from ..errors import CacheWriteError, InvalidKey, StoreUnavailable
+from ..cache.fill import INLINE_WRITE_BYTES, Fill
+from ..errors import InvalidKey, StoreUnavailable
 from ..keys import canonical_key
 from ..service import FileService, Reply
 from ..store.types import FileMeta
@@ -52,6 +52,10 @@ class AccelLayer:
         self.files = files
         self.accel_prefix = accel_prefix.rstrip("/") + "/"
         self.tree = tree
+        self._withdrawing = 0
+        """Withdrawals of the whole tree under way (in threads)."""
+        self._outages = 0
+        """Feed outages so far: a publish on a thread that overlapped one withdraws what it published."""
         self._gate = threading.Lock()
         self._closed = False
         """Set at close under ``_gate``: a publish under way then never lands after the
@@ -74,7 +78,11 @@ class AccelLayer:
         unreachable), at close (nothing keeps it current any more) and while the feed is down.
         Keys are published again as they are asked for."""
         if self.tree is not None:
-            self.tree.clear()
+            self._withdrawing += 1  # a publish meanwhile goes to a thread: the tree's lock is busy
+            try:
+                self.tree.clear()
+            finally:
+                self._withdrawing -= 1
 
     def _open_tree(self) -> None:
         with self._gate:
@@ -87,6 +95,7 @@ class AccelLayer:
             self.withdraw_tree()
 
     def _feed_down(self) -> None:
+        self._outages += 1
         self.files.runtime.spawn(asyncio.to_thread(self.withdraw_tree))
 
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
@@ -131,7 +140,7 @@ class AccelLayer:
             return None  # damaged or gone: the file service refetches it
         os.close(fd)
         file = files.prepared(entry.meta)
-        if tree is not None and tree.accepts(entry.meta) and self._publish(entry):
+        if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
             return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
         if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS):
@@ -164,7 +173,15 @@ class AccelLayer:
         ):
             return
         if reply.source == "memory":
-            if not isinstance(reply.body, MemoryBody) or not files.runtime.admission.admit(meta.key):
+            held = files.disk.get(meta.key)
+            admission = files.runtime.admission
+            if (
+                not isinstance(reply.body, MemoryBody)
+                or (held is not None and held.meta.revision == meta.revision)  # on disk: not publishable now
+                or not files.view.fresh(meta.key, meta.revision, time.monotonic())
+                or not admission.admit(meta.key)
+                or not admission.outranks(meta.key, files.disk.victim(meta.size, meta.key))
+            ):
                 return
             landing = self._store_copy(meta, reply.body.data)
         else:
@@ -192,9 +209,12 @@ class AccelLayer:
         """Write a memory-only copy to the disk tier (verified against its sha256 there)."""
         try:
             await asyncio.to_thread(self.files.disk.store, meta, data)
-        except CacheWriteError as exc:
+        except Exception as exc:  # a write failure, or the tier closed meanwhile: no copy, no publish
             logger.warning("could not write %s to the disk cache: %s", meta.key, exc)
             self.files.metrics.cache_write_failures.inc()
+            return False
+        if not self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
+            await self.files.runtime.discard(meta.key)  # outdated while it was written
             return False
         self.files.metrics.admissions.inc()
         return True
@@ -205,25 +225,43 @@ class AccelLayer:
             return
         if self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
             try:
-                self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
+                await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
             except Exception as exc:  # the index unreadable now: the next request publishes it
                 logger.warning("could not publish %s for nginx: %s", meta.key, exc)
 
-    def _publish(self, entry: DiskEntry) -> bool:
+    async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it
-        unchecked. One step on the event loop, so it never overlaps the feed noticing an
-        outage: made before, it is in the tree the outage clears; after, it is not made."""
-        if not self.files.view.feed_healthy:
+        unchecked.
+
+        On the event loop when that is cheap and cannot wait long: a file of at most
+        :data:`~servefiles.cache.fill.INLINE_WRITE_BYTES` (a copy instead of a link stays
+        short), a process alone in its cache dir (no other process's transaction to wait
+        for) and no withdrawal of the tree under way (it holds the tree's lock). Done in one
+        step, it cannot overlap the feed noticing an outage. Otherwise on a thread; an outage
+        that began meanwhile has cleared the tree already, perhaps before this file landed in
+        it, so the file is withdrawn then."""
+        view, tree = self.files.view, self.tree
+        assert tree is not None
+        if not view.feed_healthy:
             return False
-        return self._publish_now(entry)
+        if entry.meta.size <= INLINE_WRITE_BYTES and not self._withdrawing and self.files.disk.alone():
+            return self._publish_now(entry)
+        outages = self._outages
+        if not await asyncio.to_thread(self._publish_now, entry):
+            return False
+        if self._outages != outages or not view.feed_healthy:
+            await asyncio.to_thread(tree.withdraw, entry.meta.key)
+            return False
+        return True
 
     def _publish_now(self, entry: DiskEntry) -> bool:
-        """The check, link and timestamp of one publish, unless closed. On the event loop: a few
-        metadata calls inside one short transaction of the disk index (its write lock keeps the
-        entry current while it is linked; it may wait for another writer's batch, a few ms).
-        On a thread they cost more CPU than they take: the GIL changes hands around every system
-        call (tree mode, 256 MiB cache: 0.90/0.74x DB-direct cold/warm with the thread hop,
-        1.05/0.86x without, benchmarks/RESULTS.md)."""
+        """The check, link and timestamp of one publish, unless closed, inside one short
+        transaction of the disk index (its write lock keeps the entry current while it is
+        linked). On the loop (see :meth:`_publish`) it may wait for this process's own
+        write-behind batch, a few ms; on a thread the same few calls cost more CPU than they
+        take, as the GIL changes hands around every system call (tree mode, 256 MiB cache:
+        0.90/0.74x DB-direct cold/warm with the thread hop, 1.05/0.86x without,
+        benchmarks/RESULTS.md)."""
         assert self.tree is not None
         with self._gate:
             return not self._closed and self.tree.publish_entry(self.files.disk, entry)
