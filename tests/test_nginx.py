@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
@@ -458,6 +458,33 @@ async def read_reply(reply: Reply) -> bytes:
     return bytes(out)
 
 
+@contextlib.asynccontextmanager
+async def tree_behind_a_proxy(
+    pg_url: str, pg_proxy: TcpProxy, tmp_path: Path, files: dict[str, bytes], cached: bool
+) -> AsyncIterator[tuple[FileService, AccelLayer, PublishedTree]]:
+    """A started file service whose database is reached through ``pg_proxy`` (to cut it), with
+    an accel layer over a published tree; ``files`` stored, and with ``cached`` on disk already
+    (not published: a request publishes them before it redirects)."""
+    async with open_store(pg_url) as store:
+        for key, data in files.items():
+            await store.put(key, data)
+    tree = PublishedTree(tmp_path / "published", "/media")
+    service = FileService(
+        with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache", settings=CacheSettings(cache_min_uses=1)
+    )
+    accel = AccelLayer(service, ACCEL_LOCATION, tree)
+    await service.start()
+    try:
+        assert service.feed is not None and service.feed.healthy
+        for key in files if cached else ():
+            meta = await service.revalidate(key)
+            assert meta is not None and service.runtime.filler is not None
+            assert await service.runtime.filler.fill(meta)
+        yield service, accel, tree
+    finally:
+        await service.close()
+
+
 BIG_PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(INLINE_WRITE_BYTES + 1)
 
 
@@ -483,40 +510,28 @@ async def test_a_large_publish_on_a_thread_overlapping_a_feed_outage_is_withdraw
     on a thread). The outage is real (the database's proxy is cut); the publish is held in its
     thread at the one point where the race is, since no real timing hits that window every time.
     Both publishes: behind a miss's reply (``cached`` False) and before a disk hit's redirect."""
-    async with open_store(pg_url) as store:
-        await store.put("x.png", BIG_PNG)
-    tree = PublishedTree(tmp_path / "published", "/media")
-    service = FileService(
-        with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache", settings=CacheSettings(cache_min_uses=1)
-    )
-    accel = AccelLayer(service, ACCEL_LOCATION, tree)
-    await service.start()
-    try:
-        assert service.feed is not None and service.feed.healthy
-        if cached:  # on disk, not published: the request publishes it before it redirects
-            meta = await service.revalidate("x.png")
-            assert meta is not None and service.runtime.filler is not None
-            assert await service.runtime.filler.fill(meta)
+    async with tree_behind_a_proxy(pg_url, pg_proxy, tmp_path, {"x.png": BIG_PNG}, cached) as (service, accel, tree):
+        assert service.feed is not None
         publishing, resume = hold_publishes(tree)
-        request = asyncio.create_task(accel.serve("GET", "x.png", {}))
-        assert await asyncio.to_thread(publishing.wait, 10)
-        await pg_proxy.cut()
-        deadline = time.monotonic() + 15
-        while service.feed.healthy:
-            assert time.monotonic() < deadline, "the feed did not notice the outage"
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
-        resume.set()
-        reply = await request
-        await accel.settle()
-        assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
-        location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
-        assert not location.startswith(TREE_LOCATION.encode())
-        if not cached:
-            assert await read_reply(reply) == BIG_PNG
-    finally:
-        resume.set()
-        await service.close()
+        try:
+            request = asyncio.create_task(accel.serve("GET", "x.png", {}))
+            assert await asyncio.to_thread(publishing.wait, 10)
+            await pg_proxy.cut()
+            deadline = time.monotonic() + 15
+            while service.feed.healthy:
+                assert time.monotonic() < deadline, "the feed did not notice the outage"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # the outage's clear() has run on an empty tree
+            resume.set()
+            reply = await request
+            await accel.settle()
+            assert not tree.path("x.png").exists(), "published during an outage: nginx would serve it unchecked"
+            location = dict(reply.response.headers).get(b"x-accel-redirect", b"")
+            assert not location.startswith(TREE_LOCATION.encode())
+            if not cached:
+                assert await read_reply(reply) == BIG_PNG
+        finally:
+            resume.set()  # never leave the held thread waiting
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -528,23 +543,9 @@ async def test_a_publish_before_a_feed_outage_is_withdrawn_and_none_is_made_duri
     clears, and none is made while the feed is down, not even for a file on disk (its request is
     answered without the tree). Both publishes: behind a miss's reply (``cached`` False) and
     before a disk hit's redirect (``cached`` True)."""
-    async with open_store(pg_url) as store:
-        await store.put("x.png", PNG)
-        await store.put("y.png", PNG + b"y")
-    tree = PublishedTree(tmp_path / "published", "/media")
-    service = FileService(
-        with_netloc(pg_url, f"127.0.0.1:{pg_proxy.port}"), tmp_path / "cache", settings=CacheSettings(cache_min_uses=1)
-    )
-    accel = AccelLayer(service, ACCEL_LOCATION, tree)
-    await service.start()
-    try:
-        assert service.feed is not None and service.feed.healthy
-        keys = ("x.png", "y.png")
-        if cached:  # on disk, not published: a request publishes it before it redirects
-            for key in keys:
-                meta = await service.revalidate(key)
-                assert meta is not None and service.runtime.filler is not None
-                assert await service.runtime.filler.fill(meta)
+    files = {"x.png": PNG, "y.png": PNG + b"y"}
+    async with tree_behind_a_proxy(pg_url, pg_proxy, tmp_path, files, cached) as (service, accel, tree):
+        assert service.feed is not None
         first = await accel.serve("GET", "x.png", {})
         if not cached:
             assert await read_reply(first) == PNG
@@ -563,8 +564,6 @@ async def test_a_publish_before_a_feed_outage_is_withdrawn_and_none_is_made_duri
         await accel.settle()
         await asyncio.sleep(0.2)
         assert not tree.path("y.png").exists() and not tree.path("x.png").exists()
-    finally:
-        await service.close()
 
 
 async def test_a_tree_miss_is_answered_before_it_is_published(sqlite_url: str, tmp_path: Path) -> None:

@@ -9,9 +9,8 @@ The discipline is nginx ``proxy_cache``'s, in three small steps, each in a modul
 * **evict**: after each install, least recently used entries go until the files fit
   ``max_bytes``, in one batch.
 
-This module is the tier at run time: look up, open, record hits, forget. Lookups read an
-index in memory (memindex.py), loaded from the SQLite index at open; a lookup never touches
-SQLite.
+This module is the tier at run time: look up, open, record hits, forget. Lookups read an index in memory (memindex.py),
+loaded from the SQLite index at open; a lookup never touches SQLite.
 
 **Alone or shared.** Each process registers in ``procs/`` (members.py). While a process is
 the only one using the dir, its memory is the authority: changes are made in memory, files
@@ -25,9 +24,8 @@ found missing by :meth:`open_entry` (exists, indexed size) and forgotten. Conten
 named by their hash, so a stale view costs a miss, never a wrong byte; versions are the
 metadata view's business (the feed drops outdated keys in every process).
 
-**Durability.** No fsync per file: a ``syncfs`` watermark and, after a reboot, verification of
-what it did not cover (durable.py). A crash before a batch reached SQLite loses its entries;
-the next start-up sweeps their files.
+**Durability.** No fsync per file: a ``syncfs`` watermark and, after a reboot, verification of what it did not cover
+(durable.py). A crash before a batch reached SQLite loses its entries; the next start-up sweeps their files.
 
 Hostile contents (a symlink, FIFO, socket or directory where a content file,
 the index, a lock file or a directory should be; a file where a directory
@@ -263,8 +261,7 @@ class DiskCache:
         return None
 
     def victim(self, size: int, key: str) -> str | None:
-        """The key whose entry would be evicted first to make room for ``key``'s ``size`` bytes,
-        or None when there is room (as this process knows the tier: memory only, no I/O)."""
+        """The key evicted first to make room for ``key``'s ``size`` bytes; None: room (memindex.py)."""
         with self._lock:
             return self._mem.victim(key, size, self.max_bytes)
 
