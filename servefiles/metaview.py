@@ -125,8 +125,7 @@ class Flights:
         finally:
             if self.running.get(key) is future:
                 del self.running[key]
-            if not future.cancelled() and future.done():
-                future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            future.exception()  # set above in every case; retrieved: no warning when nobody waited
 
 
 class MetadataView:

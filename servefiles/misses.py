@@ -44,9 +44,7 @@ class Misses:
         if fill is not None:
             return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         complete = head is not None and head.complete
-        if self._admit(meta.key, meta.size, held, sighted) and (
-            not ranged or meta.size <= runtime.settings.disk_bytes
-        ):
+        if self._admit(meta.key, meta.size, held, sighted) and (not ranged or meta.size <= runtime.settings.disk_bytes):
             fill = filler.start(meta, file, head)
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
@@ -57,13 +55,11 @@ class Misses:
 
     def _admit(self, key: str, size: int, held: bool, sighted: bool) -> bool:
         """Whether this miss writes ``key`` (``size`` bytes) to the disk tier (counted either way):
-        asked for often enough, and, when the tier is full, at least as often as the entry it
-        would evict first (:meth:`Admission.outranks`). A request is sighted as it goes to the
+        held before, or :meth:`Runtime.worth_a_disk_write`. A request is sighted as it goes to the
         store (see ``FileService.lookup``), so requests that waited for the same query all count
         before any decides: a burst of them shares one fill."""
-        admission, metrics = self.runtime.admission, self.runtime.metrics
-        frequent = held or (admission.admitted(key) if sighted else admission.admit(key))
-        if frequent and (held or admission.outranks(key, self.runtime.disk.victim(size, key))):
+        metrics = self.runtime.metrics
+        if held or self.runtime.worth_a_disk_write(key, size, sighted=sighted):
             metrics.admissions.inc()
             return True
         metrics.admission_rejections.inc()

@@ -196,6 +196,15 @@ class Runtime:
         self.view.wrote(key, version, revision)
         await self.discard(key)
 
+    def worth_a_disk_write(self, key: str, size: int, *, sighted: bool) -> bool:
+        """The admission rule for a file of ``size`` bytes no tier holds on disk: asked for
+        ``cache_min_uses`` times lately (this request counted now, unless ``sighted`` already),
+        and, once the disk tier is full, more often than the entry it would evict first
+        (:meth:`Admission.outranks`; as often, where nginx answers the hits)."""
+        admission = self.admission
+        frequent = admission.admitted(key) if sighted else admission.admit(key)
+        return frequent and admission.outranks(key, self.disk.victim(size, key))
+
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is
         harmless: it no longer matches the validated revision, so it is not served."""

@@ -174,13 +174,11 @@ class AccelLayer:
             return
         if reply.source == "memory":
             held = files.disk.get(meta.key)
-            admission = files.runtime.admission
             if (
                 not isinstance(reply.body, MemoryBody)
                 or (held is not None and held.meta.revision == meta.revision)  # on disk: not publishable now
                 or not files.view.fresh(meta.key, meta.revision, time.monotonic())
-                or not admission.admit(meta.key)
-                or not admission.outranks(meta.key, files.disk.victim(meta.size, meta.key))
+                or not files.runtime.worth_a_disk_write(meta.key, meta.size, sighted=False)
             ):
                 return
             landing = self._store_copy(meta, reply.body.data)
