@@ -33,8 +33,8 @@ class Misses:
         admitted at once: a popular file that changes keeps its disk place). ``sighted``: the
         request was already counted by the admission filter when it went to the store.
 
-        A complete head answers from its bytes (and the memory tier keeps them: cheap, and a
-        second request then costs nothing); a cold range, or a large file not admitted, is read
+        A complete head answers from its bytes (offered to the memory tier, which keeps them if
+        the key is asked for more often than what they would evict); a cold range, or a large file not admitted, is read
         from the store for what is asked."""
         runtime, meta = self.runtime, file.meta
         filler = runtime.filler
@@ -49,7 +49,7 @@ class Misses:
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         if head is not None and complete:
-            runtime.memory.put(meta.key, MemoryEntry(file, head.data))
+            runtime.memory.offer(meta.key, MemoryEntry(file, head.data))
             return MemoryBody(head.data)
         return StoreBody(runtime.store, meta, runtime.metrics, head)
 

@@ -83,10 +83,10 @@ class Runtime:
     def __init__(self, db: str | Store, cache_dir: Path, settings: CacheSettings, read_url: str | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.memory = MemoryTier(settings.memory_bytes, settings.memory_file_bytes)
+        self.admission = Admission(settings.cache_min_uses)
+        self.memory = MemoryTier(settings.memory_bytes, settings.memory_file_bytes, self.admission)
         self.disk = DiskCache(cache_dir, settings.disk_bytes)
         self.view = MetadataView(settings.freshness_seconds, self.metrics)
-        self.admission = Admission(settings.cache_min_uses)
         self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
         self.hooks = Hooks()
         self.filler: Filler | None = None

@@ -47,6 +47,8 @@ PREPARED_CACHE_ENTRIES = 16384
 """Versions whose per-file header work is kept (about 1 KB each). More than the disk tier's
 entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail workload
 with 4,096 for 10,000 files (benchmarks/RESULTS.md, 2026-11-30)."""
+VERIFIED_CONTENTS = 65536
+"""Small cache files whose content this process has hashed once (64 bytes of name each)."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 PREFETCH_CONCURRENCY = 4
 PRIME_ATTEMPTS = 5
@@ -121,6 +123,7 @@ class FileService:
         self.disk: DiskCache = self.runtime.disk
         self.view: MetadataView = self.runtime.view
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
+        self._verified_contents: set[str] = set()
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
         self.misses = Misses(self.runtime)
@@ -294,23 +297,37 @@ class FileService:
         fd = self.disk.open_entry(entry)
         if fd is None:
             return None
-        file = self.prepared(entry.meta)
-        self.disk.touch(entry.meta.key)
-        self.runtime.admission.seen(entry.meta.key)  # its frequency, against newcomers
-        if not self.memory.fits(entry.meta.size):
+        meta = entry.meta
+        file = self.prepared(meta)
+        self.disk.touch(meta.key)
+        self.runtime.admission.seen(meta.key)  # its frequency, against newcomers
+        if not self.memory.fits(meta.size):
             return Found(file, "disk", DiskBody(fd, entry.path, inline=False))
         try:
-            data = os.pread(fd, entry.meta.size, 0)
+            data = os.pread(fd, meta.size, 0)
         finally:
             os.close(fd)
-        # Promotion is once per file, not per hit: worth a hash, so a cache file damaged in
-        # place (same size, other bytes) is refetched rather than served from memory.
-        if len(data) == entry.meta.size and hashlib.sha256(data).hexdigest() == entry.meta.sha256:
-            self.memory.put(entry.meta.key, MemoryEntry(file, data))
-            return Found(file, "disk", MemoryBody(data))
-        logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
-        self.disk.drop_damaged(entry.meta)
-        return None
+        # A small file read whole is worth a hash the first time this process reads its content
+        # (a cache file damaged in place — same size, other bytes — is refetched, not served),
+        # not on every read: most small disk hits are not copied into memory (MemoryTier.offer).
+        if len(data) != meta.size or not self._verified(meta.sha256, data):
+            logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
+            self.disk.drop_damaged(meta)
+            return None
+        self.memory.offer(meta.key, MemoryEntry(file, data))
+        return Found(file, "disk", MemoryBody(data))
+
+    def _verified(self, sha256: str, data: bytes) -> bool:
+        """Whether ``data`` is the content named ``sha256``: hashed once per content per process
+        (remembered for up to :data:`VERIFIED_CONTENTS` contents, then forgotten all at once)."""
+        if sha256 in self._verified_contents:
+            return True
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        if len(self._verified_contents) >= VERIFIED_CONTENTS:
+            self._verified_contents.clear()
+        self._verified_contents.add(sha256)
+        return True
 
     def prepared(self, meta: FileMeta) -> PreparedFile:
         """The per-version header work, done once and kept for the next request."""

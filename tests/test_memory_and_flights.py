@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from servefiles.cache.admission import Admission
 from servefiles.cache.memindex import MemIndex
 from servefiles.cache.memory import ENTRY_OVERHEAD, MemoryEntry, MemoryTier
 from servefiles.http import HttpPolicy, PreparedFile
@@ -49,6 +50,49 @@ def test_a_file_over_the_tiers_limits_is_not_kept_and_evicts_nothing() -> None:
     small_budget = MemoryTier(max_bytes=1000, max_file_bytes=1000)
     small_budget.put("x", entry("x", 1000 - ENTRY_OVERHEAD + 1))  # over the budget with its overhead
     assert len(small_budget) == 0 and small_budget.bytes == 0
+
+
+def test_a_full_memory_tier_keeps_the_files_asked_for_more_often_than_a_newcomer() -> None:
+    cost = 1000 + ENTRY_OVERHEAD
+    admission = Admission(min_uses=2)
+    tier = MemoryTier(max_bytes=2 * cost, max_file_bytes=1000, admission=admission)
+    assert tier.offer("a", entry("a", 1000)) and tier.offer("b", entry("b", 1000))  # room: no contest
+    for _ in range(3):
+        assert tier.get("a") is not None and tier.get("b") is not None  # memory hits, unseen by the sketch
+    admission.seen("once")
+    assert not tier.offer("once", entry("o", 1000)), "a file asked for once pushed out one asked for 4 times"
+    assert tier.get("once") is None and tier.refusals == 1 and tier.evictions == 0
+    for _ in range(5):
+        admission.seen("rising")  # 5: more than the least recently used entry, "a" (3 hits)
+    assert tier.offer("rising", entry("r", 1000))
+    assert tier.get("rising") is not None and tier.evictions == 1
+    assert tier.get("a") is None and tier.get("b") is not None, "not the least recently used one evicted"
+
+
+def test_a_memory_tier_lets_newcomers_in_once_its_entries_hits_have_aged() -> None:
+    cost = 1000 + ENTRY_OVERHEAD
+    admission = Admission(min_uses=2, window=4)
+    tier = MemoryTier(max_bytes=cost, max_file_bytes=1000, admission=admission)
+    tier.offer("old", entry("o", 1000))
+    for _ in range(8):
+        tier.get("old")
+    admission.seen("new")
+    admission.seen("new")
+    assert not tier.offer("new", entry("n", 1000))  # 2 against 8
+    for _ in range(6):  # two agings (every 4 sightings): the entry's 8 hits halve with the sketch, to 2
+        admission.seen("unrelated")
+    for _ in range(3):
+        admission.seen("new")  # 3 within this window
+    assert tier.offer("new", entry("n", 1000)), "a tier whose hits never age freezes on yesterday's files"
+
+
+def test_without_an_admission_sketch_the_memory_tier_is_plain_lru() -> None:
+    cost = 1000 + ENTRY_OVERHEAD
+    tier = MemoryTier(max_bytes=cost, max_file_bytes=1000, admission=Admission(min_uses=1))
+    tier.offer("a", entry("a", 1000))
+    for _ in range(5):
+        tier.get("a")
+    assert tier.offer("b", entry("b", 1000)) and tier.get("a") is None
 
 
 class GatedQuery:

@@ -19,6 +19,8 @@ fades, a key seen once is forgotten within one to two windows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from ..keys import key_digest
 
 ROWS = 4
@@ -54,6 +56,8 @@ class Admission:
         self._mask = width - 1
         self._rows = [bytearray(width if min_uses > 1 else 0) for _ in range(ROWS)]
         self._sightings = 0
+        self.on_age: list[Callable[[], None]] = []
+        """Called after each halving: counts kept elsewhere (the memory tier's hits) age alike."""
 
     @property
     def nbytes(self) -> int:
@@ -98,6 +102,21 @@ class Admission:
             return self.estimate(key) > self.estimate(victim)
         return self.estimate(key) >= self.estimate(victim)
 
+    def prevails(self, key: str, rivals: Iterable[tuple[str, int]]) -> bool:
+        """Whether ``key`` may take the place of every rival ``(key, hits the sketch did not
+        count)``: asked for more often lately than each (as often, where :attr:`hits_seen` is
+        False; see :meth:`outranks`). No rivals, or no sketch (``min_uses`` 1): True. Stops at
+        the first rival that holds, so a refusal costs one comparison most of the time."""
+        if self.min_uses <= 1:
+            return True
+        wanted = self.estimate(key)
+        strict = self.hits_seen
+        for rival, hits in rivals:
+            held = self.estimate(rival) + hits
+            if wanted < held or (strict and wanted == held):
+                return False
+        return True
+
     def admitted(self, key: str) -> bool:
         """Whether ``key`` has been seen ``min_uses`` times, without counting a sighting: for a
         decision taken after the sightings were counted (requests that waited together)."""
@@ -120,3 +139,5 @@ class Admission:
         self._sightings = 0
         for row in self._rows:
             row[:] = row.translate(_HALVE)
+        for aged in self.on_age:
+            aged()

@@ -358,7 +358,7 @@ class Filler:
     def _remember(self, fill: Fill) -> None:
         """A small fill's bytes into the memory tier (a fill is small only with a tier and a file)."""
         if self.memory is not None and fill.file is not None and fill.body is not None:
-            self.memory.put(fill.meta.key, MemoryEntry(fill.file, fill.body))
+            self.memory.offer(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
     async def _on_disk(self, meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
         """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at

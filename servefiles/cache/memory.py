@@ -1,24 +1,38 @@
-"""The memory tier: small, hot files as bytes in a byte-bounded LRU.
+"""The memory tier: small, hot files as bytes in a byte-bounded LRU, with TinyLFU admission.
 
 A hit here touches neither the disk nor a thread: the entry carries the
 file's bytes and its precomputed HTTP headers (:class:`PreparedFile`).
+
+The tier is far smaller than the disk tier, so on a long tail plain recency thrashes it: on
+the issue-15 workload (Zipf s = 1.0, 16 MiB) a third of all requests copied a file in (a
+read, a sha256, evictions) and only 45 % were memory hits. :meth:`MemoryTier.offer` lets a
+file in only when the frequency sketch ranks it above every entry it would push out
+(TinyLFU's rule, as for the disk tier): simulated on that workload, promotions fall to about
+1 % of requests and memory hits rise to 54 %. The sketch does not see memory hits (counting
+them would put a sha256 of the key on the fastest path), so each entry counts its own,
+halved whenever the sketch ages.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..http import PreparedFile
+from .admission import Admission
 
 ENTRY_OVERHEAD = 512
 """Bytes charged per entry on top of its content: keeps a flood of tiny files bounded too."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MemoryEntry:
     file: PreparedFile
     body: bytes
+    hits: int = 0
+    """Requests answered from this entry lately (halved as the sketch ages): its frequency
+    beyond what :class:`Admission` counted before it came in."""
 
 
 def _cost(entry: MemoryEntry) -> int:
@@ -32,19 +46,39 @@ class MemoryTier:
     is one C lookup and one C move to the end. The event loop's alone (not thread-safe).
     """
 
-    def __init__(self, max_bytes: int, max_file_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_file_bytes: int, admission: Admission | None = None) -> None:
         self.max_file_bytes = max_file_bytes
         self.max_bytes = max(max_bytes, 1)
         self.evictions = 0
         """Entries pushed out to make room, since start (a replaced or discarded one is not counted)."""
+        self.refusals = 0
+        """Offers turned down because what they would evict was asked for as often (:meth:`offer`)."""
         self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
         self._bytes = 0
+        self._admission = admission
+        if admission is not None:
+            admission.on_age.append(self._age)
 
     def get(self, key: str) -> MemoryEntry | None:
+        """``key``'s entry, counted as a hit (None: not held)."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
+            entry.hits += 1
         return entry
+
+    def offer(self, key: str, entry: MemoryEntry) -> bool:
+        """Keep ``entry`` if it fits without evicting anything, or if the admission sketch ranks
+        ``key`` above each entry it would evict (their own hits added: :attr:`MemoryEntry.hits`);
+        without a sketch, always (plain LRU). True when kept. Every copy into the tier but a
+        test's goes through here; :meth:`put` keeps unconditionally."""
+        if not self.fits(len(entry.body)):
+            return False
+        if self._admission is not None and not self._admission.prevails(key, self._victims(key, _cost(entry))):
+            self.refusals += 1
+            return False
+        self.put(key, entry)
+        return True
 
     def fits(self, size: int) -> bool:
         """Whether a file of ``size`` bytes belongs in this tier at all."""
@@ -60,6 +94,23 @@ class MemoryTier:
             _, gone = self._entries.popitem(last=False)
             self._bytes -= _cost(gone)
             self.evictions += 1
+
+    def _victims(self, key: str, cost: int) -> Iterator[tuple[str, int]]:
+        """The entries (key, own hits) that keeping ``cost`` bytes for ``key`` would evict, least
+        recently used first; lazily, so a refusal usually looks at one."""
+        held = self._entries.get(key)
+        excess = self._bytes + cost - (_cost(held) if held is not None else 0) - self.max_bytes
+        for other, entry in self._entries.items():
+            if excess <= 0:
+                return
+            if other != key:
+                excess -= _cost(entry)
+                yield other, entry.hits
+
+    def _age(self) -> None:
+        """Halve every entry's hits, as the sketch halves its counters (popularity fades)."""
+        for entry in self._entries.values():
+            entry.hits >>= 1
 
     def discard(self, key: str) -> None:
         gone = self._entries.pop(key, None)
