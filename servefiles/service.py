@@ -50,6 +50,11 @@ with 4,096 for 10,000 files (benchmarks/RESULTS.md, 2026-11-30)."""
 VERIFIED_CONTENTS = 65536
 """Small cache files whose content this process has hashed once (64 bytes of name each)."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
+HEAD_BYTES = 4 * CHUNK_SIZE
+"""Content a miss asks for with the metadata (1 MiB): the whole of most files (every avatar and
+photo of the issue-15 workload), so their miss is one query and a reply of one message from its
+bytes; a larger file's start, the rest read by blob id. Measured against one chunk (256 KiB):
+benchmarks/RESULTS.md, 2026-11-30 evening."""
 PREFETCH_CONCURRENCY = 4
 PRIME_ATTEMPTS = 5
 """How often a reply is rebuilt when its file changes between the metadata query and the fetch."""
@@ -92,8 +97,7 @@ class Found:
 def head_bytes(method: str, headers: Mapping[str, str]) -> int | None:
     """How much content to ask for with the metadata of a key no tier holds (:meth:`Store.fetch_head`):
     none for a HEAD (``stat`` alone: no content is needed); the metadata and blob only (0) for a
-    conditional GET, likely a 304, and for a range not from byte 0; else the first chunk, which is
-    the whole of most files (avatars, photos) and the start every full response needs first."""
+    conditional GET, likely a 304, and for a range not from byte 0; else :data:`HEAD_BYTES`."""
     if method != "GET":
         return None
     if "if-none-match" in headers or "if-modified-since" in headers:
@@ -101,7 +105,7 @@ def head_bytes(method: str, headers: Mapping[str, str]) -> int | None:
     range_value = headers.get("range")
     if range_value is not None and not range_value.replace(" ", "").lower().startswith("bytes=0-"):
         return 0
-    return CHUNK_SIZE
+    return HEAD_BYTES
 
 
 class FileService:

@@ -36,6 +36,7 @@ import httpx
 import pytest
 
 from servefiles import ServeFiles, open_store
+from servefiles.service import HEAD_BYTES
 
 from .alarms import alarm
 from .servers import Frontend, cli, free_port, listening
@@ -192,7 +193,7 @@ async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
     """The race the soak test found: the metadata query says version 1, then a writer replaces
     (or deletes) the file and its old chunks are gone before the fetch. The client must get
     the new state, never a status line followed by a cut connection."""
-    old, new = os.urandom(400_000), os.urandom(300_000)
+    old, new = os.urandom(HEAD_BYTES + 100_000), os.urandom(300_000)
     async with open_store(store_url) as store:
         await store.put("k.bin", old)
         app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache", feed=False)
@@ -211,7 +212,7 @@ async def test_a_file_changed_between_lookup_and_fetch_is_asked_for_again(
 
         async def fetch_head_then_change(key: str, *args: Any, **kwargs: Any) -> object:
             # The miss path's metadata query (it brings a small file's content along; this
-            # one is larger than a chunk, so its content is fetched after the change).
+            # one is larger than that, so the rest of it is fetched after the change).
             return await then_change(await real_fetch_head(key, *args, **kwargs))
 
         store.stat = stat_then_change  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from servefiles import ServeFiles, Store, open_store
+from servefiles.service import HEAD_BYTES
 from servefiles.store.base import CHUNK_SIZE
 
 from .instrument import count_store_reads
@@ -92,8 +93,18 @@ async def test_a_file_asked_for_again_is_written_to_the_disk_tier(store: Store, 
         assert queries == ["_locate_head", "_locate_head"]
 
 
+async def test_a_miss_of_a_file_of_several_chunks_up_to_head_bytes_is_one_query(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(HEAD_BYTES - CHUNK_SIZE // 2)  # 3.5 chunks: one row each, all in the first query
+    await store.put("photo.jpg", data)
+    async with serving(store, tmp_path / "cache") as (_app, client):
+        queries = count_store_reads(store)
+        response = await client.get("/media/photo.jpg")
+        assert response.status_code == 200 and response.content == data
+        assert queries == ["_locate_head"]
+
+
 async def test_a_large_cold_miss_streams_from_the_store_without_a_second_locate(store: Store, tmp_path: Path) -> None:
-    data = os.urandom(3 * CHUNK_SIZE + 17)
+    data = os.urandom(HEAD_BYTES + CHUNK_SIZE + 17)
     await store.put("video.mp4", data)
     async with serving(store, tmp_path / "cache") as (app, client):
         queries = count_store_reads(store)
@@ -111,7 +122,7 @@ async def test_a_large_cold_miss_streams_from_the_store_without_a_second_locate(
 
 
 async def test_min_uses_1_fills_on_the_first_request(store: Store, tmp_path: Path) -> None:
-    small, large = os.urandom(1000), os.urandom(2 * CHUNK_SIZE + 1)
+    small, large = os.urandom(1000), os.urandom(HEAD_BYTES + 1)
     await store.put("s.bin", small)
     await store.put("l.bin", large)
     async with serving(store, tmp_path / "cache", cache_min_uses=1) as (app, client):
@@ -162,7 +173,7 @@ async def test_a_missing_key_costs_one_query(store: Store, tmp_path: Path) -> No
 async def test_a_file_replaced_between_head_and_continuation_is_asked_for_again(
     store: Store, store_url: str, tmp_path: Path
 ) -> None:
-    old, new = os.urandom(3 * CHUNK_SIZE), os.urandom(3 * CHUNK_SIZE + 5)
+    old, new = os.urandom(HEAD_BYTES + CHUNK_SIZE), os.urandom(HEAD_BYTES + CHUNK_SIZE + 5)
     await store.put("clip.mp4", old)
     original = store._fetch_chunks
     replaced = False
