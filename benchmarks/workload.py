@@ -28,7 +28,8 @@ the ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit
 disk evictions (its Prometheus counters, ``--metrics``), server CPU
 µs per request (utime+stime of the server process trees: nginx and servefiles in tree
 mode) and PostgreSQL CPU µs per request (the backends connected to the run's database),
-non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree mode).
+non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree mode), and the
+share of the machine's CPU time a hypervisor stole during the phase (``/proc/stat``: noise to weigh).
 After each contender's phases a sample of keys is fetched and compared with the files.
 The issue's ratio targets follow the table as PASS/FAIL lines.
 
@@ -405,13 +406,28 @@ class Snapshot:
     cpu: float
     postgres: float
     counters: dict[str, float] = field(default_factory=dict)
+    machine: tuple[int, int] = (0, 0)
+    """(steal ticks, all ticks) of the whole machine, from /proc/stat."""
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot (``/proc/stat``; zeros where there is
+    none): the time a hypervisor gave other guests is a phase's noise, reported beside it."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
 
 
 def snapshot(deployment: Deployment, database: str, start: bool) -> Snapshot:
     """CPU times and counters; the scrape stays outside the CPU window (before it at the
     start of a phase, after it at the end)."""
     counters = scrape(deployment.metrics) if deployment.metrics and start else {}
-    taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers), postgres_cpu_seconds(database))
+    taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers), postgres_cpu_seconds(database),
+                     machine=machine_ticks())  # fmt: skip
     if deployment.metrics and not start:
         counters = scrape(deployment.metrics)
     taken.counters = counters
@@ -448,6 +464,8 @@ class Row:
     hit_ratio: float | None = None
     store_fetches: int | None = None
     evictions: int | None = None
+    steal: float | None = None
+    """The share of the machine's CPU time the hypervisor took during the phase (steal)."""
     note: str = ""
 
 
@@ -460,8 +478,11 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
     if spy is not None:
         spy.wait(timeout=60)
     requests = max(load.requests, 1)
+    ticks = after.machine[1] - before.machine[1]
+    steal = (after.machine[0] - before.machine[0]) / ticks if ticks > 0 else None
     row = Row(s, contender.name, contender.kind, phase, load, (after.cpu - before.cpu) / requests * 1e6,
-              (after.postgres - before.postgres) / requests * 1e6, deployment.main.peak_rss_mib())  # fmt: skip
+              (after.postgres - before.postgres) / requests * 1e6, deployment.main.peak_rss_mib(),
+              steal=steal)  # fmt: skip
     if deployment.metrics:
 
         def delta(name: str) -> float:
@@ -527,7 +548,7 @@ def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_roo
                         log(f"s={_s(s)} {contender.name} {phase}: {row.load.requests_per_second:,.0f} req/s, "
                             f"p99 {row.load.p99_ms:.1f} ms, hit ratio {_pct(row.hit_ratio)}, "
                             f"server {row.server_us:.0f} µs/req, PG {row.postgres_us:.0f} µs/req, "
-                            f"non-2xx {row.load.non_2xx}")  # fmt: skip
+                            f"non-2xx {row.load.non_2xx}, steal {_pct(row.steal)}")  # fmt: skip
                         if row.load.non_2xx:
                             result.failures.append(f"s={_s(s)} {contender.name} {phase}: {row.load.non_2xx} non-2xx")
                     wrong = verify(deployment, data)
@@ -573,8 +594,8 @@ def _reference(rows: Sequence[Row], kind: str, s: float, phase: str) -> Row | No
 
 def table(rows: Sequence[Row]) -> str:
     lines = ["| s | contender | phase | req/s | MB/s | p50 ms | p99 ms | x DB-direct | x nginx | hit ratio "
-             "| store fetches | evictions | server µs/req | PG µs/req | non-2xx | peak RSS MiB | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+             "| store fetches | evictions | server µs/req | PG µs/req | non-2xx | peak RSS MiB | steal | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         rps = r.load.requests_per_second
         mb_s = r.load.bytes_read / r.load.duration_s / 1e6 if r.load.duration_s else 0.0
@@ -584,7 +605,7 @@ def table(rows: Sequence[Row]) -> str:
             f"| {_ratio(rps, _reference(rows, 'static', r.s, r.phase))} | {_pct(r.hit_ratio)} "
             f"| {'—' if r.store_fetches is None else f'{r.store_fetches:,}'} "
             f"| {'—' if r.evictions is None else f'{r.evictions:,}'} | {r.server_us:,.0f} | {r.postgres_us:,.0f} "
-            f"| {r.load.non_2xx} | {r.peak_rss_mib:.0f} | {r.note} |"
+            f"| {r.load.non_2xx} | {r.peak_rss_mib:.0f} | {_pct(r.steal)} | {r.note} |"
         )  # fmt: skip
     return "\n".join(lines)
 

@@ -49,7 +49,8 @@ class Misses:
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         if head is not None and complete:
-            runtime.memory.offer(meta.key, MemoryEntry(file, head.data))
+            if fill is None:  # a fill offers its bytes to the memory tier itself
+                runtime.memory.offer(meta.key, MemoryEntry(file, head.data))
             return MemoryBody(head.data)
         return StoreBody(runtime.store, meta, runtime.metrics, head)
 

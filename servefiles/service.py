@@ -47,8 +47,6 @@ PREPARED_CACHE_ENTRIES = 16384
 """Versions whose per-file header work is kept (about 1 KB each). More than the disk tier's
 entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail workload
 with 4,096 for 10,000 files (benchmarks/RESULTS.md, 2026-11-30)."""
-VERIFIED_CONTENTS = 65536
-"""Small cache files whose content this process has hashed once (64 bytes of name each)."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 HEAD_BYTES = 4 * CHUNK_SIZE
 """Content a miss asks for with the metadata (1 MiB): the whole of most files (every avatar and
@@ -127,7 +125,6 @@ class FileService:
         self.disk: DiskCache = self.runtime.disk
         self.view: MetadataView = self.runtime.view
         self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
-        self._verified_contents: set[str] = set()
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
         self.misses = Misses(self.runtime)
@@ -323,14 +320,13 @@ class FileService:
 
     def _verified(self, sha256: str, data: bytes) -> bool:
         """Whether ``data`` is the content named ``sha256``: hashed once per content per process
-        (remembered for up to :data:`VERIFIED_CONTENTS` contents, then forgotten all at once)."""
-        if sha256 in self._verified_contents:
+        (servefiles.cache.verified)."""
+        verified = self.disk.verified
+        if sha256 in verified:
             return True
         if hashlib.sha256(data).hexdigest() != sha256:
             return False
-        if len(self._verified_contents) >= VERIFIED_CONTENTS:
-            self._verified_contents.clear()
-        self._verified_contents.add(sha256)
+        verified.add(sha256)
         return True
 
     def prepared(self, meta: FileMeta) -> PreparedFile:

@@ -27,16 +27,14 @@ metadata view's business (the feed drops outdated keys in every process).
 **Durability.** No fsync per file: a ``syncfs`` watermark and, after a reboot, verification of what it did not cover
 (durable.py). A crash before a batch reached SQLite loses its entries; the next start-up sweeps their files.
 
-Hostile contents (a symlink, FIFO, socket or directory where a content file,
-the index, a lock file or a directory should be; a file where a directory
-should be; a truncated or unreadable file) are a miss, never a hang: files are
-opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat`` (localfs.py);
-the start-up sweep removes what it cannot vouch for. A file damaged in place
-(right size, wrong bytes) is caught where its bytes are read anyway: promotion
-to memory and ``sync --verify`` hash them.
+Hostile contents (a symlink, FIFO, socket or directory where a content file, the index, a lock file or a
+directory should be; a file where a directory should be; a truncated or unreadable file) are a miss, never a
+hang: files are opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat`` (localfs.py); the start-up
+sweep removes what it cannot vouch for. A file damaged in place (right size, wrong bytes) is caught where its
+bytes are read whole anyway, once per process (verified.py), and by ``sync --verify``.
 
-Whoever mirrors entries elsewhere (nginx's published tree) follows them with
-:meth:`DiskCache.on_removed` and :meth:`DiskCache.holding`; this tier knows nothing of it.
+Whoever mirrors entries elsewhere (nginx's published tree) follows them with :meth:`DiskCache.on_removed`
+and :meth:`DiskCache.holding`; this tier knows nothing of it.
 """
 
 from __future__ import annotations
@@ -64,6 +62,7 @@ from .loader import StartupReport, load
 from .locks import FillLock
 from .members import Members
 from .memindex import Journal, MemIndex
+from .verified import VerifiedContents
 from .writer import DiskWriter, install, install_alone
 
 __all__ = [
@@ -116,6 +115,7 @@ class DiskCache:
         self._behind = Behind(self._index, self.root, self._take_journal, self._put_back)
         self._touches = self._behind.touches
         self._listeners: list[RemovalListener] = []
+        self.verified = VerifiedContents()  # contents this process checked against their sha256
 
     def open(self, sweep: bool = True) -> StartupReport:
         """Create the dirs, open (or rebuild) the index, and load: validate and sweep (loader.py),
@@ -307,6 +307,7 @@ class DiskCache:
 
     def _install(self, meta: FileMeta, temp: Path) -> DiskEntry:
         """Install a verified temp file (writer.py), then evict in one batch."""
+        self.verified.add(meta.sha256)  # the writer hashed it
         if self.alone():
             return self._install_alone(meta, temp)
         self.flush()  # what this process did alone goes first
@@ -385,10 +386,9 @@ class DiskCache:
     def _drop_damaged(self, meta: FileMeta, check_hash: bool = False) -> None:
         """Forget a file found damaged, with every entry that uses it, and remove what is there.
 
-        The file is looked at again first: another writer may have put a good copy in
-        place meanwhile, and that one must stay. A failure is logged: the next open's sweep
-        will do it.
-        """
+        The file is looked at again first: another writer may have put a good copy in place
+        meanwhile, and that one must stay. A failure is logged: the next open's sweep will do it."""
+        self.verified.discard(meta.sha256)
         if not is_sha256(meta.sha256):
             return
         path = self._dir.content_path(meta.sha256)
