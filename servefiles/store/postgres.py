@@ -181,6 +181,11 @@ class PostgresStore(Store):
         self._where = mask_dsn(dsn)
         """The DSN as messages show it: without its password."""
         self._pool = pool
+        self._idle: list[asyncpg.Connection] = []
+        """Connections this store holds out of the pool between statements (:meth:`_connection`)."""
+        self._waiting = 0
+        """Statements waiting for the pool to hand them a connection (then one is given back)."""
+        self._closing = False
         self._connect_timeout = connect_timeout
         self._read_pool: asyncpg.Pool | None = None
 
@@ -205,18 +210,60 @@ class PostgresStore(Store):
         return store
 
     async def close(self) -> None:
+        self._closing = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._give_back(conn)
         await self._pool.close()
         if self._read_pool is not None:
             await self._read_pool.close()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; connection-level failures become StoreUnavailable."""
+        """A pooled connection; connection-level failures become StoreUnavailable.
+
+        A connection that served a statement cleanly is kept aside for the next one instead of
+        going back to the pool (unless a statement waits for the pool): asyncpg's acquire and
+        release each run a task of their own (``wait_for``, ``shield``). Measured in-process, a
+        ``stat`` cost 392 µs of CPU through the pool and 194 µs this way (benchmarks/RESULTS.md,
+        2026-11-30 evening). Anything else — an error, a cancellation, a connection left in a
+        transaction or closed — goes back through the pool, which rolls back or terminates it."""
+        conn = None
         try:
-            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
-                yield conn
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL at {self._where}: {_reason(exc)}") from exc
+            conn = await self._take_idle()
+            if conn is None:
+                self._waiting += 1
+                try:
+                    conn = await self._pool.acquire(timeout=self._connect_timeout)
+                finally:
+                    self._waiting -= 1
+            yield conn
+        except BaseException as exc:
+            if conn is not None:
+                await self._give_back(conn)
+            if isinstance(exc, _UNAVAILABLE):
+                raise StoreUnavailable(f"PostgreSQL at {self._where}: {_reason(exc)}") from exc
+            raise
+        if self._waiting or self._closing or conn.is_closed() or conn.is_in_transaction():
+            await self._give_back(conn)  # someone waits in the pool for a connection: this one
+        else:
+            self._idle.append(conn)
+
+    async def _take_idle(self) -> asyncpg.Connection | None:
+        """A connection kept aside after a clean statement, if one is still open."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.is_closed():
+                return conn
+            await self._give_back(conn)  # lost meanwhile (a restart, a fail-over): the pool replaces it
+        return None
+
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self._pool.release(conn)
+        except Exception as exc:  # a connection that cannot be reset is terminated by the pool
+            logger.debug("PostgreSQL connection released with an error: %s", exc)
 
     async def _init_schema(self) -> None:
         async with self._connection() as conn, conn.transaction():
