@@ -86,6 +86,23 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644, 
     return fd
 
 
+def open_regular_for_reading(path: str | Path) -> tuple[int, int]:
+    """``(fd, size in bytes)`` of ``path`` opened read-only (blocking) if it is a regular file,
+    as :func:`open_regular` checks it, with the one ``fstat`` that check makes (a cache hit's
+    path, where each system call counts). Raises :class:`NotRegularFile`, or ``OSError``
+    (``ELOOP`` for a symlink)."""
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW_NONBLOCK)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise NotRegularFile(f"{path} is a {kind(found.st_mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, found.st_size
+
+
 def read_regular(path: str | Path, limit: int) -> bytes:
     """The whole of a small regular file (:func:`open_regular`); ``ValueError`` beyond ``limit`` bytes."""
     fd = open_regular(path)

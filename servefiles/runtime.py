@@ -182,7 +182,7 @@ class Runtime:
                 hook(change)
 
     def _memory_version(self, key: str) -> int | None:
-        cached = self.memory.get(key)
+        cached = self.memory.peek(key)
         return cached.file.meta.version if cached is not None else None
 
     def _feed_down(self) -> None:

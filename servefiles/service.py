@@ -244,7 +244,7 @@ class FileService:
         found = self.in_memory(key, now)
         if found is not None:
             return found
-        cached = self.memory.get(key)
+        cached = self.memory.peek(key)  # in_memory counted its hit (if it holds a copy, not fresh)
         disk_entry = self.disk.get(key)
         if disk_entry is not None and self.view.fresh(key, disk_entry.meta.revision, now):
             found = self.open_disk(disk_entry)
@@ -343,7 +343,7 @@ class FileService:
         return await self.view.revalidate(self.store, key, self._drop_other_revisions)
 
     async def _drop_other_revisions(self, key: str, meta: FileMeta | None) -> None:
-        memory_copy, disk_copy = self.memory.get(key), self.disk.get(key)
+        memory_copy, disk_copy = self.memory.peek(key), self.disk.get(key)
         held = [memory_copy.file.meta] if memory_copy is not None else []
         held += [disk_copy.meta] if disk_copy is not None else []
         if meta is None or any(copy.revision != meta.revision for copy in held):

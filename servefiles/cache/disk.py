@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..errors import CacheWriteError
 from ..keys import key_digest
-from ..localfs import ensure_dir, open_regular, remove_any
+from ..localfs import ensure_dir, open_regular_for_reading, remove_any
 from ..store.types import Change, FileMeta
 from . import locks
 from .behind import FLUSH_CHANGES, Behind
@@ -247,15 +247,12 @@ class DiskCache:
         The caller owns the returned fd (blocking mode, close-on-exec).
         """
         try:
-            fd = open_regular(entry.path)
+            fd, size = open_regular_for_reading(entry.path)
         except OSError:
             self._drop_damaged(entry.meta)
             return None
-        try:
-            if os.fstat(fd).st_size == entry.meta.size:
-                return fd
-        except OSError:
-            pass
+        if size == entry.meta.size:
+            return fd
         os.close(fd)
         self._drop_damaged(entry.meta)
         return None

@@ -67,6 +67,10 @@ class MemoryTier:
             entry.hits += 1
         return entry
 
+    def peek(self, key: str) -> MemoryEntry | None:
+        """``key``'s entry without counting a hit or touching the recency order (for bookkeeping)."""
+        return self._entries.get(key)
+
     def offer(self, key: str, entry: MemoryEntry) -> bool:
         """Keep ``entry`` if it fits without evicting anything, or if the admission sketch ranks
         ``key`` above each entry it would evict (their own hits added: :attr:`MemoryEntry.hits`);
