@@ -185,7 +185,9 @@ class Runtime:
 
     async def _drop_everything(self) -> None:
         """The database's history went back (:meth:`ChangeFeed._check_history`): no cached copy, no
-        announced version, no validation and no absence is vouched for any more."""
+        announced version, no validation and no absence is vouched for any more. The store has just
+        answered: the copies dropped are fetched again at once, never refused by an open circuit."""
+        self.view.store_answered()
         self.view.forget()
         self.memory.clear()
         await asyncio.to_thread(self.disk.clear)
