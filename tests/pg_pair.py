@@ -51,6 +51,12 @@ class PgServerDir:
         options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
         self.pg_ctl("-w", "-t", str(int(START_SECONDS)), "-l", str(self.log), "-o", options, "start")
 
+    def start_if_stopped(self) -> None:
+        """Start the server unless it runs (``pg_ctl status`` exits with 3 when it does not)."""
+        status = _as_postgres_user([_pg_bin("pg_ctl"), "-D", str(self.data), "status"], check=False)
+        if status.returncode == 3:
+            self.start()
+
     def stop_immediately(self) -> None:
         """``pg_ctl stop -m immediate``: a crash, as far as clients and the standby can tell."""
         self.pg_ctl("-m", "immediate", "-w", "stop", check=False)
