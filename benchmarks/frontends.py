@@ -21,11 +21,12 @@ One run, everything on 127.0.0.1:
 
 The prediction is made from the request stream alone, before looking at any counter, with the
 model of docs/scaling.md: per frontend, a small file misses on its first request and on the first
-after each change of it; a large one on its first two (the first is not admitted to the disk tier)
-and on the first after each change. A miss costs one query for a small file, one plus one per
-1 MiB for a large one; a PUT three transactions (upload row, chunks, publish); each change one
-feed query on every frontend; each frontend's start-up and shutdown a fixed few (counted by
-starting and stopping the fleet once with no load). The frontends' own miss counters are printed
+after each change of it; one too large for the memory tier on its first two (the first is not
+admitted to the disk tier) and on the first after each change. A miss costs one query for a file
+that fits the head a miss asks for with the metadata, one plus one per 1 MiB for a larger one;
+a PUT three transactions (upload row, chunks, publish); each change one feed query on every
+frontend; each frontend's start-up and shutdown a fixed few (counted by starting and stopping
+the fleet once with no load). The frontends' own miss counters are printed
 beside the predicted misses, so a gap can be told apart: the cache model or the cost per miss.
 
 Prints Markdown. Exit status 0 when every response was right, 1 otherwise, 2 when it could not run.
@@ -54,6 +55,8 @@ import asyncpg
 import httpx
 
 from servefiles import open_store
+from servefiles.defaults import MEMORY_FILE_BYTES
+from servefiles.service import head_bytes
 from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS
 from tests.pg import PgServer, find_postgres
 from tests.servers import Frontend
@@ -82,10 +85,15 @@ class Prediction:
         return self.miss_queries + self.write_queries + self.feed_queries
 
 
+HEAD = head_bytes("GET", {})
+"""What a plain GET's miss asks for with the metadata (servefiles.service.head_bytes): a file up to
+this size costs one query."""
+
+
 def miss_queries(size: int) -> int:
-    """Queries one miss of a ``size``-byte file costs: the metadata with the first chunk, and for a
-    file larger than one chunk (whose first query brings the metadata only) its chunks a batch at a time."""
-    if size <= CHUNK_SIZE:
+    """Queries one miss of a ``size``-byte file costs: the metadata with its content when it fits the
+    head, else the metadata alone and then the chunks, a batch (READ_BATCH_CHUNKS) per query."""
+    if size <= HEAD:
         return 1
     return 1 + math.ceil(size / (READ_BATCH_CHUNKS * CHUNK_SIZE))
 
@@ -104,7 +112,8 @@ def predict(events: Sequence[Event], sizes: dict[str, int], frontends: int) -> P
         seen = requests[event.frontend]
         count = seen.get(event.key, 0)
         size = sizes[event.key]
-        needed = 2 if size > CHUNK_SIZE and count == 0 else 1  # a large file is admitted on its second request
+        # A file the memory tier does not take is written to disk on its second request (--cache-min-uses 2).
+        needed = 2 if size > MEMORY_FILE_BYTES and count == 0 else 1
         if count < needed:
             misses[event.frontend] += 1
             miss_cost += miss_queries(size)

@@ -124,4 +124,3 @@ def test_with_the_replica_down_a_frontend_starts_serves_from_the_primary_and_ret
     finally:
         server.stop()
         servers.standby.start_if_stopped()
-
