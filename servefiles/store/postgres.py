@@ -195,6 +195,8 @@ class PostgresStore(Store):
         self._pool = pool
         self._connect_timeout = connect_timeout
         self._replica: ReadReplica | None = None
+        self._history_hidden = False
+        """The server refused to tell its timeline (said once, in :meth:`read_history_id`)."""
 
     @classmethod
     async def open(
@@ -247,7 +249,7 @@ class PostgresStore(Store):
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
             await conn.execute(INIT_STORE_ID)
             self.store_id = await conn.fetchval(GET_STORE_ID)
-            self.history_id = await conn.fetchval(HISTORY_ID)
+        self.history_id = await self.read_history_id()
         async with self._connection() as conn:
             await conn.execute(SWEEP_UPLOADS, float(STALE_UPLOAD_SECONDS))
 
@@ -294,9 +296,23 @@ class PostgresStore(Store):
         return int(rows[0]["last_value"])
 
     async def read_history_id(self) -> str:
-        """The cluster's system identifier and timeline (see :meth:`Store.read_history_id`)."""
+        """The cluster's system identifier and timeline (see :meth:`Store.read_history_id`).
+
+        A server that will not tell (a managed service that hides ``pg_control_system()``, say)
+        gets ``""``, with one warning: a fail-over that lost commits is then noticed only when
+        the database's last version is below a feed's cursor."""
         async with self._connection() as conn:
-            history: str = await conn.fetchval(HISTORY_ID)
+            try:
+                history: str = await conn.fetchval(HISTORY_ID)
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, _UNAVAILABLE):
+                    raise
+                if not self._history_hidden:
+                    self._history_hidden = True
+                    logger.warning("PostgreSQL at %s does not tell its timeline (%s): a promoted standby that "
+                                   "lost commits is noticed only by a last version below the cursor",
+                                   self._where, _reason(exc))  # fmt: skip
+                return ""
             return history
 
     async def wake_ups(self, poll_seconds: float) -> AsyncIterator[None]:
