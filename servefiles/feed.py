@@ -7,8 +7,15 @@ persisted in the cache dir after each batch is applied, so a frontend that
 was down, or lost its listening connection, catches up from where it was:
 notifications are only hints, the cursor is the truth.
 
-The cursor file also names the database (its ``store_id``): a cache dir
-that was filled from another database is not trusted at all.
+The cursor file also names the database (its ``store_id``) and its history
+(:meth:`Store.read_history_id`): a cache dir that was filled from another
+database is not trusted at all. Nor is anything cached once the database's
+history went back: a standby promoted after asynchronous replication lost
+the old primary's last commits, whose versions the new primary may issue
+again for other content (a cursor would skip them, a copy would look current).
+The feed checks for that on every (re)connect, before its first catch-up:
+another history id, or a last version below the cursor (a database restored
+from a backup), and every cached copy is dropped, the cursor reset.
 """
 
 from __future__ import annotations
@@ -35,17 +42,23 @@ CURSOR_MAX_BYTES = 4096
 """A cursor file is one small JSON object; anything bigger is not one."""
 BATCH = 1000
 FIRST_BACKOFF_SECONDS = 0.1
-MAX_BACKOFF_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 2.0
+"""The longest wait between reconnection attempts: a promoted standby is followed (and the
+circuit breaker closed) at most this long after it accepts connections. An attempt on a
+database that refuses connections costs one connection attempt per frontend."""
 
 Apply = Callable[[list[Change]], Awaitable[None]]
+Reset = Callable[[], Awaitable[None]]
 
 
 class FeedCursor:
-    """The persisted cursor: "this cache dir reflects every change up to version N of store S"."""
+    """The persisted cursor: "this cache dir reflects every change up to version N of store S,
+    history H" (``history_id``: :meth:`Store.read_history_id`)."""
 
-    def __init__(self, state_dir: Path, store_id: str) -> None:
+    def __init__(self, state_dir: Path, store_id: str, history_id: str = "") -> None:
         self.path = state_dir / CURSOR_FILE
         self.store_id = store_id
+        self.history_id = history_id
 
     def load(self) -> int | None:
         """The saved cursor, or None when there is none for this database.
@@ -56,7 +69,9 @@ class FeedCursor:
         """
         try:
             state = json.loads(read_regular(self.path, CURSOR_MAX_BYTES))
-            if state.get("store_id") == self.store_id and isinstance(state.get("cursor"), int):
+            # A cursor saved before servefiles kept the history has none: trusted as before.
+            same_history = state.get("history", self.history_id) == self.history_id
+            if state.get("store_id") == self.store_id and same_history and isinstance(state.get("cursor"), int):
                 return int(state["cursor"])
         except FileNotFoundError:
             pass
@@ -77,7 +92,7 @@ class FeedCursor:
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".feed-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump({"store_id": self.store_id, "cursor": cursor}, out)
+                json.dump({"store_id": self.store_id, "history": self.history_id, "cursor": cursor}, out)
             os.replace(temp, self.path)
             return True
         except OSError as exc:
@@ -98,12 +113,18 @@ class ChangeFeed:
         poll_seconds: float,
         check_seconds: float,
         on_down: Callable[[], None] | None = None,
+        on_up: Callable[[], None] | None = None,
+        on_history_changed: Reset | None = None,
     ) -> None:
         self.store = store
         self.apply = apply
         self._on_down = on_down
         """Called when a healthy feed goes down (the published tree is withdrawn then)."""
-        self._cursor_file = FeedCursor(state_dir, store.store_id)
+        self._on_up = on_up
+        """Called when the feed is caught up after being down: the store answers again."""
+        self._on_history_changed = on_history_changed
+        """Called, before the cursor is reset, when the database's history went back: drop every copy."""
+        self._cursor_file = FeedCursor(state_dir, store.store_id, store.history_id)
         self.poll_seconds = check_seconds if store.notifies else poll_seconds
         self.cursor = 0
         self.healthy = False
@@ -142,10 +163,16 @@ class ChangeFeed:
         backoff = FIRST_BACKOFF_SECONDS
         while True:
             try:
+                connected = False
                 async for _ in self.store.wake_ups(self.poll_seconds):
+                    if not connected:  # a new connection: maybe to another server (a promoted standby)
+                        await self._check_history()
+                        connected = True
                     await self._catch_up()
                     if not self.healthy:
                         logger.info("change feed following %s from version %d", mask_dsn(self.store.url), self.cursor)
+                        if self._on_up is not None:
+                            self._on_up()
                     self.healthy, self.last_error, backoff = True, None, FIRST_BACKOFF_SECONDS
                     self._caught_up.set()
             except (StoreUnavailable, ServeFilesError, OSError) as exc:
@@ -163,6 +190,27 @@ class ChangeFeed:
             logger.warning("change feed down, revalidating by time until it is back: %s", exc)
             if self._on_down is not None:
                 self._on_down()
+
+    async def _check_history(self) -> None:
+        """Whether the database's history went back since the cursor was taken: another history id
+        (a promoted standby: lost commits' versions may be issued again for other content), or a last
+        version below the cursor (a restored backup). Then nothing cached is vouched for: every copy
+        is dropped (``on_history_changed``) and the feed follows from the database's last version."""
+        history = await self.store.read_history_id()
+        last = await self.store.last_version()
+        known = self._cursor_file.history_id
+        if history == known and last >= self.cursor:
+            return
+        logger.warning(
+            "the database's history went back (history %s, last version %d; this frontend had %s up to %d): "
+            "dropping every cached copy",
+            history or "-", last, known or "-", self.cursor,
+        )  # fmt: skip
+        if self._on_history_changed is not None:
+            await self._on_history_changed()
+        self._cursor_file.history_id = history
+        self.cursor = last
+        await asyncio.to_thread(self._save, last)
 
     async def _catch_up(self) -> None:
         while True:

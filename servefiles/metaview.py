@@ -179,7 +179,9 @@ class MetadataView:
     def wrote(self, key: str, version: int, revision: Revision | None) -> None:
         """This frontend wrote ``key`` (``revision`` None: deleted it): older copies are stale here
         and now, without waiting for the feed — ``latest`` outdates them while the feed is healthy,
-        the validation while it is not; copies a fill of the old version adds later are caught too."""
+        the validation while it is not; copies a fill of the old version adds later are caught too.
+        The store answered: the circuit breaker closes (:meth:`store_answered`)."""
+        self.store_answered()
         if self._latest.get(key, 0) < version:
             self._latest[key] = version
         self._absent.pop(key_digest(key), None)
@@ -187,6 +189,18 @@ class MetadataView:
             self._validated.pop(key, None)
         else:
             self._validated[key] = Validation(revision, time.monotonic())
+
+    def store_answered(self) -> None:
+        """The store just answered (a write, the feed's catch-up): the circuit is closed for every
+        request, not only after a revalidation's own trial (read-your-writes right after a fail-over)."""
+        self.breaker.succeeded()
+        self.store_error = None
+
+    def forget(self) -> None:
+        """Forget every announced version, validation and absence: the database's history went back."""
+        self._latest.clear()
+        self._validated.clear()
+        self._absent.clear()
 
     def feed_down(self) -> None:
         """Absence was vouched for by the feed: forget it while the feed is down."""

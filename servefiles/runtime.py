@@ -156,13 +156,15 @@ class Runtime:
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings
         self.feed = ChangeFeed(store, self.disk.root, self._apply_changes, settings.feed_poll_seconds,
-                               settings.feed_check_seconds, on_down=self._feed_down)  # fmt: skip
+                               settings.feed_check_seconds, on_down=self._feed_down,
+                               on_up=self.view.store_answered, on_history_changed=self._drop_everything)  # fmt: skip
         self.view.feed = self.feed
         if not self.feed.load():
             # No cursor for this database: nothing here can be vouched for.
             dropped = await asyncio.to_thread(self.disk.clear)
             if dropped:
-                logger.warning("disk cache %s was not filled from this database: cleared", self.disk.root)
+                logger.warning("disk cache %s was not filled from this database (or its history went back since): "
+                               "cleared", self.disk.root)  # fmt: skip
             # An empty cache has nothing to invalidate: follow from now on, rather than
             # replaying the database's whole history (a million keys, a million changes).
             self.feed.cursor = await store.last_version()
@@ -180,6 +182,15 @@ class Runtime:
         for change in changes:
             for hook in self.hooks.announced:
                 hook(change)
+
+    async def _drop_everything(self) -> None:
+        """The database's history went back (:meth:`ChangeFeed._check_history`): no cached copy, no
+        announced version, no validation and no absence is vouched for any more. The store has just
+        answered: the copies dropped are fetched again at once, never refused by an open circuit."""
+        self.view.store_answered()
+        self.view.forget()
+        self.memory.clear()
+        await asyncio.to_thread(self.disk.clear)
 
     def _memory_version(self, key: str) -> int | None:
         cached = self.memory.peek(key)

@@ -234,3 +234,20 @@ async def test_a_missing_key_costs_one_query_while_the_feed_is_healthy(store_url
                 assert (await client.get("/media/nothing-here.png")).content == b"now it is"
         finally:
             await app.aclose()
+
+
+async def test_a_database_restored_from_a_backup_is_served_as_it_is_now(tmp_path: Path) -> None:
+    """A database whose history went back (here a SQLite file restored from a copy; on PostgreSQL a
+    promoted standby, tests/test_failover.py): its last version is below the cursor the frontend
+    saved, so nothing the frontend cached is vouched for; every copy is dropped."""
+    db = tmp_path / "files.db"
+    async with open_store(f"sqlite:///{db}") as store:
+        await store.put("a.txt", b"in the backup")
+    backup = db.read_bytes()
+    async with open_store(f"sqlite:///{db}") as store:
+        await store.put("a.txt", b"after the backup")
+    async with frontend(f"sqlite:///{db}", tmp_path / "cache", cache_min_uses=1) as (_, client):
+        assert (await client.get("/media/a.txt")).content == b"after the backup"  # now on disk
+    db.write_bytes(backup)
+    async with frontend(f"sqlite:///{db}", tmp_path / "cache", cache_min_uses=1) as (_, client):
+        assert (await client.get("/media/a.txt")).content == b"in the backup"

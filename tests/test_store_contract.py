@@ -1294,3 +1294,14 @@ async def test_a_schema_1_database_is_migrated_with_last_modified_from_updated_a
         assert (await store.put("gone", b"y")).last_modified > pushed
     async with open_store(store_url) as store:  # opening again leaves it as it is
         assert await store.stat("k") == v2
+
+
+async def test_the_history_id_stays_while_the_database_keeps_its_history(store: Store) -> None:
+    """``read_history_id`` names the database's history: the same on every call and every open.
+    (It changes when the history may have gone back, as when a standby is promoted: tests/test_failover.py.)"""
+    first = await store.read_history_id()
+    assert first == store.history_id
+    await store.put("history.txt", b"x")
+    assert await store.read_history_id() == first
+    async with open_store(store.url) as again:
+        assert again.history_id == first

@@ -121,6 +121,11 @@ class MemoryTier:
         if gone is not None:
             self._bytes -= _cost(gone)
 
+    def clear(self) -> None:
+        """Drop every entry (the database's history went back: none is vouched for)."""
+        self._entries.clear()
+        self._bytes = 0
+
     @property
     def bytes(self) -> int:
         return self._bytes

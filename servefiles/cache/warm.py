@@ -43,7 +43,7 @@ class CacheMaintainer:
     def __init__(self, store: Store, disk: DiskCache, dropped_at_open: int = 0) -> None:
         self.store = store
         self.disk = disk
-        self.cursor = FeedCursor(disk.root, store.store_id)
+        self.cursor = FeedCursor(disk.root, store.store_id, store.history_id)
         self.filler = Filler(store, disk, None, Metrics(), wait_seconds=60.0)  # to disk only
         self.report = WarmReport(corrupt=dropped_at_open)  # truncated or replaced files the open found
 

@@ -117,7 +117,8 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
         app.mount.accel.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 
     async def check() -> None:  # fail fast, in one line, if the database is not there
-        store = await connect(url, read_db)
+        # The read replica is not checked: content is read from the primary until it answers.
+        store = await connect(url)
         await store.close()
 
     asyncio.run(check())

@@ -192,6 +192,8 @@ class Store(ABC):
     store_id: str
     """A random id the database got when its schema was created: a cache dir built
     from one database is never mistaken for another's (versions repeat across them)."""
+    history_id: str = ""
+    """Which history of the database the store met when opened (:meth:`read_history_id`)."""
 
     def __repr__(self) -> str:  # never the password, in logs or tracebacks
         return f"<{type(self).__name__} {mask_dsn(self.url)}>"
@@ -366,6 +368,18 @@ class Store(ABC):
     async def last_version(self) -> int:
         """The newest version in the store (0 when empty): where a change feed starts."""
         return await self._last_version()
+
+    async def read_history_id(self) -> str:
+        """Which history of the database answers now, as an opaque string: it changes when that
+        history may have gone back, so versions once seen may be issued again for other content.
+
+        PostgreSQL: the cluster's ``system_identifier`` and its timeline, which a promoted standby
+        (or a point-in-time recovery) starts anew; asynchronous replication can lose the old
+        primary's last commits on the way. SQLite has no standby: always ``""`` (a file restored
+        from a backup shows instead as a last version below a feed's cursor). Raises
+        :class:`StoreUnavailable`.
+        """
+        return ""
 
     async def wake_ups(self, poll_seconds: float) -> AsyncIterator[None]:
         """Yield whenever changes may have been made: once at once, then on each hint.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ SCHEMA_VERSION = 2
 """1: no ``last_modified`` column (``updated_at`` itself kept the one-second rule); 2: it has one."""
 COMMAND_TIMEOUT_SECONDS = 15.0
 """No statement waits longer on a database that stopped answering: a request gets a 503, not a hang."""
+REPLICA_RETRY_SECONDS = 2.0
+"""While the read replica does not answer, content is read from the primary, and one request
+tries the replica again this often: reads go back to it within that time of its return."""
 INIT_LOCK = 0x5345_5256_4649_0001  # "SERVFI" + 1: serialises schema set-up
 WRITE_LOCK = 0x5345_5256_4649_0002  # serialises version hand-out until commit
 
@@ -96,6 +100,14 @@ INIT_STORE_ID = """
     ON CONFLICT (name) DO NOTHING"""
 GET_STORE_ID = "SELECT value FROM servefiles_meta WHERE name = 'store_id'"
 SAFETY_QUERY = "SELECT 1"
+# The cluster and its timeline: a promoted standby starts a new timeline at once, so the primary
+# asks for the timeline it writes WAL on (the first 8 hex digits of its current WAL file's
+# name); pg_control_checkpoint()'s timeline would name the old one until the next checkpoint.
+# A standby (a DSN without target_session_attrs) answers with its last restartpoint's.
+HISTORY_ID = """
+    SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||
+        CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"""
 GET_SCHEMA_VERSION = "SELECT value::int FROM servefiles_meta WHERE name = 'schema_version'"
 SET_SCHEMA_VERSION = """
     INSERT INTO servefiles_meta (name, value) VALUES ('schema_version', $1::int::text)
@@ -187,7 +199,9 @@ class PostgresStore(Store):
         """Statements waiting for the pool to hand them a connection (then one is given back)."""
         self._closing = False
         self._connect_timeout = connect_timeout
-        self._read_pool: asyncpg.Pool | None = None
+        self._replica: ReadReplica | None = None
+        self._history_hidden = False
+        """The server refused to tell its timeline (said once, in :meth:`read_history_id`)."""
 
     @classmethod
     async def open(
@@ -203,7 +217,7 @@ class PostgresStore(Store):
         try:
             await store._init_schema()
             if read_dsn:
-                store._read_pool = await _create_pool(read_dsn, pool_size, connect_timeout)
+                store._replica = await ReadReplica.open(read_dsn, pool_size, connect_timeout)
         except BaseException:
             await store.close()
             raise
@@ -215,8 +229,8 @@ class PostgresStore(Store):
         for conn in idle:
             await self._give_back(conn)
         await self._pool.close()
-        if self._read_pool is not None:
-            await self._read_pool.close()
+        if self._replica is not None:
+            await self._replica.pool.close()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -282,6 +296,7 @@ class PostgresStore(Store):
                 await conn.execute(SET_SCHEMA_VERSION, SCHEMA_VERSION)
             await conn.execute(INIT_STORE_ID)
             self.store_id = await conn.fetchval(GET_STORE_ID)
+        self.history_id = await self.read_history_id()
         async with self._connection() as conn:
             await conn.execute(SWEEP_UPLOADS, float(STALE_UPLOAD_SECONDS))
 
@@ -308,14 +323,12 @@ class PostgresStore(Store):
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
         """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""
-        if self._read_pool is not None:
-            try:
-                async with self._read_pool.acquire(timeout=self._connect_timeout) as conn:
-                    rows = await conn.fetch(FETCH_CHUNKS, blob_id, first, last)
-                if len(rows) == last - first + 1:
-                    return [row["data"] for row in rows]
-            except _UNAVAILABLE as exc:
-                logger.warning("read replica unavailable, reading the primary: %s", _reason(exc))
+        if self._replica is not None:
+            # A replica whose replay lags has no row (or not all rows) of a blob written since: the
+            # primary has them. Chunks never change once written, so any row it has is the right one.
+            rows = await self._replica.fetch(FETCH_CHUNKS, blob_id, first, last)
+            if rows is not None and len(rows) == last - first + 1:
+                return [row["data"] for row in rows]
         return [row["data"] for row in await self._fetch(FETCH_CHUNKS, blob_id, first, last)]
 
     async def _list(self, low: str, exclusive: bool, high: str | None, limit: int) -> list[FileMeta]:
@@ -328,6 +341,26 @@ class PostgresStore(Store):
     async def _last_version(self) -> int:
         rows = await self._fetch(LAST_VERSION)
         return int(rows[0]["last_value"])
+
+    async def read_history_id(self) -> str:
+        """The cluster's system identifier and timeline (see :meth:`Store.read_history_id`).
+
+        A server that will not tell (a managed service that hides ``pg_control_system()``, say)
+        gets ``""``, with one warning: a fail-over that lost commits is then noticed only when
+        the database's last version is below a feed's cursor."""
+        async with self._connection() as conn:
+            try:
+                history: str = await conn.fetchval(HISTORY_ID)
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, _UNAVAILABLE):
+                    raise
+                if not self._history_hidden:
+                    self._history_hidden = True
+                    logger.warning("PostgreSQL at %s does not tell its timeline (%s): a promoted standby that "
+                                   "lost commits is noticed only by a last version below the cursor",
+                                   self._where, _reason(exc))  # fmt: skip
+                return ""
+            return history
 
     async def wake_ups(self, poll_seconds: float) -> AsyncIterator[None]:
         """LISTEN on a connection of its own: woken by every commit's NOTIFY.
@@ -415,16 +448,70 @@ class PostgresStore(Store):
             return version
 
 
+class ReadReplica:
+    """The read replica's pool, and whether it answers: while it does not, its queries are not
+    even tried (but one every :data:`REPLICA_RETRY_SECONDS`), and that is logged once, when it
+    stops answering, and once when it answers again; never once per request."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, connect_timeout: float) -> None:
+        self.pool = pool
+        self.where = mask_dsn(dsn)
+        self.answers = True
+        self._connect_timeout = connect_timeout
+        self._next_try = 0.0
+        """While it does not answer: when (monotonic seconds) one query may try it again."""
+
+    @classmethod
+    async def open(cls, dsn: str, pool_size: int, connect_timeout: float) -> ReadReplica:
+        """A pool to ``dsn``, connected if the replica answers; if not, a pool that connects on first
+        use: a frontend starts and reads content from the primary until the replica answers.
+        Raises :class:`InvalidURL` for a DSN asyncpg cannot parse."""
+        try:
+            return cls(dsn, await _create_pool(dsn, pool_size, connect_timeout), connect_timeout)
+        except StoreUnavailable as exc:
+            replica = cls(dsn, await _create_pool(dsn, pool_size, connect_timeout, min_size=0), connect_timeout)
+            replica._stopped_answering(exc)
+            return replica
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record] | None:
+        """The rows of ``query`` on the replica, or None when it does not answer (read the primary)."""
+        if not self.answers:
+            now = time.monotonic()
+            if now < self._next_try:
+                return None
+            self._next_try = now + REPLICA_RETRY_SECONDS  # this query tries; the others keep to the primary
+        try:
+            async with self.pool.acquire(timeout=self._connect_timeout) as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        except _UNAVAILABLE as exc:
+            self._stopped_answering(exc)
+            return None
+        if not self.answers:
+            self.answers = True
+            logger.warning("read replica at %s answers again: content is read from it", self.where)
+        return rows
+
+    def _stopped_answering(self, exc: BaseException) -> None:
+        self._next_try = time.monotonic() + REPLICA_RETRY_SECONDS
+        if self.answers:
+            self.answers = False
+            logger.warning(
+                "read replica at %s unavailable (%s): content is read from the primary until it answers",
+                self.where, _reason(exc),
+            )  # fmt: skip
+
+
 def _live_sha256(current: asyncpg.Record | None) -> str | None:
     """The content hash of a CURRENT_ROW row, or None when there is no live file."""
     return None if current is None or current["deleted"] else str(current["sha256"])
 
 
-async def _create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:
+async def _create_pool(dsn: str, size: int, connect_timeout: float, min_size: int = 1) -> asyncpg.Pool:
+    """A pool of up to ``size`` connections; with ``min_size`` 0 none is made until one is needed."""
     try:
         return await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            min_size=min_size,
             max_size=size,
             timeout=connect_timeout,
             command_timeout=COMMAND_TIMEOUT_SECONDS,
