@@ -22,14 +22,15 @@ HTTP rules; its RSS holds the whole data set), and nginx in front of
 ``servefiles serve --nginx tree`` with both cache sizes. The cache dirs are on an ext4
 loop image with a journal (root only; otherwise a warning and a plain directory).
 
-Per contender and phase: requests/s, MB/s (as wrk read them, headers included), p50/p99,
-the ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit ratio
-(hits / (hits + misses); in tree mode 1 - store fetches / requests), store fetches and
-disk evictions (its Prometheus counters, ``--metrics``), server CPU
-µs per request (utime+stime of the server process trees: nginx and servefiles in tree
-mode) and PostgreSQL CPU µs per request (the backends connected to the run's database),
-non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree mode), and the
-share of the machine's CPU time a hypervisor stole during the phase (``/proc/stat``: noise to weigh).
+Per contender and phase: requests/s, MB/s (as wrk read them, headers included), p50/p99, the
+ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit ratio (hits /
+(hits + misses); in tree mode 1 - store fetches / requests), the share the memory tier answered
+(memory hits / (hits + misses)), store fetches and disk evictions (its Prometheus counters,
+``--metrics``), server CPU µs per request (utime+stime of the server process trees: nginx and
+servefiles in tree mode) and PostgreSQL CPU µs per request (the backends connected to the run's
+database), non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree
+mode), and the share of the machine's CPU time a hypervisor stole during the phase
+(``/proc/stat``: noise to weigh).
 After each contender's phases a sample of keys is fetched and compared with the files.
 The issue's ratio targets follow the table as PASS/FAIL lines.
 
@@ -462,6 +463,8 @@ class Row:
     postgres_us: float
     peak_rss_mib: float
     hit_ratio: float | None = None
+    memory_share: float | None = None
+    """Of the requests about a file, the share the memory tier answered (serve mode)."""
     store_fetches: int | None = None
     evictions: int | None = None
     steal: float | None = None
@@ -496,6 +499,7 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
         else:
             hits, misses = delta("hits/memory") + delta("hits/disk"), delta("misses")
             row.hit_ratio = hits / (hits + misses) if hits + misses else None
+            row.memory_share = delta("hits/memory") / (hits + misses) if hits + misses else None
         row.evictions = round(delta("evictions/disk"))
     socket_errors = load.errors - load.non_2xx
     if socket_errors:
@@ -594,15 +598,16 @@ def _reference(rows: Sequence[Row], kind: str, s: float, phase: str) -> Row | No
 
 def table(rows: Sequence[Row]) -> str:
     lines = ["| s | contender | phase | req/s | MB/s | p50 ms | p99 ms | x DB-direct | x nginx | hit ratio "
-             "| store fetches | evictions | server µs/req | PG µs/req | non-2xx | peak RSS MiB | steal | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+             "| memory hits | store fetches | evictions | server µs/req | PG µs/req | non-2xx "
+             "| peak RSS MiB | steal | note |",
+             "|---|---|---|" + "---:|" * 15 + "---|"]  # fmt: skip
     for r in rows:
         rps = r.load.requests_per_second
         mb_s = r.load.bytes_read / r.load.duration_s / 1e6 if r.load.duration_s else 0.0
         lines.append(
             f"| {_s(r.s)} | {r.contender} | {r.phase} | {rps:,.0f} | {mb_s:,.1f} | {r.load.p50_ms:.1f} "
             f"| {r.load.p99_ms:.1f} | {_ratio(rps, _reference(rows, 'db', r.s, r.phase))} "
-            f"| {_ratio(rps, _reference(rows, 'static', r.s, r.phase))} | {_pct(r.hit_ratio)} "
+            f"| {_ratio(rps, _reference(rows, 'static', r.s, r.phase))} | {_pct(r.hit_ratio)} | {_pct(r.memory_share)} "
             f"| {'—' if r.store_fetches is None else f'{r.store_fetches:,}'} "
             f"| {'—' if r.evictions is None else f'{r.evictions:,}'} | {r.server_us:,.0f} | {r.postgres_us:,.0f} "
             f"| {r.load.non_2xx} | {r.peak_rss_mib:.0f} | {_pct(r.steal)} | {r.note} |"
