@@ -469,7 +469,7 @@ class ReadReplica:
         try:
             return cls(dsn, await _create_pool(dsn, pool_size, connect_timeout), connect_timeout)
         except StoreUnavailable as exc:
-            replica = cls(dsn, await _create_pool(dsn, pool_size, connect_timeout, min_size=0), connect_timeout)
+            replica = cls(dsn, await _create_pool(dsn, pool_size, connect_timeout, probe=False), connect_timeout)
             replica._stopped_answering(exc)
             return replica
 
@@ -506,17 +506,31 @@ def _live_sha256(current: asyncpg.Record | None) -> str | None:
     return None if current is None or current["deleted"] else str(current["sha256"])
 
 
-async def _create_pool(dsn: str, size: int, connect_timeout: float, min_size: int = 1) -> asyncpg.Pool:
-    """A pool of up to ``size`` connections; with ``min_size`` 0 none is made until one is needed."""
+async def _create_pool(dsn: str, size: int, connect_timeout: float, *, probe: bool = True) -> asyncpg.Pool:
+    """A pool of up to ``size`` connections; with ``probe``, one is made (and kept) at once, so a
+    database that is not there, or a DSN asyncpg cannot parse, fails here in one line.
+
+    No connection floor (``min_size`` 0): asyncpg keeps a floor with a background task that,
+    while the database is down, logs a traceback at every attempt to restore it — a log full of
+    tracebacks during every outage and fail-over, for nothing (a request connects when it must).
+    """
     try:
-        return await asyncpg.create_pool(
+        pool = await asyncpg.create_pool(
             dsn,
-            min_size=min_size,
+            min_size=0,
             max_size=size,
             timeout=connect_timeout,
             command_timeout=COMMAND_TIMEOUT_SECONDS,
             reset=_keep_session,
         )
+        if probe:
+            try:
+                async with pool.acquire(timeout=connect_timeout):
+                    pass
+            except BaseException:
+                pool.terminate()
+                raise
+        return pool
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {_reason(exc)}") from exc
     except (ValueError, OverflowError) as exc:  # asyncpg could not parse it: a port "x" or 99999
