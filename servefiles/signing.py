@@ -128,7 +128,7 @@ class Signer:
         ``expires_in`` seconds from ``now`` (seconds since the epoch), rounded up to a whole second.
         ValueError when ``expires_in`` is not positive or longer than ``max_expires``."""
         if not (0 < expires_in <= self.max_expires):
-            raise ValueError(f"expires_in must be from 1 to {self.max_expires} seconds, not {expires_in!r}")
+            raise ValueError(f"a signed URL lives from 1 to {self.max_expires} seconds, not {expires_in!r}")
         expires = str(math.ceil(now + expires_in)).encode("ascii")
         signature = base64.urlsafe_b64encode(self._mac(self._keys[0], key, expires)).rstrip(b"=")
         return f"{EXPIRES_PARAM}={expires.decode()}&{SIGNATURE_PARAM}={signature.decode()}"
