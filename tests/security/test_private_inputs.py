@@ -106,7 +106,9 @@ async def test_private_files_under_hostile_signatures_and_paths(private_harness:
     with harness.armed():
         sanity = await harness.send("valid", "GET", valid)
         assert sanity is not None and sanity.status == 200, "the valid signature must pass, or nothing is tested"
-        cases = [(fill(t, values).encode("ascii"), ()) for t in PRIVATE_TARGETS]
+        cases: list[tuple[bytes, tuple[tuple[bytes, bytes], ...]]] = [
+            (fill(t, values).encode("ascii"), ()) for t in PRIVATE_TARGETS
+        ]
         cases += [(PRIVATE_PATH.encode("ascii"), tuple((n, fill(v.decode(), values).encode()) for n, v in h))
                   for h in PRIVATE_HEADERS]  # fmt: skip
         for target, headers in cases:
