@@ -43,7 +43,7 @@ Authorize = Callable[[Any, str], Any]
 """``authorize(request, key)``: the ASGI scope or WSGI environ, and the canonical key; returns
 (or, under ASGI, may return an awaitable of) ``True`` to let the request through."""
 
-_SHARED_ONLY = frozenset({"public", "private", "s-maxage", "proxy-revalidate", "max-age", "must-understand"})
+_SHARED_ONLY = frozenset({"", "public", "private", "s-maxage", "proxy-revalidate", "max-age", "must-understand"})
 """Directives dropped from the configured Cache-Control of a private response: those that
 speak to shared caches (RFC 9111 §5.2.2), and max-age, which is restated within bounds."""
 
@@ -77,17 +77,20 @@ def private_cache_control(configured: str, max_age: int | None = None) -> bytes:
 
     ``private_cache_control("no-cache", 60) == b"private, no-cache, max-age=60"``.
     """
-    kept: list[str] = []
-    age = max_age
-    for directive in configured.split(","):
-        name, _, value = directive.strip().partition("=")
-        lowered = name.strip().lower()
-        if lowered == "max-age" and value.strip().isdigit():
-            age = int(value) if age is None else min(age, int(value))
-        elif lowered and lowered not in _SHARED_ONLY:
-            kept.append(directive.strip())
+    kept = [d.strip() for d in configured.split(",") if d.partition("=")[0].strip().lower() not in _SHARED_ONLY]
+    ages = [age for age in (_max_age(configured), max_age) if age is not None]
+    age = min(ages) if ages else None
     parts = ["private", *kept, *([f"max-age={age}"] if age is not None else [])]
     return ", ".join(parts).encode("latin-1")
+
+
+def _max_age(cache_control: str) -> int | None:
+    """The configured max-age in seconds, if any."""
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.strip().lower() == "max-age" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 class AccessPolicy:
@@ -113,8 +116,10 @@ class AccessPolicy:
         self.tokens = tokens
         self.authorize = authorize
         self.url_expires = url_expires
-        self._configured = cache_control
         self._granted = Decision("granted", private_cache_control(cache_control))
+        self._configured_age = _max_age(cache_control)
+        self._signed_prefix = private_cache_control(cache_control, 0).rpartition(b", max-age=")[0]
+        """The Cache-Control of a signed grant before its max-age, worked out once."""
         if signer is not None and url_expires > signer.max_expires:
             raise ValueError(f"url_expires ({url_expires} s) is longer than max_url_expires ({signer.max_expires} s)")
 
@@ -151,7 +156,9 @@ class AccessPolicy:
             checked = self.signer.check(key, query, moment)
             if checked.verdict == "valid":
                 remaining = max(0, int(checked.expires - moment))  # whole seconds left, never rounded up
-                return Decision("granted", private_cache_control(self._configured, remaining))
+                if self._configured_age is not None:
+                    remaining = min(remaining, self._configured_age)
+                return Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, remaining))
             expired = checked.verdict == "expired"
         if self.authorize is not None:
             return ASK_EXPIRED if expired else ASK

@@ -19,7 +19,6 @@ configured maximum is not refused as too far in the future.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import math
 from collections.abc import Iterable
@@ -50,6 +49,8 @@ MIN_KEY_CHARS = 43
 """A text key's least length: 32 random bytes in URL-safe base64, as ``servefiles new-signing-key`` prints."""
 MIN_DISTINCT_CHARS = 13
 """A text key of fewer distinct characters is a pattern, not a secret (``aaaa…``, ``0123456789…``)."""
+VERIFIED_ENTRIES = 4096
+"""Signatures remembered as verified (about 200 bytes each, so under 1 MiB)."""
 _VERSION = b"servefiles-url-v1"
 _SIGNATURE_CHARS = 43
 _EXPIRES_DIGITS = 12
@@ -115,13 +116,17 @@ class Signer:
         self.prefix = prefix
         self.max_expires = max_expires
         self._prefix_bytes = prefix.encode("utf-8")
+        self._verified: dict[tuple[str, str, str], None] = {}
+        """Signatures whose MAC matched, by (key, expires, signature) as presented: a hot private file
+        behind one signed URL costs a dict lookup per request, not an HMAC per configured key. Only
+        matches are kept (a forgery never is), at most :data:`VERIFIED_ENTRIES`, oldest out first."""
 
     def __repr__(self) -> str:  # never show a key
         return f"Signer(prefix={self.prefix!r}, keys={len(self._keys)}, max_expires={self.max_expires})"
 
     def _mac(self, signing_key: bytes, key: str, expires: bytes) -> bytes:
         message = b"\n".join((_VERSION, self._prefix_bytes, key.encode("utf-8"), expires))
-        return hmac.new(signing_key, message, hashlib.sha256).digest()
+        return hmac.digest(signing_key, message, "sha256")  # one-shot: OpenSSL's, no HMAC object
 
     def query(self, key: str, expires_in: float, now: float) -> str:
         """The query string (no ``?``) that lets GET and HEAD of canonical ``key`` through for
@@ -162,6 +167,8 @@ class Signer:
             return _INVALID
         if not (0 < len(expires) <= _EXPIRES_DIGITS and expires.isascii() and expires.isdigit()):
             return _INVALID
+        if (key, expires, signature) in self._verified:
+            return self._judged(int(expires), now)  # its MAC matched before: the same inputs, the same MAC
         raw = signature.encode("latin-1", "replace")
         if len(raw) != _SIGNATURE_CHARS or not _B64URL.issuperset(raw):
             return _INVALID
@@ -174,7 +181,13 @@ class Signer:
             matched |= hmac.compare_digest(presented, self._mac(signing_key, key, expires_bytes))
         if not matched:
             return _INVALID
-        moment = int(expires)
+        if len(self._verified) >= VERIFIED_ENTRIES:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[(key, expires, signature)] = None
+        return self._judged(int(expires), now)
+
+    def _judged(self, moment: int, now: float) -> Checked:
+        """The verdict on a signature that matched, by its expiry ``moment``."""
         if moment > now + self.max_expires + CLOCK_SKEW_SECONDS:
             return _INVALID  # signed with another maximum, or by someone holding the key: refused
         if now > moment + CLOCK_SKEW_SECONDS:
