@@ -371,3 +371,6 @@ def test_the_options_are_checked_when_the_middleware_is_built(tmp_path: Path) ->
     assert plain.url("a/b.txt") == "/media/a/b.txt", "no signing key: the hook or a token decides"
     with pytest.raises(ValueError, match="signing key"):
         plain.url("a/b.txt", expires_in=60)
+    short = ServeFiles(None, db, cache_dir=tmp_path, private=["a"], signing_keys=[SIGNING_KEY], max_url_expires=600)
+    expires = re.search(r"expires=(\d+)", short.url("a/b.txt"))
+    assert expires is not None and abs(int(expires.group(1)) - (time.time() + 600)) < 5, "the default follows the max"

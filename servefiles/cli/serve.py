@@ -121,16 +121,19 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--signing-key") from None
 
-    app = ServeFiles(
-        None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
-        disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
-        cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
-        prefetch=prefetch, cache_min_uses=cache_min_uses, metrics=metrics, upload_tokens=tokens,
-        max_upload_bytes=max_upload_size,
-        nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
-        publish_dir=publish_dir or config.default_publish_dir(), date_header=True, private=private,
-        signing_keys=keys, max_url_expires=max_url_expires,
-    )  # fmt: skip
+    try:
+        app = ServeFiles(
+            None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
+            disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
+            cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
+            prefetch=prefetch, cache_min_uses=cache_min_uses, metrics=metrics, upload_tokens=tokens,
+            max_upload_bytes=max_upload_size,
+            nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
+            publish_dir=publish_dir or config.default_publish_dir(), date_header=True, private=private,
+            signing_keys=keys, max_url_expires=max_url_expires,
+        )  # fmt: skip
+    except (ValueError, TypeError) as exc:  # an option servefiles refuses: one line, never a traceback
+        raise ErrorLine(str(exc)) from None
     if app.mount.accel is not None:
         app.mount.accel.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 

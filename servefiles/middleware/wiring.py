@@ -196,6 +196,7 @@ def _access(options: Options, prefix: str, tokens: TokenRing, cache_control: str
         raise ValueError("authorize runs for private keys only: name the private folders too (private=[...])")
     if not private and not keys:
         return None
-    signer = Signer(keys, prefix, options.get("max_url_expires", MAX_URL_EXPIRES)) if keys else None
-    url_expires = options.get("url_expires", URL_EXPIRES)
+    max_expires = options.get("max_url_expires", MAX_URL_EXPIRES)
+    signer = Signer(keys, prefix, max_expires) if keys else None
+    url_expires = options.get("url_expires", min(URL_EXPIRES, max_expires))  # a shorter maximum shortens the default
     return AccessPolicy(private, signer, tokens, authorize, cache_control, url_expires)
