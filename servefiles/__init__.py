@@ -2,7 +2,8 @@
 
 The public API: :func:`open_store`, the :class:`ServeFiles` ASGI and
 :class:`ServeFilesWSGI` WSGI middleware (which also take uploads, over HTTP and from
-Python), and the types and errors they hand out. Django: :mod:`servefiles.contrib.django`.
+Python; private folders with signed, expiring URLs and an ``authorize`` hook), the types and
+errors they hand out, and :class:`Signer` for signing URLs elsewhere. Django: :mod:`servefiles.contrib.django`.
 """
 
 from .auth import UploadToken
@@ -21,9 +22,11 @@ from .errors import (
 )
 from .keys import canonical_key
 from .middleware import ServeFiles, ServeFilesWSGI
+from .signing import CLOCK_SKEW_SECONDS, Signer, new_signing_key
 from .store import Change, FileMeta, Store, open_store
 
 __all__ = [
+    "CLOCK_SKEW_SECONDS",
     "Change",
     "ContentChanged",
     "FileMeta",
@@ -36,11 +39,13 @@ __all__ = [
     "ServeFiles",
     "ServeFilesError",
     "ServeFilesWSGI",
+    "Signer",
     "Store",
     "StoreUnavailable",
     "UploadAborted",
     "UploadToken",
     "UploadTooLarge",
     "canonical_key",
+    "new_signing_key",
     "open_store",
 ]

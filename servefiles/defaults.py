@@ -25,6 +25,11 @@ ACTIVE_CONTENT: Final[Literal["attachment", "sandbox"]] = "attachment"
 """HTML, SVG, XML and JavaScript uploads are downloaded, never rendered on the app's origin."""
 MAX_UPLOAD_BYTES: Final = 1 * GiB
 """The largest upload over HTTP; a bigger one gets 413 and stores nothing."""
+URL_EXPIRES: Final = 3600
+"""Life of a private file's URL signed by ``url(key)`` with no expiry given (Django's ``URL_EXPIRES``)."""
+MAX_URL_EXPIRES: Final = 7 * 86400
+"""The longest life a signed URL may be given or accepted with (S3's presigned-URL limit): a leaked
+URL stops working within a week even when its signer meant otherwise."""
 
 # -- caches -----------------------------------------------------------------------------------
 

@@ -121,8 +121,10 @@ def gunicorn(env: Mapping[str, str], log: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def admin_upload(client: httpx.Client, title: str, name: str, data: bytes) -> None:
-    """Log in to the admin and add a post with ``data`` as its image, as a browser would."""
+def admin_upload(client: httpx.Client, title: str, name: str, data: bytes,
+                 members_file: tuple[str, bytes] | None = None) -> None:  # fmt: skip
+    """Log in to the admin and add a post with ``data`` as its image (and ``members_file``, a name
+    and its bytes, as its members-only file), as a browser would."""
     login = client.get("/admin/login/?next=/admin/")
     assert login.status_code == 200
     answer = client.post(
@@ -136,8 +138,9 @@ def admin_upload(client: httpx.Client, title: str, name: str, data: bytes) -> No
     added = client.post(
         "/admin/posts/post/add/",
         data={"csrfmiddlewaretoken": csrf_token(form), "title": title, "_save": "Save"},
-        files={"image": (name, data, "image/png")},
-    )
+        files={"image": (name, data, "image/png"),
+               **({"members_file": (*members_file, "application/pdf")} if members_file else {})},
+    )  # fmt: skip
     assert (added.status_code, added.headers.get("location")) == (302, "/admin/posts/post/"), added.text[:2000]
     listing = client.get("/admin/posts/post/")
     assert listing.status_code == 200 and title in listing.text
@@ -189,6 +192,33 @@ def test_admin_upload_served_under_gunicorn(django_env: dict[str, str], store_ur
 
     output = log.read_text(errors="replace")
     assert "Booting worker" in output and "Shutting down" in output, output
+    assert "Traceback" not in output and "ERROR" not in output, output
+
+
+def test_a_members_file_is_served_to_logged_in_users_only(django_env: dict[str, str], tmp_path: Path) -> None:
+    """The example's private folder: the admin uploads a post with a members-only file; the
+    members' page links it; servefiles serves it to the logged-in session (the example's
+    authorize hook reads Django's session) and the one 403 to anyone else, on both workers."""
+    manage("migrate", "--noinput", env=django_env)
+    manage("createsuperuser", "--noinput", env=django_env)
+    pdf, name = b"%PDF-1.7 members only " + uuid.uuid4().bytes * 100, f"rules-{uuid.uuid4().hex[:8]}.pdf"
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(django_env, log) as base, httpx.Client(base_url=base, timeout=30) as member, \
+            httpx.Client(base_url=base, timeout=30) as stranger:  # fmt: skip
+        admin_upload(member, "Rules for members", "cover.png", png_bytes(), members_file=(name, pdf))
+        page = member.get("/members/")
+        assert page.status_code == 200
+        links = re.findall(r'<a href="([^"]*)"', page.text)
+        assert links == [f"/media/members/{name}"], page.text
+        for _ in range(4):  # both workers
+            served = member.get(links[0])
+            assert (served.status_code, served.content) == (200, pdf)
+            assert served.headers["cache-control"] == "private, no-cache"
+            refused = stranger.get(links[0])
+            assert refused.status_code == 403 and pdf[:30] not in refused.content
+        assert stranger.get("/members/").status_code == 302, "the page itself is Django's login_required"
+        assert stranger.get(f"/media/members/{name}x").status_code == 403, "the same 403 for a missing file"
+    output = log.read_text(errors="replace")
     assert "Traceback" not in output and "ERROR" not in output, output
 
 
@@ -338,3 +368,59 @@ def test_racing_saves_in_threads_each_keep_their_own_max_length(served: ServeFil
         assert stored != name
         with storage.open(stored) as opened:
             assert opened.read() == name.encode()
+
+
+SIGNING_KEY = "django-test-signing-key-0123456789-abcdefghijklmnopq"
+
+
+def test_url_signs_private_names_for_url_expires(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SERVEFILES["PRIVATE"]`` and ``["URL_EXPIRES"]``: url() of a private name is signed for that
+    long (and served with its signature), of a public name plain; the hook given by dotted path."""
+    if not settings.configured:
+        settings.configure(USE_TZ=True, TIME_ZONE="UTC", MEDIA_URL="/media/")
+    config = {"DB": store_url, "CACHE_DIR": tmp_path / "cache", "PRIVATE": ["invoices"], "SIGNING_KEYS": [SIGNING_KEY],
+              "URL_EXPIRES": 600, "AUTHORIZE": "tests.test_django.nobody"}  # fmt: skip
+    monkeypatch.setattr(settings, "SERVEFILES", config, raising=False)
+    monkeypatch.setattr(servefiles_django, "_files", None)
+    storage = ServeFilesStorage()
+    try:
+        private = storage.save("invoices/2026.pdf", ContentFile(b"an invoice"))
+        public = storage.save("blog/a.txt", ContentFile(b"a post"))
+        assert storage.url(public) == "/media/blog/a.txt"
+        url = storage.url(private)
+        match = re.fullmatch(r"/media/invoices/2026\.pdf\?expires=(\d+)&signature=[A-Za-z0-9_-]{43}", url)
+        assert match, url
+        assert abs(int(match.group(1)) - (time.time() + 600)) < 5
+        app = servefiles_django.files()
+        status, headers, body = _wsgi_get(app, url)
+        assert (status, body) == ("200 OK", b"an invoice") and headers["cache-control"].startswith("private")
+        assert _wsgi_get(app, "/media/invoices/2026.pdf")[0].startswith("403"), "the hook (nobody) refuses"
+    finally:
+        if servefiles_django._files is not None:
+            servefiles_django._files.close()
+
+
+def nobody(environ: dict[str, Any], key: str) -> bool:
+    """An authorize hook, named by its dotted path in the settings above."""
+    return False
+
+
+def _wsgi_get(app: ServeFilesWSGI, target: str) -> tuple[str, dict[str, str], bytes]:
+    from wsgiref.util import setup_testing_defaults
+
+    path, _, query = target.partition("?")
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query}
+    setup_testing_defaults(environ)
+    started: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        started.update(status=status, headers={name.lower(): value for name, value in headers})
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return started["status"], started["headers"], body

@@ -11,6 +11,7 @@ import click
 
 from .. import config, defaults
 from ..auth import UploadToken
+from ..signing import Signer
 from ..store import connect, mask_dsn
 from .exits import ErrorLine
 from .options import (
@@ -24,6 +25,7 @@ from .options import (
     publish_dir_option,
     resolve_db_url,
 )
+from .signing import duration, private_folders, read_signing_keys, signing_key_options
 
 
 @click.command()
@@ -70,6 +72,14 @@ from .options import (
               help="nginx runs in front with the block `servefiles nginx-config` prints: hand it the bytes "
               "(accel: X-Accel-Redirect) or also publish files for its try_files (tree).")
 @publish_dir_option
+@click.option("--private", "private", envvar="SERVEFILES_PRIVATE", multiple=True, metavar="FOLDER",
+              callback=private_folders,
+              help="Serve files under FOLDER/ only with a signed URL (`servefiles sign`) or an upload token for "
+              "that folder; repeat for more (env SERVEFILES_PRIVATE, space-separated).")
+@signing_key_options
+@click.option("--max-url-expires", envvar="SERVEFILES_MAX_URL_EXPIRES", callback=duration,
+              default=f"{defaults.MAX_URL_EXPIRES // 86400}d", show_default=True,
+              help="Refuse signed URLs that expire further ahead than this (90s, 15m, 1h, 7d).")
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--max-header-line", envvar="SERVEFILES_MAX_HEADER_LINE", callback=positive_size,
@@ -86,8 +96,9 @@ from .options import (
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
           memory_size: int, freshness: float, cache_control: str, active_content: str, prefetch: bool,
-          cache_min_uses: int, metrics: bool, nginx_mode: str, publish_dir: Path | None,
-          log_level: str, max_header_line: int, max_header_size: int, max_header_count: int,
+          cache_min_uses: int, metrics: bool, nginx_mode: str, publish_dir: Path | None, private: list[str],
+          signing_keys: tuple[str, ...], signing_key_file: Any, max_url_expires: int, log_level: str,
+          max_header_line: int, max_header_size: int, max_header_count: int,
           max_url_size: int) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
@@ -104,15 +115,25 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--upload-token") from None
 
-    app = ServeFiles(
-        None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
-        disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
-        cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
-        prefetch=prefetch, cache_min_uses=cache_min_uses, metrics=metrics, upload_tokens=tokens,
-        max_upload_bytes=max_upload_size,
-        nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
-        publish_dir=publish_dir or config.default_publish_dir(), date_header=True,
-    )  # fmt: skip
+    keys = read_signing_keys(signing_keys, signing_key_file)
+    try:
+        Signer(keys, "/", max_url_expires) if keys else None  # a weak key stops the start, in one line
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--signing-key") from None
+
+    try:
+        app = ServeFiles(
+            None, db=url, read_db=read_db, prefix=prefix, cache_dir=cache_dir or config.default_cache_dir(),
+            disk_bytes=cache_size, memory_bytes=memory_size, freshness_seconds=freshness,
+            cache_control=cache_control, active_content="sandbox" if active_content == "sandbox" else "attachment",
+            prefetch=prefetch, cache_min_uses=cache_min_uses, metrics=metrics, upload_tokens=tokens,
+            max_upload_bytes=max_upload_size,
+            nginx=None if nginx_mode == "off" else "tree" if nginx_mode == "tree" else "accel",
+            publish_dir=publish_dir or config.default_publish_dir(), date_header=True, private=private,
+            signing_keys=keys, max_url_expires=max_url_expires,
+        )  # fmt: skip
+    except (ValueError, TypeError) as exc:  # an option servefiles refuses: one line, never a traceback
+        raise ErrorLine(str(exc)) from None
     if app.mount.accel is not None:
         app.mount.accel.withdraw_tree()  # first: even if the database is not there, nginx must not serve it unchecked
 
@@ -125,6 +146,8 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     _check_writable_dir(cache_dir or config.default_cache_dir(), "--cache-dir")
     _check_listen(host, port)
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
+    if private:
+        writes += f", private: {', '.join(folder.rstrip('/') or '/' for folder in private)}"
     click.echo(f"servefiles: serving {mask_dsn(url)} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     # Every request passes the head limits before servefiles looks at it; h11 may buffer an
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
@@ -148,8 +171,11 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
               default=format_size(defaults.MAX_UPLOAD_BYTES), show_default=True)
 @click.option("--cache-control", envvar="SERVEFILES_CACHE_CONTROL", default=defaults.CACHE_CONTROL,
               show_default=True)
+@click.option("--private", "private", envvar="SERVEFILES_PRIVATE", multiple=True, metavar="FOLDER",
+              callback=private_folders, help="serve's --private folders: nginx never serves them from the tree.")
 def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix: str, cache_dir: Path | None,
-                 publish_dir: Path | None, max_upload_size: int, cache_control: str) -> None:  # fmt: skip
+                 publish_dir: Path | None, max_upload_size: int, cache_control: str,
+                 private: list[str]) -> None:  # fmt: skip
     """Print an nginx server block for servefiles behind nginx (include it in nginx's http block)."""
     from ..nginx import NginxSettings, render
 
@@ -157,6 +183,7 @@ def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix
         mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
         cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
         listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
+        private=tuple(private),
     )), nl=False)  # fmt: skip
 
 

@@ -8,6 +8,10 @@ Settings (``settings.SERVEFILES``)::
         "PREFIX": "/media",                # default: MEDIA_URL's path, else /media
         "CACHE_DIR": "/var/cache/servefiles",  # default: the servefiles cache directory
         "BASE_URL": "",                    # prepended to url(), e.g. a CDN origin
+        "PRIVATE": ["invoices"],           # folders served only to those allowed (default: none)
+        "SIGNING_KEYS": [os.environ["SERVEFILES_SIGNING_KEY"]],  # url() then signs private names
+        "URL_EXPIRES": 3600,               # seconds a signed url() works (default 3600)
+        "AUTHORIZE": "app.access.allowed", # authorize(environ, key) -> bool, or its dotted path
         "OPTIONS": {},                     # any other ServeFilesWSGI option
     }
     STORAGES = {"default": {"BACKEND": "servefiles.contrib.django.ServeFilesStorage"}, ...}
@@ -22,6 +26,12 @@ next free name, as Django's FileSystemStorage does, within the ``max_length`` pa
 ``save()`` (a FileField's). ``open(name, "r")`` gives text (UTF-8, universal newlines), as
 FileSystemStorage does on a UTF-8 host; ``"rb"``, the default, gives bytes. Files are written
 only by ``save()``: opening one for writing is a ValueError.
+
+Private names: ``url(name)`` of a name under a ``PRIVATE`` folder is a signed URL valid for
+``URL_EXPIRES`` seconds when ``SIGNING_KEYS`` are set (django-storages' query-string auth),
+else the plain URL, which the ``AUTHORIZE`` hook then judges per request (it gets the WSGI
+environ, in the request's thread: build a Django request from it to read the session). Public
+names always get the plain URL.
 """
 
 from __future__ import annotations
@@ -72,8 +82,29 @@ def files() -> ServeFilesWSGI:
                 raise ImproperlyConfigured('settings.SERVEFILES["DB"] must name the servefiles database')
             media_path = urlsplit(getattr(settings, "MEDIA_URL", "") or "").path
             prefix = config.get("PREFIX") or (media_path if media_path.strip("/") else defaults.PREFIX)
-            _files = ServeFilesWSGI(None, config["DB"], prefix, config.get("CACHE_DIR"), **config.get("OPTIONS", {}))
+            options = {**_private_options(config), **config.get("OPTIONS", {})}
+            _files = ServeFilesWSGI(None, config["DB"], prefix, config.get("CACHE_DIR"), **options)
         return _files
+
+
+def _private_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The ServeFilesWSGI options of ``PRIVATE``, ``SIGNING_KEYS``, ``URL_EXPIRES`` and ``AUTHORIZE``
+    (a callable or its dotted path)."""
+    options: dict[str, Any] = {}
+    if config.get("PRIVATE"):
+        options["private"] = list(config["PRIVATE"])
+    if config.get("SIGNING_KEYS"):
+        options["signing_keys"] = list(config["SIGNING_KEYS"])
+    if config.get("URL_EXPIRES") is not None:
+        options["url_expires"] = int(config["URL_EXPIRES"])
+    authorize = config.get("AUTHORIZE")
+    if isinstance(authorize, str):
+        from django.utils.module_loading import import_string
+
+        authorize = import_string(authorize)
+    if authorize is not None:
+        options["authorize"] = authorize
+    return options
 
 
 def wrap(application: WSGIApp) -> ServeFilesWSGI:
@@ -125,6 +156,8 @@ class ServeFilesStorage(Storage):
         return self._meta(name).size
 
     def url(self, name: str | None) -> str:
+        """The name's URL: signed for ``URL_EXPIRES`` seconds when it is private and signing keys are
+        set (see the module), else plain; ``BASE_URL`` in front."""
         if name is None:
             raise ValueError("this file has no name")
         base = ((getattr(settings, "SERVEFILES", None) or {}).get("BASE_URL") or "").rstrip("/")

@@ -27,8 +27,10 @@ __all__ = [
     "deleted",
     "file_json",
     "for_error",
+    "forbidden",
     "head_too_large",
     "health",
+    "internal_error",
     "json_error",
     "json_response",
     "method_not_allowed",
@@ -51,6 +53,9 @@ Surface: TypeAlias = Literal["read", "write"]
 
 _JSON: Header = (b"content-type", b"application/json")
 _NOT_FOUND_BODY = b"Not Found"
+_FORBIDDEN_BODY = b"403 Forbidden: not allowed\n"
+_EXPIRED_BODY = b"403 Forbidden: URL expired\n"
+"""Of one length: a refusal's headers (Content-Length too) never tell an expired URL from a forgery."""
 
 
 def _reply(
@@ -81,6 +86,20 @@ def not_found() -> Response:
     absence. The adapter drops the body for HEAD (RFC 9110 §9.3.2).
     """
     return _reply(404, TEXT_PLAIN, _NOT_FOUND_BODY)
+
+
+def forbidden(expired: bool = False) -> Response:
+    """The one 403 of a private key (:mod:`servefiles.access`): the same status, headers and body
+    length whether the file exists or not, with no validator (no ETag, no Last-Modified), so a
+    refusal says nothing about the file. ``expired``: a signed URL servefiles made has expired,
+    said in the body text only. ``no-store``: a later request may be let through.
+    """
+    return _reply(403, TEXT_PLAIN, _EXPIRED_BODY if expired else _FORBIDDEN_BODY)
+
+
+def internal_error() -> Response:
+    """500 for a request whose ``authorize`` hook raised (logged by the caller): never a grant."""
+    return _reply(500, TEXT_PLAIN, b"Internal Server Error")
 
 
 def method_not_allowed(policy: HttpPolicy) -> Response:

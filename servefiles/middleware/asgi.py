@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from .. import defaults, http
+from ..access import Decision
 from ..bodies import Body, DiskBody
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
-from ..keys import canonical_key
 from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
@@ -41,6 +41,9 @@ REQUEST_HEADERS = frozenset(
     (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
 )
 """The only request headers a decision reads; the rest are never even decoded."""
+_AUTHORIZATION = frozenset((b"authorization",))
+"""Read for private keys only: an upload token for the folder lets a read through."""
+_READS = frozenset(("GET", "HEAD"))
 
 
 def request_headers(raw: list[tuple[bytes, bytes]], wanted: frozenset[bytes] = REQUEST_HEADERS) -> dict[str, str]:
@@ -113,16 +116,24 @@ class ServeFiles:
         """One page of files in key order; pass the last key as ``after`` for the next."""
         return await self.mount.files.list(prefix, limit, after)
 
-    def url(self, key: str) -> str:
-        """The path ``key`` is served at, percent-encoded, for links in the app's pages."""
-        return self.writes.url(canonical_key(key))
+    def url(self, key: str, expires_in: float | None = None) -> str:
+        """The path ``key`` is served at, percent-encoded, for links in the app's pages.
+
+        Signed (``?expires=…&signature=…``, :mod:`servefiles.signing`) when ``expires_in`` seconds
+        are given, or when ``key`` is private and signing keys are configured (then for
+        ``url_expires`` seconds). ValueError when a signature is asked for without a signing key
+        or for longer than ``max_url_expires``; InvalidKey for a bad key."""
+        return self.mount.url(key, expires_in)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             method: str = scope["method"]
             route, raw_key = self.mount.route(method, scope["path"])
             if route == "files":
-                reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]))
+                access = None
+                if self.mount.access and method in _READS:
+                    access = await self._access(scope, raw_key)
+                reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]), access)
                 await self._send(reply, scope, send, receive)
                 return
             if route == "writes":
@@ -149,6 +160,18 @@ class ServeFiles:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             await self._send(Reply(http.not_found()), scope, send)
+
+    async def _access(self, scope: Scope, raw_key: str) -> Decision | None:
+        """The access decision for a read of a private key, the hook awaited with the scope (None: public)."""
+        policy = self.mount.access
+        assert policy is not None
+        key = policy.private_key(raw_key)
+        if key is None:
+            return None
+        query = scope.get("query_string", b"").decode("latin-1")
+        authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
+        decision = policy.check(key, query, authorization)
+        return await policy.ask_async(scope, key, decision) if decision.kind == "ask" else decision
 
     async def _send(self, reply: Reply, scope: Scope, send: Send, receive: Receive | None = None) -> None:
         """Send ``reply``; with ``receive``, a streamed body stops as soon as the client is gone.

@@ -7,20 +7,24 @@ only in how bytes move.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from .. import config
+from ..access import AccessPolicy, Decision, with_cache_control
 from ..api import FilesApi
 from ..auth import TokenRing, UploadToken
-from ..defaults import ACTIVE_CONTENT, CACHE_CONTROL, MAX_UPLOAD_BYTES
+from ..defaults import ACTIVE_CONTENT, CACHE_CONTROL, MAX_UPLOAD_BYTES, MAX_URL_EXPIRES, URL_EXPIRES
 from ..http import HttpPolicy
+from ..http.replies import forbidden, internal_error
+from ..keys import canonical_key
 from ..nginx import ACCEL_LOCATION
 from ..nginx.accel import AccelLayer
 from ..nginx.tree import PublishedTree
 from ..service import CacheSettings, FileService, Reply
+from ..signing import Signer
 from ..store import Store
 from ..write_api import WriteApi
 
@@ -42,6 +46,12 @@ class Options(TypedDict, total=False):
     ``upload_tokens`` [none: read-only], ``max_upload_bytes`` [1 GiB].
     ``nginx`` [None]: "accel" or "tree" when nginx runs in front with the block
     ``servefiles nginx-config`` prints; "tree" also needs ``publish_dir``.
+    ``private`` [none]: folders whose files need a signed URL, the ``authorize`` hook or an
+    upload token for that folder (:mod:`servefiles.access`). ``signing_keys`` [none]: secrets
+    of at least 32 random bytes; the first signs, all verify. ``authorize`` [None]:
+    ``authorize(request, key) -> bool`` (async allowed under ASGI; the request is the ASGI
+    scope or WSGI environ). ``url_expires`` [3600]: life in seconds of a private key's URL from
+    ``url(key)``; ``max_url_expires`` [7 days]: the longest life a signed URL may have.
     """
 
     read_db: str | None
@@ -62,6 +72,11 @@ class Options(TypedDict, total=False):
     max_upload_bytes: int
     nginx: Literal["accel", "tree"] | None
     publish_dir: str | Path | None
+    private: Iterable[str]
+    signing_keys: Iterable[str | bytes]
+    authorize: Callable[[Any, str], Any] | None
+    url_expires: int
+    max_url_expires: int
 
 
 @dataclass
@@ -75,10 +90,32 @@ class Mount:
     metrics: bool
     accel: AccelLayer | None = None
     """nginx in front (``nginx="accel"`` or ``"tree"``): the layer that answers with X-Accel-Redirect."""
+    access: AccessPolicy | None = None
+    """Private folders (None: every file is public, and no request is checked)."""
 
-    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
-        """The reply to a GET or HEAD of a file: the file service's, through the accel layer if any."""
-        return await (self.accel or self.service).serve(method, raw_key, headers)
+    async def serve(
+        self, method: str, raw_key: str, headers: Mapping[str, str], access: Decision | None = None
+    ) -> Reply:
+        """The reply to a request for a file: the file service's, through the accel layer if any.
+
+        ``access``: the access check's final decision for a GET or HEAD of a private key (None: a
+        public key). A refusal or a failed hook is answered here, before any tier or the store is
+        asked; a grant is served as any file, with the private Cache-Control."""
+        if access is None:
+            return await (self.accel or self.service).serve(method, raw_key, headers)
+        if access.kind == "refused":
+            return Reply(forbidden(access.expired))
+        if access.kind != "granted":
+            return Reply(internal_error())
+        reply = await (self.accel or self.service).serve(method, raw_key, headers)
+        with_cache_control(reply.response, access.cache_control)
+        return reply
+
+    def url(self, key: str, expires_in: float | None = None) -> str:
+        """The path ``key`` is served at, percent-encoded, signed as :meth:`AccessPolicy.url` says."""
+        key = canonical_key(key)
+        plain = self.writes.url(key)
+        return plain if self.access is None else self.access.url(key, plain, expires_in)
 
     def route(self, method: str, path: str) -> tuple[Literal["files", "writes", "health", "metrics", "app"], str]:
         """Where a request goes, and the raw key for the first two: the one routing rule of both adapters."""
@@ -139,4 +176,27 @@ def mount(db: str | Store, prefix: str, cache_dir: str | Path | None, options: O
         accel = AccelLayer(service, ACCEL_LOCATION, tree)
     files = FilesApi(service.runtime)
     writes = WriteApi(files, tokens, options.get("max_upload_bytes", MAX_UPLOAD_BYTES), prefix)
-    return Mount(service, files, writes, prefix, options.get("metrics", False), accel)
+    access = _access(options, prefix, tokens, service.policy.cache_control)
+    if access and accel is not None and accel.tree is not None:
+        accel.tree.private = access.folders
+    return Mount(service, files, writes, prefix, options.get("metrics", False), accel, access)
+
+
+def _access(options: Options, prefix: str, tokens: TokenRing, cache_control: str) -> AccessPolicy | None:
+    """The access policy the private options describe: None when there is nothing to check
+    or sign (no private folder, no signing key)."""
+    if isinstance(options.get("private", ()), str) or isinstance(options.get("signing_keys", ()), str | bytes):
+        raise TypeError("private and signing_keys take a list (a lone string would be split into characters)")
+    private = list(options.get("private", ()))
+    keys = list(options.get("signing_keys", ()))
+    authorize = options.get("authorize")
+    if authorize is not None and not callable(authorize):
+        raise TypeError("authorize must be a callable: authorize(request, key) -> bool")
+    if authorize is not None and not private:
+        raise ValueError("authorize runs for private keys only: name the private folders too (private=[...])")
+    if not private and not keys:
+        return None
+    max_expires = options.get("max_url_expires", MAX_URL_EXPIRES)
+    signer = Signer(keys, prefix, max_expires) if keys else None
+    url_expires = options.get("url_expires", min(URL_EXPIRES, max_expires))  # a shorter maximum shortens the default
+    return AccessPolicy(private, signer, tokens, authorize, cache_control, url_expires)

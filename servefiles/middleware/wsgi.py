@@ -30,9 +30,9 @@ from types import TracebackType
 from typing import IO, Any, TypeVar, Unpack
 
 from .. import defaults, http
+from ..access import Decision
 from ..bodies import Body, DiskBody
 from ..errors import NotFound, ServeFilesError, UploadAborted
-from ..keys import canonical_key
 from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
@@ -181,7 +181,9 @@ class ServeFilesWSGI:
         route, raw_key = process.mount.route(method, request_path(environ))
         service = process.mount.service
         if route == "files":
-            reply = self._run(process.mount.serve(method, raw_key, request_headers(environ, REQUEST_HEADERS)), process)
+            access = _access(process.mount, environ, method, raw_key) if process.mount.access else None
+            headers = request_headers(environ, REQUEST_HEADERS)
+            reply = self._run(process.mount.serve(method, raw_key, headers, access), process)
             return self._send(reply, environ, start_response, process)
         if route == "writes":
             body = _input_body(environ, process.readers)
@@ -246,9 +248,22 @@ class ServeFilesWSGI:
         process = self._current()
         return _pull(self, process, process.mount.files.read(key))
 
-    def url(self, key: str) -> str:
-        """The path ``key`` is served at, percent-encoded."""
-        return self.mount.writes.url(canonical_key(key))
+    def url(self, key: str, expires_in: float | None = None) -> str:
+        """The path ``key`` is served at, percent-encoded; signed as :meth:`servefiles.ServeFiles.url` says."""
+        return self.mount.url(key, expires_in)
+
+
+def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
+    """The access decision for a read of a private key (None: public, or not a read). The hook runs
+    here, in the request's thread, where the app's own session and database connection live."""
+    policy = mount.access
+    if policy is None or method not in ("GET", "HEAD"):
+        return None
+    key = policy.private_key(raw_key)
+    if key is None:
+        return None
+    decision = policy.check(key, environ.get("QUERY_STRING", ""), environ.get("HTTP_AUTHORIZATION"))
+    return policy.ask_sync(environ, key, decision) if decision.kind == "ask" else decision
 
 
 class _Streamed:

@@ -53,6 +53,8 @@ class NginxSettings:
     server_name: str = "_"
     max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
     cache_control: str = defaults.CACHE_CONTROL
+    private: tuple[str, ...] = ()
+    """Private folders (``"invoices/"``): in tree mode each gets a location that always asks servefiles."""
 
 
 def render(settings: NginxSettings) -> str:
@@ -109,6 +111,7 @@ def render(settings: NginxSettings) -> str:
             "    location @servefiles {",
             proxy,
             "    }",
+            *_private_locations(prefix, settings.private, proxy),
             "",
             f"    location {TREE_LOCATION} {{",
             "        internal;",
@@ -132,6 +135,24 @@ def render(settings: NginxSettings) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _private_locations(prefix: str, private: tuple[str, ...], proxy: str) -> list[str]:
+    """A location per private folder that sends every request to servefiles, never to the tree.
+
+    ``^~``: the longest matching prefix wins and no regex location is tried after it. nginx matches
+    the normalised URI (percent-decoded, ``..`` resolved, slashes merged), so ``%2e%2e`` spellings
+    land here too; a spelling that does not (an NFD variant, another case) finds no private file
+    in the tree, which servefiles never publishes, and reaches servefiles through ``@servefiles``.
+    A folder with a character nginx would read as syntax is left to that second defence alone.
+    """
+    lines = []
+    for folder in private:
+        path = prefix + folder
+        if any(char in path for char in ' ;{}"\'\\#$') or not path.isprintable():
+            continue
+        lines += ["", f"    location ^~ {path} {{", "        # private: servefiles decides", proxy, "    }"]
+    return lines
 
 
 def _types_block() -> str:

@@ -65,6 +65,10 @@ class PublishedTree:
         types = tree_types()
         self._allowed = frozenset(types)
         self._by_extension = extension_types(types)
+        self.private: tuple[str, ...] = ()
+        """Private folders (``"invoices/"``): their keys are never published, so nginx never
+        serves them unchecked (the tree is emptied at every start, so a key that became private
+        since the last run is withdrawn then)."""
         self._lock = threading.Lock()
         """Held across every use of ``_dirs``: no fd is closed while another thread uses it."""
         self._dirs: dict[Parts, int] = {}
@@ -75,8 +79,9 @@ class PublishedTree:
         return self.base / key
 
     def accepts(self, meta: FileMeta) -> bool:
-        """Whether nginx, serving this version from the tree, would send its stored headers."""
-        return publishable(meta, self._allowed, self._by_extension)
+        """Whether nginx, serving this version from the tree, would send its stored headers (and
+        the key is public: a private one is never nginx's to serve)."""
+        return not meta.key.startswith(self.private) and publishable(meta, self._allowed, self._by_extension)
 
     def follow(self, disk: DiskCache) -> None:
         """Withdraw a key's path whenever the disk tier removes or replaces its entry (register

@@ -536,4 +536,74 @@ def family_sizes() -> dict[str, int]:
         "listing queries": len(LISTING_QUERIES),
         "scope targets": len(SCOPE_TARGETS),
         "scope listing queries": len(SCOPE_LISTING_QUERIES),
+        "private targets": len(PRIVATE_TARGETS),
+        "private headers": len(PRIVATE_HEADERS),
     }
+
+# -- 9. private files: signatures and paths ----------------------------------------------------------
+
+# Run against an app with private folders ``members/docs`` and ``invoices`` and a signing key, by
+# ``test_private_inputs.py``. Placeholders: ``{e}`` / ``{s}`` a valid expiry and its signature for
+# members/docs/x.pdf; ``{s_other}`` the signature of members/docs/y.pdf with the same expiry;
+# ``{e_past}``/``{s_past}`` an expired pair, ``{e_far}``/``{s_far}`` a pair beyond the maximum expiry
+# (both signed with the right key); ``{s_trunc}`` ``{s}`` less its last character, ``{s_pct}`` /
+# ``{s_pct2}`` ``{s}`` percent-encoded once / twice, character by character.
+# Attacks: reading a private file without a valid signature for it (every mangling of the query a
+# client, proxy or attacker might produce), or through a path that canonicalises to a private key.
+PRIVATE_PATH = "/media/members/docs/x.pdf"
+PRIVATE_TARGETS: list[str] = [
+    PRIVATE_PATH, PRIVATE_PATH + "?", PRIVATE_PATH + "?expires={e}", PRIVATE_PATH + "?signature={s}",
+    PRIVATE_PATH + "?expires={e}&signature=", PRIVATE_PATH + "?expires=&signature={s}",
+    # truncated, doubled, padded, non-ASCII, percent-encoded once and twice
+    PRIVATE_PATH + "?expires={e}&signature={s_trunc}", PRIVATE_PATH + "?expires={e}&signature={s}{s}",
+    PRIVATE_PATH + "?expires={e}&signature={s}=", PRIVATE_PATH + "?expires={e}&signature={s}%3D",
+    PRIVATE_PATH + "?expires={e}&signature={s}%C3%A9", PRIVATE_PATH + "?expires={e}&signature=%C3%A9{s_trunc}",
+    PRIVATE_PATH + "?expires={e}&signature={s_trunc}%C3", PRIVATE_PATH + "?expires={e}&signature={s_trunc}%FF",
+    PRIVATE_PATH + "?expires={e}&signature={s_pct}", PRIVATE_PATH + "?expires={e}&signature={s_pct2}",
+    PRIVATE_PATH + "?expires={e}&signature=%00{s_trunc}", PRIVATE_PATH + "?expires={e}&signature={s_trunc}%0A",
+    # another key's signature with the same expiry, expired, too far ahead
+    PRIVATE_PATH + "?expires={e}&signature={s_other}", PRIVATE_PATH + "?expires={e_past}&signature={s_past}",
+    PRIVATE_PATH + "?expires={e_far}&signature={s_far}", PRIVATE_PATH + "?expires={e_past}&signature={s}",
+    # non-numeric and odd expiries
+    PRIVATE_PATH + "?expires={e}x&signature={s}", PRIVATE_PATH + "?expires=abc&signature={s}",
+    PRIVATE_PATH + "?expires=-{e}&signature={s}", PRIVATE_PATH + "?expires=%2B{e}&signature={s}",
+    PRIVATE_PATH + "?expires={e}.0&signature={s}", PRIVATE_PATH + "?expires=0{e}&signature={s}",
+    PRIVATE_PATH + "?expires=%20{e}&signature={s}", PRIVATE_PATH + "?expires={e}%20&signature={s}",
+    PRIVATE_PATH + "?expires=99999999999999999999999999&signature={s}",
+    PRIVATE_PATH + "?expires=%D9%A1%D9%A2%D9%A3&signature={s}", PRIVATE_PATH + "?expires=1e10&signature={s}",
+    PRIVATE_PATH + "?expires=0x7fffffff&signature={s}", PRIVATE_PATH + "?expires=inf&signature={s}",
+    # repeated, renamed and smuggled parameters
+    PRIVATE_PATH + "?expires={e}&signature={s}&signature={s}", PRIVATE_PATH + "?expires={e}&expires={e}&signature={s}",
+    PRIVATE_PATH + "?expires={e}&signature={s_other}&signature={s}",
+    PRIVATE_PATH + "?expires={e_past}&expires={e}&signature={s}", PRIVATE_PATH + "?EXPIRES={e}&SIGNATURE={s}",
+    PRIVATE_PATH + "?expires%3D{e}%26signature%3D{s}", PRIVATE_PATH + "?expires={e};signature={s}",
+    PRIVATE_PATH + "?expires={e}&signature[]={s}", PRIVATE_PATH + "?expires[]={e}&signature={s}",
+    PRIVATE_PATH + "?%65xpires={e}&signature={s}", PRIVATE_PATH + "?expires={e}&%73ignature={s}",
+    PRIVATE_PATH + "?expires={e}%26signature%3D{s}", PRIVATE_PATH + "#?expires={e}&signature={s}",
+    PRIVATE_PATH + "%3Fexpires={e}&signature={s}",
+    # the right signature on another path
+    "/media/members/docs/y.pdf?expires={e}&signature={s}", "/media/invoices/x.pdf?expires={e}&signature={s}",
+    "/media/members/docs/x.pdf/?expires={e}&signature={s}", "/media/members/docs/x.pdf.?expires={e}&signature={s}",
+    # paths that canonicalise to a private key, or try to
+    "/media/members/docs/../docs/x.pdf", "/media/members/docs/%2e%2e/docs/x.pdf", "/media/members/./docs/x.pdf",
+    "/media/members/docs/%2E%2E/docs/x.pdf?expires={e}&signature={s}", "/media/members//docs/x.pdf",
+    "/media/members/docs/%252e%252e/docs/x.pdf", "/media/%6dembers/docs/x.pdf", "/media/members%2fdocs%2fx.pdf",
+    "/media/members/docs%2Fx.pdf", "/media/Members/docs/x.pdf", "/media/MEMBERS/DOCS/X.PDF",
+    "/media/members/Docs/x.pdf", "/media/members/docs/X.pdf", "/media/members/docs/x.pdf%00",
+    "/media/members/docs/x.pdf%20", "/media/members/docs/x.pdf.", "/media/members/docs/x.pdf%2e",
+    "/media/members/docs/caf%C3%A9.pdf", "/media/members/docs/cafe%CC%81.pdf", "/media/members/docs/CAF%C3%89.pdf",
+    "/media/members/docs/caf%EF%BD%85%CC%81.pdf", "/media/members/docs%E2%88%95x.pdf", "/media/members/docs",
+    "/media/members/docs/", "/media/members", "/media/invoices", "/media/invoices/",
+    "/media/a/../members/docs/x.pdf", "/media/./members/docs/x.pdf", "/media//members/docs/x.pdf",
+]  # fmt: skip
+PRIVATE_HEADERS: list[Headers] = [
+    ((b"x-signature", b"{s}"), (b"x-expires", b"{e}")),
+    ((b"signature", b"{s}"), (b"expires", b"{e}")),
+    ((b"authorization", b"Signature {s}"),),
+    ((b"authorization", b"Bearer {s}"),),
+    ((b"authorization", b"Bearer expires={e}&signature={s}"),),
+    ((b"cookie", b"expires={e}; signature={s}"),),
+    ((b"referer", b"http://test/media/members/docs/x.pdf?expires={e}&signature={s}"),),
+    ((b"x-original-url", b"/media/members/docs/x.pdf?expires={e}&signature={s}"),),
+    ((b"x-forwarded-uri", b"/media/members/docs/x.pdf?expires={e}&signature={s}"),),
+]

@@ -63,9 +63,16 @@ STATIC_URL = "static/"
 # The uploaded files (FileField, ImageField): in the servefiles database, served under MEDIA_URL
 # by blog/wsgi.py's wrap() from servefiles' memory and disk caches.
 MEDIA_URL = "/media/"
+# Files under members/ (Post.members_file) are private: servefiles lets a request through when
+# blog.access.logged_in says its session is a logged-in user's (or, with SERVEFILES_SIGNING_KEY
+# set, when it carries a signed URL: the storage's url() then signs them for URL_EXPIRES seconds).
 SERVEFILES = {
     "DB": os.environ.get("SERVEFILES_DB") or f"sqlite:///{BASE_DIR / 'files.db'}",
     "CACHE_DIR": os.environ.get("SERVEFILES_CACHE_DIR") or BASE_DIR / "cache",
+    "PRIVATE": ["members"],
+    "AUTHORIZE": "blog.access.logged_in",
+    "SIGNING_KEYS": os.environ.get("SERVEFILES_SIGNING_KEY", "").split(),
+    "URL_EXPIRES": 3600,
 }
 STORAGES = {
     "default": {"BACKEND": "servefiles.contrib.django.ServeFilesStorage"},

@@ -7,6 +7,7 @@ class Post(models.Model):
     title = models.CharField(max_length=200)
     image = models.ImageField(upload_to="blog/")
     attachment = models.FileField(upload_to="files/", blank=True)
+    members_file = models.FileField(upload_to="members/", blank=True, help_text="For logged-in users only.")
 
     def __str__(self) -> str:
         return self.title
