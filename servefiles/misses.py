@@ -49,8 +49,9 @@ class Misses:
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         if head is not None and complete:
-            if fill is None:  # a fill offers its bytes to the memory tier itself
-                runtime.memory.offer(meta.key, MemoryEntry(file, head.data))
+            # Offered now, not only by the fill's task: a request that comes before that task
+            # runs is then a memory hit, not a second query.
+            runtime.memory.offer(meta.key, MemoryEntry(file, head.data))
             return MemoryBody(head.data)
         return StoreBody(runtime.store, meta, runtime.metrics, head)
 
