@@ -1037,7 +1037,7 @@ async def test_postgres_connections_kept_between_statements_are_replaced_once_ki
         await asyncio.sleep(0.05)
         gate.set()
         await both
-        pids = [conn.get_server_pid() for conn in store._idle]
+        pids = [conn.get_server_pid() for conn, _used in store._idle]
         assert len(pids) == 2, "connections were given back to the pool after each statement"
         killer = await asyncpg.connect(pg_url)
         try:

@@ -304,7 +304,6 @@ class DiskCache:
 
     def _install(self, meta: FileMeta, temp: Path) -> DiskEntry:
         """Install a verified temp file (writer.py), then evict in one batch."""
-        self.verified.add(meta.sha256)  # the writer hashed it
         if self.alone():
             return self._install_alone(meta, temp)
         self.flush()  # what this process did alone goes first

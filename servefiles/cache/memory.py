@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from ..http import PreparedFile
 from .admission import Admission
 
+HITS_CAP = 15
+"""The most memory hits an entry counts (Caffeine's TinyLFU counters are 4 bits too): a file
+that was hot and went cold cannot refuse newcomers for more than a few agings of the sketch."""
 ENTRY_OVERHEAD = 512
 """Bytes charged per entry on top of its content: keeps a flood of tiny files bounded too."""
 
@@ -64,7 +67,8 @@ class MemoryTier:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
-            entry.hits += 1
+            if entry.hits < HITS_CAP:
+                entry.hits += 1
         return entry
 
     def peek(self, key: str) -> MemoryEntry | None:

@@ -44,6 +44,8 @@ SCHEMA_VERSION = 2
 """1: no ``last_modified`` column (``updated_at`` itself kept the one-second rule); 2: it has one."""
 COMMAND_TIMEOUT_SECONDS = 15.0
 """No statement waits longer on a database that stopped answering: a request gets a 503, not a hang."""
+KEPT_IDLE_SECONDS = 60.0
+"""A connection kept out of the pool between statements goes back to it after this long unused."""
 REPLICA_RETRY_SECONDS = 2.0
 """While the read replica does not answer, content is read from the primary, and one request
 tries the replica again this often: reads go back to it within that time of its return."""
@@ -193,7 +195,7 @@ class PostgresStore(Store):
         self._where = mask_dsn(dsn)
         """The DSN as messages show it: without its password."""
         self._pool = pool
-        self._idle: list[asyncpg.Connection] = []
+        self._idle: list[tuple[asyncpg.Connection, float]] = []
         """Connections this store holds out of the pool between statements (:meth:`_connection`)."""
         self._waiting = 0
         """Statements waiting for the pool to hand them a connection (then one is given back)."""
@@ -226,7 +228,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         self._closing = True
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _used in idle:
             await self._give_back(conn)
         await self._pool.close()
         if self._replica is not None:
@@ -261,16 +263,17 @@ class PostgresStore(Store):
         if self._waiting or self._closing or conn.is_closed() or conn.is_in_transaction():
             await self._give_back(conn)  # someone waits in the pool for a connection: this one
         else:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
 
     async def _take_idle(self) -> asyncpg.Connection | None:
-        """A connection kept aside after a clean statement, if one is still open."""
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.is_closed():
+        """A connection kept aside after a clean statement, if one is still open and was used
+        within :data:`KEPT_IDLE_SECONDS` (an older one goes back to the pool, whose inactivity
+        limit closes it: a flow a NAT dropped silently is not met by a statement after a lull)."""
+        while self._idle and not self._closing:
+            conn, used = self._idle.pop()
+            if not conn.is_closed() and time.monotonic() - used < KEPT_IDLE_SECONDS:
                 return conn
-            await self._give_back(conn)  # lost meanwhile (a restart, a fail-over): the pool replaces it
+            await self._give_back(conn)  # lost meanwhile (a restart, a fail-over), or idle too long
         return None
 
     async def _give_back(self, conn: asyncpg.Connection) -> None:
