@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from servefiles import ServeFiles, open_store
 
-from .ha_tools import frontend, wait_for
+from .ha_tools import frontend, pair_with_database, wait_for
 from .pg_pair import PgPair, sql
 
 pytestmark = pytest.mark.postgres
@@ -33,14 +32,8 @@ LAST_CHUNK_READ = """
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[PgPair, str]]:
-    pair = PgPair()
-    try:
-        pair.start()
-        name = f"replica_{uuid.uuid4().hex[:8]}"
-        pair.create_database(name)
-        yield pair, name
-    finally:
-        pair.remove()
+    with pair_with_database() as started:
+        yield started
 
 
 def _payload(seed: str) -> bytes:
