@@ -17,18 +17,20 @@ from pathlib import Path
 
 import pytest
 
+from .installs import install_once
 from .servers import cli, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
+
+
+def _found() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 def nginx_binary() -> str:
     """The nginx executable, installed by the project's script when missing."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found is None:
-        subprocess.run([str(ROOT / "scripts" / "install-nginx")], check=False, capture_output=True, timeout=600)
-        found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    install_once("install-nginx", lambda: _found() is not None, timeout=600)
+    found = _found()
     if found is None:
         message = "nginx is not installed and scripts/install-nginx could not install it"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
