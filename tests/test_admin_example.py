@@ -35,9 +35,6 @@ from servefiles import open_store
 from .installs import install_once
 from .servers import free_port, listening
 
-pytestmark = pytest.mark.xdist_group("admin-example")
-"""One xdist worker runs the module, so the admin app (module-scoped) starts once."""
-
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -21,8 +21,7 @@ from servefiles import ServeFiles, open_store
 from .ha_tools import frontend, pair_with_database, wait_for
 from .pg_pair import PgPair, sql
 
-pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("read-replica-pair")]
-"""One xdist worker runs the module, so its primary/standby pair (module-scoped) starts once."""
+pytestmark = pytest.mark.postgres
 
 BIG = 1_500_000
 """Larger than the first chunk a miss fetches with its metadata: the rest comes from the replica."""
