@@ -47,6 +47,11 @@ _SHARED_ONLY = frozenset({"", "public", "private", "s-maxage", "proxy-revalidate
 speak to shared caches (RFC 9111 §5.2.2), and max-age, which is restated within bounds."""
 
 
+SIGNED_GRANTS = 4096
+"""Signed grants kept ready, one per distinct ``max-age`` (about 200 bytes each): the hot signed URLs
+of one second share one, so a signed hit makes no new header value."""
+
+
 class Decision(NamedTuple):
     """What the access check says about one read of a private key.
 
@@ -118,6 +123,8 @@ class AccessPolicy:
         self._configured_age = _max_age(cache_control)
         self._signed_prefix = private_cache_control(cache_control, 0).rpartition(b", max-age=")[0]
         """The Cache-Control of a signed grant before its max-age, worked out once."""
+        self._signed_grants: dict[int, Decision] = {}
+        """Signed grants by remaining seconds (:meth:`_signed_grant`)."""
         if signer is not None and url_expires > signer.max_expires:
             raise ValueError(f"url_expires ({url_expires} s) is longer than max_url_expires ({signer.max_expires} s)")
 
@@ -153,14 +160,25 @@ class AccessPolicy:
             moment = time.time() if now is None else now
             checked = self.signer.check(key, query, moment)
             if checked.verdict == "valid":
-                remaining = max(0, int(checked.expires - moment))  # whole seconds left, never rounded up
-                if self._configured_age is not None:
-                    remaining = min(remaining, self._configured_age)
-                return Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, remaining))
+                return self._signed_grant(max(0, int(checked.expires - moment)))  # never rounded up
             expired = checked.verdict == "expired"
         if self.authorize is not None:
             return ASK_EXPIRED if expired else ASK
         return EXPIRED if expired else REFUSED
+
+    def _signed_grant(self, remaining: int) -> Decision:
+        """The grant of a signature with ``remaining`` whole seconds of life: ``max-age`` no longer
+        than that nor than the configured one. One per distinct age, made once (at most
+        :data:`SIGNED_GRANTS` kept; the table starts afresh when full)."""
+        if self._configured_age is not None and remaining > self._configured_age:
+            remaining = self._configured_age
+        grant = self._signed_grants.get(remaining)
+        if grant is None:
+            if len(self._signed_grants) >= SIGNED_GRANTS:
+                self._signed_grants.clear()  # threads may race here: both then build the same value
+            grant = Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, remaining))
+            self._signed_grants[remaining] = grant
+        return grant
 
     def hooked(self, allowed: object, asked: Decision) -> Decision:
         """The decision once the hook answered ``allowed``: only ``True`` itself grants."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from .. import defaults, http
-from ..access import Decision
+from ..access import AccessPolicy, Decision
 from ..bodies import Body, DiskBody
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
@@ -92,6 +92,8 @@ class ServeFiles:
         self.prefix = self.mount.prefix
         self.service = self.mount.service
         self.writes = self.mount.writes
+        self._private = self.mount.access if self.mount.access else None
+        """The access policy when a folder is private (else None: no request is checked)."""
 
     async def aclose(self) -> None:
         """Stop fills, close the disk index, and close a store this middleware opened."""
@@ -131,8 +133,12 @@ class ServeFiles:
             route, raw_key = self.mount.route(method, scope["path"])
             if route == "files":
                 access = None
-                if self.mount.access and method in _READS:
-                    access = await self._access(scope, raw_key)
+                if self._private is not None and method in _READS:
+                    checked = self._check(self._private, scope, raw_key)
+                    if checked is not None:
+                        key, access = checked
+                        if access.kind == "ask":
+                            access = await self._private.ask_async(scope, key, access)
                 reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]), access)
                 await self._send(reply, scope, send, receive)
                 return
@@ -161,17 +167,18 @@ class ServeFiles:
         elif scope["type"] == "http":
             await self._send(Reply(http.not_found()), scope, send)
 
-    async def _access(self, scope: Scope, raw_key: str) -> Decision | None:
-        """The access decision for a read of a private key, the hook awaited with the scope (None: public)."""
-        policy = self.mount.access
-        assert policy is not None
+    def _check(self, policy: AccessPolicy, scope: Scope, raw_key: str) -> tuple[str, Decision] | None:
+        """The canonical key of a read of a private key and the access decision before any hook runs
+        (None: a public key). Synchronous: a signed hit is decided without a coroutine; Authorization is read only when
+        upload tokens are configured (nothing else here looks at it)."""
         key = policy.private_key(raw_key)
         if key is None:
             return None
         query = scope.get("query_string", b"").decode("latin-1")
-        authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
-        decision = policy.check(key, query, authorization)
-        return await policy.ask_async(scope, key, decision) if decision.kind == "ask" else decision
+        authorization = None
+        if policy.tokens:
+            authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
+        return key, policy.check(key, query, authorization)
 
     async def _send(self, reply: Reply, scope: Scope, send: Send, receive: Receive | None = None) -> None:
         """Send ``reply``; with ``receive``, a streamed body stops as soon as the client is gone.
