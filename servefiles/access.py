@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
@@ -31,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 from .auth import TokenRing, UploadToken
 from .errors import InvalidKey
 from .http.model import Header, Response
+from .http.read import CACHE_CONTROL_AT
 from .keys import canonical_key, key_folder
 from .signing import SIGNATURE_PARAM, Signer
 
@@ -124,7 +126,9 @@ class AccessPolicy:
         self._signed_prefix = private_cache_control(cache_control, 0).rpartition(b", max-age=")[0]
         """The Cache-Control of a signed grant before its max-age, worked out once."""
         self._signed_grants: dict[int, Decision] = {}
-        """Signed grants by remaining seconds (:meth:`_signed_grant`)."""
+        """Signed grants by their max-age (:meth:`_signed_grant`)."""
+        self._age_cap = self._configured_age if self._configured_age is not None else sys.maxsize
+        """The longest max-age a signed grant may state: the configured one, if any."""
         if signer is not None and url_expires > signer.max_expires:
             raise ValueError(f"url_expires ({url_expires} s) is longer than max_url_expires ({signer.max_expires} s)")
 
@@ -158,26 +162,23 @@ class AccessPolicy:
         expired = False
         if self.signer is not None and SIGNATURE_PARAM in query:
             moment = time.time() if now is None else now
-            checked = self.signer.check(key, query, moment)
-            if checked.verdict == "valid":
-                return self._signed_grant(max(0, int(checked.expires - moment)))  # never rounded up
-            expired = checked.verdict == "expired"
+            verdict, expires = self.signer.check(key, query, moment)
+            if verdict == "valid":
+                age = int(expires - moment)  # whole seconds left, never rounded up (negative within the skew)
+                age = 0 if age < 0 else self._age_cap if age > self._age_cap else age
+                return self._signed_grants.get(age) or self._signed_grant(age)
+            expired = verdict == "expired"
         if self.authorize is not None:
             return ASK_EXPIRED if expired else ASK
         return EXPIRED if expired else REFUSED
 
-    def _signed_grant(self, remaining: int) -> Decision:
-        """The grant of a signature with ``remaining`` whole seconds of life: ``max-age`` no longer
-        than that nor than the configured one. One per distinct age, made once (at most
+    def _signed_grant(self, age: int) -> Decision:
+        """The grant of a signature whose ``max-age`` is ``age`` seconds, made once per age (at most
         :data:`SIGNED_GRANTS` kept; the table starts afresh when full)."""
-        if self._configured_age is not None and remaining > self._configured_age:
-            remaining = self._configured_age
-        grant = self._signed_grants.get(remaining)
-        if grant is None:
-            if len(self._signed_grants) >= SIGNED_GRANTS:
-                self._signed_grants.clear()  # threads may race here: both then build the same value
-            grant = Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, remaining))
-            self._signed_grants[remaining] = grant
+        if len(self._signed_grants) >= SIGNED_GRANTS:
+            self._signed_grants.clear()  # threads may race here: both then build the same value
+        grant = Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, age))
+        self._signed_grants[age] = grant
         return grant
 
     def hooked(self, allowed: object, asked: Decision) -> Decision:
@@ -234,6 +235,9 @@ def with_cache_control(response: Response, value: bytes) -> Response:
     Cache-Control, in place: its header list is its own (:func:`servefiles.http.respond`)."""
     if response.status in (200, 206, 304):
         headers: list[Header] = response.headers
+        if len(headers) > CACHE_CONTROL_AT and headers[CACHE_CONTROL_AT][0] == b"cache-control":
+            headers[CACHE_CONTROL_AT] = (b"cache-control", value)  # a 200 as PreparedFile lays it out
+            return response
         for index, (name, _) in enumerate(headers):
             if name == b"cache-control":
                 headers[index] = (name, value)

@@ -25,7 +25,7 @@ from .ranges import content_range, parse_range
 from .replies import method_not_allowed, precondition_failed, range_not_satisfiable
 from .validators import if_match_holds, if_none_match_matches, if_range_holds, strong_etag, unmodified_at
 
-__all__ = ["PreparedFile", "evaluate_preconditions", "respond", "stated"]
+__all__ = ["CACHE_CONTROL_AT", "PreparedFile", "evaluate_preconditions", "respond", "stated"]
 
 _GET_OR_HEAD = frozenset({"GET", "HEAD"})
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]+")
@@ -34,6 +34,11 @@ _HEX_DIGEST = re.compile(r"[0-9a-fA-F]+")
 _ATTR_CHAR = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~")
 
 # -- per-file preparation -----------------------------------------------------------------
+
+
+CACHE_CONTROL_AT = 4
+"""Where Cache-Control stands in a 200's headers (:attr:`PreparedFile.headers_200`: Content-Type,
+Content-Length, ETag, Last-Modified, Cache-Control, …), so a private grant restates it without a search."""
 
 
 class PreparedFile:
@@ -107,6 +112,7 @@ class PreparedFile:
             (b"content-length", ascii_int(meta.size)),
             *common,
         ]
+        assert self.headers_200[CACHE_CONTROL_AT] is cache_control
         # RFC 9110 §15.4.5: of the fields a 200 would carry, a 304 repeats
         # Content-Location, Date, ETag, Vary, Cache-Control and Expires; here
         # that is ETag and Cache-Control (the server adds Date). nosniff is no
