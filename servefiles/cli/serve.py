@@ -179,12 +179,16 @@ def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix
     """Print an nginx server block for servefiles behind nginx (include it in nginx's http block)."""
     from ..nginx import NginxSettings, render
 
-    click.echo(render(NginxSettings(
-        mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
-        cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
-        listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
-        private=tuple(private),
-    )), nl=False)  # fmt: skip
+    try:
+        block = render(NginxSettings(
+            mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
+            cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
+            listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
+            private=tuple(private),
+        ))  # fmt: skip
+    except ValueError as exc:  # a prefix or directory nginx's config cannot hold: one line, never a traceback
+        raise ErrorLine(str(exc)) from None
+    click.echo(block, nl=False)
 
 
 @click.command("new-token")

@@ -23,7 +23,7 @@ from typing import Literal
 from .. import defaults
 from .static_types import NGINX_DEFAULT_TYPE, tree_types
 
-__all__ = ["ACCEL_LOCATION", "TREE_LOCATION", "NginxSettings", "render"]
+__all__ = ["ACCEL_LOCATION", "TREE_LOCATION", "NginxSettings", "argument", "render"]
 
 ACCEL_LOCATION = "/_servefiles_accel/"
 TREE_LOCATION = "/_servefiles_tree/"
@@ -57,10 +57,39 @@ class NginxSettings:
     """Private folders (``"invoices/"``): in tree mode each gets a location that always asks servefiles."""
 
 
+_SYNTAX = frozenset(" ;{}\"'\\#$")
+"""Characters nginx's config reader gives a meaning to outside quotes: the separators, the
+quotes themselves, the escape, comments and variables."""
+
+
+def argument(text: str) -> str:
+    """``text`` as one argument of an nginx directive: as it stands when nginx would read it so,
+    else in double quotes with ``\\`` and ``"`` escaped (the escapes nginx's config reader,
+    ``ngx_conf_read_token``, undoes inside quotes). ValueError for a control character, which
+    has no place in a URL path or a directory name nginx is given."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError(f"{text!r} holds a control character: it cannot be written into an nginx config")
+    if text and text.isprintable() and not _SYNTAX.intersection(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _directory(path: Path, slash: str = "") -> str:
+    """A directory (with ``slash`` after it: ``alias`` wants one) as the argument of ``root`` or
+    ``alias``, which read ``$`` as a variable, quoted or not, and have no escape for it:
+    :func:`argument` of it, ValueError naming the path when it holds a ``$``."""
+    text = f"{path}{slash}"
+    if "$" in text:
+        raise ValueError(f"nginx would read the '$' in {text!r} as a variable: use a directory without one")
+    return argument(text)
+
+
 def render(settings: NginxSettings) -> str:
-    """A complete ``upstream`` + ``server`` block for ``http { include ...; }``."""
+    """A complete ``upstream`` + ``server`` block for ``http { include ...; }``. ValueError when a
+    prefix or directory cannot be written into nginx's config (:func:`argument`, :func:`_directory`)."""
     folder = settings.prefix.strip("/")
     prefix = f"/{folder}/" if folder else "/"  # "//" would match nothing: nginx merges slashes
+    argument(prefix)  # refuse a control character before it reaches the comment below
     objects = settings.cache_dir.absolute() / "objects"
     proxy = """\
         proxy_pass http://servefiles;
@@ -89,13 +118,13 @@ def render(settings: NginxSettings) -> str:
         "",
     ]
     if settings.mode == "accel":
-        lines += [f"    location {prefix} {{", proxy, "    }"]
+        lines += [f"    location {argument(prefix)} {{", proxy, "    }"]
     else:
         if settings.publish_dir is None:
             raise ValueError("tree mode needs publish_dir")
         lines += [
-            f"    location {prefix} {{",
-            f"        root {settings.publish_dir.absolute()};",
+            f"    location {argument(prefix)} {{",
+            f"        root {_directory(settings.publish_dir.absolute())};",
             "        # A published regular file, else servefiles: try_files takes files only, so a key",
             "        # that is also a directory (a/b next to a/b/c.png) reaches servefiles, not a 301.",
             "        # PUT and DELETE of a published file are the static module's 405: servefiles too.",
@@ -115,7 +144,7 @@ def render(settings: NginxSettings) -> str:
             "",
             f"    location {TREE_LOCATION} {{",
             "        internal;",
-            f"        alias {(settings.publish_dir.absolute() / prefix.strip('/'))}/;",
+            f"        alias {_directory(settings.publish_dir.absolute() / prefix.strip('/'), '/')};",
             _types_block(),
             "        # Cache-Control comes with servefiles' redirect (nginx keeps it); nosniff does not:",
             "        add_header X-Content-Type-Options nosniff always;",
@@ -125,7 +154,7 @@ def render(settings: NginxSettings) -> str:
         "",
         f"    location {ACCEL_LOCATION} {{",
         "        internal;",
-        f"        alias {objects}/;",
+        f"        alias {_directory(objects, '/')};",
         _ACCEL_HEADERS,
         "    }",
         "",
@@ -144,14 +173,13 @@ def _private_locations(prefix: str, private: tuple[str, ...], proxy: str) -> lis
     the normalised URI (percent-decoded, ``..`` resolved, slashes merged), so ``%2e%2e`` spellings
     land here too; a spelling that does not (an NFD variant, another case) finds no private file
     in the tree, which servefiles never publishes, and reaches servefiles through ``@servefiles``.
-    A folder with a character nginx would read as syntax is left to that second defence alone.
+    A folder with characters nginx reads as syntax (a space, ``;``, ``{``, a quote, ``#``, ``$``)
+    is written quoted (:func:`argument`): a location's path is matched as written, never expanded.
     """
     lines = []
     for folder in private:
-        path = prefix + folder
-        if any(char in path for char in ' ;{}"\'\\#$') or not path.isprintable():
-            continue
-        lines += ["", f"    location ^~ {path} {{", "        # private: servefiles decides", proxy, "    }"]
+        lines += ["", f"    location ^~ {argument(prefix + folder)} {{", "        # private: servefiles decides", proxy,
+                  "    }"]  # fmt: skip
     return lines
 
 
