@@ -10,16 +10,19 @@ stamps Date, uvicorn's is off), on one SQLite store holding the three files:
   request carrying an ``X-User`` header: the public key (what a private folder costs the
   public ones), ``private/a.bin`` with a signed URL, ``private/b.bin`` with ``X-User``.
 
-Servers on core 0, wrk (-t1) on core 1, 127.0.0.1. A round measures every contender once, back to
-back, starting one contender later than the round before (so no contender always runs first or
-right after another); the ratios are taken within each round (signed / public of that round) and
-their median over the rounds is the result, so a slow spell of the VM (hypervisor steal, another
-process on the core) moves one round, not the verdict. Each wrk run also records the server's CPU
-time per request (utime + stime of its process) and what core 0 did meanwhile (busy, idle, steal,
-from ``/proc/stat``): a round whose server core was idle or stolen from is visible as such. Every
-contender's body is checked first, and a run with a non-2xx response fails.
+Servers on core 0, wrk (-t1) on core 1, 127.0.0.1. Each contender first gets ``--warmup`` seconds
+of load that are not recorded (a fresh server's first seconds are slower). A round then measures
+every contender once, back to back, starting one contender later than the round before (so no
+contender always runs first or right after another); the ratios are taken within each round
+(signed / public of that round) and their median over the rounds is the result, so a slow spell
+of the VM (hypervisor steal, another process on the core) moves one round, not the verdict. Each
+wrk run also records the server's CPU time per request (utime + stime of its process), its share
+of core 0 over the run (below ~95 %: something else ran there too) and what core 0 did meanwhile
+(busy, idle, steal, from ``/proc/stat``): a round whose server core was shared, idle or stolen
+from is visible as such. Every contender's body is checked first, and a run with a non-2xx
+response fails.
 
-    .venv/bin/python -m benchmarks.private [--seconds 5] [--connections 32] [--rounds 7]
+    .venv/bin/python -m benchmarks.private [--seconds 5] [--connections 32] [--rounds 7] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class Run:
     load: Load
     cpu_us: float
     """Server CPU time per request, µs (its process's utime + stime over the run / requests)."""
+    server_share: float
+    """The server's CPU time over the run's wall time: below ~95 %, something else had core 0 too."""
     busy: float
     idle: float
     steal: float
@@ -108,10 +113,10 @@ class Run:
 
 def _measure(server: Server, url: str, seconds: float, connections: int, script: Path | None) -> Run:
     """One bounded wrk run against ``server``, with its CPU time and core 0's ticks around it."""
-    ticks, cpu = core_ticks(SERVER_CORE), server.cpu_seconds()
+    ticks, cpu, started = core_ticks(SERVER_CORE), server.cpu_seconds(), time.monotonic()
     load = wrk(url, seconds, connections, script)
-    cpu_us = (server.cpu_seconds() - cpu) / max(load.requests, 1) * 1e6
-    return Run(load, cpu_us, *core_ticks(SERVER_CORE).shares(ticks))
+    used, wall = server.cpu_seconds() - cpu, time.monotonic() - started
+    return Run(load, used / max(load.requests, 1) * 1e6, used / wall, *core_ticks(SERVER_CORE).shares(ticks))
 
 
 def main() -> None:
@@ -119,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="each wrk run [5]")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7, help="rounds of every contender [7]")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of unrecorded load per contender first [3]")
     args = parser.parse_args()
     ensure_tools()
     with tempfile.TemporaryDirectory(prefix="servefiles-private-bench-") as tmp:
@@ -152,6 +158,11 @@ def main() -> None:
                     assert (response.status_code, response.content) == (200, contender.data), contender.name
                 refused = httpx.get(url.partition("?")[0], timeout=10)
                 assert refused.status_code == (200 if contender.name.startswith("public") else 403), contender.name
+            for contender in contenders:  # a fresh server's first seconds are slower: not recorded
+                server = servers[contender.server]
+                url = f"http://127.0.0.1:{server.port}{contender.path}"
+                if args.warmup > 0:
+                    wrk(url, args.warmup, args.connections, scripts[contender.name])
             for number in range(args.rounds):
                 runs: dict[str, Run] = {}
                 for contender in _rotated(contenders, number):
@@ -180,7 +191,8 @@ def _report(contenders: list[Contender], rounds: list[dict[str, Run]], args: arg
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     print(f"benchmarks.private, {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: {model}, {os.cpu_count()} cores, "
           f"Linux {platform.release()}, Python {platform.python_version()}; wrk -t1 -c{args.connections}, "
-          f"{args.seconds:g} s per run, {len(rounds)} interleaved rounds (order rotated each round); 10 KiB "
+          f"{args.seconds:g} s per run after {args.warmup:g} s of warm-up each, {len(rounds)} interleaved rounds "
+          f"(order rotated each round); 10 KiB "
           f"memory-tier hits, uvicorn, servers on core {SERVER_CORE}, wrk on core {LOAD_CORE}")  # fmt: skip
     baseline, public, signed, hooked = (c.name for c in contenders)
 
@@ -204,16 +216,18 @@ def _report(contenders: list[Contender], rounds: list[dict[str, Run]], args: arg
               f"| {med(ratios(contender.name, baseline)):.3f} |")  # fmt: skip
     print()
     print("| round | order | public, no folder | public | signed | hooked | signed / public | hooked / public "
-          "| core 0 busy / idle / steal |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+          "| core 0 busy / idle / steal | server's share of core 0 |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     short = {baseline: "B", public: "P", signed: "S", hooked: "H"}
     for number, measured in enumerate(rounds):
         order = "".join(short[c.name] for c in _rotated(contenders, number))
         shares = [(run.busy, run.idle, run.steal) for run in measured.values()]
         busy, idle, steal = (sum(share[i] for share in shares) / len(shares) for i in range(3))
         rps = [measured[name].load.requests_per_second for name in (baseline, public, signed, hooked)]
+        served = " / ".join(f"{measured[name].server_share:.0%}" for name in (baseline, public, signed, hooked))
+        core = f"{busy:.0%} / {idle:.0%} / {steal:.1%}"
         print(f"| {number + 1} | {order} | " + " | ".join(f"{value:,.0f}" for value in rps)
-              + f" | {rps[2] / rps[1]:.3f} | {rps[3] / rps[1]:.3f} | {busy:.0%} / {idle:.0%} / {steal:.1%} |")
+              + f" | {rps[2] / rps[1]:.3f} | {rps[3] / rps[1]:.3f} | {core} | {served} |")
     signed_x, hooked_x = med(ratios(signed, public)), med(ratios(hooked, public))
     print()
     print(f"Server CPU per request, public over private (median of rounds; steal does not count in it): "

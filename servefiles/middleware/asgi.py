@@ -94,6 +94,8 @@ class ServeFiles:
         self.writes = self.mount.writes
         self._private = self.mount.access if self.mount.access else None
         """The access policy when a folder is private (else None: no request is checked)."""
+        self._bearer_reads = bool(self._private and self._private.tokens)
+        """Whether an upload token may let a read of a private key through (else Authorization is not read)."""
 
     async def aclose(self) -> None:
         """Stop fills, close the disk index, and close a store this middleware opened."""
@@ -176,7 +178,7 @@ class ServeFiles:
             return None
         query = scope.get("query_string", b"").decode("latin-1")
         authorization = None
-        if policy.tokens:
+        if self._bearer_reads:
             authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
         return key, policy.check(key, query, authorization)
 
