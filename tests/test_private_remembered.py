@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import make_server
 
 import httpx
 import pytest
@@ -29,7 +27,7 @@ from servefiles.auth import TokenRing
 from servefiles.signing import VERIFIED_ENTRIES
 
 from .asgi_servers import uvicorn_server
-from .test_wsgi import QuietHandler, ThreadingWSGIServer
+from .test_health import wsgiref_serving
 
 NEW_KEY = "remembered-test-new-signing-key-0123456789-abcdefghij"
 OLD_KEY = "remembered-test-old-signing-key-9876543210-ZYXWVUTSRQ"
@@ -154,14 +152,10 @@ async def frontend(kind: str, store_url: str, cache_dir: Path, keys: list[str]) 
             yield base
         return
     wsgi = ServeFilesWSGI(None, store_url, **options)
-    server = make_server("127.0.0.1", 0, wsgi, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with wsgiref_serving(wsgi) as base:
+            yield base
     finally:
-        server.shutdown()
-        server.server_close()
         await asyncio.to_thread(wsgi.close)
 
 
