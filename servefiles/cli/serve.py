@@ -103,9 +103,9 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     """Run a standalone file server: GET {prefix}/{key}."""
     import uvicorn
 
-    from ..allocator import tune_allocator
     from ..middleware import ServeFiles
     from ..middleware.limits import BoundedRequests, RequestLimits
+    from ..tuning import tune_process
 
     limits = RequestLimits(max_header_line, max_header_size, max_header_count, max_url_size)
 
@@ -155,7 +155,7 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
     # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
     bounded = BoundedRequests(app, limits, date_header=True)
-    tune_allocator()  # contents pass through bytes objects: see servefiles.allocator
+    tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
     uvicorn.run(bounded, host=host, port=port, log_level=log_level, lifespan="on",
                 h11_max_incomplete_event_size=limits.head_bytes, date_header=False)  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""servefiles.allocator: contents pass through bytes objects without a page fault per 4 KiB.
+"""servefiles.tuning: contents pass through bytes objects without a page fault per 4 KiB; the
+collector leaves what the process built at start alone.
 
 Each case runs in a fresh interpreter: the thresholds are process-wide and cannot be unset."""
 
@@ -13,7 +14,7 @@ import pytest
 # The pattern of a busy server: contents of 128 KiB to 1 MiB made and freed, a few alive at once.
 CHURN = """
 import random, resource, sys
-from servefiles.allocator import tune_allocator
+from servefiles.tuning import tune_allocator
 print(tune_allocator() if sys.argv[1] == "tuned" else "untouched")
 rng = random.Random(1)
 live = []
@@ -62,3 +63,23 @@ def test_tuned_allocator_reuses_freed_contents_instead_of_faulting_them_in_again
 def test_the_operators_malloc_settings_are_left_alone(environment: dict[str, str]) -> None:
     took, _ = _churn("tuned", **environment)
     assert took == "False"
+
+
+def test_tuned_collector_leaves_start_up_objects_alone_and_still_collects_cycles() -> None:
+    script = """
+import gc, weakref
+from servefiles.tuning import YOUNG_COLLECTION_THRESHOLD, tune_collector
+class Node: pass
+tune_collector()
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()  # the interpreter and servefiles' modules
+assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD
+a, b = Node(), Node()
+a.other, b.other = b, a
+gone = weakref.ref(a)
+del a, b
+kept = [[] for _ in range(2 * YOUNG_COLLECTION_THRESHOLD)]  # allocations alone bring a young collection
+assert gone() is None
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
