@@ -70,6 +70,8 @@ class Hooks:
 
     before_start: list[Callable[[], None]] = field(default_factory=list)
     """Before the store is asked for anything (it may be unreachable)."""
+    after_start: list[Callable[[], None]] = field(default_factory=list)
+    """Once the store answered, the disk tier is open and the feed has started (on the loop)."""
     after_close: list[Callable[[], None]] = field(default_factory=list)
     feed_down: list[Callable[[], None]] = field(default_factory=list)
     """The change feed just went down: nothing vouches for cached copies until it is back."""
@@ -152,6 +154,8 @@ class Runtime:
         if self.settings.feed:
             await self._start_feed(self._store)
         self.state = "running"
+        for started in self.hooks.after_start:
+            started()
 
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings

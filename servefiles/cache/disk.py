@@ -220,6 +220,12 @@ class DiskCache:
         meta = self._mem.get(key)
         return None if meta is None else DiskEntry(meta, self._dir.content_path(meta.sha256))
 
+    def metas(self) -> list[FileMeta]:
+        """The version of every entry this process knows of (a copy, taken under the lock: for a
+        scan on another thread)."""
+        with self._lock:
+            return list(self._mem.entries.values())
+
     def find(self, key: str) -> DiskEntry | None:
         """The key's entry, including one another process sharing the dir installed since this
         one loaded (then a SQLite read, for the miss path; alone, the same as :meth:`get`).

@@ -40,6 +40,10 @@ from .tree import PublishedTree
 
 logger = logging.getLogger("servefiles")
 
+READ_CHECK_SECONDS = 2.0
+"""How often tree mode looks for the published files nginx read (a stat-like open per disk entry,
+on a thread): a hot file is seen at least this often, however many times nginx sent it."""
+
 
 class AccelLayer:
     """``serve`` as :meth:`FileService.serve`, nginx sending the bytes where it can.
@@ -69,6 +73,7 @@ class AccelLayer:
             tree.follow(files.disk)  # a key's link is withdrawn with every change of its disk entry
             hooks = files.runtime.hooks
             hooks.before_start.append(self._open_tree)
+            hooks.after_start.append(lambda: files.runtime.spawn(self._follow_reads()))
             hooks.after_close.append(self._close_tree)
             hooks.feed_down.append(self._feed_down)
 
@@ -93,6 +98,23 @@ class AccelLayer:
         with self._gate:
             self._closed = True
             self.withdraw_tree()
+
+    async def _follow_reads(self) -> None:
+        """Every :data:`READ_CHECK_SECONDS`, count the published files nginx read since the last
+        look (:meth:`PublishedTree.read_since_checked`) as disk hits: recency for eviction and a
+        sighting for admission, as if this process had served them. Runs until the runtime closes."""
+        tree, files = self.tree, self.files
+        assert tree is not None
+        while True:
+            await asyncio.sleep(READ_CHECK_SECONDS)
+            try:
+                read = await asyncio.to_thread(lambda: tree.read_since_checked(files.disk.metas()))
+            except Exception as exc:  # the tier closed meanwhile, say: the next look tries again
+                logger.debug("could not check the nginx tree for reads: %s", exc)
+                continue
+            for key in read:
+                files.disk.touch(key)
+                files.runtime.admission.seen(key)
 
     def _feed_down(self) -> None:
         self._outages += 1
