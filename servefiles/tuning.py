@@ -48,7 +48,7 @@ __all__ = [
 MMAP_THRESHOLD_BYTES = 4 * MiB
 """Allocations below this come from the heap: every content servefiles makes a bytes object of
 (a miss's head of 1 MiB, a whole disk-tier file read for a reply of one message)."""
-TRIM_THRESHOLD_BYTES = 8 * MiB
+TRIM_THRESHOLD_BYTES = 4 * MiB
 """Free memory at the heap's top kept for reuse before it is returned to the kernel."""
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations of container objects (net of frees) between two collections of the youngest
