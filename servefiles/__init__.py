@@ -24,6 +24,7 @@ from .keys import canonical_key
 from .middleware import ServeFiles, ServeFilesWSGI
 from .signing import CLOCK_SKEW_SECONDS, Signer, new_signing_key
 from .store import Change, FileMeta, Store, open_store
+from .tuning import tune_allocator, tune_collector, tune_process
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -48,4 +49,7 @@ __all__ = [
     "canonical_key",
     "new_signing_key",
     "open_store",
+    "tune_allocator",
+    "tune_collector",
+    "tune_process",
 ]
