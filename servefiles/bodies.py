@@ -91,7 +91,7 @@ class StoreBody(Body):
             reading = self.store.read_from(head, segment.start, segment.end)
         else:
             reading = self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version)
-        async for chunk in reading:
+        async for chunk in self.metrics.fetched(reading):
             yield chunk
 
 

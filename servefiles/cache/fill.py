@@ -195,6 +195,11 @@ class Filler:
     def get(self, meta: FileMeta) -> Fill | None:
         return self._fills.get((meta.key, meta.revision))
 
+    @property
+    def in_flight(self) -> int:
+        """Fills running now (one per key and version)."""
+        return len(self._fills)
+
     def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
         """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
 
@@ -234,6 +239,7 @@ class Filler:
 
     async def _run(self, fill: Fill) -> None:
         meta = fill.meta
+        started = time.perf_counter()
         lock = self.disk.fill_lock(meta.key)
         locked = False
         try:
@@ -264,6 +270,7 @@ class Filler:
             logger.warning("fill of %s failed: %s", meta.key, exc)
         finally:
             self._fills.pop((meta.key, meta.revision), None)
+            self.metrics.fills.observe(time.perf_counter() - started)
             if locked and lock is not None:
                 await asyncio.to_thread(lock.release)
 
@@ -352,8 +359,8 @@ class Filler:
         if head is None or not head.data:
             self.metrics.store_fetches.inc()
         if head is not None:
-            return self.store.read_from(head)
-        return self.store.read(fill.meta.key, version=fill.meta.version)
+            return self.metrics.fetched(self.store.read_from(head))
+        return self.metrics.fetched(self.store.read(fill.meta.key, version=fill.meta.version))
 
     def _remember(self, fill: Fill) -> None:
         """A small fill's bytes into the memory tier (a fill is small only with a tier and a file)."""
@@ -427,7 +434,7 @@ class FillReader:
             reading = self.store.read_from(head, start, end)
         else:
             reading = self.store.read(meta.key, start, end, version=meta.version)
-        async for chunk in reading:
+        async for chunk in self.metrics.fetched(reading):
             yield chunk
 
     def close(self) -> None:
