@@ -173,9 +173,11 @@ class Metrics:
             return self.requests["memory_hit"]
         return self.requests["disk_hit" if source == "disk" else "miss"]
 
-    async def fetched(self, reading: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def fetched(self, reading: AsyncIterator[bytes], held: int = 0) -> AsyncIterator[bytes]:
         """``reading``, a content read from the store, passed through: its bytes counted, the time
-        spent waiting for its chunks observed as one fetch, a failure counted by kind."""
+        spent waiting for its chunks observed as one fetch, a failure counted by kind. ``held``: how
+        many of its bytes come from a head fetched (and counted) with the metadata; a read that
+        brings nothing more made no query and is not observed."""
         waited, size = 0.0, 0
         try:
             while True:
@@ -195,8 +197,9 @@ class Metrics:
             self.store_errors["changed"].inc()
             raise
         finally:
-            self.store_fetch.observe(waited)
-            self.store_fetch_bytes.inc(size)
+            if size > held:
+                self.store_fetch.observe(waited)
+                self.store_fetch_bytes.inc(size - held)
             closing = getattr(reading, "aclose", None)
             if closing is not None:
                 await closing()

@@ -118,6 +118,12 @@ def _scratch(size: int) -> memoryview:
     return buffer[:size]
 
 
+def held_bytes(head: Head | None, start: int, end: int) -> int:
+    """How many bytes of ``[start, end)`` ``head`` holds: what :meth:`Store.read_from` yields without
+    a query (fetched, and counted, with the metadata)."""
+    return 0 if head is None else max(0, min(end, len(head.data)) - start)
+
+
 class Fill:
     """The state of one fetch, shared by the task that runs it and the requests that read it."""
 
@@ -359,7 +365,7 @@ class Filler:
         if head is None or not head.data:
             self.metrics.store_fetches.inc()
         if head is not None:
-            return self.metrics.fetched(self.store.read_from(head))
+            return self.metrics.fetched(self.store.read_from(head), held_bytes(head, 0, fill.meta.size))
         return self.metrics.fetched(self.store.read(fill.meta.key, version=fill.meta.version))
 
     def _remember(self, fill: Fill) -> None:
@@ -434,7 +440,7 @@ class FillReader:
             reading = self.store.read_from(head, start, end)
         else:
             reading = self.store.read(meta.key, start, end, version=meta.version)
-        async for chunk in self.metrics.fetched(reading):
+        async for chunk in self.metrics.fetched(reading, held_bytes(head, start, end)):
             yield chunk
 
     def close(self) -> None:
