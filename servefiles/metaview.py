@@ -202,7 +202,9 @@ class MetadataView:
         self.store_error = None
 
     def forget(self) -> None:
-        """Forget every announced version, validation and absence: the database's history went back."""
+        """Forget every announced version, validation and absence: the database's history went back
+        (its versions may be issued again: the newest seen is forgotten too)."""
+        self.newest_version = 0
         self._latest.clear()
         self._validated.clear()
         self._absent.clear()

@@ -18,7 +18,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from servefiles import ServeFiles, open_store
-from servefiles.metrics import FAMILIES
+from servefiles.metaview import MetadataView
+from servefiles.metrics import FAMILIES, Metrics
+from servefiles.store.types import Change
 
 from .servers import Frontend, cli, free_port
 from .test_feed import until
@@ -176,6 +178,17 @@ async def test_store_errors_count_a_database_that_is_not_there(tmp_path: Path) -
             assert sample(found, "servefiles_ready", "servefiles_ready") == 0
     finally:
         await app.aclose()
+
+
+def test_the_newest_version_seen_is_forgotten_with_a_history_that_went_back() -> None:
+    """The feed's lag in versions is measured against the newest version seen; a database whose history
+    went back (a restored backup, a promoted standby) issues lower ones again: no lag is left over."""
+    view = MetadataView(1.0, Metrics())
+    view.wrote("a.txt", 900, (900, "0" * 64))
+    view.apply([Change(key="b.txt", version=1000, deleted=False)])
+    assert view.newest_version == 1000
+    view.forget()  # Runtime._drop_everything, when the feed finds the history went back
+    assert view.newest_version == 0
 
 
 # -- the admin listener -----------------------------------------------------------------------
