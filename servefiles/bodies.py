@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .cache.fill import FillReader, read_fd
+from .cache.fill import FillReader, held_bytes, read_fd
 from .http import ByteRange
 from .metrics import Metrics
 from .store import Store
@@ -91,7 +91,7 @@ class StoreBody(Body):
             reading = self.store.read_from(head, segment.start, segment.end)
         else:
             reading = self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version)
-        async for chunk in reading:
+        async for chunk in self.metrics.fetched(reading, held_bytes(head, segment.start, segment.end)):
             yield chunk
 
 

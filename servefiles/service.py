@@ -221,6 +221,8 @@ class FileService:
         maps it (a bad key is a 404: a hostile URL learns nothing; an unreachable store a 503)."""
         if isinstance(exc, StoreUnavailable):
             logger.warning("store unavailable: %s", exc)
+        elif isinstance(exc, InvalidKey):
+            self.metrics.rejected["bad_key"].inc()
         return Reply(for_error(exc, "read"))
 
     def decide(self, method: str, headers: Mapping[str, str], found: Found) -> Reply:

@@ -95,6 +95,10 @@ class WriteApi:
         except ServeFilesError as exc:
             if isinstance(exc, StoreUnavailable):
                 logger.warning("store unavailable: %s", exc)
+            elif isinstance(exc, Unauthorized | OutOfScope):
+                self.service.runtime.metrics.rejected["auth"].inc()
+            elif isinstance(exc, InvalidKey):
+                self.service.runtime.metrics.rejected["bad_key"].inc()
             return Reply(for_error(exc, "write"))
 
     async def _answer(

@@ -112,8 +112,8 @@ def test_mask_dsn_hides_the_password_and_keeps_the_rest(dsn: str, shown: str) ->
 def test_serve_start_up_line_and_health_show_no_password(secret_dsn: str, tmp_path: Path) -> None:
     with running("--db", secret_dsn, "--cache-dir", str(tmp_path / "cache"), "--upload-token", TOKEN,
                  "--log-level", "info") as frontend:  # fmt: skip
-        health = httpx.get(f"{frontend.base}/_servefiles/health")
-        assert health.status_code == 200 and health.json()["store"] == "ok"
+        health = httpx.get(f"{frontend.base}/_servefiles/health", headers={"authorization": f"Bearer {TOKEN}"})
+        assert health.status_code == 200 and health.json()["store"] == "ok"  # the detailed report
         assert_no_secret(health.text, str(health.headers))
         written = httpx.put(f"{frontend.base}/media/a.txt", content=b"a", headers={"authorization": f"Bearer {TOKEN}"})
         assert written.status_code == 201
@@ -245,7 +245,8 @@ async def test_store_unavailable_messages_and_repr_show_no_password(
 async def served(adapter: str, dsn: str, cache_dir: Path) -> AsyncIterator[str]:
     """servefiles on ``dsn`` behind a real server: uvicorn in this loop, or gunicorn (started in a
     thread, so the proxy in this loop keeps forwarding while it starts)."""
-    options = {"cache_dir": str(cache_dir), "feed_check_seconds": 0.2, "freshness_seconds": 0.1}
+    options = {"cache_dir": str(cache_dir), "feed_check_seconds": 0.2, "freshness_seconds": 0.1,
+               "upload_tokens": [TOKEN]}  # fmt: skip
     if adapter == "wsgi":
         frontend = WsgiFrontend({"db": dsn, **options})
         await asyncio.to_thread(frontend.start)
@@ -255,7 +256,8 @@ async def served(adapter: str, dsn: str, cache_dir: Path) -> AsyncIterator[str]:
             await asyncio.to_thread(frontend.stop)
         assert_no_secret(frontend.output())
         return
-    app = ServeFiles(None, db=dsn, cache_dir=cache_dir, feed_check_seconds=0.2, freshness_seconds=0.1)
+    app = ServeFiles(None, db=dsn, cache_dir=cache_dir, feed_check_seconds=0.2, freshness_seconds=0.1,
+                     upload_tokens=[TOKEN])  # fmt: skip
     try:
         async with uvicorn_server(app) as base:
             yield base
@@ -272,7 +274,7 @@ async def test_health_report_and_feed_warnings_show_no_password_through_an_outag
     async with served(adapter, dsn, tmp_path / "cache") as base, httpx.AsyncClient(base_url=base) as client:
 
         async def health() -> dict[str, object]:
-            reply = await client.get("/_servefiles/health")
+            reply = await client.get("/_servefiles/health", headers={"authorization": f"Bearer {TOKEN}"})  # detailed
             assert reply.status_code == 200
             assert_no_secret(reply.text, str(reply.headers))
             report: dict[str, object] = reply.json()

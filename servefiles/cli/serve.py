@@ -13,6 +13,7 @@ from .. import config, defaults
 from ..auth import UploadToken
 from ..signing import Signer
 from ..store import connect, mask_dsn
+from .admin import admin_options, run_uvicorn
 from .exits import ErrorLine
 from .options import (
     cache_dir_option,
@@ -93,16 +94,15 @@ from .signing import duration, private_folders, read_signing_keys, signing_key_o
 @click.option("--max-url-size", envvar="SERVEFILES_MAX_URL_SIZE", callback=positive_size,
               default=format_size(defaults.MAX_TARGET), show_default=True,
               help="Longest request-target (path and query); over it, 414.")
+@admin_options
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
           memory_size: int, freshness: float, cache_control: str, active_content: str, prefetch: bool,
           cache_min_uses: int, metrics: bool, nginx_mode: str, publish_dir: Path | None, private: list[str],
           signing_keys: tuple[str, ...], signing_key_file: Any, max_url_expires: int, log_level: str,
           max_header_line: int, max_header_size: int, max_header_count: int,
-          max_url_size: int) -> None:  # fmt: skip
+          max_url_size: int, admin_port: int | None, admin_host: str | None) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
-    import uvicorn
-
     from ..middleware import ServeFiles
     from ..middleware.limits import BoundedRequests, RequestLimits
     from ..tuning import tune_process
@@ -146,18 +146,26 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     asyncio.run(check())
     _check_writable_dir(cache_dir or config.default_cache_dir(), "--cache-dir")
     _check_listen(host, port)
+    admin_host = admin_host or host
+    if admin_port is not None:  # --admin-port: probes and metrics on a listener of their own
+        if admin_port == port:
+            raise click.BadParameter("must differ from --port", param_hint="--admin-port")
+        _check_listen(admin_host, admin_port)
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     if private:
         writes += f", private: {', '.join(folder.rstrip('/') or '/' for folder in private)}"
+    if admin_port is not None:
+        writes += f", admin at http://{admin_host}:{admin_port}/_servefiles/"
     click.echo(f"servefiles: serving {mask_dsn(url)} at http://{host}:{port}{app.prefix}/{writes}", err=True)
     # Every request passes the head limits before servefiles looks at it; h11 may buffer an
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
     # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
     # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
-    bounded = BoundedRequests(app, limits, date_header=True)
+    refused = app.service.metrics.rejected["header_limits"].inc
+    bounded = BoundedRequests(app, limits, date_header=True, on_refused=refused)
     tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
-    uvicorn.run(bounded, host=host, port=port, log_level=log_level, lifespan="on",
-                h11_max_incomplete_event_size=limits.head_bytes, date_header=False)  # fmt: skip
+    run_uvicorn(bounded, app.admin_app(), admin_host, admin_port, host=host, port=port, log_level=log_level,
+                lifespan="on", h11_max_incomplete_event_size=limits.head_bytes, date_header=False)  # fmt: skip
 
 
 @click.command("nginx-config")
