@@ -51,9 +51,9 @@ class MemoryBody(Body):
 class DiskBody(Body):
     """An open cache file (its descriptor is closed with the body, or by the server that took it)."""
 
-    def __init__(self, fd: int, path: Path, inline: bool) -> None:
+    def __init__(self, fd: int, path: Path | str, inline: bool) -> None:
         self.fd = fd
-        self.path = str(path)
+        self.path = path if isinstance(path, str) else str(path)
         self.inline = inline
 
     def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:

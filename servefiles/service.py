@@ -306,7 +306,7 @@ class FileService:
         self.disk.touch(meta.key)
         self.runtime.admission.seen(meta.key)  # its frequency, against newcomers
         if not self.memory.fits(meta.size):
-            return Found(file, "disk", DiskBody(fd, entry.path, inline=False))
+            return Found(file, "disk", DiskBody(fd, entry.text, inline=False))
         try:
             data = os.pread(fd, meta.size, 0)
         finally:
