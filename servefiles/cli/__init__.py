@@ -33,7 +33,7 @@ __all__ = ["main"]
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="servefiles")
+@click.version_option(package_name="servefiles", prog_name="servefiles")
 def main() -> None:
     """Serve uploaded files from the database, fast, on every frontend."""
 
