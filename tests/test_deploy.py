@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from .nginx_server import nginx_binary, nginx_conf
 from .servers import cli
+from .tools import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -32,16 +30,7 @@ MAX_EXPOSURE = 2.0
 
 
 def systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        subprocess.run([str(ROOT / "scripts" / "install-systemd")], check=False, capture_output=True, timeout=900)
-        found = shutil.which("systemd-analyze")
-    if found is None:
-        message = "systemd-analyze is not installed and scripts/install-systemd could not install it"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return installed("systemd-analyze", "install-systemd")
 
 
 def unit_as_installed_here(tmp_path: Path) -> Path:
