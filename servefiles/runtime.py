@@ -239,7 +239,7 @@ class Runtime:
         try:
             await asyncio.to_thread(self.disk.discard, key)
         except (sqlite3.Error, OSError) as exc:
-            logger.warning("disk cache: could not drop %s: %s", key, exc)
+            logger.warning("disk cache: could not drop %s: %s", key, exc, extra={"key": key})
 
     async def close(self) -> None:
         """Stop the feed, background work and fills; close a store opened here and the disk index."""

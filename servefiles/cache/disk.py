@@ -193,7 +193,7 @@ class DiskCache:
                 try:
                     listener(key)
                 except Exception:  # the change is made: its caller must not think it failed
-                    logger.exception("disk cache: a removal listener failed for %s", key)
+                    logger.exception("disk cache: a removal listener failed for %s", key, extra={"key": key})
 
     @contextlib.contextmanager
     def _changing(self, adopt: FileMeta | None = None) -> Iterator[Transaction]:
@@ -235,7 +235,7 @@ class DiskCache:
         try:
             meta = self._index.get(key)
         except (sqlite3.Error, RuntimeError) as exc:
-            logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc)
+            logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc, extra={"key": key})
             return None
         if meta is None or not is_sha256(meta.sha256):
             return self.get(key)

@@ -273,7 +273,7 @@ class Filler:
             fill.finish(exc)
             if not isinstance(exc, Exception):
                 raise
-            logger.warning("fill of %s failed: %s", meta.key, exc)
+            logger.warning("fill of %s failed: %s", meta.key, exc, extra={"key": meta.key})
         finally:
             self._fills.pop((meta.key, meta.revision), None)
             self.metrics.fills.observe(time.perf_counter() - started)
@@ -402,7 +402,7 @@ class Filler:
 
     def _count_failure(self, meta: FileMeta, exc: BaseException) -> None:
         self.metrics.cache_write_failures.inc()
-        logger.warning("cache write for %s failed: %s", meta.key, exc)
+        logger.warning("cache write for %s failed: %s", meta.key, exc, extra={"key": meta.key})
 
 
 class FillReader:

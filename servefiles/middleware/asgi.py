@@ -44,6 +44,8 @@ REQUEST_HEADERS = frozenset(
 _AUTHORIZATION = frozenset((b"authorization",))
 """Read for private keys only: an upload token for the folder lets a read through."""
 _READS = frozenset(("GET", "HEAD"))
+REPLY_SLOT = "servefiles.reply"
+"""A scope key an access log in front adds (:mod:`.access_log`): the reply about a file is put there."""
 
 
 def request_headers(raw: list[tuple[bytes, bytes]], wanted: frozenset[bytes] = REQUEST_HEADERS) -> dict[str, str]:
@@ -142,6 +144,8 @@ class ServeFiles:
                 if self.mount.access and method in _READS:
                     access = await self._access(scope, raw_key)
                 reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]), access)
+                if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
+                    scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send, receive)
                 self._timings(reply.response.status, reply.source).observe(time.perf_counter() - started)
                 return
@@ -153,6 +157,8 @@ class ServeFiles:
                     request_headers(scope["headers"], WRITE_HEADERS),
                     _request_body(receive),
                 )
+                if REPLY_SLOT in scope:
+                    scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send)
                 return
             if route != "app":  # health, ready, metrics

@@ -240,7 +240,7 @@ class AccelLayer:
         try:
             await asyncio.to_thread(self.files.disk.store, meta, data)
         except Exception as exc:  # a write failure, or the tier closed meanwhile: no copy, no publish
-            logger.warning("could not write %s to the disk cache: %s", meta.key, exc)
+            logger.warning("could not write %s to the disk cache: %s", meta.key, exc, extra={"key": meta.key})
             self.files.metrics.cache_write_failures.inc()
             return False
         if not self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
@@ -257,7 +257,7 @@ class AccelLayer:
             try:
                 await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
             except Exception as exc:  # the index unreadable now: the next request publishes it
-                logger.warning("could not publish %s for nginx: %s", meta.key, exc)
+                logger.warning("could not publish %s for nginx: %s", meta.key, exc, extra={"key": meta.key})
 
     async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it

@@ -145,7 +145,7 @@ class PublishedTree:
             try:
                 return self._in_dir(parts, True, lambda directory: _place(directory, name, content, mtime))
             except OSError as exc:
-                logger.info("not publishing %s for nginx: %s", meta.key, exc)
+                logger.info("not publishing %s for nginx: %s", meta.key, exc, extra={"key": meta.key})
                 return False
 
     def withdraw(self, key: str) -> None:
@@ -159,7 +159,7 @@ class PublishedTree:
             except (FileNotFoundError, IsADirectoryError):
                 return  # not there, or a key that is also a folder of other keys: nothing published
             except OSError as exc:
-                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
+                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc, extra={"key": key})
 
     def read_since_checked(self, metas: Iterable[FileMeta]) -> list[str]:
         """The keys of ``metas`` whose published file was read since this last looked at it.
