@@ -199,7 +199,7 @@ class AccessPolicy:
                     close()
                 raise TypeError("a WSGI authorize hook must be a plain function, not a coroutine function")
         except Exception:
-            logger.exception("authorize hook failed for %s: answered 500", key)
+            logger.exception("authorize hook failed for %s: answered 500", key, extra={"key": key})
             return FAILED
         return self.hooked(allowed, asked)
 
@@ -212,7 +212,7 @@ class AccessPolicy:
             if inspect.isawaitable(allowed):
                 allowed = await allowed
         except Exception:
-            logger.exception("authorize hook failed for %s: answered 500", key)
+            logger.exception("authorize hook failed for %s: answered 500", key, extra={"key": key})
             return FAILED
         return self.hooked(allowed, asked)
 

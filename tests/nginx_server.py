@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from .servers import cli, free_port
+from .tools import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -25,16 +23,7 @@ START_TIMEOUT = 15.0
 
 def nginx_binary() -> str:
     """The nginx executable, installed by the project's script when missing."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found is None:
-        subprocess.run([str(ROOT / "scripts" / "install-nginx")], check=False, capture_output=True, timeout=600)
-        found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found is None:
-        message = "nginx is not installed and scripts/install-nginx could not install it"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return installed("nginx", "install-nginx", sbin=True)
 
 
 def nginx_conf(workdir: Path, server_block: str) -> str:
