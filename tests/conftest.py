@@ -11,11 +11,13 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from servefiles import Store, open_store
 
@@ -23,6 +25,13 @@ from .pg import PgServer, find_postgres
 from .tcp_proxy import TcpProxy, proxy_for
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Hypothesis fails an example that takes over 200 ms (its default deadline) as flaky. The
+# property tests assert what the code answers, not how fast: the tests that bound a time say so
+# themselves (test_http.py's "cost no time"). Under parallel workers on a loaded machine a
+# descheduled example can take longer, so the deadline only catches the pathological.
+settings.register_profile("servefiles", deadline=timedelta(seconds=2))
+settings.load_profile("servefiles")
 
 
 @pytest.fixture(autouse=True, scope="session")

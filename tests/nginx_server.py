@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .servers import cli, free_port
-from .tools import installed
+import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .installs import install_once
+from .servers import cli, free_port
+
 START_TIMEOUT = 15.0
+
+
+def _found() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 def nginx_binary() -> str:
     """The nginx executable, installed by the project's script when missing."""
-    return installed("nginx", "install-nginx", sbin=True)
+    install_once("install-nginx", lambda: _found() is not None, timeout=600)
+    found = _found()
+    if found is None:
+        message = "nginx is not installed and scripts/install-nginx could not install it"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def nginx_conf(workdir: Path, server_block: str) -> str:

@@ -32,6 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from servefiles import open_store
 
+from .installs import install_once
 from .servers import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,11 +72,10 @@ def chromium() -> None:
     """Debian's chromium and chromedriver, installed by scripts/install-chromium if need be.
 
     Missing is a skip on a developer's machine and a failure under CI=true."""
+    install = install_once("install-chromium", have_chromium, timeout=900)
     if have_chromium():
         return
-    install = subprocess.run([ROOT / "scripts" / "install-chromium"], capture_output=True, text=True, timeout=900)
-    if have_chromium():
-        return
+    assert install is not None  # not installed, so the script ran
     missing = " and ".join(str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK))
     said = install.stderr.strip()[-500:] or "nothing"
     reason = f"{missing} not found; scripts/install-chromium exited {install.returncode} and said: {said}"

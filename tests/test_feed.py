@@ -251,3 +251,24 @@ async def test_a_database_restored_from_a_backup_is_served_as_it_is_now(tmp_path
     db.write_bytes(backup)
     async with frontend(f"sqlite:///{db}", tmp_path / "cache", cache_min_uses=1) as (_, client):
         assert (await client.get("/media/a.txt")).content == b"in the backup"
+
+
+async def test_the_listener_stops_when_cancelled_as_a_notification_arrives(pg_url: str) -> None:
+    """Closing a frontend cancels its feed's ``wake_ups``; a cancel that lands in the same few loop
+    turns as a commit's NOTIFY must still stop it (Python 3.11's ``asyncio.wait_for`` returned the
+    notification instead, and ``close()`` waited forever). Each round cancels a few turns later."""
+    async with open_store(pg_url) as store, open_store(pg_url) as writer:
+        async def listen(listening: asyncio.Event) -> None:
+            async for _ in store.wake_ups(5.0):
+                listening.set()
+
+        for round_ in range(60):
+            listening = asyncio.Event()
+            task = asyncio.create_task(listen(listening))
+            await listening.wait()
+            await writer.put("k.txt", b"%d" % round_)  # its NOTIFY arrives about now
+            for _ in range(round_ % 12):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=10)  # a listener that missed the cancel never ends
+            assert done, f"round {round_}: the cancelled listener went on listening"

@@ -11,13 +11,10 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -28,6 +25,7 @@ from .asgi_servers import Message, Receive, Scope, Send, asgi_request, uvicorn_s
 from .servers import free_port
 from .tcp_proxy import TcpProxy, with_netloc
 from .test_feed import until
+from .wsgi_servers import wsgiref_serving
 
 PROMPT_SECONDS = 2.0
 """A liveness answer comes at once; the database's connect timeout is 10 s."""
@@ -54,27 +52,6 @@ async def inner_asgi(scope: Scope, receive: Receive, send: Send) -> None:
 def inner_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"inner"]
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def wsgiref_serving(app: ServeFilesWSGI) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextlib.asynccontextmanager

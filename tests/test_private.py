@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from wsgiref.simple_server import make_server
 
 import httpx
 import pytest
@@ -31,7 +30,7 @@ from servefiles import CLOCK_SKEW_SECONDS, ServeFiles, ServeFilesWSGI, Signer
 from servefiles.logs import JsonFormatter
 
 from .asgi_servers import uvicorn_server
-from .test_wsgi import QuietHandler, ThreadingWSGIServer
+from .wsgi_servers import wsgiref_serving
 
 SIGNING_KEY = "private-test-signing-key-0123456789-abcdefghijklmnop"
 OLD_KEY = "an-older-signing-key-still-verifying-QRSTUVWXYZ-98765"
@@ -108,14 +107,10 @@ async def _wsgi(store_url: str, tmp_path: Path) -> AsyncIterator[Site]:
     app = ServeFilesWSGI(None, store_url, authorize=authorize, **_options(tmp_path))
     for key, data in FILES.items():
         await asyncio.to_thread(app.put, key, data)
-    server = make_server("127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield Site(f"http://127.0.0.1:{server.server_port}", app.url, asked)
+        with wsgiref_serving(app) as base:
+            yield Site(base, app.url, asked)
     finally:
-        server.shutdown()
-        server.server_close()
         await asyncio.to_thread(app.close)
     assert "servefiles-loop" not in seen_threads, "the WSGI hook ran on the loop, not in the request's thread"
 

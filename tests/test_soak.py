@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .servers import Frontend
 
@@ -159,6 +160,7 @@ def _append(path: Path, line: str) -> None:
         out.write(line)
 
 
+@pytest.mark.timeout(300 + 2 * SECONDS)  # the suite-wide per-test limit (pyproject.toml), plus the soak's own length
 async def test_soak(store_url: str, tmp_path: Path) -> None:
     frontends = [
         Frontend("--db", store_url, "--cache-dir", str(tmp_path / f"cache-{n}"), "--upload-token", TOKEN,

@@ -14,13 +14,10 @@ import io
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any, ClassVar
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.util import FileWrapper
 
 import httpx
@@ -29,6 +26,7 @@ import pytest
 from servefiles import ServeFilesWSGI, open_store
 
 from .servers import WsgiFrontend
+from .wsgi_servers import wsgiref_serving
 
 TOKEN = "wsgi-token-0123456789abcdef"
 SMALL = os.urandom(10_000)
@@ -190,29 +188,14 @@ def test_requests_outside_the_prefix_reach_the_wrapped_app(store_url: str, tmp_p
         app.close()
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    """wsgiref (what Django's runserver is), one thread per request."""
-
-    daemon_threads = True
-
-
 @contextlib.contextmanager
 def wsgiref_server(store_url: str, cache_dir: Path) -> Iterator[tuple[ServeFilesWSGI, str]]:
     """ServeFilesWSGI under a real wsgiref server on a loopback port: the app and its base URL."""
     app = ServeFilesWSGI(None, db=store_url, cache_dir=cache_dir, upload_tokens=[TOKEN])
-    server = make_server("127.0.0.1", 0, app, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield app, f"http://127.0.0.1:{server.server_port}"
+        with wsgiref_serving(app) as base:
+            yield app, base
     finally:
-        server.shutdown()
-        server.server_close()
         app.close()
 
 

@@ -383,7 +383,11 @@ class PostgresStore(Store):
             yield
             while True:
                 try:
-                    alive = await asyncio.wait_for(woken.get(), poll_seconds)
+                    # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result
+                    # instead of raising when a cancel comes as a notification arrives, so the
+                    # feed's close() waited forever on a task that went on listening.
+                    async with asyncio.timeout(poll_seconds):
+                        alive = await woken.get()
                 except TimeoutError:
                     await conn.execute(SAFETY_QUERY)
                     alive = True
