@@ -82,6 +82,8 @@ SMALL_BYTES = 2 * KIB
 BIG_BYTES = MIB
 ABSENT_KEY = "bench/feed/absent-{}.bin"
 HEALTH_PATH = "/_servefiles/health"
+HEALTH_TOKEN = "feed-bench-token-0123456789abcdef"
+"""An upload token: its holder gets the detailed health report (the feed's state)."""
 METRICS_PATH = "/_servefiles/metrics"
 
 DEFAULT_FRONTENDS = "2,4"
@@ -178,7 +180,7 @@ class Frontend(servers.Frontend):
         self.cache_dir = workdir / f"frontend-{index}"
         self.cache_dir.mkdir(parents=True)
         # Defaults only: no SERVEFILES_* setting of the caller's shell (prefetch, freshness...) leaks in.
-        super().__init__("--db", url, "--cache-dir", str(self.cache_dir), "--metrics")
+        super().__init__("--db", url, "--cache-dir", str(self.cache_dir), "--metrics", "--upload-token", HEALTH_TOKEN)
         self.env = {name: value for name, value in os.environ.items() if not name.startswith("SERVEFILES_")}
         self.client = httpx.AsyncClient(base_url=self.base, timeout=GIVE_UP_SECONDS + 5)
 
@@ -198,7 +200,7 @@ class Frontend(servers.Frontend):
 
     async def health(self) -> dict[str, Any]:
         """/_servefiles/health (costs the database one query: never call it inside a measured window)."""
-        response = await self.client.get(HEALTH_PATH)
+        response = await self.client.get(HEALTH_PATH, headers={"authorization": f"Bearer {HEALTH_TOKEN}"})
         response.raise_for_status()
         report: dict[str, Any] = response.json()
         return report

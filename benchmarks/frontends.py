@@ -165,7 +165,7 @@ class Fleet:
                 server.start()
             for server in self.servers:  # started means caught up: the first request does not wait
                 deadline = time.monotonic() + 20
-                while not httpx.get(f"{server.base}/_servefiles/health").json().get("feed", {}).get("healthy"):
+                while httpx.get(f"{server.base}/_servefiles/ready").json()["reason"] != "ready":  # feed connected
                     assert time.monotonic() < deadline, server.output()
                     time.sleep(0.05)
             yield self.servers

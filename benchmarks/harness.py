@@ -184,6 +184,35 @@ def _cpu_seconds(pid: int) -> float:
     return 0.0
 
 
+@dataclass(frozen=True)
+class CoreTicks:
+    """One core's clock ticks since boot, from its ``cpuN`` line of ``/proc/stat`` (zeros where
+    there is none): :meth:`shares` tells what a measurement's core did meanwhile."""
+
+    busy: int = 0
+    """user + nice + system + irq + softirq."""
+    idle: int = 0
+    """idle + iowait."""
+    steal: int = 0
+    """Time the hypervisor ran another guest while this one wanted the core."""
+
+    def shares(self, before: CoreTicks) -> tuple[float, float, float]:
+        """(busy, idle, steal) as shares of the ticks since ``before``; zeros when none passed."""
+        busy, idle, steal = self.busy - before.busy, self.idle - before.idle, self.steal - before.steal
+        total = busy + idle + steal
+        return (busy / total, idle / total, steal / total) if total > 0 else (0.0, 0.0, 0.0)
+
+
+def core_ticks(core: int) -> CoreTicks:
+    """:class:`CoreTicks` of ``core`` now."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{core} "):
+                f = [int(value) for value in line.split()[1:]] + [0] * 8
+                return CoreTicks(busy=f[0] + f[1] + f[2] + f[5] + f[6], idle=f[3] + f[4], steal=f[7])
+    return CoreTicks()
+
+
 def postgres_cpu_seconds(database: str) -> float:
     """CPU time used so far by the PostgreSQL backends connected to ``database`` (those whose
     process title names it), so another client of the same server is not counted."""

@@ -376,13 +376,13 @@ def deploy(contender: Contender, url: str, data: Dataset, workdir: Path) -> Iter
 
 
 def wait_ready(port: int) -> None:
-    """Until servefiles' health report says the store answers and the change feed is up."""
+    """Until servefiles' readiness probe says the store answers and the change feed is connected."""
     deadline = time.monotonic() + READY_TIMEOUT
     report: object = None
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            report = httpx.get(f"http://127.0.0.1:{port}/_servefiles/health", timeout=5).json()
-            if isinstance(report, dict) and report.get("store") == "ok" and (report.get("feed") or {}).get("healthy"):
+            report = httpx.get(f"http://127.0.0.1:{port}/_servefiles/ready", timeout=5).json()
+            if isinstance(report, dict) and report.get("reason") == "ready":
                 return
         time.sleep(0.1)
     raise TimeoutError(f"servefiles on {port} not ready in {READY_TIMEOUT:g} s: {report}")

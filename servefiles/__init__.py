@@ -4,7 +4,12 @@ The public API: :func:`open_store`, the :class:`ServeFiles` ASGI and
 :class:`ServeFilesWSGI` WSGI middleware (which also take uploads, over HTTP and from
 Python; private folders with signed, expiring URLs and an ``authorize`` hook), the types and
 errors they hand out, and :class:`Signer` for signing URLs elsewhere. Django: :mod:`servefiles.contrib.django`.
+
+``__version__`` is the installed distribution's version (pyproject.toml's, the one source).
 """
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .auth import UploadToken
 from .errors import (
@@ -24,6 +29,12 @@ from .keys import canonical_key
 from .middleware import ServeFiles, ServeFilesWSGI
 from .signing import CLOCK_SKEW_SECONDS, Signer, new_signing_key
 from .store import Change, FileMeta, Store, open_store
+from .tuning import tune_allocator, tune_collector, tune_process
+
+try:
+    __version__ = _version("servefiles")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -48,4 +59,7 @@ __all__ = [
     "canonical_key",
     "new_signing_key",
     "open_store",
+    "tune_allocator",
+    "tune_collector",
+    "tune_process",
 ]

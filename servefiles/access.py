@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
@@ -31,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 from .auth import TokenRing, UploadToken
 from .errors import InvalidKey
 from .http.model import Header, Response
+from .http.read import CACHE_CONTROL_AT
 from .keys import canonical_key, key_folder
 from .signing import SIGNATURE_PARAM, Signer
 
@@ -45,6 +47,11 @@ Authorize = Callable[[Any, str], Any]
 _SHARED_ONLY = frozenset({"", "public", "private", "s-maxage", "proxy-revalidate", "max-age", "must-understand"})
 """Directives dropped from the configured Cache-Control of a private response: those that
 speak to shared caches (RFC 9111 §5.2.2), and max-age, which is restated within bounds."""
+
+
+SIGNED_GRANTS = 4096
+"""Signed grants kept ready, one per distinct ``max-age`` (about 200 bytes each): the hot signed URLs
+of one second share one, so a signed hit makes no new header value."""
 
 
 class Decision(NamedTuple):
@@ -118,6 +125,10 @@ class AccessPolicy:
         self._configured_age = _max_age(cache_control)
         self._signed_prefix = private_cache_control(cache_control, 0).rpartition(b", max-age=")[0]
         """The Cache-Control of a signed grant before its max-age, worked out once."""
+        self._signed_grants: dict[int, Decision] = {}
+        """Signed grants by their max-age (:meth:`_signed_grant`)."""
+        self._age_cap = self._configured_age if self._configured_age is not None else sys.maxsize
+        """The longest max-age a signed grant may state: the configured one, if any."""
         if signer is not None and url_expires > signer.max_expires:
             raise ValueError(f"url_expires ({url_expires} s) is longer than max_url_expires ({signer.max_expires} s)")
 
@@ -151,16 +162,24 @@ class AccessPolicy:
         expired = False
         if self.signer is not None and SIGNATURE_PARAM in query:
             moment = time.time() if now is None else now
-            checked = self.signer.check(key, query, moment)
-            if checked.verdict == "valid":
-                remaining = max(0, int(checked.expires - moment))  # whole seconds left, never rounded up
-                if self._configured_age is not None:
-                    remaining = min(remaining, self._configured_age)
-                return Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, remaining))
-            expired = checked.verdict == "expired"
+            verdict, expires = self.signer.check(key, query, moment)
+            if verdict == "valid":
+                age = int(expires - moment)  # whole seconds left, never rounded up (negative within the skew)
+                age = 0 if age < 0 else self._age_cap if age > self._age_cap else age
+                return self._signed_grants.get(age) or self._signed_grant(age)
+            expired = verdict == "expired"
         if self.authorize is not None:
             return ASK_EXPIRED if expired else ASK
         return EXPIRED if expired else REFUSED
+
+    def _signed_grant(self, age: int) -> Decision:
+        """The grant of a signature whose ``max-age`` is ``age`` seconds, made once per age (at most
+        :data:`SIGNED_GRANTS` kept; the table starts afresh when full)."""
+        if len(self._signed_grants) >= SIGNED_GRANTS:
+            self._signed_grants.clear()  # threads may race here: both then build the same value
+        grant = Decision("granted", b"%s, max-age=%d" % (self._signed_prefix, age))
+        self._signed_grants[age] = grant
+        return grant
 
     def hooked(self, allowed: object, asked: Decision) -> Decision:
         """The decision once the hook answered ``allowed``: only ``True`` itself grants."""
@@ -180,7 +199,7 @@ class AccessPolicy:
                     close()
                 raise TypeError("a WSGI authorize hook must be a plain function, not a coroutine function")
         except Exception:
-            logger.exception("authorize hook failed for %s: answered 500", key)
+            logger.exception("authorize hook failed for %s: answered 500", key, extra={"key": key})
             return FAILED
         return self.hooked(allowed, asked)
 
@@ -193,7 +212,7 @@ class AccessPolicy:
             if inspect.isawaitable(allowed):
                 allowed = await allowed
         except Exception:
-            logger.exception("authorize hook failed for %s: answered 500", key)
+            logger.exception("authorize hook failed for %s: answered 500", key, extra={"key": key})
             return FAILED
         return self.hooked(allowed, asked)
 
@@ -216,6 +235,9 @@ def with_cache_control(response: Response, value: bytes) -> Response:
     Cache-Control, in place: its header list is its own (:func:`servefiles.http.respond`)."""
     if response.status in (200, 206, 304):
         headers: list[Header] = response.headers
+        if len(headers) > CACHE_CONTROL_AT and headers[CACHE_CONTROL_AT][0] == b"cache-control":
+            headers[CACHE_CONTROL_AT] = (b"cache-control", value)  # a 200 as PreparedFile lays it out
+            return response
         for index, (name, _) in enumerate(headers):
             if name == b"cache-control":
                 headers[index] = (name, value)

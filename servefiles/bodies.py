@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .cache.fill import FillReader, read_fd
+from .cache.fill import FillReader, held_bytes, read_fd
 from .http import ByteRange
 from .metrics import Metrics
 from .store import Store
@@ -51,9 +51,9 @@ class MemoryBody(Body):
 class DiskBody(Body):
     """An open cache file (its descriptor is closed with the body, or by the server that took it)."""
 
-    def __init__(self, fd: int, path: Path, inline: bool) -> None:
+    def __init__(self, fd: int, path: Path | str, inline: bool) -> None:
         self.fd = fd
-        self.path = str(path)
+        self.path = path if isinstance(path, str) else str(path)
         self.inline = inline
 
     def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
@@ -91,7 +91,7 @@ class StoreBody(Body):
             reading = self.store.read_from(head, segment.start, segment.end)
         else:
             reading = self.store.read(self.meta.key, segment.start, segment.end, version=self.meta.version)
-        async for chunk in reading:
+        async for chunk in self.metrics.fetched(reading, held_bytes(head, segment.start, segment.end)):
             yield chunk
 
 

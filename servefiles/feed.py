@@ -27,6 +27,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -130,6 +131,13 @@ class ChangeFeed:
         self.healthy = False
         """True while the feed is connected and caught up: cached copies need no revalidation."""
         self.last_error: str | None = None
+        self.failures = 0
+        """Attempts that failed since start (to connect, to follow, to apply a batch)."""
+        self.started_at: float | None = None
+        self.caught_up_at: float | None = None
+        """When it last caught up with the store (monotonic seconds; None: not yet)."""
+        self.applied_at: float | None = None
+        """When it last applied a change (monotonic seconds; None: none since it started)."""
         self._saved = -1
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
@@ -142,7 +150,19 @@ class ChangeFeed:
         self.cursor = self._saved = saved
         return True
 
+    @property
+    def caught_up_once(self) -> bool:
+        return self._caught_up.is_set()
+
+    def lag_seconds(self, now: float) -> float:
+        """0 while healthy; else seconds since it last caught up (since it started, if never)."""
+        if self.healthy:
+            return 0.0
+        since = self.caught_up_at if self.caught_up_at is not None else self.started_at
+        return 0.0 if since is None else max(0.0, now - since)
+
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="servefiles change feed")
 
     async def wait_caught_up(self, seconds: float) -> bool:
@@ -174,6 +194,7 @@ class ChangeFeed:
                         if self._on_up is not None:
                             self._on_up()
                     self.healthy, self.last_error, backoff = True, None, FIRST_BACKOFF_SECONDS
+                    self.caught_up_at = time.monotonic()
                     self._caught_up.set()
             except (StoreUnavailable, ServeFilesError, OSError) as exc:
                 self._down(exc)
@@ -186,6 +207,7 @@ class ChangeFeed:
     def _down(self, exc: BaseException) -> None:
         was_healthy, self.healthy = self.healthy, False
         self.last_error = str(exc)
+        self.failures += 1
         if was_healthy:
             logger.warning("change feed down, revalidating by time until it is back: %s", exc)
             if self._on_down is not None:
@@ -218,6 +240,7 @@ class ChangeFeed:
             if batch:
                 await self.apply(batch)
                 self.cursor = batch[-1].version
+                self.applied_at = time.monotonic()
             if len(batch) < BATCH:
                 break
         if self.cursor != self._saved:

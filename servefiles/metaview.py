@@ -142,6 +142,9 @@ class MetadataView:
         self.breaker = breaker or CircuitBreaker()
         self.feed: ChangeFeed | None = None
         self.store_error: str | None = None
+        self.newest_version = 0
+        """The newest version this frontend has seen the store issue: in the feed's batches, in
+        answers to its queries, in its own writes (the feed's lag is measured against it)."""
         self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
         self._validated: LRUCache[str, Validation] = LRUCache(VALIDATION_ENTRIES)
         self._absent: LRUCache[bytes, bool] = LRUCache(ABSENT_ENTRIES)
@@ -175,6 +178,7 @@ class MetadataView:
             self._latest[change.key] = change.version
             self._validated.pop(change.key, None)
             self._absent.pop(key_digest(change.key), None)
+            self.newest_version = max(self.newest_version, change.version)
 
     def wrote(self, key: str, version: int, revision: Revision | None) -> None:
         """This frontend wrote ``key`` (``revision`` None: deleted it): older copies are stale here
@@ -182,6 +186,7 @@ class MetadataView:
         the validation while it is not; copies a fill of the old version adds later are caught too.
         The store answered: the circuit breaker closes (:meth:`store_answered`)."""
         self.store_answered()
+        self.newest_version = max(self.newest_version, version)
         if self._latest.get(key, 0) < version:
             self._latest[key] = version
         self._absent.pop(key_digest(key), None)
@@ -197,7 +202,9 @@ class MetadataView:
         self.store_error = None
 
     def forget(self) -> None:
-        """Forget every announced version, validation and absence: the database's history went back."""
+        """Forget every announced version, validation and absence: the database's history went back
+        (its versions may be issued again: the newest seen is forgotten too)."""
+        self.newest_version = 0
         self._latest.clear()
         self._validated.clear()
         self._absent.clear()
@@ -239,11 +246,14 @@ class MetadataView:
         if max_bytes is None:
             meta = await store.stat(key)
             return None if meta is None else (meta, None)
+        started = time.perf_counter()
         head = await store.fetch_head(key, max_bytes, whole=True)
         if head is None:
             return None
         if head.data:
             self.metrics.store_fetches.inc()
+            self.metrics.store_fetch.observe(time.perf_counter() - started)
+            self.metrics.store_fetch_bytes.inc(len(head.data))
         return head.meta, head
 
     async def _revalidate(
@@ -264,6 +274,7 @@ class MetadataView:
         except StoreUnavailable as exc:
             self.breaker.failed()
             self.store_error = str(exc)
+            self.metrics.store_errors["query"].inc()
             raise
         except BaseException:
             self.breaker.abandoned()
@@ -271,6 +282,8 @@ class MetadataView:
         self.breaker.succeeded()
         self.store_error = None
         meta = checked[0] if checked is not None else None
+        if meta is not None and meta.version > self.newest_version:
+            self.newest_version = meta.version
         if meta is None:
             self._validated.pop(key, None)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:

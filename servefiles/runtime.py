@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,10 @@ from .cache.fill import Filler
 from .cache.memory import MemoryTier
 from .errors import StoreUnavailable
 from .feed import ChangeFeed
+from .levels import FeedLevels, Levels, TierLevels
 from .metaview import MetadataView, outdated
 from .metrics import Metrics
+from .probes import health_report
 from .store import Store, connect
 from .store.types import Change
 
@@ -70,6 +73,8 @@ class Hooks:
 
     before_start: list[Callable[[], None]] = field(default_factory=list)
     """Before the store is asked for anything (it may be unreachable)."""
+    after_start: list[Callable[[], None]] = field(default_factory=list)
+    """Once the store answered, the disk tier is open and the feed has started (on the loop)."""
     after_close: list[Callable[[], None]] = field(default_factory=list)
     feed_down: list[Callable[[], None]] = field(default_factory=list)
     """The change feed just went down: nothing vouches for cached copies until it is back."""
@@ -87,13 +92,20 @@ class Runtime:
         self.memory = MemoryTier(settings.memory_bytes, settings.memory_file_bytes, self.admission)
         self.disk = DiskCache(cache_dir, settings.disk_bytes)
         self.view = MetadataView(settings.freshness_seconds, self.metrics)
-        self.metrics.watch_evictions({"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions})
+        self.metrics.watch(
+            self.levels,
+            {"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions},
+            {"feed": self._feed_failures, "circuit_open": lambda: self.view.breaker.rejected},
+        )
         self.hooks = Hooks()
         self.filler: Filler | None = None
         self.feed: ChangeFeed | None = None
         self._url = db if isinstance(db, str) else None
         self._read_url = read_url
         self._store = None if isinstance(db, str) else db
+        self._store_answered = False
+        self._past_feed_failures = 0
+        """The failures of feeds closed before the current one (a restart makes a new feed)."""
         self._started: asyncio.Future[None] | None = None
         self.state: State = "not started"
         """Where the life cycle is, for the health report (which must answer in every state)."""
@@ -136,6 +148,7 @@ class Runtime:
             if self._store is None:
                 assert self._url is not None
                 self._store = await connect(self._url, self._read_url)
+            self._store_answered = True
             report = await asyncio.to_thread(self.disk.open)
         except BaseException as exc:
             self._started = None  # let a later request try again (the database may come back)
@@ -143,6 +156,7 @@ class Runtime:
                 self.state = "not started"
             if isinstance(exc, StoreUnavailable):
                 self.view.store_error = str(exc)
+                self.metrics.store_errors["connect"].inc()
             elif isinstance(exc, Exception):
                 self.view.store_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -152,6 +166,8 @@ class Runtime:
         if self.settings.feed:
             await self._start_feed(self._store)
         self.state = "running"
+        for started in self.hooks.after_start:
+            started()
 
     async def _start_feed(self, store: Store) -> None:
         settings = self.settings
@@ -223,7 +239,7 @@ class Runtime:
         try:
             await asyncio.to_thread(self.disk.discard, key)
         except (sqlite3.Error, OSError) as exc:
-            logger.warning("disk cache: could not drop %s: %s", key, exc)
+            logger.warning("disk cache: could not drop %s: %s", key, exc, extra={"key": key})
 
     async def close(self) -> None:
         """Stop the feed, background work and fills; close a store opened here and the disk index."""
@@ -232,8 +248,10 @@ class Runtime:
         if starting is not None and not starting.done():
             starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
             await asyncio.wait([starting])
+        self._store_answered = False
         if self.feed is not None:
             await self.feed.close()
+            self._past_feed_failures += self.feed.failures
             self.feed = self.view.feed = None
         for task in list(self._background):
             task.cancel()
@@ -249,33 +267,44 @@ class Runtime:
         self.state = "stopped"
 
     def health(self) -> dict[str, Any]:
-        """The liveness report every adapter sends as JSON with status 200, in every state.
+        """The detailed liveness report (:func:`servefiles.probes.health_report` of :meth:`probe`)."""
+        return health_report(self.probe(), detailed=True)
 
-        It reads this process's own state and never waits on the database (a slow or
-        absent database must not make a liveness probe fail or hang): ``status`` is
-        always ``"ok"``; ``state`` is ``"not started"``, ``"starting"``, ``"running"``,
-        ``"stopping"`` or ``"stopped"``; ``store`` is ``"ok"``, ``"not connected"`` or
-        ``"unavailable: REASON"`` (the last failure, start-up or query, until a query
-        succeeds; DSNs in it are shown without their password); ``feed`` (while one
-        runs) its health, cursor and last error; ``disk`` the tier's entries, bytes and
-        max_bytes, or None while its index is not open; ``memory`` its entries and bytes.
-        A service never started is started in the background (as the first request would).
-        """
+    def probe(self) -> Levels:
+        """:meth:`levels` for a health or readiness probe: a service never started is started in
+        the background first (as the first request would), or it would never become ready."""
         if self.state == "not started":
             self._start_soon()
-        report: dict[str, Any] = {"status": "ok", "state": self.state}
-        if self.view.store_error is not None:
-            report["store"] = f"unavailable: {self.view.store_error}"
-        else:
-            report["store"] = "ok" if self.state == "running" else "not connected"
-        if self.feed is not None:
-            report["feed"] = {"healthy": self.feed.healthy, "cursor": self.feed.cursor, "error": self.feed.last_error}
-        report["disk"] = None
+        return self.levels()
+
+    def levels(self) -> Levels:
+        """This frontend's state now (:class:`~servefiles.levels.Levels`), read from its own objects:
+        it never waits on the database, so a probe or a scrape answers in every state."""
+        disk, disk_error = None, None
         if self.disk.is_open:
             try:
                 stats = self.disk.stats()
-                report["disk"] = {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes}
+                disk = TierLevels(stats.entries, stats.bytes, stats.max_bytes)
             except (sqlite3.Error, OSError) as exc:
-                report["disk"] = {"error": f"{type(exc).__name__}: {exc}"}
-        report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
-        return report
+                disk_error = f"{type(exc).__name__}: {exc}"
+        return Levels(
+            state=self.state, store_answered=self._store_answered, store_error=self.view.store_error,
+            breaker_open=self.view.breaker.is_open, memory=TierLevels(len(self.memory), self.memory.bytes,
+            self.memory.max_bytes), disk_open=self.disk.is_open, disk=disk, disk_error=disk_error,
+            fills_in_flight=self.filler.in_flight if self.filler is not None else 0, feed_enabled=self.settings.feed,
+            feed=self._feed_levels(), freshness_seconds=self.settings.freshness_seconds,
+        )  # fmt: skip
+
+    def _feed_levels(self) -> FeedLevels | None:
+        feed = self.feed
+        if feed is None:
+            return None
+        now = time.monotonic()
+        return FeedLevels(
+            connected=feed.healthy, caught_up_once=feed.caught_up_once, cursor=feed.cursor,
+            lag_versions=max(0, self.view.newest_version - feed.cursor), lag_seconds=feed.lag_seconds(now),
+            last_change_age_seconds=None if feed.applied_at is None else now - feed.applied_at, error=feed.last_error,
+        )  # fmt: skip
+
+    def _feed_failures(self) -> int:
+        return self._past_feed_failures + (self.feed.failures if self.feed is not None else 0)

@@ -43,10 +43,11 @@ __all__ = ["CacheSettings", "FileService", "Found", "Reply", "Source"]
 
 logger = logging.getLogger("servefiles")
 
-PREPARED_CACHE_ENTRIES = 16384
-"""Versions whose per-file header work is kept (about 1 KB each). More than the disk tier's
-entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail workload
-with 4,096 for 10,000 files (benchmarks/RESULTS.md, 2026-11-30)."""
+PREPARED_CACHE_ENTRIES = 8192
+"""Versions whose per-file header work is kept (about 1.1 KB each: 9 MiB when full). More than the
+disk tier's entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail
+workload with 4,096 for 10,000 files; 16,384 (and 1.4 KB each) took up to 22 MiB of a frontend's
+100 MiB (benchmarks/RESULTS.md, 2026-11-30)."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 HEAD_BYTES = 4 * CHUNK_SIZE
 """Content a miss asks for with the metadata (1 MiB): the whole of most files (every avatar and
@@ -220,6 +221,8 @@ class FileService:
         maps it (a bad key is a 404: a hostile URL learns nothing; an unreachable store a 503)."""
         if isinstance(exc, StoreUnavailable):
             logger.warning("store unavailable: %s", exc)
+        elif isinstance(exc, InvalidKey):
+            self.metrics.rejected["bad_key"].inc()
         return Reply(for_error(exc, "read"))
 
     def decide(self, method: str, headers: Mapping[str, str], found: Found) -> Reply:
@@ -303,7 +306,7 @@ class FileService:
         self.disk.touch(meta.key)
         self.runtime.admission.seen(meta.key)  # its frequency, against newcomers
         if not self.memory.fits(meta.size):
-            return Found(file, "disk", DiskBody(fd, entry.path, inline=False))
+            return Found(file, "disk", DiskBody(fd, entry.text, inline=False))
         try:
             data = os.pread(fd, meta.size, 0)
         finally:

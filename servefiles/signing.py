@@ -57,8 +57,8 @@ _VERSION = b"servefiles-url-v1"
 _SIGNATURE_CHARS = 43
 _EXPIRES_DIGITS = 12
 """An expiry of more digits is year 33658 or later: refused without parsing it."""
-_PLAIN_QUERY = re.compile(r"expires=([0-9]{1,12})&signature=([A-Za-z0-9_-]{43})")
-"""The query :meth:`Signer.query` writes, and nothing else."""
+_PLAIN_QUERY = re.compile(r"expires=[0-9]{1,12}&signature=[A-Za-z0-9_-]{43}")
+"""The query :meth:`Signer.query` writes, and nothing else: remembered whole once verified."""
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 Verdict = Literal["valid", "expired", "invalid"]
@@ -112,7 +112,7 @@ class Signer:
     """
 
     def __init__(self, keys: Iterable[str | bytes], prefix: str, max_expires: int) -> None:
-        self._keys = [_key_bytes(key) for key in keys]
+        self._keys = tuple(_key_bytes(key) for key in keys)
         if not self._keys:
             raise ValueError("signing needs at least one signing key")
         if max_expires < 1:
@@ -120,14 +120,23 @@ class Signer:
         self.prefix = prefix
         self.max_expires = max_expires
         self._prefix_bytes = prefix.encode("utf-8")
-        self._verified: dict[tuple[str, str, str], None] = {}
-        """Signatures whose MAC matched, by (key, expires, signature) as presented: a hot private file
-        behind one signed URL costs a dict lookup per request, not an HMAC per configured key. Only
-        matches are kept (a forgery never is), at most :data:`VERIFIED_ENTRIES`, oldest out first."""
+        self._verified: dict[tuple[str, ...], Checked] = {}
+        """Signatures whose MAC matched, as their "valid" verdict: a hot private file behind one signed
+        URL then costs one dict lookup per request, not a parse and an HMAC per configured key. A query
+        as :meth:`query` writes it is remembered whole, by ``(key, query)`` (no parsing at all on the
+        next request); any other spelling by ``(key, expires, signature)`` once parsed. Only matches are
+        kept (a forgery never is), at most :data:`VERIFIED_ENTRIES`, oldest out first; the expiry is
+        judged again on every request (:meth:`_judged`). The signing keys are fixed for a signer's life
+        (a changed set is a new signer, with nothing remembered), so a removed key verifies nothing."""
         self._remembering = threading.Lock()
 
     def __repr__(self) -> str:  # never show a key
         return f"Signer(prefix={self.prefix!r}, keys={len(self._keys)}, max_expires={self.max_expires})"
+
+    @property
+    def remembered(self) -> int:
+        """How many verified signatures this signer remembers (at most :data:`VERIFIED_ENTRIES`)."""
+        return len(self._verified)
 
     def _mac(self, signing_key: bytes, key: str, expires: bytes) -> bytes:
         message = b"\n".join((_VERSION, self._prefix_bytes, key.encode("utf-8"), expires))
@@ -157,11 +166,9 @@ class Signer:
         compared with every key's; only then is the expiry judged, so "expired" is said only of
         a URL that servefiles signed.
         """
-        plain = _PLAIN_QUERY.fullmatch(query)  # as url() writes it: one C call instead of the loop below
-        if plain is not None:
-            expires, signature = plain.group(1, 2)
-            if (key, expires, signature) in self._verified:
-                return self._judged(int(expires), now)  # its MAC matched before: the same inputs, the same MAC
+        remembered = self._verified.get((key, query))  # as url() wrote it, verified before
+        if remembered is not None:
+            return self._judged(remembered, now)  # the same inputs, the same MAC: only the clock moved
         expires = signature = None
         for part in query.split("&"):
             name, _, value = part.partition("=")
@@ -177,8 +184,11 @@ class Signer:
             return _INVALID
         if not (0 < len(expires) <= _EXPIRES_DIGITS and expires.isascii() and expires.isdigit()):
             return _INVALID
-        if (key, expires, signature) in self._verified:
-            return self._judged(int(expires), now)  # its MAC matched before: the same inputs, the same MAC
+        remembered = self._verified.get((key, expires, signature))  # another spelling, verified before
+        if remembered is not None:
+            if _PLAIN_QUERY.fullmatch(query):
+                self._remember((key, query), remembered)  # url()'s own spelling: no parsing next time
+            return self._judged(remembered, now)
         raw = signature.encode("latin-1", "replace")
         if len(raw) != _SIGNATURE_CHARS or not _B64URL.issuperset(raw):
             return _INVALID
@@ -191,19 +201,27 @@ class Signer:
             matched |= hmac.compare_digest(presented, self._mac(signing_key, key, expires_bytes))
         if not matched:
             return _INVALID
+        valid = Checked("valid", int(expires))
+        self._remember((key, query) if _PLAIN_QUERY.fullmatch(query) else (key, expires, signature), valid)
+        return self._judged(valid, now)
+
+    def _remember(self, spelling: tuple[str, ...], valid: Checked) -> None:
+        """Remember a signature whose MAC matched, under one of its spellings; the oldest goes first
+        once :data:`VERIFIED_ENTRIES` are held."""
         with self._remembering:  # WSGI checks in request threads: one writer at a time
             if len(self._verified) >= VERIFIED_ENTRIES:
                 del self._verified[next(iter(self._verified))]  # the oldest
-            self._verified[(key, expires, signature)] = None
-        return self._judged(int(expires), now)
+            self._verified[spelling] = valid
 
-    def _judged(self, moment: int, now: float) -> Checked:
-        """The verdict on a signature that matched, by its expiry ``moment``."""
+    def _judged(self, valid: Checked, now: float) -> Checked:
+        """The verdict at ``now`` on a signature that matched (``valid``: its "valid" verdict, returned
+        as it is while it holds, so a remembered signature's request makes no new object)."""
+        moment = valid.expires
         if moment > now + self.max_expires + CLOCK_SKEW_SECONDS:
             return _INVALID  # signed with another maximum, or by someone holding the key: refused
         if now > moment + CLOCK_SKEW_SECONDS:
             return Checked("expired", moment)
-        return Checked("valid", moment)
+        return valid
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -95,6 +95,10 @@ class WriteApi:
         except ServeFilesError as exc:
             if isinstance(exc, StoreUnavailable):
                 logger.warning("store unavailable: %s", exc)
+            elif isinstance(exc, Unauthorized | OutOfScope):
+                self.service.runtime.metrics.rejected["auth"].inc()
+            elif isinstance(exc, InvalidKey):
+                self.service.runtime.metrics.rejected["bad_key"].inc()
             return Reply(for_error(exc, "write"))
 
     async def _answer(
@@ -166,7 +170,7 @@ class WriteApi:
         try:
             meta = await self.service.put(key, _limited(body, self.max_upload_bytes), content_type, expect=expect)
         except UploadAborted as exc:
-            logger.info("upload of %s abandoned: %s", key, exc)
+            logger.info("upload of %s abandoned: %s", key, exc, extra={"key": key})
             raise
         return Reply(written(meta, created=seen[-1] is None, url=self.url(meta.key, root)))
 

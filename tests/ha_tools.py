@@ -87,7 +87,8 @@ def answers_with(base: str, key: str, data: bytes | None) -> bool:
 
 def feed_healthy(base: str) -> bool:
     with contextlib.suppress(httpx.TransportError):
-        return bool(httpx.get(f"{base}/_servefiles/health", timeout=5).json()["feed"]["healthy"])
+        detailed = {"authorization": f"Bearer {TOKEN}"}  # the feed's state is in the detailed report
+        return bool(httpx.get(f"{base}/_servefiles/health", headers=detailed, timeout=5).json()["feed"]["healthy"])
     return False
 
 

@@ -219,8 +219,8 @@ async def test_a_missing_key_costs_one_query_while_the_feed_is_healthy(store_url
         app = ServeFiles(None, db=store, cache_dir=tmp_path / "cache")
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
-                await app.service.start()  # health reports the state, it does not wait for a start-up
-                assert (await client.get("/_servefiles/health")).json()["feed"]["healthy"]
+                await app.service.start()  # readiness reports the state, it does not wait for a start-up
+                assert (await client.get("/_servefiles/ready")).json()["reason"] == "ready"  # feed connected
                 calls = count_store_reads(store)
                 for _ in range(50):
                     assert (await client.get("/media/nothing-here.png")).status_code == 404

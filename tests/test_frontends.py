@@ -114,8 +114,8 @@ def test_frontends_recover_when_their_listening_connections_are_killed(pg_url: s
         store(pg_url, "put", "k.txt", b"two")  # while nobody listens
         for frontend in fleet:
             wait_for(lambda f=frontend: serves(f, "k.txt", b"two"), seconds=15, what="catch-up after the kill")
-            wait_for(lambda f=frontend: httpx.get(f"{f.base}/_servefiles/health").json()["feed"]["healthy"],
-                     seconds=15, what="feed healthy again")  # fmt: skip
+            wait_for(lambda f=frontend: f.metric("servefiles_feed_connected") == 1, seconds=15,
+                     what="feed healthy again")  # fmt: skip
 
 
 def test_prefetch_puts_new_versions_on_disk_before_any_request(pg_url: str, tmp_path: Path) -> None:
@@ -156,8 +156,7 @@ def test_service_through_a_database_outage_and_recovery(pg_url: str, proxy: TcpP
             assert serves(frontend, "cached.txt", b"before")
         in_proxy_loop(proxy, "cut")
         for frontend in fleet:
-            wait_for(lambda f=frontend: not httpx.get(f"{f.base}/_servefiles/health").json()["feed"]["healthy"],
-                     what="feed noticed the outage")  # fmt: skip
+            wait_for(lambda f=frontend: f.metric("servefiles_feed_connected") == 0, what="feed noticed the outage")
         time.sleep(0.3)  # past the freshness interval that applies while the feed is down
         for frontend in fleet:
             stale = httpx.get(f"{frontend.base}/media/cached.txt", timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,9 @@ from .wsgi_servers import wsgiref_serving
 PROMPT_SECONDS = 2.0
 """A liveness answer comes at once; the database's connect timeout is 10 s."""
 PASSWORD = "hunter2-secret-password"
+TOKEN = "health-upload-token-0123456789"
+DETAILED = {"authorization": f"Bearer {TOKEN}"}
+"""The detailed report is for upload-token holders (and the admin listener); others see status and reason."""
 
 
 async def inner_asgi(scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +59,7 @@ async def mounted(
     adapter: str, db: str, cache_dir: Path, **options: Any
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """servefiles mounted in an app, behind a real server: (the middleware, a client for it)."""
+    options.setdefault("upload_tokens", [TOKEN])
     if adapter == "asgi":
         asgi = ServeFiles(inner_asgi, db=db, cache_dir=cache_dir, metrics=True, **options)
         try:
@@ -73,9 +78,10 @@ async def mounted(
 
 
 async def health(client: httpx.AsyncClient) -> dict[str, Any]:
-    """GET the health endpoint: promptly, 200, JSON, status ok; and the metrics endpoint with it."""
+    """GET the health endpoint with an upload token: promptly, 200, JSON, status ok, the detailed
+    report; and the metrics endpoint with it."""
     started = time.monotonic()
-    response = await client.get("/_servefiles/health", timeout=PROMPT_SECONDS + 3)
+    response = await client.get("/_servefiles/health", headers=DETAILED, timeout=PROMPT_SECONDS + 3)
     assert time.monotonic() - started < PROMPT_SECONDS, "a liveness check must not wait on the database"
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
@@ -167,11 +173,13 @@ async def test_health_while_the_asgi_service_shuts_down_and_after(store_url: str
         await app.service.start()
         closing = asyncio.create_task(app.aclose())
         await asyncio.sleep(0)  # close() has begun and waits on the feed
-        during = await asgi_request(app, "GET", b"/_servefiles/health")
+        during = await asgi_request(app.admin_app(), "GET", b"/_servefiles/health")  # detailed
         assert during.status == 200
         assert b'"state": "stopping"' in during.body and b'"status": "ok"' in during.body
         await closing
-        after = await asgi_request(app, "GET", b"/_servefiles/health")
+        after = await asgi_request(app, "GET", b"/_servefiles/health")  # anonymous
+        assert after.status == 200 and json.loads(after.body) == {"status": "ok", "reason": "stopped"}
+        after = await asgi_request(app.admin_app(), "GET", b"/_servefiles/health")
         assert after.status == 200 and b'"state": "stopped"' in after.body and b'"disk": null' in after.body
         assert (await asgi_request(app, "GET", b"/_servefiles/metrics")).status == 200
         await asyncio.sleep(0.2)

@@ -27,7 +27,7 @@ from servefiles.cache.disk import DiskCache, DiskEntry
 from servefiles.cache.fill import INLINE_WRITE_BYTES
 from servefiles.http import ByteRange
 from servefiles.nginx import ACCEL_LOCATION, TREE_LOCATION
-from servefiles.nginx.accel import AccelLayer
+from servefiles.nginx.accel import READ_CHECK_SECONDS, AccelLayer
 from servefiles.nginx.tree import PublishedTree
 from servefiles.service import CacheSettings, FileService, Reply
 
@@ -84,14 +84,15 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media", min_uses: int = 1) -> Iterator[Stack]:
+def stack(mode: str, store_url: str, tmp_path: Path, prefix: str = "/media", min_uses: int = 1,
+          serve_options: tuple[str, ...] = ()) -> Iterator[Stack]:  # fmt: skip
     """``min_uses``: the frontend's ``--cache-min-uses``. 1 here (every miss is written to the disk
     tier, so a tree miss is published): these tests are about nginx's modes; admission in tree
-    mode has its own test, with the default 2."""
+    mode has its own test, with the default 2. ``serve_options``: more of the frontend's options."""
     cache_dir, publish_dir = tmp_path / "cache", tmp_path / "published"
     frontend = Frontend("--db", store_url, "--cache-dir", str(cache_dir), "--nginx", mode, "--publish-dir",
                         str(publish_dir), "--upload-token", TOKEN, "--metrics", "--prefix", prefix,
-                        "--cache-min-uses", str(min_uses)).start()  # fmt: skip
+                        "--cache-min-uses", str(min_uses), *serve_options).start()  # fmt: skip
     try:
         port = free_port()
         block = server_block(mode, frontend.port, port, cache_dir, publish_dir, ("--prefix", prefix))
@@ -646,6 +647,69 @@ async def test_a_one_off_tree_miss_is_neither_cached_nor_published_until_asked_a
             assert (third.status_code, third.content) == (200, content)
             assert third.headers["etag"] == nginx_etag(await s.meta("once.png"))
             assert [s.frontend.metric(name) for name in ASKED] == asked, "nginx answered it alone"
+
+
+async def test_files_nginx_serves_keep_their_disk_place_while_unread_ones_are_evicted(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """nginx answers published files without servefiles hearing of it; the tree's access times
+    tell it (PublishedTree.read_since_checked). A cache with room for two files: ``hot`` came in
+    first and is read only through nginx, ``cold`` came in after it and is never read again, so a
+    third file evicts ``cold``. Without the access times ``hot`` would be the least recently used."""
+    with stack("tree", sqlite_url, tmp_path, serve_options=("--cache-size", str(2 * len(PNG) + 100_000))) as s:
+        contents = {key: PNG[:8] + os.urandom(len(PNG) - 8) for key in ("hot.png", "cold.png", "third.png")}
+        async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            for key, content in contents.items():
+                assert (await client.put(f"/media/{key}", content=content, headers=AUTH)).status_code == 201
+            for key in ("hot.png", "cold.png"):
+                assert (await client.get(f"/media/{key}")).content == contents[key]
+                await s.wait_published(key)
+            asked = s.frontend.metric("servefiles_store_fetches_total")
+            hot_etag = nginx_etag(await s.meta("hot.png"))
+            for _ in range(3):
+                hit = await client.get("/media/hot.png")
+                assert (hit.content, hit.headers["etag"]) == (contents["hot.png"], hot_etag), "nginx's alone"
+            assert s.frontend.metric("servefiles_store_fetches_total") == asked
+            await asyncio.sleep(READ_CHECK_SECONDS + 1.5)  # the next look at the tree
+            assert (await client.get("/media/third.png")).content == contents["third.png"]
+            await s.wait_published("third.png")
+            deadline = time.monotonic() + 10
+            while s.published("cold.png").exists():
+                assert time.monotonic() < deadline, "cold.png was never evicted"
+                await asyncio.sleep(0.05)
+            assert s.published("hot.png").exists(), "the file nginx kept sending was evicted"
+            again = await client.get("/media/hot.png")
+            assert (again.content, again.headers["etag"]) == (contents["hot.png"], hot_etag)
+            assert s.frontend.metric("servefiles_store_fetches_total") == asked + 1  # third.png alone
+
+
+def test_reads_of_published_files_are_noticed_once_per_look_and_never_change_a_validator(tmp_path: Path) -> None:
+    """PublishedTree.read_since_checked on a real filesystem (relatime, Linux's default): a read
+    of a published file shows at the next look, and only then; a path holding another version,
+    or nothing, shows nothing; no file's mtime (nginx's Last-Modified and ETag) ever moves."""
+    written = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    content = tmp_path / "content"
+    content.write_bytes(PNG)
+
+    def meta(key: str, second: int = 0) -> FileMeta:
+        when = written + timedelta(seconds=second)
+        return FileMeta(key, 1 + second, hashlib.sha256(PNG).hexdigest(), len(PNG), "image/png", when, when)
+
+    tree = PublishedTree(tmp_path / "published", "/media")
+    read, unread, other = meta("a/read.png"), meta("unread.png"), meta("other.png")
+    for published in (read, unread, other):
+        assert tree.publish(published, content)
+    mtimes = {key: tree.path(key).stat().st_mtime_ns for key in ("a/read.png", "unread.png", "other.png")}
+    assert tree.read_since_checked([read, unread, other]) == [], "publishing is no read"
+    assert tree.path("a/read.png").read_bytes() == PNG
+    assert tree.path("other.png").read_bytes() == PNG
+    newer = meta("other.png", second=5)  # the tree holds another version of other.png than this
+    never = meta("never/published.png")
+    assert tree.read_since_checked([read, unread, newer, never]) == ["a/read.png"]
+    assert tree.read_since_checked([read, unread]) == [], "each read shows once"
+    assert tree.path("a/read.png").read_bytes() == PNG
+    assert tree.read_since_checked([read, unread]) == ["a/read.png"], "and the next read shows again"
+    assert {key: tree.path(key).stat().st_mtime_ns for key in mtimes} == mtimes
 
 
 def test_the_tree_follows_the_disk_tier_and_publishes_only_its_current_entry(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from servefiles import CLOCK_SKEW_SECONDS, ServeFiles, ServeFilesWSGI, Signer
+from servefiles.logs import JsonFormatter
 
 from .asgi_servers import uvicorn_server
 from .wsgi_servers import wsgiref_serving
@@ -318,7 +320,9 @@ async def test_a_hook_that_raises_is_a_500_for_that_request_only(site: Site, cap
     assert broken.status_code == 500 and PDF[:64] not in broken.content and "etag" not in broken.headers
     assert (after.status_code, after.content) == (200, PDF)
     assert public.status_code == 200, "the hook runs for private keys only"
-    assert any("authorize hook failed" in record.getMessage() for record in caplog.records)
+    [failed] = [record for record in caplog.records if "authorize hook failed" in record.getMessage()]
+    logged = json.loads(JsonFormatter().format(failed))  # as `servefiles serve --log-format json` shows it
+    assert logged["key"] == "invoices/2026/a.pdf" and logged["level"] == "ERROR" and "Traceback" in logged["exception"]
 
 
 # -- upload tokens -----------------------------------------------------------------------------------------------

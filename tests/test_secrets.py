@@ -2,7 +2,9 @@
 appears in a start-up line, a log line, a CLI error or an HTTP reply (the health report
 included). Every path that shows a DSN is driven for real — ``servefiles`` processes, the real
 PostgreSQL (trust auth: the password is sent nowhere, so any password works), a port with nothing
-listening, and a proxy that is cut — and its output searched for the secret.
+listening, and a proxy that is cut — and its output searched for the secret. Issue 19 adds signed
+URLs' signatures and signing keys, the JSON log format, the access log, ``--config`` files and
+``servefiles config``.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ def test_mask_dsn_hides_the_password_and_keeps_the_rest(dsn: str, shown: str) ->
 def test_serve_start_up_line_and_health_show_no_password(secret_dsn: str, tmp_path: Path) -> None:
     with running("--db", secret_dsn, "--cache-dir", str(tmp_path / "cache"), "--upload-token", TOKEN,
                  "--log-level", "info") as frontend:  # fmt: skip
-        health = httpx.get(f"{frontend.base}/_servefiles/health")
-        assert health.status_code == 200 and health.json()["store"] == "ok"
+        health = httpx.get(f"{frontend.base}/_servefiles/health", headers={"authorization": f"Bearer {TOKEN}"})
+        assert health.status_code == 200 and health.json()["store"] == "ok"  # the detailed report
         assert_no_secret(health.text, str(health.headers))
         written = httpx.put(f"{frontend.base}/media/a.txt", content=b"a", headers={"authorization": f"Bearer {TOKEN}"})
         assert written.status_code == 201
@@ -245,7 +247,8 @@ async def test_store_unavailable_messages_and_repr_show_no_password(
 async def served(adapter: str, dsn: str, cache_dir: Path) -> AsyncIterator[str]:
     """servefiles on ``dsn`` behind a real server: uvicorn in this loop, or gunicorn (started in a
     thread, so the proxy in this loop keeps forwarding while it starts)."""
-    options = {"cache_dir": str(cache_dir), "feed_check_seconds": 0.2, "freshness_seconds": 0.1}
+    options = {"cache_dir": str(cache_dir), "feed_check_seconds": 0.2, "freshness_seconds": 0.1,
+               "upload_tokens": [TOKEN]}  # fmt: skip
     if adapter == "wsgi":
         frontend = WsgiFrontend({"db": dsn, **options})
         await asyncio.to_thread(frontend.start)
@@ -255,7 +258,8 @@ async def served(adapter: str, dsn: str, cache_dir: Path) -> AsyncIterator[str]:
             await asyncio.to_thread(frontend.stop)
         assert_no_secret(frontend.output())
         return
-    app = ServeFiles(None, db=dsn, cache_dir=cache_dir, feed_check_seconds=0.2, freshness_seconds=0.1)
+    app = ServeFiles(None, db=dsn, cache_dir=cache_dir, feed_check_seconds=0.2, freshness_seconds=0.1,
+                     upload_tokens=[TOKEN])  # fmt: skip
     try:
         async with uvicorn_server(app) as base:
             yield base
@@ -272,7 +276,7 @@ async def test_health_report_and_feed_warnings_show_no_password_through_an_outag
     async with served(adapter, dsn, tmp_path / "cache") as base, httpx.AsyncClient(base_url=base) as client:
 
         async def health() -> dict[str, object]:
-            reply = await client.get("/_servefiles/health")
+            reply = await client.get("/_servefiles/health", headers={"authorization": f"Bearer {TOKEN}"})  # detailed
             assert reply.status_code == 200
             assert_no_secret(reply.text, str(reply.headers))
             report: dict[str, object] = reply.json()
@@ -345,3 +349,95 @@ def test_upload_tokens_are_never_in_a_reply_or_a_repr(tmp_path: Path) -> None:
     from servefiles.auth import TokenRing, UploadToken
 
     assert_no_secret(repr(UploadToken.parse(f"{TOKEN}:blog")), repr(TokenRing([TOKEN])))
+
+
+# -- logs in both formats, the access log, the configuration ------------------------------
+
+SIGNING_KEY = f"{WITNESS}-signing-key-{'k7Qx' * 11}"
+"""A signing key strong enough for serve (44 random-looking characters after the witness)."""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logs_and_the_access_log_show_no_password_token_signature_or_key(
+    log_format: str, secret_dsn: str, tmp_path: Path
+) -> None:
+    """Every request that carries a secret (a signed URL's signature, an upload token in Authorization,
+    a forged signature, a token where a path belongs) logged at debug level with the access log on, on
+    a database reached with a password: the output shows none of them, and in JSON every line parses."""
+    signed = cli("sign", "private/a.txt", "--signing-key", SIGNING_KEY).stdout.decode().strip()
+    signature = signed.rpartition("signature=")[2]
+    assert len(signature) == 43
+    with running("--db", secret_dsn, "--cache-dir", str(tmp_path / "cache"), "--upload-token", TOKEN,
+                 "--private", "private", "--signing-key", SIGNING_KEY, "--log-level", "debug", "--access-log",
+                 "--log-format", log_format) as frontend:  # fmt: skip
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.put(f"{frontend.base}/media/private/a.txt", content=b"a", headers=bearer).status_code == 201
+        assert httpx.get(f"{frontend.base}{signed}").status_code == 200
+        assert httpx.get(f"{frontend.base}/media/private/a.txt?expires=1&signature={WITNESS}x").status_code == 403
+        assert httpx.get(f"{frontend.base}/media/private/a.txt", headers=bearer).status_code == 200
+        assert httpx.put(f"{frontend.base}/media/b.txt", content=b"b",
+                         headers={"authorization": f"Bearer {WRONG}"}).status_code == 401  # fmt: skip
+        assert httpx.get(f"{frontend.base}/media/{TOKEN}?token={TOKEN}").status_code == 404
+        output = frontend.output()
+    assert output.count('"GET /media/private/a.txt"') + output.count(r"\"GET /media/private/a.txt\"") == 3, output
+    assert "/media/Hush-7x" in output  # the one place a witness belongs: the path asked for...
+    assert_no_secret(output.replace(f"/media/{TOKEN}", "/media/<path>"))  # ...and nothing else
+    assert signature not in output and "signature=" not in output and "token=" not in output, output
+    if log_format == "json":
+        records = [json.loads(line) for line in output.splitlines()]
+        assert [r["status"] for r in records if r["logger"] == "servefiles.access"] == [201, 200, 403, 200, 401, 404]
+        [start_up] = [r for r in records if r["logger"] == "servefiles.serve"]
+        assert "***" in start_up["db"] and "***" in start_up["message"]
+
+
+def test_config_masks_every_secret_wherever_it_was_given(tmp_path: Path) -> None:
+    tokens, keys = tmp_path / "tokens.txt", tmp_path / "keys.txt"
+    tokens.write_text(f"{TOKEN}\n")
+    keys.write_text(f"{SIGNING_KEY}\n")
+    config = tmp_path / "servefiles.toml"
+    config.write_text(f'db = "{with_password("postgresql://db.internal/app", "app")}"\n'
+                      f'signing-key = ["{SIGNING_KEY}"]\nupload-token = ["{TOKEN}:blog"]\n')  # fmt: skip
+    env = {"SERVEFILES_READ_DB": with_password("postgresql://replica/app", "app", in_query=True),
+           "SERVEFILES_UPLOAD_TOKEN": f"{WITNESS}-env-token-0123456789"}  # fmt: skip
+    shown = cli("config", "--config", str(config), "--upload-token-file", str(tokens), "--signing-key-file", str(keys),
+                env=env)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.decode()
+    assert_no_secret(text, shown.stderr)
+    assert 'db = "postgresql://app:***@db.internal/app"  # config file' in text
+    assert 'read-db = "postgresql://app@replica/app?password=***"  # environment (SERVEFILES_READ_DB)' in text
+    assert 'upload-token = ["***"]  # environment (SERVEFILES_UPLOAD_TOKEN)' in text  # the environment wins
+    assert 'signing-key = ["***"]  # config file' in text
+    assert f'upload-token-file = "{tokens}"' in text and f'signing-key-file = "{keys}"' in text
+
+    flags = cli("config", "--config", str(config), "--upload-token", f"{TOKEN}:blog", "--db", nowhere(in_query=True))
+    assert 'upload-token = ["***:blog"]  # flag' in flags.stdout.decode()
+    assert_no_secret(flags.stdout, flags.stderr)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f'db = "postgresql://app:{WITNESS}@127.0.0.1:notaport/app"',
+        f'upload-token = ["{WITNESS}"]',  # too short
+        f'signing-key = "{WITNESS}"',  # too weak
+        f"upload-token = {{ token = '{WITNESS}' }}",  # a table
+    ],
+)
+def test_a_secret_in_a_bad_config_file_is_never_echoed(line: str, tmp_path: Path) -> None:
+    config = tmp_path / "servefiles.toml"
+    config.write_text(f"port = {free_port()}\n{line}\n")
+    for log_format in ("text", "json"):
+        result = cli("serve", "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--log-format",
+                     log_format)  # fmt: skip
+        assert result.returncode in (1, 2) and len(result.stderr.splitlines()) == 1, result.stderr
+        assert b"Traceback" not in result.stderr
+        assert_no_secret(result.stdout, result.stderr)
+
+
+def test_a_json_error_line_shows_no_password() -> None:
+    result = cli("serve", "--db", nowhere(), "--port", str(free_port()), "--log-format", "json")
+    assert result.returncode == 1, result.stderr
+    [record] = [json.loads(line) for line in result.stderr.splitlines()]
+    assert record["level"] == "ERROR" and "cannot connect to PostgreSQL at postgresql://app:***@" in record["message"]
+    assert_no_secret(result.stdout, result.stderr)

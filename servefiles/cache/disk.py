@@ -193,7 +193,7 @@ class DiskCache:
                 try:
                     listener(key)
                 except Exception:  # the change is made: its caller must not think it failed
-                    logger.exception("disk cache: a removal listener failed for %s", key)
+                    logger.exception("disk cache: a removal listener failed for %s", key, extra={"key": key})
 
     @contextlib.contextmanager
     def _changing(self, adopt: FileMeta | None = None) -> Iterator[Transaction]:
@@ -218,7 +218,13 @@ class DiskCache:
     def get(self, key: str) -> DiskEntry | None:
         """The key's cached entry as this process knows it, from memory (no I/O at all)."""
         meta = self._mem.get(key)
-        return None if meta is None else DiskEntry(meta, self._dir.content_path(meta.sha256))
+        return None if meta is None else DiskEntry(meta, self._dir.content_text(meta.sha256))
+
+    def metas(self) -> list[FileMeta]:
+        """The version of every entry this process knows of (a copy, taken under the lock: for a
+        scan on another thread)."""
+        with self._lock:
+            return list(self._mem.entries.values())
 
     def find(self, key: str) -> DiskEntry | None:
         """The key's entry, including one another process sharing the dir installed since this
@@ -229,7 +235,7 @@ class DiskCache:
         try:
             meta = self._index.get(key)
         except (sqlite3.Error, RuntimeError) as exc:
-            logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc)
+            logger.warning("disk cache index unreadable, treating %s as a miss: %s", key, exc, extra={"key": key})
             return None
         if meta is None or not is_sha256(meta.sha256):
             return self.get(key)
@@ -237,7 +243,7 @@ class DiskCache:
             known = self._mem.get(key)
             if known is None or known.version < meta.version:
                 self._mem.install(meta, None)
-        return DiskEntry(meta, self._dir.content_path(meta.sha256))
+        return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
     def open_entry(self, entry: DiskEntry) -> int | None:
         """Open an entry's file for reading, or find it damaged: then drop it and return None.
@@ -247,7 +253,7 @@ class DiskCache:
         The caller owns the returned fd (blocking mode, close-on-exec).
         """
         try:
-            fd, size = open_regular_for_reading(entry.path)
+            fd, size = open_regular_for_reading(entry.text)
         except OSError:
             self._drop_damaged(entry.meta)
             return None
@@ -318,7 +324,7 @@ class DiskCache:
             raise
         self._behind.unsynced = True
         self._count_evictions(evicted)
-        return DiskEntry(meta, self._dir.content_path(meta.sha256))
+        return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
     def _install_alone(self, meta: FileMeta, temp: Path) -> DiskEntry:
         """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
@@ -330,7 +336,7 @@ class DiskCache:
         if done.pending >= FLUSH_CHANGES:
             self._behind.wake()
         self._tell(done.removed + done.evicted)
-        return DiskEntry(meta, self._dir.content_path(meta.sha256))
+        return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
     def _unlink(self, shas: Iterable[str]) -> None:
         for sha256 in shas:

@@ -118,6 +118,12 @@ def _scratch(size: int) -> memoryview:
     return buffer[:size]
 
 
+def held_bytes(head: Head | None, start: int, end: int) -> int:
+    """How many bytes of ``[start, end)`` ``head`` holds: what :meth:`Store.read_from` yields without
+    a query (fetched, and counted, with the metadata)."""
+    return 0 if head is None else max(0, min(end, len(head.data)) - start)
+
+
 class Fill:
     """The state of one fetch, shared by the task that runs it and the requests that read it."""
 
@@ -195,6 +201,11 @@ class Filler:
     def get(self, meta: FileMeta) -> Fill | None:
         return self._fills.get((meta.key, meta.revision))
 
+    @property
+    def in_flight(self) -> int:
+        """Fills running now (one per key and version)."""
+        return len(self._fills)
+
     def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
         """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
 
@@ -234,6 +245,7 @@ class Filler:
 
     async def _run(self, fill: Fill) -> None:
         meta = fill.meta
+        started = time.perf_counter()
         lock = self.disk.fill_lock(meta.key)
         locked = False
         try:
@@ -261,9 +273,10 @@ class Filler:
             fill.finish(exc)
             if not isinstance(exc, Exception):
                 raise
-            logger.warning("fill of %s failed: %s", meta.key, exc)
+            logger.warning("fill of %s failed: %s", meta.key, exc, extra={"key": meta.key})
         finally:
             self._fills.pop((meta.key, meta.revision), None)
+            self.metrics.fills.observe(time.perf_counter() - started)
             if locked and lock is not None:
                 await asyncio.to_thread(lock.release)
 
@@ -352,8 +365,8 @@ class Filler:
         if head is None or not head.data:
             self.metrics.store_fetches.inc()
         if head is not None:
-            return self.store.read_from(head)
-        return self.store.read(fill.meta.key, version=fill.meta.version)
+            return self.metrics.fetched(self.store.read_from(head), held_bytes(head, 0, fill.meta.size))
+        return self.metrics.fetched(self.store.read(fill.meta.key, version=fill.meta.version))
 
     def _remember(self, fill: Fill) -> None:
         """A small fill's bytes into the memory tier (a fill is small only with a tier and a file)."""
@@ -389,7 +402,7 @@ class Filler:
 
     def _count_failure(self, meta: FileMeta, exc: BaseException) -> None:
         self.metrics.cache_write_failures.inc()
-        logger.warning("cache write for %s failed: %s", meta.key, exc)
+        logger.warning("cache write for %s failed: %s", meta.key, exc, extra={"key": meta.key})
 
 
 class FillReader:
@@ -427,7 +440,7 @@ class FillReader:
             reading = self.store.read_from(head, start, end)
         else:
             reading = self.store.read(meta.key, start, end, version=meta.version)
-        async for chunk in reading:
+        async for chunk in self.metrics.fetched(reading, held_bytes(head, start, end)):
             yield chunk
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from .. import config, defaults
 from ..errors import InvalidKey
 from ..keys import key_folder
 from ..store import connect
+from .exits import JSON_ERRORS
 
 _T = TypeVar("_T")
 
@@ -128,3 +129,25 @@ def publish_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None, help="Where --nginx tree publishes files for nginx (env SERVEFILES_PUBLISH_DIR). "
         "Default: next to the cache dir.",
     )(func)  # fmt: skip
+
+
+def log_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-format text|json`` (env ``SERVEFILES_LOG_FORMAT``) and ``--access-log`` (env
+    ``SERVEFILES_ACCESS_LOG``), passed as ``log_format`` and ``access_log``. The format is
+    processed eagerly, so that an error about any later option is shown in it too."""
+    func = click.option(
+        "--access-log/--no-access-log", envvar="SERVEFILES_ACCESS_LOG", default=False, show_default=True,
+        help="Log every request (method, path without its query, status, bytes, duration, tier) on the "
+        "servefiles.access logger (env SERVEFILES_ACCESS_LOG).",
+    )(func)  # fmt: skip
+    return click.option(
+        "--log-format", envvar="SERVEFILES_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text",
+        show_default=True, is_eager=True, callback=_errors_as_logged,
+        help="text, or one JSON object a line for every line the server writes (env SERVEFILES_LOG_FORMAT).",
+    )(func)  # fmt: skip
+
+
+def _errors_as_logged(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value == "json":
+        ctx.meta[JSON_ERRORS] = True
+    return value

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import config, defaults
+from .. import config, defaults, logs
 from ..auth import UploadToken
 from ..signing import Signer
 from ..store import connect, mask_dsn
+from .admin import admin_options, run_uvicorn
+from .config_file import config_option
 from .exits import ErrorLine
 from .options import (
     cache_dir_option,
     cache_size_option,
     db_option,
     format_size,
+    log_options,
     parse_folder,
     parse_size,
     positive_size,
@@ -29,6 +33,7 @@ from .signing import duration, private_folders, read_signing_keys, signing_key_o
 
 
 @click.command()
+@config_option
 @db_option
 @click.option("--read-db", envvar="SERVEFILES_READ_DB", default=None, metavar="URL",
               help="A PostgreSQL read replica for content fetches (env SERVEFILES_READ_DB).")
@@ -82,6 +87,7 @@ from .signing import duration, private_folders, read_signing_keys, signing_key_o
               help="Refuse signed URLs that expire further ahead than this (90s, 15m, 1h, 7d).")
 @click.option("--log-level", envvar="SERVEFILES_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@log_options
 @click.option("--max-header-line", envvar="SERVEFILES_MAX_HEADER_LINE", callback=positive_size,
               default=format_size(defaults.MAX_FIELD_LINE), show_default=True,
               help="Largest header field line (name: value); over it, 431.")
@@ -93,18 +99,22 @@ from .signing import duration, private_folders, read_signing_keys, signing_key_o
 @click.option("--max-url-size", envvar="SERVEFILES_MAX_URL_SIZE", callback=positive_size,
               default=format_size(defaults.MAX_TARGET), show_default=True,
               help="Longest request-target (path and query); over it, 414.")
+@admin_options
 def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host: str, port: int, prefix: str,
           upload_tokens: tuple[str, ...], upload_token_file: Any, max_upload_size: int, cache_size: int,
           memory_size: int, freshness: float, cache_control: str, active_content: str, prefetch: bool,
           cache_min_uses: int, metrics: bool, nginx_mode: str, publish_dir: Path | None, private: list[str],
           signing_keys: tuple[str, ...], signing_key_file: Any, max_url_expires: int, log_level: str,
-          max_header_line: int, max_header_size: int, max_header_count: int,
-          max_url_size: int) -> None:  # fmt: skip
+          log_format: logs.LogFormat, access_log: bool, max_header_line: int, max_header_size: int,
+          max_header_count: int, max_url_size: int, admin_port: int | None,
+          admin_host: str | None) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
-    import uvicorn
-
     from ..middleware import ServeFiles
+    from ..middleware.access_log import AccessLog
     from ..middleware.limits import BoundedRequests, RequestLimits
+    from ..tuning import tune_process
+
+    logs.configure(log_format, log_level)
 
     limits = RequestLimits(max_header_line, max_header_size, max_header_count, max_url_size)
 
@@ -145,20 +155,35 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     asyncio.run(check())
     _check_writable_dir(cache_dir or config.default_cache_dir(), "--cache-dir")
     _check_listen(host, port)
+    admin_host = admin_host or host
+    if admin_port is not None:  # --admin-port: probes and metrics on a listener of their own
+        if admin_port == port:
+            raise click.BadParameter("must differ from --port", param_hint="--admin-port")
+        _check_listen(admin_host, admin_port)
     writes = f", uploads with {len(tokens)} token(s)" if tokens else ", read-only (no --upload-token)"
     if private:
         writes += f", private: {', '.join(folder.rstrip('/') or '/' for folder in private)}"
-    click.echo(f"servefiles: serving {mask_dsn(url)} at http://{host}:{port}{app.prefix}/{writes}", err=True)
+    if admin_port is not None:
+        writes += f", admin at http://{admin_host}:{admin_port}/_servefiles/"
+    listen = f"http://{host}:{port}{app.prefix}/"
+    logging.getLogger(logs.STARTUP_LOGGER).info("serving %s at %s%s", mask_dsn(url), listen, writes,
+                                                extra={"db": mask_dsn(url), "listen": listen})  # fmt: skip
     # Every request passes the head limits before servefiles looks at it; h11 may buffer an
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
     # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
     # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
-    bounded = BoundedRequests(app, limits, date_header=True)
-    uvicorn.run(bounded, host=host, port=port, log_level=log_level, lifespan="on",
-                h11_max_incomplete_event_size=limits.head_bytes, date_header=False)  # fmt: skip
+    refused = app.service.metrics.rejected["header_limits"].inc
+    bounded = BoundedRequests(app, limits, date_header=True, on_refused=refused)
+    tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
+    # uvicorn keeps the logging set up above (log_config=None); its access log, which shows query
+    # strings (a signed URL's signature), is replaced by servefiles' own (--access-log).
+    run_uvicorn(AccessLog(bounded) if access_log else bounded, app.admin_app(), admin_host, admin_port, host=host,
+                port=port, log_level=log_level, lifespan="on", h11_max_incomplete_event_size=limits.head_bytes,
+                date_header=False, log_config=None, access_log=False)  # fmt: skip
 
 
 @click.command("nginx-config")
+@config_option
 @click.option("--mode", type=click.Choice(["accel", "tree"]), default="accel", show_default=True)
 @click.option("--upstream", default=f"{defaults.HOST}:{defaults.PORT}", show_default=True,
               help="Where servefiles listens.")
@@ -179,12 +204,16 @@ def nginx_config(mode: str, upstream: str, listen: str, server_name: str, prefix
     """Print an nginx server block for servefiles behind nginx (include it in nginx's http block)."""
     from ..nginx import NginxSettings, render
 
-    click.echo(render(NginxSettings(
-        mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
-        cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
-        listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
-        private=tuple(private),
-    )), nl=False)  # fmt: skip
+    try:
+        block = render(NginxSettings(
+            mode="tree" if mode == "tree" else "accel", upstream=upstream, prefix=prefix,
+            cache_dir=cache_dir or config.default_cache_dir(), publish_dir=publish_dir or config.default_publish_dir(),
+            listen=listen, server_name=server_name, max_upload_bytes=max_upload_size, cache_control=cache_control,
+            private=tuple(private),
+        ))  # fmt: skip
+    except ValueError as exc:  # a prefix or directory nginx's config cannot hold: one line, never a traceback
+        raise ErrorLine(str(exc)) from None
+    click.echo(block, nl=False)
 
 
 @click.command("new-token")

@@ -12,6 +12,7 @@ path only evaluates preconditions and ranges.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from .ranges import content_range, parse_range
 from .replies import method_not_allowed, precondition_failed, range_not_satisfiable
 from .validators import if_match_holds, if_none_match_matches, if_range_holds, strong_etag, unmodified_at
 
-__all__ = ["PreparedFile", "evaluate_preconditions", "respond", "stated"]
+__all__ = ["CACHE_CONTROL_AT", "PreparedFile", "evaluate_preconditions", "respond", "stated"]
 
 _GET_OR_HEAD = frozenset({"GET", "HEAD"})
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]+")
@@ -34,6 +35,11 @@ _HEX_DIGEST = re.compile(r"[0-9a-fA-F]+")
 _ATTR_CHAR = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~")
 
 # -- per-file preparation -----------------------------------------------------------------
+
+
+CACHE_CONTROL_AT = 4
+"""Where Cache-Control stands in a 200's headers (:attr:`PreparedFile.headers_200`: Content-Type,
+Content-Length, ETag, Last-Modified, Cache-Control, …), so a private grant restates it without a search."""
 
 
 class PreparedFile:
@@ -47,8 +53,6 @@ class PreparedFile:
     """
 
     __slots__ = (
-        "_boundary",
-        "_common",
         "_full_body",
         "content_type",
         "etag",
@@ -70,8 +74,6 @@ class PreparedFile:
     content_type: bytes
     headers_200: list[Header]
     headers_304: list[Header]
-    _common: list[Header]
-    _boundary: bytes
     _full_body: tuple[Segment, ...]
 
     def __init__(self, meta: FileMeta, policy: HttpPolicy) -> None:
@@ -87,36 +89,51 @@ class PreparedFile:
         self.last_modified_header = http_date(self.last_modified)
         content_type = _response_content_type(meta.content_type)
         self.content_type = content_type.encode("latin-1")
-        cache_control: Header = (b"cache-control", policy.cache_control.encode("latin-1"))
+        # A few hundred bytes each: up to PREPARED_CACHE_ENTRIES of them are kept (service.py), so
+        # what every file shares (Cache-Control, Accept-Ranges) is one object, not a copy per file.
+        cache_control = _cache_control(policy.cache_control)
         # Headers every 200 and 206 share, after Content-Type and Content-Length.
-        common: list[Header] = [
-            (b"etag", self.etag),
-            (b"last-modified", self.last_modified_header),
-            cache_control,
-            (b"accept-ranges", b"bytes"),
-            NOSNIFF,
-        ]
+        common: list[Header] = [(b"etag", self.etag), (b"last-modified", self.last_modified_header), cache_control,
+                                ACCEPT_RANGES, NOSNIFF]  # fmt: skip
         if is_active_content(content_type):
             if policy.active_content == "sandbox":
                 common.append((b"content-security-policy", b"sandbox"))
             else:
                 common.append((b"content-disposition", _attachment(meta.key)))
-        self._common = common
         self.headers_200 = [
             (b"content-type", self.content_type),
             (b"content-length", ascii_int(meta.size)),
             *common,
         ]
+        assert self.headers_200[CACHE_CONTROL_AT] is cache_control
         # RFC 9110 §15.4.5: of the fields a 200 would carry, a 304 repeats
         # Content-Location, Date, ETag, Vary, Cache-Control and Expires; here
         # that is ETag and Cache-Control (the server adds Date). nosniff is no
         # representation metadata, and every response carries it, this one too.
         self.headers_304 = [(b"etag", self.etag), cache_control, NOSNIFF]
-        self._boundary = b"servefiles-" + meta.sha256[:32].lower().encode("ascii")
         self._full_body = (ByteRange(0, meta.size),) if meta.size else ()
+
+    @property
+    def common_headers(self) -> list[Header]:
+        """The headers every 200 and 206 share, after Content-Type and Content-Length."""
+        return self.headers_200[2:]
+
+    @property
+    def boundary(self) -> bytes:
+        """The multipart/byteranges boundary: from the content hash (see :func:`_multipart`)."""
+        return b"servefiles-" + self.meta.sha256[:32].lower().encode("ascii")
 
     def __repr__(self) -> str:
         return f"PreparedFile({self.meta.key!r}, etag={self.etag.decode('ascii')})"
+
+
+ACCEPT_RANGES: Header = (b"accept-ranges", b"bytes")
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_control(value: str) -> Header:
+    """The Cache-Control header of a policy's value, one object for every file that shares it."""
+    return (b"cache-control", value.encode("latin-1"))
 
 
 # -- the decision ---------------------------------------------------------------------------
@@ -221,7 +238,7 @@ def _single_part(file: PreparedFile, byte_range: ByteRange) -> Response:
         (b"content-type", file.content_type),
         (b"content-length", ascii_int(byte_range.end - byte_range.start)),
         (b"content-range", content_range(byte_range, file.meta.size)),
-        *file._common,
+        *file.common_headers,
     ]
     return Response(206, headers, (byte_range,))
 
@@ -233,7 +250,7 @@ def _multipart(file: PreparedFile, ranges: list[ByteRange]) -> Response:
     sends the same bytes), and no file can contain its own boundary, since
     that would take content holding 128 bits of its own SHA-256.
     """
-    delimiter = b"--" + file._boundary + b"\r\n"
+    delimiter = b"--" + file.boundary + b"\r\n"
     part_type = b"Content-Type: " + file.content_type + b"\r\nContent-Range: "
     body: list[Segment] = []
     length = 0
@@ -241,13 +258,13 @@ def _multipart(file: PreparedFile, ranges: list[ByteRange]) -> Response:
         head = delimiter + part_type + content_range(byte_range, file.meta.size) + b"\r\n\r\n"
         body += (head, byte_range, b"\r\n")
         length += len(head) + (byte_range.end - byte_range.start) + 2
-    closing = b"--" + file._boundary + b"--\r\n"
+    closing = b"--" + file.boundary + b"--\r\n"
     body.append(closing)
     length += len(closing)
     headers = [
-        (b"content-type", b"multipart/byteranges; boundary=" + file._boundary),
+        (b"content-type", b"multipart/byteranges; boundary=" + file.boundary),
         (b"content-length", ascii_int(length)),
-        *file._common,
+        *file.common_headers,
     ]
     return Response(206, headers, tuple(body))
 

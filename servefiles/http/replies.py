@@ -38,6 +38,7 @@ __all__ = [
     "not_found",
     "precondition_failed",
     "range_not_satisfiable",
+    "ready",
     "retry_after_seconds",
     "too_large",
     "unavailable",
@@ -151,8 +152,14 @@ def head_too_large(status: Literal[414, 431], reason: str) -> Response:
 
 
 def health(report: Mapping[str, object]) -> Response:
-    """200 with the health report as JSON (``FileService.health()``'s dict), never cached."""
+    """200 with the health report as JSON (:func:`servefiles.probes.health_report`), never cached."""
     return _reply(200, _JSON, json.dumps(report).encode())
+
+
+def ready(is_ready: bool, report: Mapping[str, object]) -> Response:
+    """200 (ready) or 503 (not ready) with the readiness report as JSON
+    (:func:`servefiles.probes.ready_report`), never cached."""
+    return _reply(200 if is_ready else 503, _JSON, json.dumps(report).encode())
 
 
 def metrics(body: bytes) -> Response:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from .. import defaults, http
-from ..access import Decision
+from ..access import AccessPolicy, Decision
 from ..bodies import Body, DiskBody
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
@@ -27,7 +27,7 @@ from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 from .sending import plan
-from .wiring import Options, mount
+from .wiring import Mount, Options, mount
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +44,8 @@ REQUEST_HEADERS = frozenset(
 _AUTHORIZATION = frozenset((b"authorization",))
 """Read for private keys only: an upload token for the folder lets a read through."""
 _READS = frozenset(("GET", "HEAD"))
+REPLY_SLOT = "servefiles.reply"
+"""A scope key an access log in front adds (:mod:`.access_log`): the reply about a file is put there."""
 
 
 def request_headers(raw: list[tuple[bytes, bytes]], wanted: frozenset[bytes] = REQUEST_HEADERS) -> dict[str, str]:
@@ -92,10 +94,21 @@ class ServeFiles:
         self.prefix = self.mount.prefix
         self.service = self.mount.service
         self.writes = self.mount.writes
+        self._private = self.mount.access if self.mount.access else None
+        """The access policy when a folder is private (else None: no request is checked)."""
+        self._bearer_reads = bool(self._private and self._private.tokens)
+        """Whether an upload token may let a read of a private key through (else Authorization is not read)."""
+        self._timings = self.service.metrics.request_timings
 
     async def aclose(self) -> None:
         """Stop fills, close the disk index, and close a store this middleware opened."""
         await self.service.close()
+
+    def admin_app(self) -> ASGIApp:
+        """An ASGI app for a separate, private listener: ``/_servefiles/metrics``, ``/health`` and
+        ``/ready``, the last two always detailed; 404 for anything else. It shares this middleware's
+        service (run it on the same event loop); ``servefiles serve --admin-port`` runs it."""
+        return AdminASGI(self.mount)
 
     # -- the Python API, for an app's own admin views -------------------------------------
 
@@ -130,11 +143,19 @@ class ServeFiles:
             method: str = scope["method"]
             route, raw_key = self.mount.route(method, scope["path"])
             if route == "files":
+                started = time.perf_counter()
                 access = None
-                if self.mount.access and method in _READS:
-                    access = await self._access(scope, raw_key)
+                if self._private is not None and method in _READS:
+                    checked = self._check(self._private, scope, raw_key)
+                    if checked is not None:
+                        key, access = checked
+                        if access.kind == "ask":
+                            access = await self._private.ask_async(scope, key, access)
                 reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]), access)
+                if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
+                    scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send, receive)
+                self._timings(reply.response.status, reply.source).observe(time.perf_counter() - started)
                 return
             if route == "writes":
                 reply = await self.writes.handle(
@@ -144,13 +165,13 @@ class ServeFiles:
                     request_headers(scope["headers"], WRITE_HEADERS),
                     _request_body(receive),
                 )
+                if REPLY_SLOT in scope:
+                    scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send)
                 return
-            if route == "health":
-                await self._send(Reply(http.health(await self.service.health())), scope, send)
-                return
-            if route == "metrics":
-                await self._send(Reply(http.metrics(self.service.metrics.render())), scope, send)
+            if route != "app":  # health, ready, metrics
+                authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
+                await self._send(await self.mount.probe(route, authorization), scope, send)
                 return
         if self.app is not None:
             if scope["type"] == "lifespan":
@@ -161,17 +182,18 @@ class ServeFiles:
         elif scope["type"] == "http":
             await self._send(Reply(http.not_found()), scope, send)
 
-    async def _access(self, scope: Scope, raw_key: str) -> Decision | None:
-        """The access decision for a read of a private key, the hook awaited with the scope (None: public)."""
-        policy = self.mount.access
-        assert policy is not None
+    def _check(self, policy: AccessPolicy, scope: Scope, raw_key: str) -> tuple[str, Decision] | None:
+        """The canonical key of a read of a private key and the access decision before any hook runs
+        (None: a public key). Synchronous: a signed hit is decided without a coroutine; Authorization is read only when
+        upload tokens are configured (nothing else here looks at it)."""
         key = policy.private_key(raw_key)
         if key is None:
             return None
         query = scope.get("query_string", b"").decode("latin-1")
-        authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
-        decision = policy.check(key, query, authorization)
-        return await policy.ask_async(scope, key, decision) if decision.kind == "ask" else decision
+        authorization = None
+        if self._bearer_reads:
+            authorization = request_headers(scope["headers"], _AUTHORIZATION).get("authorization")
+        return key, policy.check(key, query, authorization)
 
     async def _send(self, reply: Reply, scope: Scope, send: Send, receive: Receive | None = None) -> None:
         """Send ``reply``; with ``receive``, a streamed body stops as soon as the client is gone.
@@ -238,6 +260,28 @@ class ServeFiles:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class AdminASGI:
+    """The admin listener's app (:meth:`ServeFiles.admin_app`): probes and metrics, detailed."""
+
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # the public listener's app starts and stops the service
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        route = self.mount.admin_route(scope["path"])
+        reply = Reply(http.not_found()) if route is None else await self.mount.probe(route, None, admin=True)
+        response = reply.response
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        body = b"" if scope["method"] == "HEAD" else b"".join(s for s in response.body if isinstance(s, bytes))
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _stream(segments: Iterable[bytes | ByteRange], body: Body, send: Send, count: Callable[[int], None]) -> None:

@@ -14,6 +14,7 @@ limits: this wrapper is for ``servefiles serve`` alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import defaults, http
@@ -69,18 +70,28 @@ class BoundedRequests:
     """Answer over-limit HTTP requests with 414 or 431; pass everything else to ``app``.
 
     ``date_header``: stamp Date on the refusal, for a server whose own Date is off (as
-    ``servefiles serve`` runs uvicorn); a 4xx carries one (RFC 9110 §6.6.1).
+    ``servefiles serve`` runs uvicorn); a 4xx carries one (RFC 9110 §6.6.1). ``on_refused``:
+    called once per refusal (``servefiles_rejected_requests_total{reason="header_limits"}``).
     """
 
-    def __init__(self, app: ASGIApp, limits: RequestLimits, date_header: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: RequestLimits,
+        date_header: bool = False,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.date_header = date_header
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             refusal = self.limits.refusal(_target(scope), scope["headers"])
             if refusal is not None:
+                if self.on_refused is not None:
+                    self.on_refused()
                 headers = [*refusal.headers, date_header()] if self.date_header else refusal.headers
                 await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
                 await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else

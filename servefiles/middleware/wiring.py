@@ -18,18 +18,24 @@ from ..api import FilesApi
 from ..auth import TokenRing, UploadToken
 from ..defaults import ACTIVE_CONTENT, CACHE_CONTROL, MAX_UPLOAD_BYTES, MAX_URL_EXPIRES, URL_EXPIRES
 from ..http import HttpPolicy
-from ..http.replies import forbidden, internal_error
+from ..http.replies import forbidden, health, internal_error, metrics, ready
 from ..keys import canonical_key
 from ..nginx import ACCEL_LOCATION
 from ..nginx.accel import AccelLayer
 from ..nginx.tree import PublishedTree
+from ..probes import health_report, readiness, ready_report
 from ..service import CacheSettings, FileService, Reply
 from ..signing import Signer
 from ..store import Store
 from ..write_api import WriteApi
 
 HEALTH_PATH = "/_servefiles/health"
+READY_PATH = "/_servefiles/ready"
 METRICS_PATH = "/_servefiles/metrics"
+Route = Literal["files", "writes", "health", "ready", "metrics", "app"]
+Probe = Literal["health", "ready", "metrics"]
+PROBE_PATHS: dict[str, Probe] = {HEALTH_PATH: "health", READY_PATH: "ready", METRICS_PATH: "metrics"}
+"""What the admin listener answers (:meth:`Mount.admin_route`); the public one, metrics only with ``metrics``."""
 
 
 class Options(TypedDict, total=False):
@@ -104,6 +110,7 @@ class Mount:
         if access is None:
             return await (self.accel or self.service).serve(method, raw_key, headers)
         if access.kind == "refused":
+            self.service.metrics.rejected["private"].inc()
             return Reply(forbidden(access.expired))
         if access.kind != "granted":
             return Reply(internal_error())
@@ -117,7 +124,7 @@ class Mount:
         plain = self.writes.url(key)
         return plain if self.access is None else self.access.url(key, plain, expires_in)
 
-    def route(self, method: str, path: str) -> tuple[Literal["files", "writes", "health", "metrics", "app"], str]:
+    def route(self, method: str, path: str) -> tuple[Route, str]:
         """Where a request goes, and the raw key for the first two: the one routing rule of both adapters."""
         under = self.writes.prefix + "/"
         if path.startswith(under):
@@ -125,9 +132,31 @@ class Mount:
             return ("writes" if self.writes.handles(method, raw_key) else "files"), raw_key
         if path == HEALTH_PATH:
             return "health", ""
+        if path == READY_PATH:
+            return "ready", ""
         if path == METRICS_PATH and self.metrics:
             return "metrics", ""
         return "app", ""
+
+    @staticmethod
+    def admin_route(path: str) -> Probe | None:
+        """The admin listener's routing: health, ready and metrics; None for anything else (a 404)."""
+        return PROBE_PATHS.get(path)
+
+    async def probe(self, route: Probe, authorization: str | None, *, admin: bool = False) -> Reply:
+        """The reply to a probe or a scrape (:mod:`servefiles.probes`): detailed on the admin listener
+        (``admin``) or for a request carrying a valid upload token, status and reason otherwise.
+        Runs on the event loop: it reads the loop's objects (and may begin a start-up)."""
+        if route == "metrics":
+            return Reply(metrics(self.service.metrics.render()))
+        detailed = admin or (
+            authorization is not None and isinstance(self.writes.tokens.authenticate(authorization), UploadToken)
+        )
+        levels = self.service.runtime.probe()
+        if route == "health":
+            return Reply(health(health_report(levels, detailed)))
+        verdict = readiness(levels)
+        return Reply(ready(verdict.ready, ready_report(levels, verdict, detailed)))
 
 
 def normal_prefix(prefix: str) -> str:

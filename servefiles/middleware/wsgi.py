@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .. import defaults, http
 from ..access import Decision
 from ..bodies import Body, DiskBody
 from ..errors import NotFound, ServeFilesError, UploadAborted
+from ..metrics import Timings
 from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
@@ -179,12 +181,12 @@ class ServeFilesWSGI:
         method: str = environ["REQUEST_METHOD"]
         process = self._current()
         route, raw_key = process.mount.route(method, request_path(environ))
-        service = process.mount.service
         if route == "files":
+            started = time.perf_counter()
             access = _access(process.mount, environ, method, raw_key) if process.mount.access else None
             headers = request_headers(environ, REQUEST_HEADERS)
             reply = self._run(process.mount.serve(method, raw_key, headers, access), process)
-            return self._send(reply, environ, start_response, process)
+            return self._send(reply, environ, start_response, process, started)
         if route == "writes":
             body = _input_body(environ, process.readers)
             query = environ.get("QUERY_STRING", "")
@@ -192,25 +194,34 @@ class ServeFilesWSGI:
             root = environ.get("SCRIPT_NAME", "")
             writes = process.mount.writes.handle(method, raw_key, query, headers, body, root)
             return self._send(self._run(writes, process), environ, start_response, process)
-        if route == "health":
-            report = http.health(self._run(service.health(), process))
-            return self._send(Reply(report), environ, start_response, process)
-        if route == "metrics":
-            return self._send(Reply(http.metrics(service.metrics.render())), environ, start_response, process)
+        if route != "app":  # health, ready, metrics
+            probe = process.mount.probe(route, environ.get("HTTP_AUTHORIZATION"))
+            return self._send(self._run(probe, process), environ, start_response, process)
         if self.app is not None:
             return self.app(environ, start_response)
         return self._send(Reply(http.not_found()), environ, start_response, process)
 
     def _send(
-        self, reply: Reply, environ: WSGIEnviron, start_response: StartResponse, process: _Process
+        self,
+        reply: Reply,
+        environ: WSGIEnviron,
+        start_response: StartResponse,
+        process: _Process,
+        started: float | None = None,
     ) -> Iterable[bytes]:
+        """Carry ``reply`` out; with ``started`` (a read's arrival, ``perf_counter`` seconds), observe
+        its duration once the reply is handed to the server (a streamed body: once it is closed)."""
         response, body = reply.response, reply.body
         status = f"{response.status} {HTTPStatus(response.status).phrase}"
         start_response(status, [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers])
-        sent = process.mount.service.metrics.bytes_sent
+        metrics = process.mount.service.metrics
+        sent = metrics.bytes_sent
         wrapper = environ.get("wsgi.file_wrapper")
         way = plan(reply, environ["REQUEST_METHOD"], wrapper is not None)
         sent.inc(way.counted)
+        timing = None if started is None else (metrics.request_timings(response.status, reply.source), started)
+        if way.way != "stream" and timing is not None:
+            timing[0].observe_locked(time.perf_counter() - timing[1])  # a request thread: the locked way
         if way.way == "whole":
             if body is not None:
                 body.close()
@@ -222,7 +233,7 @@ class ServeFilesWSGI:
             assert isinstance(body, DiskBody) and wrapper is not None
             return wrapper(os.fdopen(body.fd, "rb"), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
         assert body is not None
-        return _Streamed(self, process, body, response.body, sent.inc)
+        return _Streamed(self, process, body, response.body, sent.inc, timing)
 
     # -- the Python API, for the app's own views ----------------------------------------------
 
@@ -252,6 +263,22 @@ class ServeFilesWSGI:
         """The path ``key`` is served at, percent-encoded; signed as :meth:`servefiles.ServeFiles.url` says."""
         return self.mount.url(key, expires_in)
 
+    def admin_app(self) -> WSGIApp:
+        """A WSGI app for a separate, private listener: ``/_servefiles/metrics``, ``/health`` and
+        ``/ready``, the last two always detailed; 404 for anything else. It reads this process's
+        service, so serve it from the same process (a thread running ``wsgiref``, say): under a
+        server with several worker processes, each has its own metrics."""
+
+        def admin(environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+            process = self._current()
+            route = process.mount.admin_route(request_path(environ))
+            if route is None:
+                return self._send(Reply(http.not_found()), environ, start_response, process)
+            return self._send(self._run(process.mount.probe(route, None, admin=True), process), environ,
+                              start_response, process)  # fmt: skip
+
+        return admin
+
 
 def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
     """The access decision for a read of a private key (None: public, or not a read). The hook runs
@@ -279,10 +306,13 @@ class _Streamed:
         body: Body,
         segments: Iterable[Any],
         count: Callable[[int], None],
+        timing: tuple[Timings, float] | None = None,
     ) -> None:
         self._adapter, self._process, self._body = adapter, process, body
         self._segments = list(segments)
         self._count = count
+        self._timing = timing
+        """Where to observe the request's duration at :meth:`close`, and when it arrived."""
         self._iterating: Generator[bytes, None, None] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -305,6 +335,9 @@ class _Streamed:
             with contextlib.suppress(ValueError):  # still running in another thread: it ends by itself
                 iterating.close()  # the store read or fill reader stops and gives back what it holds
         self._body.close()
+        timing, self._timing = self._timing, None
+        if timing is not None:
+            timing[0].observe_locked(time.perf_counter() - timing[1])
 
     def __enter__(self) -> _Streamed:
         return self

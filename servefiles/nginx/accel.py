@@ -40,6 +40,12 @@ from .tree import PublishedTree
 
 logger = logging.getLogger("servefiles")
 
+READ_CHECK_SECONDS = 2.0
+"""How often tree mode looks for the published files nginx read (a stat-like open per disk entry,
+on the loop in slices): a hot file is seen at least this often, however many times nginx sent it."""
+READ_CHECK_SLICE = 128
+"""Entries looked at between two turns of the event loop."""
+
 
 class AccelLayer:
     """``serve`` as :meth:`FileService.serve`, nginx sending the bytes where it can.
@@ -69,6 +75,7 @@ class AccelLayer:
             tree.follow(files.disk)  # a key's link is withdrawn with every change of its disk entry
             hooks = files.runtime.hooks
             hooks.before_start.append(self._open_tree)
+            hooks.after_start.append(lambda: files.runtime.spawn(self._follow_reads()))
             hooks.after_close.append(self._close_tree)
             hooks.feed_down.append(self._feed_down)
 
@@ -93,6 +100,31 @@ class AccelLayer:
         with self._gate:
             self._closed = True
             self.withdraw_tree()
+
+    async def _follow_reads(self) -> None:
+        """Every :data:`READ_CHECK_SECONDS`, count the published files nginx read since the last
+        look (:meth:`PublishedTree.read_since_checked`) as disk hits: recency for eviction and a
+        sighting for admission, as if this process had served them. Runs until the runtime closes.
+
+        On the loop, :data:`READ_CHECK_SLICE` entries at a time (a few µs each: an open and an
+        ``fstat`` of a file whose inode is cached) with the loop free between slices: on a thread,
+        the scan would hold the GIL for up to the switch interval (5 ms) at a time, and every
+        request waiting on the loop would wait that long."""
+        tree, files = self.tree, self.files
+        assert tree is not None
+        while True:
+            await asyncio.sleep(READ_CHECK_SECONDS)
+            metas = files.disk.metas()
+            for start in range(0, len(metas), READ_CHECK_SLICE):
+                try:
+                    read = tree.read_since_checked(metas[start : start + READ_CHECK_SLICE])
+                except Exception as exc:  # the tree unreadable now, say: the next look tries again
+                    logger.debug("could not check the nginx tree for reads: %s", exc)
+                    break
+                for key in read:
+                    files.disk.touch(key)
+                    files.runtime.admission.seen(key)
+                await asyncio.sleep(0)
 
     def _feed_down(self) -> None:
         self._outages += 1
@@ -208,7 +240,7 @@ class AccelLayer:
         try:
             await asyncio.to_thread(self.files.disk.store, meta, data)
         except Exception as exc:  # a write failure, or the tier closed meanwhile: no copy, no publish
-            logger.warning("could not write %s to the disk cache: %s", meta.key, exc)
+            logger.warning("could not write %s to the disk cache: %s", meta.key, exc, extra={"key": meta.key})
             self.files.metrics.cache_write_failures.inc()
             return False
         if not self.files.view.fresh(meta.key, meta.revision, time.monotonic()):
@@ -225,7 +257,7 @@ class AccelLayer:
             try:
                 await self._publish(DiskEntry(meta, self.files.disk.content_path(meta.sha256)))
             except Exception as exc:  # the index unreadable now: the next request publishes it
-                logger.warning("could not publish %s for nginx: %s", meta.key, exc)
+                logger.warning("could not publish %s for nginx: %s", meta.key, exc, extra={"key": meta.key})
 
     async def _publish(self, entry: DiskEntry) -> bool:
         """Publish ``entry`` in the tree, only while the feed is up: nginx would serve it

@@ -29,13 +29,14 @@ process removed meanwhile is noticed (its fd's link count is 0) and opened afres
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..cache.disk import DiskCache, DiskEntry
@@ -144,7 +145,7 @@ class PublishedTree:
             try:
                 return self._in_dir(parts, True, lambda directory: _place(directory, name, content, mtime))
             except OSError as exc:
-                logger.info("not publishing %s for nginx: %s", meta.key, exc)
+                logger.info("not publishing %s for nginx: %s", meta.key, exc, extra={"key": meta.key})
                 return False
 
     def withdraw(self, key: str) -> None:
@@ -158,7 +159,36 @@ class PublishedTree:
             except (FileNotFoundError, IsADirectoryError):
                 return  # not there, or a key that is also a folder of other keys: nothing published
             except OSError as exc:
-                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc)
+                logger.warning("could not withdraw %s from the nginx tree: %s", key, exc, extra={"key": key})
+
+    def read_since_checked(self, metas: Iterable[FileMeta]) -> list[str]:
+        """The keys of ``metas`` whose published file was read since this last looked at it.
+
+        nginx answers published files without asking anyone, so the disk tier's recency and the
+        admission sketch would never hear of its hits: the files it serves most would look as cold
+        as the long tail, be evicted as soon as anything newer, and be fetched again (measured
+        in tree mode with a 256 MiB cache: four times the standalone server's evictions). The
+        file's access time tells: :meth:`publish` sets it to the mtime, and Linux's default
+        ``relatime`` (like ``strictatime``) moves it on the next read of a file whose atime is not
+        later than its mtime. A file found read gets its atime set back to its mtime, so the next
+        read shows again. Under ``noatime`` nothing moves, and nothing is reported.
+
+        The file is opened (an open reads nothing) and checked to be this version — a regular
+        file of its size and mtime — and its times are set through that descriptor, to the mtime
+        it has: a path replaced meanwhile is never given another version's times (nginx derives
+        Last-Modified and the ETag from the mtime). One key at a time under the tree's lock, so a
+        publish on the event loop never waits for a whole scan."""
+        found: list[str] = []
+        for meta in metas:
+            if not self.accepts(meta):
+                continue
+            parts, name = _split(meta.key)
+            with self._lock:
+                try:
+                    self._in_dir(parts, False, functools.partial(_check_read, name=name, meta=meta, found=found))
+                except OSError:
+                    continue  # not published (any more), or not a file: nothing read there
+        return found
 
     def clear(self) -> None:
         """Withdraw everything (the feed is down: nothing here can be vouched for).
@@ -329,6 +359,21 @@ def _place(directory: int, name: str, content: Path, mtime: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=directory)
         raise
+
+
+def _check_read(directory: int, *, name: str, meta: FileMeta, found: list[str]) -> None:
+    """Append ``meta.key`` to ``found`` if ``name`` is ``meta``'s published file and was read
+    since its atime was last set to its mtime; set it back then (see :meth:`PublishedTree.read_since_checked`)."""
+    fd = open_regular(name, dir_fd=directory)
+    try:
+        status = os.fstat(fd)
+        mtime = _mtime_ns(meta)
+        if status.st_size != meta.size or status.st_mtime_ns != mtime or status.st_atime_ns <= mtime:
+            return
+        os.utime(fd, ns=(mtime, mtime))
+        found.append(meta.key)
+    finally:
+        os.close(fd)
 
 
 def _copy(source: int, target: int, size: int) -> None:
