@@ -40,29 +40,29 @@ __all__ = ["CONFIG_ENV", "config_option", "long_name", "read_config"]
 CONFIG_ENV = "SERVEFILES_CONFIG"
 
 
-def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def config_option(schema: Callable[[], click.Command]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--config FILE`` (env ``SERVEFILES_CONFIG``): not passed to the command, which sees its
-    values as defaults; the path is kept in ``ctx.meta`` (:data:`~.exits.CONFIG_FILE`)."""
+    values as defaults; the path is kept in ``ctx.meta`` (:data:`~.exits.CONFIG_FILE`). ``schema``
+    gives the command whose options the file may hold (``serve``, whichever command reads it),
+    asked for when the file is read: the command that defines it need not exist yet."""
+
+    def load(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
+        if path is None:
+            return
+        ctx.meta[CONFIG_FILE] = path
+        ctx.default_map = {**(ctx.default_map or {}), **read_config(path, schema(), ctx.command)}
+
     return click.option(
         "--config", type=click.Path(dir_okay=False, path_type=Path), envvar=CONFIG_ENV, is_eager=True,
-        expose_value=False, callback=_load, metavar="FILE",
+        expose_value=False, callback=load, metavar="FILE",
         help="Read options from a TOML file (long option names as keys: port = 8000). A flag or an environment "
         f"variable wins over the file, the file over the default (env {CONFIG_ENV}).",
-    )(func)  # fmt: skip
+    )  # fmt: skip
 
 
 def long_name(option: click.Option) -> str:
     """How ``option`` is named in a config file: its first long flag, without the dashes."""
     return next(opt for opt in option.opts if opt.startswith("--"))[2:]
-
-
-def _load(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
-    if path is None:
-        return
-    ctx.meta[CONFIG_FILE] = path
-    from .serve import serve  # the file holds serve's options, whichever command reads it
-
-    ctx.default_map = {**(ctx.default_map or {}), **read_config(path, serve, ctx.command)}
 
 
 def read_config(path: Path, schema: click.Command, command: click.Command) -> dict[str, Any]:

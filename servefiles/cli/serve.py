@@ -32,8 +32,13 @@ from .options import (
 from .signing import duration, private_folders, read_signing_keys, signing_key_options
 
 
+def serve_options() -> click.Command:
+    """The command whose options a ``--config`` file holds, whichever command reads it: ``serve``."""
+    return serve
+
+
 @click.command()
-@config_option
+@config_option(serve_options)
 @db_option
 @click.option("--read-db", envvar="SERVEFILES_READ_DB", default=None, metavar="URL",
               help="A PostgreSQL read replica for content fetches (env SERVEFILES_READ_DB).")
@@ -183,7 +188,7 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
 
 
 @click.command("nginx-config")
-@config_option
+@config_option(serve_options)
 @click.option("--mode", type=click.Choice(["accel", "tree"]), default="accel", show_default=True)
 @click.option("--upstream", default=f"{defaults.HOST}:{defaults.PORT}", show_default=True,
               help="Where servefiles listens.")
