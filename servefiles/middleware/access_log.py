@@ -47,6 +47,13 @@ class AccessLog:
         scope[REPLY_SLOT] = None
         status = 0
         length = sent = 0
+        logged = False
+
+        def log() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                _log(scope, status or 500, sent, time.perf_counter() - started)  # no start sent: the server's 500
 
         async def counting(message: Message) -> None:
             nonlocal status, length, sent
@@ -54,16 +61,19 @@ class AccessLog:
             kind = message["type"]
             if kind == "http.response.body":
                 sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    log()  # the response is over: its line now, not after the app's clean-up
             elif kind == "http.response.start":
                 status = message["status"]
                 length = _content_length(message.get("headers", ()))
             elif kind == "http.response.pathsend":  # the server sends the whole file itself
                 sent += length
+                log()
 
         try:
             await self.app(scope, receive, counting)
         finally:
-            _log(scope, status or 500, sent, time.perf_counter() - started)  # no start sent: the server's 500
+            log()  # a response cut short, or none at all
 
 
 def _log(scope: Scope, status: int, sent: int, duration: float) -> None:
