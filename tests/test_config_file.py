@@ -70,7 +70,7 @@ def test_serve_runs_with_the_file_and_lets_flags_win(tmp_path: Path) -> None:
         reply = httpx.get(f"{frontend.base}/files/blog/a.txt", headers=bearer)
         assert (reply.status_code, reply.content) == (200, b"configured")
         assert httpx.get(f"{frontend.base}/_servefiles/metrics").status_code == 200
-        output = frontend.output()
+    output = frontend.output()  # once the server has stopped: everything it wrote
     assert "DEBUG" not in output, output  # the test's --log-level warning flag wins too
 
 
