@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime
 import json
@@ -358,9 +359,11 @@ def deploy(contender: Contender, url: str, data: Dataset, workdir: Path) -> Iter
         else:
             cache, published = workdir / "cache", workdir / "published"
             options = ["--cache-size", str(contender.cache), "--metrics"]
+            if TAIL:  # every request a JSON line (its duration, tier and bytes): see tail_report
+                options += ["--access-log", "--log-format", "json"]
             if contender.kind == "tree":
                 options += ["--nginx", "tree", "--publish-dir", str(published)]
-            app = start(Server(serve(url, cache, *options)))
+            app = start(Server(serve(url, cache, *options, log_level="info" if TAIL else "warning")))
             wait_ready(app.port)
             front = app
             if contender.kind == "tree":
@@ -470,10 +473,13 @@ class Row:
     steal: float | None = None
     """The share of the machine's CPU time the hypervisor took during the phase (steal)."""
     note: str = ""
+    tail: str = ""
+    """``--tail``: what the slowest 1 % of the requests servefiles answered were (:func:`tail_report`)."""
 
 
 def measure(contender: Contender, s: float, phase: str, deployment: Deployment, script: Path, database: str,
             seconds: float, connections: int) -> Row:  # fmt: skip
+    log_start = deployment.main.log.stat().st_size if TAIL else 0
     before = snapshot(deployment, database, start=True)
     spy = _profiler(deployment, contender, s, phase, seconds)
     load = wrk(deployment.url + "/", seconds, connections, script)
@@ -504,7 +510,60 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
     socket_errors = load.errors - load.non_2xx
     if socket_errors:
         row.note = f"{socket_errors} socket errors"
+    if TAIL and contender.kind in ("serve", "tree"):
+        row.tail = tail_report(access_lines(deployment.main.log, log_start))
     return row
+
+
+TAIL = False
+"""``--tail``: servefiles writes its access log (JSON), and each phase reports its slowest 1 %."""
+SIZE_CLASSES = ((64 * KIB, "< 64 KiB"), (MIB, "64 KiB-1 MiB"), (None, "≥ 1 MiB"))
+
+
+@dataclass(frozen=True)
+class Served:
+    """One access-log line: how long servefiles took (seconds, request to the response's end as the
+    server took it), which tier answered (memory, disk, miss) and the body's bytes."""
+
+    duration: float
+    tier: str
+    size: int
+
+
+def access_lines(log: Path, offset: int) -> list[Served]:
+    """The access-log lines a server wrote to ``log`` from byte ``offset`` on (other lines skipped)."""
+    served: list[Served] = []
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("logger") == "servefiles.access":
+                    served.append(Served(float(entry["duration"]), str(entry.get("tier") or "-"), int(entry["bytes"])))
+    return served
+
+
+def tail_report(served: Sequence[Served]) -> str:
+    """The server-side p50/p99 and what the slowest 1 % were, by tier and size class, beside each
+    class's share of all requests: e.g. "disk ≥ 1 MiB 61 % of the slowest (2 % of all)". The time is
+    servefiles' own (until the server took the last byte), not the client's: a body the server took
+    whole may still be on its way (wrk's p99 includes that)."""
+    if not served:
+        return "no access-log lines"
+    ordered = sorted(served, key=lambda one: one.duration)
+    slowest = ordered[len(ordered) * 99 // 100 :]
+
+    def kind(one: Served) -> str:
+        size = next(name for limit, name in SIZE_CLASSES if limit is None or one.size < limit)
+        return f"{one.tier} {size}"
+
+    everyone = collections.Counter(kind(one) for one in served)
+    tail = collections.Counter(kind(one) for one in slowest)
+    shares = ", ".join(f"{name} {count / len(slowest):.0%} ({everyone[name] / len(served):.1%} of all)"
+                       for name, count in tail.most_common(4))  # fmt: skip
+    p50, p99 = ordered[len(ordered) // 2].duration, slowest[0].duration
+    return (f"{len(served):,} requests, server-side p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms; "
+            f"slowest 1 %: {shares}")  # fmt: skip
 
 
 PROFILE_DIR: Path | None = None
@@ -713,7 +772,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw rows here")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy samples (raw, --gil) of each servefiles phase here")  # fmt: skip
+    parser.add_argument("--tail", action="store_true",
+                        help="servefiles writes its access log; each phase tells what its slowest 1 %% were")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.tail:
+        global TAIL
+        TAIL = True
     if args.profile is not None:
         global PROFILE_DIR
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -755,6 +819,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(result.rows))
     print("\n### Targets (ratios within this run)\n")
     print("\n".join(targets(result.rows, args.small_cache, args.large_cache)) or "(none measured)")
+    tails = [row for row in result.rows if row.tail]
+    if tails:
+        print("\n### The slowest 1 % of servefiles' requests (--tail)\n")
+        print("\n".join(f"- s={_s(row.s)} {row.contender}, {row.phase}: {row.tail}" for row in tails))
     if result.failures:
         print("\n### Failures\n")
         print("\n".join(f"- {failure}" for failure in result.failures))
