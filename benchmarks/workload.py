@@ -52,6 +52,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -594,7 +595,8 @@ class Run:
 def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_root: Path) -> Run:
     result = Run()
     database = urlsplit(url).path.lstrip("/")
-    words = [word.strip().lower() for word in args.only.split(",") if word.strip()]
+    # A comma followed by a space is part of a name ("servefiles, 256 MiB"), not a separator.
+    words = [word.strip().lower() for word in re.split(r",(?! )", args.only) if word.strip()]
     wanted = [c for c in contenders(args.small_cache, args.large_cache)
               if not words or any(word in c.name.lower() for word in words)]  # fmt: skip
     for s in args.s:
@@ -773,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path,
                         help="write py-spy samples (raw, --gil) of each servefiles phase here")  # fmt: skip
     parser.add_argument("--tail", action="store_true",
-                        help="servefiles writes its access log; each phase tells what its slowest 1 %% were")  # fmt: skip
+                        help="servefiles logs each request; each phase tells what its slowest 1 %% were")  # fmt: skip
     args = parser.parse_args(argv)
     if args.tail:
         global TAIL
