@@ -71,6 +71,9 @@ class Reply:
     None for a reply about no file (404, 405, 503). :meth:`FileService.serve` counts it once."""
     meta: FileMeta | None = None
     """The version the reply is about (None for a reply about no file)."""
+    file: PreparedFile | None = None
+    """That version's prepared headers, when the reply was decided from them (an adapter may reuse
+    their work: :meth:`PreparedFile.native_headers_200`)."""
 
 
 @dataclass(slots=True)
@@ -261,7 +264,7 @@ class FileService:
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
             ranged = response.status == 206
             body = self.misses.body(found.file, ranged, found.head, held=found.held, sighted=found.sighted)
-        return Reply(response, body, found.source, found.file.meta)
+        return Reply(response, body, found.source, found.file.meta, found.file)
 
     async def lookup(self, key: str, head_bytes: int | None = None) -> Found | None:
         """Memory, then disk, then the store: the first fresh copy, else the store's word (None:

@@ -221,6 +221,10 @@ class DiskCache:
         meta = self._mem.get(key)
         return None if meta is None else DiskEntry(meta, self._dir.content_text(meta.sha256))
 
+    def held(self, key: str) -> FileMeta | None:
+        """The version of the key's entry as this process knows it (:meth:`get` without the path)."""
+        return self._mem.get(key)
+
     def metas(self) -> list[FileMeta]:
         """The version of every entry this process knows of (a copy, taken under the lock: for a
         scan on another thread)."""

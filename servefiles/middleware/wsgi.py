@@ -238,8 +238,11 @@ class ServeFilesWSGI:
     ) -> Iterable[bytes]:
         """Carry ``reply`` out; with ``started`` (a read's arrival, ``perf_counter`` seconds), observe
         its duration once the reply is handed to the server (a streamed body: once it is closed)."""
-        response, body = reply.response, reply.body
-        native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
+        response, body, file = reply.response, reply.body, reply.file
+        if file is not None and response.status == 200 and response.headers == file.headers_200:
+            native = file.native_headers_200()  # a plain 200, the hit path's: decoded once per version
+        else:
+            native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
         start_response(_STATUS_LINES[response.status], native)
         metrics = process.mount.service.metrics
         sent = metrics.bytes_sent

@@ -33,7 +33,6 @@ from ..cache.fill import INLINE_WRITE_BYTES, Fill
 from ..errors import InvalidKey, StoreUnavailable
 from ..http import Header, PreparedFile
 from ..keys import canonical_key
-from ..metaview import Revision
 from ..service import PREPARED_CACHE_ENTRIES, FileService, Reply
 from ..shared_lru import SharedLRU
 from ..store.types import FileMeta
@@ -48,6 +47,28 @@ READ_CHECK_SECONDS = 2.0
 on the loop in slices): a hot file is seen at least this often, however many times nginx sent it."""
 READ_CHECK_SLICE = 128
 """Entries looked at between two turns of the event loop."""
+
+
+class _Redirect:
+    """What the redirect of one version needs, worked out once: the disk entry (its content file,
+    for the ``lstat`` of each hit), the prepared headers, the internal location, and the redirect's
+    headers (:func:`accel_redirect`) once its Last-Modified no longer depends on the clock."""
+
+    __slots__ = ("_headers", "entry", "file", "location")
+
+    def __init__(self, entry: DiskEntry, file: PreparedFile, location: str) -> None:
+        self.entry, self.file, self.location = entry, file, location
+        self._headers: tuple[Header, ...] | None = None
+
+    def headers(self, now: float) -> list[Header]:
+        """A fresh list of the redirect's headers at ``now`` (seconds since the epoch)."""
+        held = self._headers
+        if held is not None:
+            return list(held)
+        headers = accel_redirect(self.file, self.location, now).headers
+        if now >= self.file.last_modified_epoch:  # stated() leaves Last-Modified as it is from now on
+            self._headers = tuple(headers)
+        return headers
 
 
 class AccelLayer:
@@ -69,10 +90,8 @@ class AccelLayer:
         self._closed = False
         """Set at close under ``_gate``: a publish under way then never lands after the
         close emptied the tree."""
-        self._redirects: SharedLRU[tuple[str, Revision], tuple[PreparedFile, tuple[Header, ...]]] = SharedLRU(
-            PREPARED_CACHE_ENTRIES
-        )
-        """The redirect headers of each version served lately, with the prepared file they are of."""
+        self._redirects: SharedLRU[str, _Redirect] = SharedLRU(PREPARED_CACHE_ENTRIES)
+        """The redirect of each key's version served lately (:meth:`_redirect_of`)."""
         self._behind: dict[str, asyncio.Task[None]] = {}
         """Publishes waiting behind a miss's reply for its fill to land, by key (one at a time).
         Not cancelled at close: each ends with its fill, which the close ends, and then finds
@@ -169,44 +188,44 @@ class AccelLayer:
         files = self.files
         if self.tree is not None:
             return None
-        if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS) or not files.runtime.running:
+        if method != "GET" or not ACCEL_BLOCKERS.isdisjoint(headers) or not files.runtime.running:
             return files.cached(method, raw_key, headers)  # servefiles answers these itself
         try:
             key = canonical_key(raw_key)
         except InvalidKey:
             return None
-        entry = files.disk.get(key)
-        if entry is None:
+        meta = files.disk.held(key)
+        if meta is None:
             return files.cached(method, raw_key, headers)  # a memory-only copy, a known absence
-        if not files.view.fresh(key, entry.meta.revision, time.monotonic()) or not files.disk.in_place(entry):
+        if not files.view.fresh(key, meta.revision, time.monotonic()):
             return None
-        return files.count(self._redirect(headers, entry))
+        redirect = self._redirect_of(meta)
+        if not files.disk.in_place(redirect.entry):
+            return None
+        return files.count(self._redirect(headers, redirect))
 
-    def _redirect(self, headers: Mapping[str, str], entry: DiskEntry) -> Reply:
+    def _redirect_of(self, meta: FileMeta) -> _Redirect:
+        """The redirect of ``meta``'s version, made once per version and kept (by key: one per key)."""
+        held = self._redirects.get(meta.key)
+        if held is not None and (held.entry.meta is meta or held.entry.meta == meta):
+            return held
+        files = self.files
+        redirect = _Redirect(DiskEntry(meta, files.disk.content_path(meta.sha256)), files.prepared(meta),
+                             self.accel_prefix + content_name(meta.sha256))  # fmt: skip
+        self._redirects[meta.key] = redirect
+        return redirect
+
+    def _redirect(self, headers: Mapping[str, str], redirect: _Redirect) -> Reply:
         """The reply to a whole-file GET of a fresh, intact disk copy: the redirect to its content
-        file, or the 304 or 412 its preconditions call for. The redirect's headers are built once
-        per version (:meth:`_redirect_headers`)."""
-        files, meta = self.files, entry.meta
-        file = files.prepared(meta)
+        file, or the 304 or 412 its preconditions call for."""
+        file, meta = redirect.file, redirect.entry.meta
         now = time.time()
         response = http.respond("GET", headers, file, now)
         if response.status != 200:
             return Reply(response, None, "disk", meta)
-        files.disk.touch(meta.key)
-        files.runtime.admission.seen(meta.key)
-        return Reply(http.Response(200, self._redirect_headers(file, now)), None, "disk", meta)
-
-    def _redirect_headers(self, file: PreparedFile, now: float) -> list[Header]:
-        """A fresh copy of the redirect's headers for ``file`` (:func:`accel_redirect`), kept per
-        version while its Last-Modified stands as is (``now`` has reached it, the usual case)."""
-        meta = file.meta
-        held = self._redirects.get((meta.key, meta.revision))
-        if held is not None and held[0] is file:
-            return list(held[1])
-        headers = accel_redirect(file, self.accel_prefix + content_name(meta.sha256), now).headers
-        if now >= file.last_modified_epoch:
-            self._redirects[(meta.key, meta.revision)] = (file, tuple(headers))
-        return headers
+        self.files.disk.touch(meta.key)
+        self.files.runtime.admission.seen(meta.key)
+        return Reply(http.Response(200, redirect.headers(now)), None, "disk", meta)
 
     async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
         """The redirect of a request for a file on disk, or None where it does not apply or
@@ -237,7 +256,7 @@ class AccelLayer:
             return Reply(accel_redirect(files.prepared(entry.meta), location, time.time()), None, "disk", entry.meta)
         if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS):
             return None
-        return self._redirect(headers, entry)
+        return self._redirect(headers, self._redirect_of(entry.meta))
 
     def _publish_behind(self, method: str, reply: Reply) -> None:
         """A GET of a file for the tree that the file service answered: publish it in the
