@@ -28,7 +28,6 @@ behind it). Every contender's body is checked first; a run with a non-2xx respon
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 
 from . import harness
+from .compare import KEY, SIZES, bench_files
 from .harness import (
     LOAD_CORE,
     SERVER_CORE,
@@ -59,8 +59,6 @@ from .harness import (
     wrk,
 )
 
-SIZES = {"10 KiB": 10 * 1024, "1 MiB": 1024 * 1024}
-KEY = {"10 KiB": "bench/small.png", "1 MiB": "bench/large.png"}
 GTHREAD = ["--workers", "1", "--worker-class", "gthread", "--threads", "8"]
 SYNC = ["--workers", "2", "--worker-class", "sync"]
 TARGETS: list[tuple[str, str, str, str, float]] = [
@@ -109,14 +107,6 @@ class Run:
     cpu_us: float
     """The contender's CPU time per request, µs (utime + stime of its processes over the run)."""
     steal: float
-
-
-async def _fill_store(url: str, files: dict[str, bytes]) -> None:
-    from servefiles import open_store
-
-    async with open_store(url) as store:
-        for label, data in files.items():
-            await store.put(KEY[label], data, "image/png")
 
 
 def _check(url: str, data: bytes) -> httpx.Response:
@@ -184,12 +174,7 @@ def _run(url: str, work: Path, args: argparse.Namespace,
          log: Callable[[str], None]) -> tuple[list[dict[tuple[str, str], Run]], list[Contender]]:  # fmt: skip
     from tests.nginx_server import server_block
 
-    files = {label: os.urandom(size) for label, size in SIZES.items()}
-    asyncio.run(_fill_store(url, files))
-    static = work / "static"
-    for label, data in files.items():
-        (static / "static" / "bench").mkdir(parents=True, exist_ok=True)
-        (static / "static" / KEY[label]).write_bytes(data)
+    files, static = bench_files(url, work)
     base = {"BENCH_DB": url, "BENCH_STATIC": str(static)}
 
     def cached(name: str) -> dict[str, str]:

@@ -67,6 +67,15 @@ class DbDirect:
 db_direct = DbDirect()
 
 
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """A bare app's lifespan: every event completed, nothing started."""
+    message = await receive()
+    await send({"type": message["type"] + ".complete"})
+    if message["type"] == "lifespan.startup":
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+
+
 class BareDict:
     """The ceiling for a Python ASGI app: bytes from a dict, nothing else."""
 
@@ -78,11 +87,7 @@ class BareDict:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.startup":
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
+            await _lifespan(receive, send)
             return
         body = self.files.get(scope["path"])
         if body is None:
@@ -188,11 +193,7 @@ class FixedAccel:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.startup":
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
+            await _lifespan(receive, send)
             return
         head = self.heads.get(scope["path"])
         if head is None:

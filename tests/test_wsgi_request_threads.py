@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import io
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from wsgiref.util import FileWrapper
 
 import httpx
@@ -29,6 +27,7 @@ import pytest
 from servefiles import ServeFilesWSGI, open_store
 
 from .servers import WsgiFrontend
+from .wsgi_servers import call_wsgi
 
 TOKEN = "threads-token-0123456789abcdef"
 SMALL = b"a" * 10_000  # a memory-tier hit
@@ -44,24 +43,7 @@ def call(
 ) -> tuple[str, dict[str, str], bytes]:
     """One request straight into the WSGI app, as a server's request thread makes it (with
     ``file_wrapper``, the server offers wsgiref's ``wsgi.file_wrapper``)."""
-    started: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
-        started["status"], started["headers"] = status, {name.lower(): value for name, value in headers}
-
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
-               "SERVER_PORT": "80", "SERVER_SOFTWARE": "test", "wsgi.input": io.BytesIO()}  # fmt: skip
-    environ.update(headers)
-    if file_wrapper:
-        environ["wsgi.file_wrapper"] = FileWrapper
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return started["status"], started["headers"], body
+    return call_wsgi(app, method, path, **headers, **({"wsgi.file_wrapper": FileWrapper} if file_wrapper else {}))
 
 
 async def _put(store_url: str, key: str, data: bytes) -> None:
