@@ -67,6 +67,15 @@ class DbDirect:
 db_direct = DbDirect()
 
 
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """A bare app's lifespan: every event completed, nothing started."""
+    message = await receive()
+    await send({"type": message["type"] + ".complete"})
+    if message["type"] == "lifespan.startup":
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+
+
 class BareDict:
     """The ceiling for a Python ASGI app: bytes from a dict, nothing else."""
 
@@ -78,11 +87,7 @@ class BareDict:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.startup":
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
+            await _lifespan(receive, send)
             return
         body = self.files.get(scope["path"])
         if body is None:
@@ -156,3 +161,46 @@ class ByteaDirect:
 
 
 bytea_direct = ByteaDirect()
+
+
+def bare_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The ceiling for a Python WSGI app under the same server: bytes from a dict, nothing else."""
+    body = _BARE_FILES.get(environ.get("PATH_INFO", ""))
+    if body is None:
+        start_response("404 Not Found", [("Content-Length", "0")])
+        return []
+    start_response("200 OK", [("Content-Type", "image/png"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_BARE_FILES = bare_dict.files
+
+
+class FixedAccel:
+    """The limit of nginx's accel mode: a bare ASGI app answering every request with the response
+    head in ``BENCH_ACCEL_HEADERS`` (a JSON object: path -> list of [name, value], servefiles'
+    own reply to that path, ``X-Accel-Redirect`` included), so nginx sends the same file with
+    the same headers and Python does nothing but answer."""
+
+    def __init__(self) -> None:
+        import json
+
+        found = json.loads(os.environ.get("BENCH_ACCEL_HEADERS", "{}"))
+        self.heads = {
+            path: [(name.encode("latin-1"), value.encode("latin-1")) for name, value in head]
+            for path, head in found.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await _lifespan(receive, send)
+            return
+        head = self.heads.get(scope["path"])
+        if head is None:
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b""})
+
+
+fixed_accel = FixedAccel()

@@ -89,6 +89,18 @@ async def _fill_store(url: str, files: dict[str, bytes]) -> None:
             await store.put(KEY[label], data, "image/png")
 
 
+def bench_files(url: str, work: Path) -> tuple[dict[str, bytes], Path]:
+    """A random file of each size, stored at its key in the store at ``url`` and written under
+    ``work/static/static/`` as plain files (for the static-file peers); (files by size, the root)."""
+    files = {label: os.urandom(size) for label, size in SIZES.items()}
+    asyncio.run(_fill_store(url, files))
+    static = work / "static"
+    for label, data in files.items():
+        (static / "static" / "bench").mkdir(parents=True, exist_ok=True)
+        (static / "static" / KEY[label]).write_bytes(data)
+    return files, static
+
+
 def clone_rows(url: str, template: str, pattern: str, count: int) -> None:
     """Benchmark-only data: ``count`` more keys (``pattern % i``) sharing ``template``'s content,
     inserted with SQL in one statement (a million puts would measure the puts)."""
@@ -179,12 +191,7 @@ def run(seconds: float, connections: int, store_kind: str, work: Path, log: Call
     url, cleanup = _store(store_kind, work)
     result.store = "PostgreSQL" if url.startswith("postgres") else "SQLite"
     try:
-        files = {label: os.urandom(size) for label, size in SIZES.items()}
-        asyncio.run(_fill_store(url, files))
-        static = work / "static"
-        for label, data in files.items():
-            (static / "static" / "bench").mkdir(parents=True, exist_ok=True)
-            (static / "static" / KEY[label]).write_bytes(data)
+        files, static = bench_files(url, work)
         base_env = {"BENCH_DB": url, "BENCH_STATIC": str(static)}
 
         def env(cache: str, memory: int | None = None) -> dict[str, str]:

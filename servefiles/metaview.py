@@ -25,13 +25,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cachetools import LRUCache
-
 from .breaker import CircuitBreaker
 from .errors import StoreUnavailable
 from .feed import ChangeFeed
 from .keys import key_digest
 from .metrics import Metrics
+from .shared_lru import SharedLRU
 from .store import Store
 from .store.types import Change, FileMeta, Head
 
@@ -145,9 +144,11 @@ class MetadataView:
         self.newest_version = 0
         """The newest version this frontend has seen the store issue: in the feed's batches, in
         answers to its queries, in its own writes (the feed's lag is measured against it)."""
-        self._latest: LRUCache[str, int] = LRUCache(VALIDATION_ENTRIES)
-        self._validated: LRUCache[str, Validation] = LRUCache(VALIDATION_ENTRIES)
-        self._absent: LRUCache[bytes, bool] = LRUCache(ABSENT_ENTRIES)
+        # Shared with the WSGI adapter's request threads, which answer hits by :meth:`fresh` too:
+        # a change applied here is seen by every thread's next check (shared_lru.py).
+        self._latest: SharedLRU[str, int] = SharedLRU(VALIDATION_ENTRIES)
+        self._validated: SharedLRU[str, Validation] = SharedLRU(VALIDATION_ENTRIES)
+        self._absent: SharedLRU[bytes, bool] = SharedLRU(ABSENT_ENTRIES)
         """Keys the store said were missing while the feed was healthy: until the feed announces
         them, asking again would only cost a query per request (a flood of 404s is free)."""
         self._flights = Flights()
@@ -176,8 +177,8 @@ class MetadataView:
         """Take in a batch of the feed's changes: every copy older than announced is stale from now on."""
         for change in changes:
             self._latest[change.key] = change.version
-            self._validated.pop(change.key, None)
-            self._absent.pop(key_digest(change.key), None)
+            self._validated.pop(change.key)
+            self._absent.pop(key_digest(change.key))
             self.newest_version = max(self.newest_version, change.version)
 
     def wrote(self, key: str, version: int, revision: Revision | None) -> None:
@@ -189,9 +190,9 @@ class MetadataView:
         self.newest_version = max(self.newest_version, version)
         if self._latest.get(key, 0) < version:
             self._latest[key] = version
-        self._absent.pop(key_digest(key), None)
+        self._absent.pop(key_digest(key))
         if revision is None:
-            self._validated.pop(key, None)
+            self._validated.pop(key)
         else:
             self._validated[key] = Validation(revision, time.monotonic())
 
@@ -285,7 +286,7 @@ class MetadataView:
         if meta is not None and meta.version > self.newest_version:
             self.newest_version = meta.version
         if meta is None:
-            self._validated.pop(key, None)
+            self._validated.pop(key)
             if cursor is not None and feed is not None and feed.healthy and feed.cursor == cursor:
                 self._absent[key_digest(key)] = True  # no change arrived meanwhile: the feed will say when it exists
         await on_checked(key, meta)

@@ -3,7 +3,7 @@ seconds and bytes; counters end in ``_total``).
 
 Each instance has its own registry (two middlewares in one process, as in the tests, never
 collide). What the hit path touches costs as little as Python allows: a memory hit adds one
-to a plain int (:class:`Tally`) and one observation to a lock-free histogram child chosen
+to a locked number (:class:`Tally`) and one observation to a lock-free histogram child chosen
 without a label lookup (:class:`Timings`), about 0.3 µs in all; the sizes of the tiers, the
 feed's lag and the breaker are not updated per request at all but read at scrape time from a
 :class:`~servefiles.levels.Levels` snapshot. prometheus_client's own ``Counter`` (a lock per
@@ -63,16 +63,19 @@ FAMILIES: Final = (
 
 
 class Tally:
-    """A counter for the event loop's thread alone: a plain number, no lock (one request at a
-    time runs Python on a loop), read at scrape time."""
+    """A counter read at scrape time: a plain number behind a lock of its own (the WSGI adapter's
+    request threads count the hits they answer beside the event loop; an uncontended lock costs
+    about 0.1 µs, prometheus_client's ``Counter`` about 0.3)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_lock", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
+        self._lock = threading.Lock()
 
     def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
+        with self._lock:
+            self.value += amount
 
 
 class Timings:
@@ -111,7 +114,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # Each request for an existing file is one hit or one miss (FileService.serve counts it);
-        # a reply about no file (404, 405, 503) is neither. Counted on the loop: Tally.
+        # a reply about no file (404, 405, 503) is neither. Counted on any thread: Tally.
         self.memory_hits, self.disk_hits, self.misses = Tally(), Tally(), Tally()
         self.requests = {outcome: Timings() for outcome in OUTCOMES}
         """Read requests' durations by outcome: from the adapter's call to the reply handed over
@@ -119,11 +122,13 @@ class Metrics:
         self.store_fetch = Timings()
         """Seconds spent waiting for one content read from the store (not for the client)."""
         self.store_fetch_bytes = Tally()
+        self.bytes_sent = Tally()
+        """Body bytes handed to the server: counted per request, on any thread (a Tally, not a Counter:
+        prometheus_client's ``inc`` was 1 µs of a WSGI memory hit's 8)."""
         self.fills = Timings()
         self.store_errors = {kind: Tally() for kind in STORE_ERROR_KINDS}
         """Incremented on the loop; ``feed`` and ``circuit_open`` come from :meth:`watch`'s sources."""
         self.store_fetches = self._counter("servefiles_store_fetches", "Content reads from the store")
-        self.bytes_sent = self._counter("servefiles_bytes_sent", "Body bytes handed to the server")
         self.cache_write_failures = self._counter("servefiles_cache_write_failures", "Disk-tier writes that failed")
         self.admissions = self._counter(
             "servefiles_admissions", "Misses whose file was admitted to the disk tier (written through)"
@@ -234,6 +239,8 @@ class _Scraped(Collector):
                        "circuit_open", "kind", errors)  # fmt: skip
         yield _counter("servefiles_store_fetch_bytes", "Content bytes read from the store", None,
                        {"": metrics.store_fetch_bytes.value})  # fmt: skip
+        yield _counter("servefiles_bytes_sent", "Body bytes handed to the server", None,
+                       {"": metrics.bytes_sent.value})  # fmt: skip
         requests = HistogramMetricFamily("servefiles_request_duration_seconds", "Read requests (GET, HEAD under "
                                          "the prefix) from arrival to the reply handed over, by outcome",
                                          labels=["outcome"])  # fmt: skip

@@ -204,9 +204,10 @@ class Runtime:
         announced version, no validation and no absence is vouched for any more. The store has just
         answered: the copies dropped are fetched again at once, never refused by an open circuit."""
         self.view.store_answered()
+        self.memory.clear()  # first: a request thread that still finds a copy checked it before the forget
         self.view.forget()
-        self.memory.clear()
         await asyncio.to_thread(self.disk.clear)
+        self.memory.clear()  # what a hit promoted from the disk tier while it was being cleared
 
     def _memory_version(self, key: str) -> int | None:
         cached = self.memory.peek(key)

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cachetools import LRUCache
-
 from . import http
 from .bodies import Body, DiskBody, FillBody, MemoryBody, PrimedBody, StoreBody
 from .cache.disk import DiskCache, DiskEntry
@@ -36,6 +34,7 @@ from .metaview import MetadataView, Revision
 from .metrics import Metrics
 from .misses import Misses
 from .runtime import CacheSettings, Runtime
+from .shared_lru import SharedLRU
 from .store import CHUNK_SIZE, Store
 from .store.types import Change, FileMeta, Head
 
@@ -72,6 +71,9 @@ class Reply:
     None for a reply about no file (404, 405, 503). :meth:`FileService.serve` counts it once."""
     meta: FileMeta | None = None
     """The version the reply is about (None for a reply about no file)."""
+    file: PreparedFile | None = None
+    """That version's prepared headers, when the reply was decided from them (an adapter may reuse
+    their work: :meth:`PreparedFile.native_headers_200`)."""
 
 
 @dataclass(slots=True)
@@ -125,7 +127,7 @@ class FileService:
         self.memory: MemoryTier = self.runtime.memory
         self.disk: DiskCache = self.runtime.disk
         self.view: MetadataView = self.runtime.view
-        self._prepared: LRUCache[tuple[str, tuple[int, str]], PreparedFile] = LRUCache(PREPARED_CACHE_ENTRIES)
+        self._prepared: SharedLRU[tuple[str, tuple[int, str]], PreparedFile] = SharedLRU(PREPARED_CACHE_ENTRIES)
         self._not_found = http.not_found()
         self._not_allowed = http.method_not_allowed(self.policy)
         self.misses = Misses(self.runtime)
@@ -156,16 +158,43 @@ class FileService:
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
         """The reply to a GET or HEAD of ``{prefix}/{raw_key}``, counted once as a hit or a miss.
 
-        A fresh memory copy is decided on at once, without a coroutine or a retry loop: that
-        is most requests, and the whole of their cost is this path's."""
-        if method in _READS:
-            try:
-                found = self.in_memory(canonical_key(raw_key), time.monotonic())
-            except InvalidKey:
-                found = None  # answered (a 404) below, as every refused key is
-            if found is not None:
-                return self.count(self.decide(method, headers, found))
-        return self.count(await self.answer(method, raw_key, headers))
+        A fresh cached copy is decided on at once (:meth:`cached`), without a coroutine or a
+        retry loop: that is most requests, and the whole of their cost is this path's."""
+        return self.cached(method, raw_key, headers) or self.count(await self.answer(method, raw_key, headers))
+
+    def cached(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply | None:
+        """The reply, counted, when a fresh cached copy answers it — the memory tier's, else the disk
+        tier's, opened — or when the healthy feed vouches that the key is absent (a 404); None for
+        everything else (a miss, a copy to revalidate, a damaged file, a refused key, a service
+        not started), which :meth:`answer` then answers on the event loop.
+
+        Synchronous and safe on any thread: it reads only what is shared under locks (the tiers,
+        the metadata view, the prepared headers), so the WSGI adapter calls it on the request's
+        own thread and a hit never waits for the loop. It is exactly as fresh as the loop's path:
+        the feed marks a version outdated in the view (:meth:`MetadataView.apply`) before it drops
+        the copies, so a copy checked here after that is refused, one checked before is the
+        version current when the request came. It writes nothing but a small disk file promoted to
+        the memory tier (and what a hit records: recency, admission sightings, counters)."""
+        if method not in _READS or not self.runtime.running:
+            return None
+        try:
+            key = canonical_key(raw_key)
+        except InvalidKey:
+            return None  # counted and answered (a 404) by answer(), as every refused key is
+        now = time.monotonic()
+        found = self.in_memory(key, now)
+        if found is None:
+            entry = self.disk.get(key)
+            if entry is None:
+                if self.memory.peek(key) is None and self.view.known_absent(key):
+                    return Reply(self._not_found)
+                return None
+            if not self.view.fresh(key, entry.meta.revision, now):
+                return None
+            found = self.open_disk(entry, drop_damaged=False)
+            if found is None:
+                return None
+        return self.count(self.decide(method, headers, found))
 
     def count(self, reply: Reply) -> Reply:
         """Count a reply about a file once, however many attempts it took: a hit of the tier
@@ -235,7 +264,7 @@ class FileService:
         if body is None and found.source == "miss" and any(isinstance(s, ByteRange) for s in response.body):
             ranged = response.status == 206
             body = self.misses.body(found.file, ranged, found.head, held=found.held, sighted=found.sighted)
-        return Reply(response, body, found.source, found.file.meta)
+        return Reply(response, body, found.source, found.file.meta, found.file)
 
     async def lookup(self, key: str, head_bytes: int | None = None) -> Found | None:
         """Memory, then disk, then the store: the first fresh copy, else the store's word (None:
@@ -295,10 +324,11 @@ class FileService:
             return self.open_disk(disk_entry)
         return None
 
-    def open_disk(self, entry: DiskEntry) -> Found | None:
+    def open_disk(self, entry: DiskEntry, *, drop_damaged: bool = True) -> Found | None:
         """A disk copy, opened (None: gone, truncated or tampered with, so a miss). A file small
-        enough for the memory tier is promoted on its way out."""
-        fd = self.disk.open_entry(entry)
+        enough for the memory tier is promoted on its way out. ``drop_damaged`` False (a request
+        thread, :meth:`cached`): a damaged copy is left for the loop's lookup to drop and refetch."""
+        fd = self.disk.open_entry(entry, drop_damaged=drop_damaged)
         if fd is None:
             return None
         meta = entry.meta
@@ -315,8 +345,9 @@ class FileService:
         # (a cache file damaged in place — same size, other bytes — is refetched, not served),
         # not on every read: most small disk hits are not copied into memory (MemoryTier.offer).
         if len(data) != meta.size or not self._verified(meta.sha256, data):
-            logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
-            self.disk.drop_damaged(meta)
+            if drop_damaged:
+                logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
+                self.disk.drop_damaged(meta)
             return None
         self.memory.offer(meta.key, MemoryEntry(file, data))
         return Found(file, "disk", MemoryBody(data))

@@ -26,7 +26,7 @@ import pytest
 from servefiles import ServeFilesWSGI, open_store
 
 from .servers import WsgiFrontend
-from .wsgi_servers import wsgiref_serving
+from .wsgi_servers import call_wsgi, wsgiref_serving
 
 TOKEN = "wsgi-token-0123456789abcdef"
 SMALL = os.urandom(10_000)
@@ -110,25 +110,8 @@ class RecordingFileWrapper:
 
 
 def _call(app: ServeFilesWSGI, method: str, path: str, **extra: Any) -> tuple[str, dict[str, str], bytes]:
-    """Call the WSGI app as a server would, and collect the response."""
-    environ = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
-        "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http",
-        "wsgi.file_wrapper": RecordingFileWrapper, **extra,
-    }  # fmt: skip
-    started: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        started["status"], started["headers"] = status, {name.lower(): value for name, value in headers}
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return started["status"], started["headers"], body
+    """Call the WSGI app as a server would (with the recording file wrapper), and collect the response."""
+    return call_wsgi(app, method, path, **{"wsgi.file_wrapper": RecordingFileWrapper, **extra})
 
 
 def test_a_disk_hit_goes_to_wsgi_file_wrapper_and_its_file_is_closed(store_url: str, tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -37,3 +38,27 @@ def wsgiref_serving(app: Any) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def call_wsgi(
+    app: Callable[[dict[str, Any], Any], Iterable[bytes]], method: str, path: str, **extra: Any
+) -> tuple[str, dict[str, str], bytes]:
+    """Call a WSGI app as a server's request thread would (``extra``: more environ, a
+    ``wsgi.file_wrapper`` say), and collect the response: status, headers by lower-case name, body."""
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
+        "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", **extra,
+    }  # fmt: skip
+    started: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        started["status"], started["headers"] = status, {name.lower(): value for name, value in headers}
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return started["status"], started["headers"], body

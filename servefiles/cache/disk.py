@@ -43,6 +43,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -220,6 +221,10 @@ class DiskCache:
         meta = self._mem.get(key)
         return None if meta is None else DiskEntry(meta, self._dir.content_text(meta.sha256))
 
+    def held(self, key: str) -> FileMeta | None:
+        """The version of the key's entry as this process knows it (:meth:`get` without the path)."""
+        return self._mem.get(key)
+
     def metas(self) -> list[FileMeta]:
         """The version of every entry this process knows of (a copy, taken under the lock: for a
         scan on another thread)."""
@@ -245,8 +250,9 @@ class DiskCache:
                 self._mem.install(meta, None)
         return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
-    def open_entry(self, entry: DiskEntry) -> int | None:
-        """Open an entry's file for reading, or find it damaged: then drop it and return None.
+    def open_entry(self, entry: DiskEntry, *, drop_damaged: bool = True) -> int | None:
+        """Open an entry's file for reading, or find it damaged: then drop it (unless not
+        ``drop_damaged``: a request thread leaves that to the loop) and return None.
 
         ``O_NOFOLLOW`` refuses a symlink, ``O_NONBLOCK`` makes opening a FIFO
         return at once; ``fstat`` then wants a regular file of the indexed size.
@@ -255,13 +261,26 @@ class DiskCache:
         try:
             fd, size = open_regular_for_reading(entry.text)
         except OSError:
-            self._drop_damaged(entry.meta)
+            if drop_damaged:
+                self._drop_damaged(entry.meta)
             return None
         if size == entry.meta.size:
             return fd
         os.close(fd)
-        self._drop_damaged(entry.meta)
+        if drop_damaged:
+            self._drop_damaged(entry.meta)
         return None
+
+    def in_place(self, entry: DiskEntry) -> bool:
+        """Whether the entry's content file is there as indexed: a regular file (not a symlink)
+        of the indexed size, by one ``lstat`` and no open — for a reply that hands the path to
+        another process (nginx) instead of reading it. False is no verdict: :meth:`open_entry`
+        then finds out and drops what is damaged."""
+        try:
+            found = os.lstat(entry.text)
+        except OSError:
+            return False
+        return stat.S_ISREG(found.st_mode) and found.st_size == entry.meta.size
 
     def victim(self, size: int, key: str) -> str | None:
         """The key evicted first to make room for ``key``'s ``size`` bytes; None: room (memindex.py)."""

@@ -15,6 +15,7 @@ halved whenever the sketch ages.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class MemoryTier:
     """Key → :class:`MemoryEntry`, at most ``max_bytes`` in all, least recently used out first.
 
     An ``OrderedDict`` in recency order rather than a general cache class: a hit, most requests,
-    is one C lookup and one C move to the end. The event loop's alone (not thread-safe).
+    is one C lookup and one C move to the end. Shared by the event loop and the WSGI adapter's
+    request threads (which answer hits themselves): every method holds the tier's lock, so a
+    discard the change feed makes is seen by the next lookup on any thread.
     """
 
     def __init__(self, max_bytes: int, max_file_bytes: int, admission: Admission | None = None) -> None:
@@ -59,21 +62,25 @@ class MemoryTier:
         self._entries: OrderedDict[str, MemoryEntry] = OrderedDict()
         self._bytes = 0
         self._admission = admission
+        self._lock = threading.Lock()
+        """Held by every method; inside it, at most the admission sketch's own lock is taken."""
         if admission is not None:
             admission.on_age.append(self._age)
 
     def get(self, key: str) -> MemoryEntry | None:
         """``key``'s entry, counted as a hit (None: not held)."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            if entry.hits < HITS_CAP:
-                entry.hits += 1
-        return entry
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                if entry.hits < HITS_CAP:
+                    entry.hits += 1
+            return entry
 
     def peek(self, key: str) -> MemoryEntry | None:
         """``key``'s entry without counting a hit or touching the recency order (for bookkeeping)."""
-        return self._entries.get(key)
+        with self._lock:
+            return self._entries.get(key)
 
     def offer(self, key: str, entry: MemoryEntry) -> bool:
         """Keep ``entry`` if it fits without evicting anything, or if the admission sketch ranks
@@ -82,10 +89,11 @@ class MemoryTier:
         test's goes through here; :meth:`put` keeps unconditionally."""
         if not self.fits(len(entry.body)):
             return False
-        if self._admission is not None and not self._admission.prevails(key, self._victims(key, _cost(entry))):
-            self.refusals += 1
-            return False
-        self.put(key, entry)
+        with self._lock:
+            if self._admission is not None and not self._admission.prevails(key, self._victims(key, _cost(entry))):
+                self.refusals += 1
+                return False
+            self._put(key, entry)
         return True
 
     def fits(self, size: int) -> bool:
@@ -95,7 +103,11 @@ class MemoryTier:
     def put(self, key: str, entry: MemoryEntry) -> None:
         if not self.fits(len(entry.body)):
             return
-        self.discard(key)
+        with self._lock:
+            self._put(key, entry)
+
+    def _put(self, key: str, entry: MemoryEntry) -> None:
+        self._discard(key)
         self._entries[key] = entry
         self._bytes += _cost(entry)
         while self._bytes > self.max_bytes:  # never the new entry: it fits alone
@@ -117,18 +129,24 @@ class MemoryTier:
 
     def _age(self) -> None:
         """Halve every entry's hits, as the sketch halves its counters (popularity fades)."""
-        for entry in self._entries.values():
-            entry.hits >>= 1
+        with self._lock:
+            for entry in self._entries.values():
+                entry.hits >>= 1
 
     def discard(self, key: str) -> None:
+        with self._lock:
+            self._discard(key)
+
+    def _discard(self, key: str) -> None:
         gone = self._entries.pop(key, None)
         if gone is not None:
             self._bytes -= _cost(gone)
 
     def clear(self) -> None:
         """Drop every entry (the database's history went back: none is vouched for)."""
-        self._entries.clear()
-        self._bytes = 0
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
     @property
     def bytes(self) -> int:

@@ -54,6 +54,7 @@ class PreparedFile:
 
     __slots__ = (
         "_full_body",
+        "_native_200",
         "content_type",
         "etag",
         "headers_200",
@@ -112,6 +113,15 @@ class PreparedFile:
         # representation metadata, and every response carries it, this one too.
         self.headers_304 = [(b"etag", self.etag), cache_control, NOSNIFF]
         self._full_body = (ByteRange(0, meta.size),) if meta.size else ()
+        self._native_200: tuple[tuple[str, str], ...] | None = None
+
+    def native_headers_200(self) -> list[tuple[str, str]]:
+        """:attr:`headers_200` as PEP 3333's native strings (latin-1), a fresh list: decoded the
+        first time a WSGI server asks, not per request (nor for an ASGI server, which never does)."""
+        native = self._native_200
+        if native is None:
+            native = self._native_200 = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers_200)
+        return list(native)
 
     @property
     def common_headers(self) -> list[Header]:

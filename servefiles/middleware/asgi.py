@@ -151,7 +151,11 @@ class ServeFiles:
                         key, access = checked
                         if access.kind == "ask":
                             access = await self._private.ask_async(scope, key, access)
-                reply = await self.mount.serve(method, raw_key, request_headers(scope["headers"]), access)
+                headers = request_headers(scope["headers"])
+                # A hit is decided without a coroutine (Mount.cached); the rest on the loop, as it may wait.
+                reply = self.mount.cached(method, raw_key, headers, access) or await self.mount.serve(
+                    method, raw_key, headers, access
+                )
                 if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
                     scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send, receive)

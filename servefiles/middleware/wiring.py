@@ -109,14 +109,33 @@ class Mount:
         asked; a grant is served as any file, with the private Cache-Control."""
         if access is None:
             return await (self.accel or self.service).serve(method, raw_key, headers)
-        if access.kind == "refused":
-            self.service.metrics.rejected["private"].inc()
-            return Reply(forbidden(access.expired))
         if access.kind != "granted":
-            return Reply(internal_error())
+            return self._refused(access)
         reply = await (self.accel or self.service).serve(method, raw_key, headers)
         with_cache_control(reply.response, access.cache_control)
         return reply
+
+    def cached(
+        self, method: str, raw_key: str, headers: Mapping[str, str], access: Decision | None = None
+    ) -> Reply | None:
+        """:meth:`serve`'s reply when it needs no event loop — a refusal, or a fresh cached copy
+        (:meth:`FileService.cached`, :meth:`AccelLayer.cached`) — else None. Safe on any thread:
+        the WSGI adapter calls it on the request's own thread first."""
+        if access is None:
+            return (self.accel or self.service).cached(method, raw_key, headers)
+        if access.kind != "granted":
+            return self._refused(access)
+        reply = (self.accel or self.service).cached(method, raw_key, headers)
+        if reply is not None:
+            with_cache_control(reply.response, access.cache_control)
+        return reply
+
+    def _refused(self, access: Decision) -> Reply:
+        """The reply to a read the access check did not grant: 403 when refused, 500 when the hook failed."""
+        if access.kind == "refused":
+            self.service.metrics.rejected["private"].inc()
+            return Reply(forbidden(access.expired))
+        return Reply(internal_error())
 
     def url(self, key: str, expires_in: float | None = None) -> str:
         """The path ``key`` is served at, percent-encoded, signed as :meth:`AccessPolicy.url` says."""

@@ -3,14 +3,17 @@ WSGI server.
 
 Every decision is the ASGI path's: the same :class:`~servefiles.middleware.wiring.Mount`
 (key gate, HTTP decisions, memory and disk tiers, change feed, write API) runs on one
-private event loop per process, on a daemon thread; request threads hand it coroutines
-and wait. Only the I/O differs: disk hits go out through ``wsgi.file_wrapper`` (sendfile
-under gunicorn), other bodies as an iterator pulling chunks from the loop.
+private event loop per process, on a daemon thread. A hit — a fresh memory or disk copy —
+is answered on the request's own thread (:meth:`Mount.cached`: it reads only state shared
+under locks, and sees the change feed's drops as soon as they are made); misses,
+revalidations, writes and probes are handed to the loop as coroutines, and the request
+thread waits. Only the I/O differs: disk hits go out through ``wsgi.file_wrapper``
+(sendfile under gunicorn), other bodies as an iterator pulling chunks from the loop.
 
 Fork safety: nothing is created until a process serves its first request (or calls the
-Python API), and a process that finds state made by another pid (gunicorn ``--preload``
-forks the master) starts its own loop, pool and disk index. A parent's loop, connections
-and SQLite handles are never touched in a child.
+Python API), and a forked child (gunicorn ``--preload`` forks the master) forgets its
+parent's state at the fork (``os.register_at_fork``) and starts its own loop, pool and disk
+index: a parent's loop, connections and SQLite handles are never touched in a child.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +63,13 @@ INPUT_READERS = 64
 _ENVIRON_NAMES = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
+@functools.lru_cache(maxsize=8)
+def _environ_names(wanted: frozenset[bytes]) -> tuple[tuple[str, str], ...]:
+    """(lower-case name, environ key) of each header in ``wanted``, worked out once per set."""
+    names = (raw.decode("ascii") for raw in wanted)
+    return tuple((name, _ENVIRON_NAMES.get(name) or "HTTP_" + name.upper().replace("-", "_")) for name in names)
+
+
 def request_headers(environ: WSGIEnviron, wanted: frozenset[bytes]) -> dict[str, str]:
     """The headers a decision reads, by lower-case name, from a WSGI environ.
 
@@ -67,14 +79,17 @@ def request_headers(environ: WSGIEnviron, wanted: frozenset[bytes]) -> dict[str,
     taken as absent, so an upload's type is guessed from its key, as under other servers.
     """
     found: dict[str, str] = {}
-    for raw in wanted:
-        name = raw.decode("ascii")
-        value = environ.get(_ENVIRON_NAMES.get(name) or "HTTP_" + name.upper().replace("-", "_"))
+    for name, environ_name in _environ_names(wanted):
+        value = environ.get(environ_name)
         if value is not None and (value != "" or name not in _ENVIRON_NAMES):
             found[name] = value
     if found.get("content-type") == "text/plain" and environ.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
         del found["content-type"]
     return found
+
+
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+"""PEP 3333's status strings ("200 OK"), by code."""
 
 
 def request_path(environ: WSGIEnviron) -> str:
@@ -121,19 +136,27 @@ class ServeFilesWSGI:
         self.prefix = mount(db, prefix, cache_dir, options).prefix
         self._process: _Process | None = None
         self._lock = threading.Lock()
+        # A forked child forgets its parent's loop at once, so a request never checks the pid.
+        os.register_at_fork(after_in_child=functools.partial(_forget_parent, weakref.ref(self)))
 
     # -- the per-process loop -------------------------------------------------------------
 
     def _current(self) -> _Process:
         process = self._process
-        if process is not None and process.pid == os.getpid():
+        if process is not None:
             return process
         with self._lock:
             process = self._process
-            if process is None or process.pid != os.getpid():
+            if process is None:
                 process = self._start_process()
                 self._process = process
         return process
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's loop thread does not exist here, and its lock may have
+        been held by another thread at the fork; the first request starts this process's own."""
+        self._process = None
+        self._lock = threading.Lock()
 
     def _start_process(self) -> _Process:
         loop = asyncio.new_event_loop()
@@ -179,13 +202,17 @@ class ServeFilesWSGI:
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method: str = environ["REQUEST_METHOD"]
-        process = self._current()
-        route, raw_key = process.mount.route(method, request_path(environ))
+        process = self._process or self._current()
+        mounted = process.mount
+        route, raw_key = mounted.route(method, request_path(environ))
         if route == "files":
             started = time.perf_counter()
-            access = _access(process.mount, environ, method, raw_key) if process.mount.access else None
+            access = _access(mounted, environ, method, raw_key) if mounted.access else None
             headers = request_headers(environ, REQUEST_HEADERS)
-            reply = self._run(process.mount.serve(method, raw_key, headers, access), process)
+            # A hit on this thread; anything else (a miss, a revalidation) on the loop.
+            reply = mounted.cached(method, raw_key, headers, access) or self._run(
+                mounted.serve(method, raw_key, headers, access), process
+            )
             return self._send(reply, environ, start_response, process, started)
         if route == "writes":
             body = _input_body(environ, process.readers)
@@ -211,9 +238,12 @@ class ServeFilesWSGI:
     ) -> Iterable[bytes]:
         """Carry ``reply`` out; with ``started`` (a read's arrival, ``perf_counter`` seconds), observe
         its duration once the reply is handed to the server (a streamed body: once it is closed)."""
-        response, body = reply.response, reply.body
-        status = f"{response.status} {HTTPStatus(response.status).phrase}"
-        start_response(status, [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers])
+        response, body, file = reply.response, reply.body, reply.file
+        if file is not None and response.status == 200 and response.headers == file.headers_200:
+            native = file.native_headers_200()  # a plain 200, the hit path's: decoded once per version
+        else:
+            native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
+        start_response(_STATUS_LINES[response.status], native)
         metrics = process.mount.service.metrics
         sent = metrics.bytes_sent
         wrapper = environ.get("wsgi.file_wrapper")
@@ -231,7 +261,7 @@ class ServeFilesWSGI:
             # Counted whole at hand-over: the server sends it itself, and stops itself when the
             # client goes (a sendfile to a closed socket fails); how far it got is not ours to see.
             assert isinstance(body, DiskBody) and wrapper is not None
-            return wrapper(os.fdopen(body.fd, "rb"), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
+            return wrapper(_OpenFile(body.fd), FILE_WRAPPER_BLOCK)  # type: ignore[no-any-return]
         assert body is not None
         return _Streamed(self, process, body, response.body, sent.inc, timing)
 
@@ -280,6 +310,50 @@ class ServeFilesWSGI:
         return admin
 
 
+def _forget_parent(adapter: weakref.ref[ServeFilesWSGI]) -> None:
+    """``os.register_at_fork``'s child hook: the adapter (if it still exists) forgets its parent's loop."""
+    found = adapter()
+    if found is not None:
+        found._after_fork()
+
+
+class _OpenFile:
+    """An open cache file for ``wsgi.file_wrapper``: the bare descriptor, nothing on top.
+
+    gunicorn sends it with ``sendfile`` from ``fileno()`` (its length is the response's
+    Content-Length, so it asks nothing more than the offset); a server that iterates instead
+    calls :meth:`read`. ``os.fdopen`` would ``fstat`` the file once more and set up a buffer
+    that sendfile never uses. :meth:`close` closes the descriptor once (PEP 3333: the server
+    calls it when the response is over)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed file")
+        return self._fd
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            chunks = []
+            while chunk := os.read(self.fileno(), FILE_WRAPPER_BLOCK):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        return os.read(self.fileno(), size)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
     """The access decision for a read of a private key (None: public, or not a read). The hook runs
     here, in the request's thread, where the app's own session and database connection live."""
@@ -324,7 +398,12 @@ class _Streamed:
             if isinstance(segment, bytes):
                 yield segment
                 continue
-            with contextlib.closing(_pull(self._adapter, self._process, self._body.chunks(segment))) as chunks:
+            body = self._body
+            if isinstance(body, DiskBody):  # a cache file: read here, on the request's thread
+                source: Generator[bytes, None, None] = _read_file(body.fd, segment.start, segment.end)
+            else:
+                source = _pull(self._adapter, self._process, body.chunks(segment))
+            with contextlib.closing(source) as chunks:
                 for chunk in chunks:
                     self._count(len(chunk))
                     yield chunk
@@ -344,6 +423,20 @@ class _Streamed:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _read_file(fd: int, start: int, end: int) -> Generator[bytes, None, None]:
+    """Bytes ``[start, end)`` of an open cache file, :data:`FILE_WRAPPER_BLOCK` at a time, read on the
+    calling (request) thread: a disk hit the server cannot send itself (no ``wsgi.file_wrapper``,
+    a range) never waits for the event loop. A file that ends early raises (the server then cuts
+    the connection: a short response, never bytes that do not match the headers)."""
+    position = start
+    while position < end:
+        chunk = os.pread(fd, min(FILE_WRAPPER_BLOCK, end - position), position)
+        if not chunk:
+            raise OSError(f"cache file ended at byte {position} of {end}")
+        position += len(chunk)
+        yield chunk
 
 
 def _pull(adapter: ServeFilesWSGI, process: _Process, chunks: AsyncIterator[bytes]) -> Generator[bytes, None, None]:

@@ -31,8 +31,10 @@ from ..bodies import MemoryBody
 from ..cache.disk import DiskEntry, content_name
 from ..cache.fill import INLINE_WRITE_BYTES, Fill
 from ..errors import InvalidKey, StoreUnavailable
+from ..http import Header, PreparedFile
 from ..keys import canonical_key
-from ..service import FileService, Reply
+from ..service import PREPARED_CACHE_ENTRIES, FileService, Reply
+from ..shared_lru import SharedLRU
 from ..store.types import FileMeta
 from .config import TREE_LOCATION
 from .redirect import ACCEL_BLOCKERS, accel_redirect
@@ -45,6 +47,28 @@ READ_CHECK_SECONDS = 2.0
 on the loop in slices): a hot file is seen at least this often, however many times nginx sent it."""
 READ_CHECK_SLICE = 128
 """Entries looked at between two turns of the event loop."""
+
+
+class _Redirect:
+    """What the redirect of one version needs, worked out once: the disk entry (its content file,
+    for the ``lstat`` of each hit), the prepared headers, the internal location, and the redirect's
+    headers (:func:`accel_redirect`) once its Last-Modified no longer depends on the clock."""
+
+    __slots__ = ("_headers", "entry", "file", "location")
+
+    def __init__(self, entry: DiskEntry, file: PreparedFile, location: str) -> None:
+        self.entry, self.file, self.location = entry, file, location
+        self._headers: tuple[Header, ...] | None = None
+
+    def headers(self, now: float) -> list[Header]:
+        """A fresh list of the redirect's headers at ``now`` (seconds since the epoch)."""
+        held = self._headers
+        if held is not None:
+            return list(held)
+        headers = accel_redirect(self.file, self.location, now).headers
+        if now >= self.file.last_modified_epoch:  # stated() leaves Last-Modified as it is from now on
+            self._headers = tuple(headers)
+        return headers
 
 
 class AccelLayer:
@@ -66,6 +90,8 @@ class AccelLayer:
         self._closed = False
         """Set at close under ``_gate``: a publish under way then never lands after the
         close emptied the tree."""
+        self._redirects: SharedLRU[str, _Redirect] = SharedLRU(PREPARED_CACHE_ENTRIES)
+        """The redirect of each key's version served lately (:meth:`_redirect_of`)."""
         self._behind: dict[str, asyncio.Task[None]] = {}
         """Publishes waiting behind a miss's reply for its fill to land, by key (one at a time).
         Not cancelled at close: each ends with its fill, which the close ends, and then finds
@@ -133,7 +159,9 @@ class AccelLayer:
     async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
         """The reply, counted once: nginx's redirect where it applies, else the file service's
         (a miss of a file for the tree is then published behind it: :meth:`_publish_behind`)."""
-        reply = None
+        reply = self.cached(method, raw_key, headers)
+        if reply is not None:
+            return reply
         if method in ("GET", "HEAD"):
             try:
                 key = canonical_key(raw_key)
@@ -146,6 +174,58 @@ class AccelLayer:
             reply = await self.files.answer(method, raw_key, headers)
             self._publish_behind(method, reply)
         return self.files.count(reply)
+
+    def cached(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply | None:
+        """:meth:`serve`'s reply, counted, when a fresh cached copy answers it without the event loop
+        (None: the loop's :meth:`serve` answers), as :meth:`FileService.cached` for the file service;
+        safe on any thread. Accel mode only: in tree mode a request reaching servefiles is one to
+        publish (on the loop), a miss, or a file nginx cannot send from the tree.
+
+        A whole-file GET of a fresh disk copy is redirected to its content file once one ``lstat``
+        finds it in place (a regular file of the indexed size); any doubt — no such file, another
+        size, a copy to revalidate — goes to the loop, which opens the file, drops a damaged one
+        and refetches: nginx is never sent to a file that is missing or not the indexed one."""
+        files = self.files
+        if self.tree is not None:
+            return None
+        if method != "GET" or not ACCEL_BLOCKERS.isdisjoint(headers) or not files.runtime.running:
+            return files.cached(method, raw_key, headers)  # servefiles answers these itself
+        try:
+            key = canonical_key(raw_key)
+        except InvalidKey:
+            return None
+        meta = files.disk.held(key)
+        if meta is None:
+            return files.cached(method, raw_key, headers)  # a memory-only copy, a known absence
+        if not files.view.fresh(key, meta.revision, time.monotonic()):
+            return None
+        redirect = self._redirect_of(meta)
+        if not files.disk.in_place(redirect.entry):
+            return None
+        return files.count(self._redirect(headers, redirect))
+
+    def _redirect_of(self, meta: FileMeta) -> _Redirect:
+        """The redirect of ``meta``'s version, made once per version and kept (by key: one per key)."""
+        held = self._redirects.get(meta.key)
+        if held is not None and (held.entry.meta is meta or held.entry.meta == meta):
+            return held
+        files = self.files
+        redirect = _Redirect(DiskEntry(meta, files.disk.content_path(meta.sha256)), files.prepared(meta),
+                             self.accel_prefix + content_name(meta.sha256))  # fmt: skip
+        self._redirects[meta.key] = redirect
+        return redirect
+
+    def _redirect(self, headers: Mapping[str, str], redirect: _Redirect) -> Reply:
+        """The reply to a whole-file GET of a fresh, intact disk copy: the redirect to its content
+        file, or the 304 or 412 its preconditions call for."""
+        file, meta = redirect.file, redirect.entry.meta
+        now = time.time()
+        response = http.respond("GET", headers, file, now)
+        if response.status != 200:
+            return Reply(response, None, "disk", meta)
+        self.files.disk.touch(meta.key)
+        self.files.runtime.admission.seen(meta.key)
+        return Reply(http.Response(200, redirect.headers(now)), None, "disk", meta)
 
     async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
         """The redirect of a request for a file on disk, or None where it does not apply or
@@ -171,19 +251,12 @@ class AccelLayer:
         if fd is None:
             return None  # damaged or gone: the file service refetches it
         os.close(fd)
-        file = files.prepared(entry.meta)
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
-            return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
+            return Reply(accel_redirect(files.prepared(entry.meta), location, time.time()), None, "disk", entry.meta)
         if method != "GET" or any(name in headers for name in ACCEL_BLOCKERS):
             return None
-        response = http.respond("GET", headers, file, time.time())
-        if response.status != 200:
-            return Reply(response, None, "disk", entry.meta)
-        files.disk.touch(key)
-        files.runtime.admission.seen(key)
-        location = self.accel_prefix + content_name(entry.meta.sha256)
-        return Reply(accel_redirect(file, location, time.time()), None, "disk", entry.meta)
+        return self._redirect(headers, self._redirect_of(entry.meta))
 
     def _publish_behind(self, method: str, reply: Reply) -> None:
         """A GET of a file for the tree that the file service answered: publish it in the

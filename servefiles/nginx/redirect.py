@@ -7,7 +7,7 @@ from ..http.read import PreparedFile, stated
 
 __all__ = ["ACCEL_BLOCKERS", "accel_redirect"]
 
-ACCEL_BLOCKERS = ("if-match", "if-unmodified-since", "range", "if-range")
+ACCEL_BLOCKERS = frozenset(("if-match", "if-unmodified-since", "range", "if-range"))
 """Requests carrying these are answered by servefiles itself, never handed to nginx: nginx
 would judge them against its own validators (mtime and size), not the content hash."""
 
