@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from servefiles import FileMeta, StoreUnavailable
+from servefiles.store.base import CHUNK_SIZE, READ_BATCH_CHUNKS
 from servefiles.store.postgres import PostgresStore
 
 SHORT_IDLE_SECONDS = 0.2
@@ -211,3 +212,32 @@ async def test_close_while_a_statement_retires_an_expired_connection_leaves_noth
         (result,) = await asyncio.gather(statement, return_exceptions=True)
     assert isinstance(result, StoreUnavailable) or (isinstance(result, FileMeta) and result.size == 7), result
     await until_gone(pg_url, application)
+
+
+async def test_a_read_from_the_replica_asked_for_once_close_has_begun_is_refused(pg_url: str) -> None:
+    """The same rule for content read from the read replica, whose pool close() closes last: a
+    stream's next batch of chunks must not be fetched from it while the store is being closed.
+    (The same database serves as the "replica" here: what is tested is who may use its pool.)"""
+    store = await PostgresStore.open(pg_url, pool_size=3, read_dsn=pg_url)
+    closing: asyncio.Task[None] | None = None
+    try:
+        data = bytes(range(256)) * (2 * READ_BATCH_CHUNKS * CHUNK_SIZE // 256)  # two batches
+        await store.put("big.bin", data)
+        head = await store.fetch_head("big.bin", 0)
+        assert head is not None
+        stream = store.read_from(head)
+        got = [await anext(stream) for _ in range(READ_BATCH_CHUNKS)]  # the first batch, one chunk a piece
+        assert b"".join(got) == data[: READ_BATCH_CHUNKS * CHUNK_SIZE]
+        assert store._idle, "a connection is kept: close() awaits its release before closing the pools"
+        closing = asyncio.create_task(store.close())
+        await asyncio.sleep(0)
+        assert not closing.done()
+        with pytest.raises(StoreUnavailable):
+            await anext(stream)  # the second batch
+        async with asyncio.timeout(10):
+            await closing
+    finally:
+        if closing is None:
+            await store.close()
+        else:
+            closing.cancel()

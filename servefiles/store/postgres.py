@@ -298,6 +298,9 @@ class PostgresStore(Store):
         return None
 
     def _refuse_if_closing(self) -> None:
+        """StoreUnavailable once :meth:`close` has begun (the store is unusable from then on, as
+        :meth:`Store.close` says): checked before a statement takes a connection, and again after
+        any await for one."""
         if self._closing:
             raise StoreUnavailable(f"PostgreSQL store at {self._where} is closed")
 
@@ -350,7 +353,9 @@ class PostgresStore(Store):
         return _meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"]), chunks
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
-        """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""
+        """Content comes from the read replica when there is one, else (or if it lags or is down) the primary.
+        Not once :meth:`close` has begun: the replica's pool is closed last, and would serve meanwhile."""
+        self._refuse_if_closing()
         if self._replica is not None:
             # A replica whose replay lags has no row (or not all rows) of a blob written since: the
             # primary has them. Chunks never change once written, so any row it has is the right one.
