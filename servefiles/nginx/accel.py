@@ -167,10 +167,14 @@ class AccelLayer:
                 return Reply(http.not_found())
             if entry.meta.revision != meta.revision:
                 return None
-        fd = files.disk.open_entry(entry)
-        if fd is None:
+        opened = files.disk.open_stamped(entry)
+        if opened is None:
             return None  # damaged or gone: the file service refetches it
-        os.close(fd)
+        fd, stamp = opened
+        if not files.memory.fits(entry.meta.size):
+            os.close(fd)
+        elif not files.disk.check_whole(entry, fd, stamp):
+            return None  # damaged in place, and dropped: the file service refetches it
         file = files.prepared(entry.meta)
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
