@@ -86,11 +86,11 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644, 
     return fd
 
 
-def open_regular_for_reading(path: str | Path) -> tuple[int, int]:
-    """``(fd, size in bytes)`` of ``path`` opened read-only (blocking) if it is a regular file,
-    as :func:`open_regular` checks it, with the one ``fstat`` that check makes (a cache hit's
-    path, where each system call counts). Raises :class:`NotRegularFile`, or ``OSError``
-    (``ELOOP`` for a symlink)."""
+def open_regular_for_reading(path: str | Path) -> tuple[int, os.stat_result]:
+    """``(fd, status)`` of ``path`` opened read-only (blocking) if it is a regular file, as
+    :func:`open_regular` checks it, with the one ``fstat`` that check makes (a cache hit's path,
+    where each system call counts: its size and stamp come from it). Raises
+    :class:`NotRegularFile`, or ``OSError`` (``ELOOP`` for a symlink)."""
     fd = os.open(path, os.O_RDONLY | NOFOLLOW_NONBLOCK)
     try:
         found = os.fstat(fd)
@@ -100,7 +100,7 @@ def open_regular_for_reading(path: str | Path) -> tuple[int, int]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, found.st_size
+    return fd, found
 
 
 def read_regular(path: str | Path, limit: int) -> bytes:

@@ -12,9 +12,7 @@ and hand the reply to the adapter, which **sends** it. Freshness is the metadata
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -328,40 +326,24 @@ class FileService:
         """A disk copy, opened (None: gone, truncated or tampered with, so a miss). A file small
         enough for the memory tier is promoted on its way out. ``drop_damaged`` False (a request
         thread, :meth:`cached`): a damaged copy is left for the loop's lookup to drop and refetch."""
-        fd = self.disk.open_entry(entry, drop_damaged=drop_damaged)
-        if fd is None:
+        opened = self.disk.open_stamped(entry, drop_damaged=drop_damaged)
+        if opened is None:
             return None
+        fd, stamp = opened
         meta = entry.meta
         file = self.prepared(meta)
         self.disk.touch(meta.key)
         self.runtime.admission.seen(meta.key)  # its frequency, against newcomers
         if not self.memory.fits(meta.size):
             return Found(file, "disk", DiskBody(fd, entry.text, inline=False))
-        try:
-            data = os.pread(fd, meta.size, 0)
-        finally:
-            os.close(fd)
-        # A small file read whole is worth a hash the first time this process reads its content
-        # (a cache file damaged in place — same size, other bytes — is refetched, not served),
-        # not on every read: most small disk hits are not copied into memory (MemoryTier.offer).
-        if len(data) != meta.size or not self._verified(meta.sha256, data):
-            if drop_damaged:
-                logger.warning("disk cache: %s does not match its sha256; refetching it", entry.path)
-                self.disk.drop_damaged(meta)
+        # A small file read whole is worth a hash the first time this process reads that file (a
+        # cache file damaged in place — same size, other bytes — is refetched, not served), not on
+        # every read: most small disk hits are not copied into memory (MemoryTier.offer).
+        data = self.disk.read_whole(entry, fd, stamp, drop_damaged=drop_damaged)
+        if data is None:
             return None
         self.memory.offer(meta.key, MemoryEntry(file, data))
         return Found(file, "disk", MemoryBody(data))
-
-    def _verified(self, sha256: str, data: bytes) -> bool:
-        """Whether ``data`` is the content named ``sha256``: hashed once per content per process
-        (servefiles.cache.verified)."""
-        verified = self.disk.verified
-        if sha256 in verified:
-            return True
-        if hashlib.sha256(data).hexdigest() != sha256:
-            return False
-        verified.add(sha256)
-        return True
 
     def prepared(self, meta: FileMeta) -> PreparedFile:
         """The per-version header work, done once and kept for the next request."""

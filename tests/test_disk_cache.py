@@ -812,3 +812,72 @@ def test_an_index_of_schema_1_is_migrated_keeping_its_entries(root: Path) -> Non
         assert found.path.read_bytes() == b"kept"
     finally:
         cache.close()
+
+
+# -- bytes read whole: checked against their sha256 once per file (verified.py) -------------------
+
+
+def damage_in_place(path: Path) -> None:
+    """Other bytes, same size, same file (inode)."""
+    with path.open("r+b") as file:
+        file.write(b"X" * 10)
+
+
+def read_whole(cache: DiskCache, entry: DiskEntry) -> bytes | None:
+    opened = cache.open_stamped(entry)
+    assert opened is not None, "the file is there, of its indexed size"
+    return cache.read_whole(entry, *opened)
+
+
+def test_read_whole_returns_an_intact_file_and_remembers_it_once_settled(cache: DiskCache) -> None:
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)
+    cache.verified.settle_seconds = 0.1
+    time.sleep(0.15)
+    assert read_whole(cache, entry) == data
+    assert entry.meta.sha256 in cache.verified
+    assert read_whole(cache, entry) == data  # remembered: not hashed again, the same bytes
+
+
+def test_a_file_read_within_the_settle_time_of_its_last_change_is_hashed_but_not_remembered(
+    cache: DiskCache,
+) -> None:
+    """A file's ctime moves by whole ticks of the file system's clock: read within a tick of its
+    last change, it could change again with the same ctime, so its mark could vouch for other bytes."""
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)  # just renamed into place: its ctime is now
+    assert read_whole(cache, entry) == data
+    assert entry.meta.sha256 not in cache.verified
+
+
+def test_a_remembered_file_changed_in_place_is_hashed_again_and_dropped_with_every_entry_that_shares_it(
+    cache: DiskCache,
+) -> None:
+    data = os.urandom(5000)
+    first, second = put(cache, "a.png", data), put(cache, "b.png", data)
+    assert first.path == second.path, "one content file for both keys"
+    cache.verified.settle_seconds = 0.1
+    time.sleep(0.15)
+    assert read_whole(cache, first) == data
+    assert first.meta.sha256 in cache.verified
+    damage_in_place(first.path)
+    assert read_whole(cache, second) is None, "the mark vouched for the file as it was, not as it is"
+    assert cache.get("a.png") is None and cache.get("b.png") is None
+    assert not first.path.exists()
+    assert first.meta.sha256 not in cache.verified
+
+
+def test_a_file_replaced_by_another_of_the_same_content_is_hashed_again(cache: DiskCache) -> None:
+    """A mark names one file (inode and ctime), not a content: a copy put in its place (a restore,
+    another process) is read as unknown, and a damaged one is caught even though the content's
+    name was verified before."""
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)
+    cache.verified.settle_seconds = 0.1
+    time.sleep(0.15)
+    assert read_whole(cache, entry) == data and entry.meta.sha256 in cache.verified
+    replacement = entry.path.with_name(TEMP_PREFIX + "replacement")
+    replacement.write_bytes(b"Y" * len(data))
+    os.replace(replacement, entry.path)
+    assert read_whole(cache, entry) is None
+    assert cache.get("a.png") is None

@@ -152,6 +152,142 @@ async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: 
         await app.aclose()
 
 
+SETTLE_SECONDS = 0.1
+"""The settle time these tests give a service's verified marks (servefiles.cache.verified), and
+wait out, so that a file's first whole read is remembered and the mark itself is what is tested."""
+
+
+async def one_file_two_keys(store_url: str, cache: Path) -> tuple[bytes, Path]:
+    """``a.jpg`` and ``b.jpg`` of the same content, both in the disk tier of ``cache`` and sharing
+    one content file, put there by a service that has stopped since; the content and that file."""
+    data = os.urandom(100_000)
+    async with open_store(store_url) as store:
+        meta = await store.put("a.jpg", data)
+        assert (await store.put("b.jpg", data)).sha256 == meta.sha256
+    app = ServeFiles(None, db=store_url, cache_dir=cache, cache_min_uses=1)  # on disk after one request
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            for key in ("a.jpg", "b.jpg"):
+                assert (await client.get(f"/media/{key}")).content == data
+    finally:
+        await app.aclose()  # lets the fills finish writing
+    return data, cache / "objects" / meta.sha256[:2] / meta.sha256
+
+
+async def started(store_url: str, cache: Path) -> ServeFiles:
+    """A service over ``cache`` (fresh: nothing in memory, nothing verified) whose marks settle
+    after :data:`SETTLE_SECONDS`, started, once the files already there have settled."""
+    app = ServeFiles(None, db=store_url, cache_dir=cache)
+    app.service.disk.verified.settle_seconds = SETTLE_SECONDS
+    await app.service.start()
+    assert app.service.disk.get("a.jpg") is not None and app.service.disk.get("b.jpg") is not None
+    await asyncio.sleep(SETTLE_SECONDS * 1.5)
+    return app
+
+
+def damage_in_place(path: Path) -> None:
+    """Other bytes, same size, same file (inode): someone editing the cache, a bad restore."""
+    with path.open("r+b") as file:
+        file.seek(5000)
+        file.write(b"X" * 10)
+
+
+def holds(path: Path, sha256: str) -> bool:
+    return path.exists() and sha(path.read_bytes()) == sha256
+
+
+async def until_good(path: Path, sha256: str) -> None:
+    """Wait until ``path`` holds the content ``sha256`` names (a refetched small file is written
+    to disk behind its reply)."""
+    deadline = time.monotonic() + 5
+    while not holds(path, sha256):
+        assert time.monotonic() < deadline, "the damaged file was not replaced by a good one"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_file_verified_through_one_key_then_damaged_in_place_is_not_served_through_another(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Two keys, one content file. Read whole through ``a.jpg``, it is hashed and remembered as
+    good; then it is damaged in place. Read through ``b.jpg`` it must be hashed again (a mark
+    names that file unchanged, not the content) and refetched: never served."""
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    app = await started(store_url, tmp_path / "cache")
+    disk = app.service.disk
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            assert (await client.get("/media/a.jpg")).content == data
+            assert sha(data) in disk.verified, "read whole through a.jpg, the file was hashed and remembered"
+            damage_in_place(content_file)
+            for _ in range(3):
+                response = await client.get("/media/b.jpg")
+                assert response.content == data and response.headers["etag"] == f'"{sha(data)}"'
+            await until_good(content_file, sha(data))
+            app.service.memory.discard("a.jpg")  # gone from memory (evicted): read from disk again
+            assert (await client.get("/media/a.jpg")).content == data
+    finally:
+        await app.aclose()
+
+
+async def test_dropping_a_damaged_file_forgets_it_for_every_key_that_shares_it(store_url: str, tmp_path: Path) -> None:
+    """Found damaged through ``a.jpg``, the file goes with every entry that uses it (``b.jpg``'s
+    too) and with its verified mark; the copy refetched in its place is a file of its own, hashed
+    when it is first read whole, and caught in turn when damaged after that."""
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    app = await started(store_url, tmp_path / "cache")
+    disk, memory = app.service.disk, app.service.memory
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            assert (await client.get("/media/a.jpg")).content == data
+            assert sha(data) in disk.verified
+            damage_in_place(content_file)
+            memory.discard("a.jpg")  # gone from memory (evicted): read from disk again
+            assert (await client.get("/media/a.jpg")).content == data  # found damaged: dropped, refetched
+            assert sha(data) not in disk.verified, "the mark outlived the file it vouched for"
+            assert disk.get("b.jpg") is None, "b.jpg's entry still names the damaged file"
+            assert (await client.get("/media/b.jpg")).content == data
+            await until_good(content_file, sha(data))
+            await asyncio.sleep(SETTLE_SECONDS * 1.5)
+            memory.discard("a.jpg")
+            assert (await client.get("/media/a.jpg")).content == data
+            assert sha(data) in disk.verified, "the refetched copy was hashed when first read whole"
+            damage_in_place(content_file)
+            memory.discard("a.jpg")
+            assert (await client.get("/media/a.jpg")).content == data
+            await until_good(content_file, sha(data))
+    finally:
+        await app.aclose()
+
+
+async def test_a_fill_that_finds_its_file_on_disk_damaged_serves_and_keeps_none_of_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A fill that finds the version already on disk (another process sharing the cache dir put
+    it there, or one fill overtook another) reads a small file whole instead of fetching it: those
+    bytes are checked as a disk hit's are, not handed to its waiters and the memory tier unchecked."""
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    damage_in_place(content_file)
+    app = await started(store_url, tmp_path / "cache")
+    files = app.service
+    try:
+        meta = await files.revalidate("a.jpg")
+        assert meta is not None and files.runtime.filler is not None
+        fill = files.runtime.filler.start(meta, files.prepared(meta))
+        fill.join()
+        try:
+            await fill.wait_done()
+        finally:
+            fill.leave()
+        assert fill.body is None or fill.body == data, "the fill's waiters were handed damaged bytes"
+        held = files.memory.peek("a.jpg")
+        assert held is None or held.body == data, "damaged bytes were kept in the memory tier"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            for key in ("a.jpg", "b.jpg"):
+                assert (await client.get(f"/media/{key}")).content == data, key
+    finally:
+        await app.aclose()
+
+
 @pytest.mark.parametrize("clients", [8])
 async def test_eviction_racing_with_load_serves_only_whole_files(store_url: str, tmp_path: Path, clients: int) -> None:
     files = {f"f{n}.bin": os.urandom(random.Random(n).randrange(200_000, 900_000)) for n in range(14)}

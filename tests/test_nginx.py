@@ -799,3 +799,34 @@ async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: 
                     again = await client.get("/media/photo.png", headers={"if-none-match": again.headers["etag"]})
                 assert again.status_code == 304
                 assert again.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_accel_never_redirects_to_a_small_cache_file_damaged_in_place(sqlite_url: str, tmp_path: Path) -> None:
+    """nginx sends what X-Accel-Redirect names without servefiles reading a byte of it. A file
+    small enough for the memory tier is checked before a redirect to it as a disk hit's is (read
+    whole and hashed the first time this process sends that file): a damaged one is dropped and
+    the file service answers with the store's bytes, never nginx with the damaged ones."""
+    data = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
+    async with open_store(sqlite_url) as store:
+        meta = await store.put("x.png", data)
+    service = FileService(sqlite_url, tmp_path / "cache", settings=CacheSettings(cache_min_uses=1))
+    accel = AccelLayer(service, ACCEL_LOCATION)
+    await service.start()
+    try:
+        assert service.memory.fits(meta.size) and service.runtime.filler is not None
+        assert await service.runtime.filler.fill(meta)
+        content_file = service.disk.content_path(meta.sha256)
+        with content_file.open("r+b") as file:  # same size, same file, other bytes
+            file.seek(1000)
+            file.write(b"X" * 10)
+        reply = await accel.serve("GET", "x.png", {})
+        assert b"x-accel-redirect" not in dict(reply.response.headers), "nginx would send the damaged file"
+        assert await read_reply(reply) == data
+        deadline = time.monotonic() + 5  # the refetched copy is written to disk behind its reply
+        while not content_file.exists() or hashlib.sha256(content_file.read_bytes()).hexdigest() != meta.sha256:
+            assert time.monotonic() < deadline, "the damaged file was not replaced by a good one"
+            await asyncio.sleep(0.02)
+        reply = await accel.serve("GET", "x.png", {})
+        assert b"x-accel-redirect" in dict(reply.response.headers), "a good copy is sent by nginx again"
+    finally:
+        await service.close()

@@ -31,7 +31,7 @@ Hostile contents (a symlink, FIFO, socket or directory where a content file, the
 directory should be; a file where a directory should be; a truncated or unreadable file) are a miss, never a
 hang: files are opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat`` (localfs.py); the start-up
 sweep removes what it cannot vouch for. A file damaged in place (right size, wrong bytes) is caught where its
-bytes are read whole anyway, once per process (verified.py), and by ``sync --verify``.
+bytes are read whole (a small file: once per file and process, verified.py), and by ``sync --verify``.
 
 Whoever mirrors entries elsewhere (nginx's published tree) follows them with :meth:`DiskCache.on_removed`
 and :meth:`DiskCache.holding`; this tier knows nothing of it.
@@ -45,6 +45,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ from .loader import StartupReport, load
 from .locks import FillLock
 from .members import Members
 from .memindex import Journal, MemIndex
-from .verified import VerifiedContents
+from .verified import FileStamp, VerifiedContents, stamp_of
 from .writer import DiskWriter, install, install_alone
 
 __all__ = [
@@ -258,29 +259,72 @@ class DiskCache:
         return at once; ``fstat`` then wants a regular file of the indexed size.
         The caller owns the returned fd (blocking mode, close-on-exec).
         """
+        opened = self.open_stamped(entry, drop_damaged=drop_damaged)
+        return None if opened is None else opened[0]
+
+    def open_stamped(self, entry: DiskEntry, *, drop_damaged: bool = True) -> tuple[int, FileStamp] | None:
+        """:meth:`open_entry`, with the file's stamp from the same ``fstat``, for :meth:`read_whole`."""
         try:
-            fd, size = open_regular_for_reading(entry.text)
+            fd, status = open_regular_for_reading(entry.text)
         except OSError:
             if drop_damaged:
                 self._drop_damaged(entry.meta)
             return None
-        if size == entry.meta.size:
-            return fd
+        if status.st_size == entry.meta.size:
+            return fd, stamp_of(status)
         os.close(fd)
         if drop_damaged:
             self._drop_damaged(entry.meta)
         return None
 
-    def in_place(self, entry: DiskEntry) -> bool:
-        """Whether the entry's content file is there as indexed: a regular file (not a symlink)
-        of the indexed size, by one ``lstat`` and no open — for a reply that hands the path to
-        another process (nginx) instead of reading it. False is no verdict: :meth:`open_entry`
-        then finds out and drops what is damaged."""
+    def in_place(self, entry: DiskEntry) -> FileStamp | None:
+        """The stamp of the entry's content file if it is there as indexed: a regular file (not a
+        symlink) of the indexed size, by one ``lstat`` and no open — for a reply that hands the path
+        to another process (nginx) instead of reading it (:meth:`vouched` then tells whether this
+        very file was hashed). None is no verdict: :meth:`open_entry` then finds out and drops what
+        is damaged."""
         try:
             found = os.lstat(entry.text)
         except OSError:
-            return False
-        return stat.S_ISREG(found.st_mode) and found.st_size == entry.meta.size
+            return None
+        return stamp_of(found) if stat.S_ISREG(found.st_mode) and found.st_size == entry.meta.size else None
+
+    def vouched(self, entry: DiskEntry, stamp: FileStamp) -> bool:
+        """Whether this process hashed the file stamped ``stamp`` and found the entry's content
+        there, unchanged since (verified.py)."""
+        return self.verified.vouches(entry.meta.sha256, stamp)
+
+    def read_whole(self, entry: DiskEntry, fd: int, stamp: FileStamp, *, drop_damaged: bool = True) -> bytes | None:
+        """The content of an entry opened with :meth:`open_stamped` (``fd`` is closed here), if it
+        is the content its sha256 names; else None, and the file is dropped with every entry that
+        uses it (:meth:`drop_damaged`; not with ``drop_damaged`` False: a request thread leaves
+        that to the loop's lookup): a damaged file is refetched, never served.
+
+        The one check of bytes read whole from the tier, whoever reads them (a disk hit, a fill
+        that adopts another process's entry, nginx's X-Accel path): hashed the first time this
+        process reads that very file, not again while its stamp is unchanged (verified.py)."""
+        meta = entry.meta
+        vouched = self.verified.vouches(meta.sha256, stamp)
+        read_at = 0.0 if vouched else time.time()
+        try:
+            data = os.pread(fd, meta.size, 0)
+        finally:
+            os.close(fd)
+        if len(data) == meta.size and (vouched or self.verified.check(meta.sha256, stamp, data, read_at)):
+            return data
+        if drop_damaged:
+            logger.warning("disk cache: %s does not match its sha256; refetching it", entry.text)
+            self.drop_damaged(meta)
+        return None
+
+    def check_whole(self, entry: DiskEntry, fd: int, stamp: FileStamp) -> bool:
+        """:meth:`read_whole` for a caller that sends the file without reading it (nginx's X-Accel
+        path): whether it is intact, read and hashed only if this process has not verified it
+        already; ``fd`` is closed here."""
+        if self.verified.vouches(entry.meta.sha256, stamp):
+            os.close(fd)
+            return True
+        return self.read_whole(entry, fd, stamp) is not None
 
     def victim(self, size: int, key: str) -> str | None:
         """The key evicted first to make room for ``key``'s ``size`` bytes; None: room (memindex.py)."""

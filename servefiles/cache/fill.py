@@ -301,15 +301,18 @@ class Filler:
         return None, False
 
     async def _adopt(self, fill: Fill, entry: DiskEntry) -> None:
-        """Serve the waiters from an entry that is already on disk."""
-        fd = await asyncio.to_thread(self.disk.open_entry, entry)
-        if fd is None:
+        """Serve the waiters from an entry that is already on disk. A small one is read whole, so
+        checked as a disk hit's is (:meth:`DiskCache.read_whole`): the entry another process just
+        installed may share a file that was in place already, and no one here hashed that."""
+        opened = await asyncio.to_thread(self.disk.open_stamped, entry)
+        if opened is None:
             return
+        fd, stamp = opened
         if fill.small:
-            try:
-                fill.body = await asyncio.to_thread(os.pread, fd, entry.meta.size, 0)
-            finally:
-                os.close(fd)
+            body = await asyncio.to_thread(self.disk.read_whole, entry, fd, stamp)
+            if body is None:
+                return  # damaged, and dropped: the waiters read the store
+            fill.body = body
             self._remember(fill)
         else:
             fill.fd = fd

@@ -1,34 +1,89 @@
-"""Which cache file contents this process has checked against their sha256.
+"""Which cache files this process has checked against their sha256.
 
 A small file read whole from the disk tier is hashed before it is served, so a file damaged in
-place (same size, other bytes: bit rot, someone editing the cache) is refetched rather than
-served. Hashing it on every read would cost more than the read itself (a 40 KB avatar: about
-60 µs of sha256 against about 10 µs of ``pread``), so a content is hashed once per process,
-the first time this process reads it whole. Not when this process writes it: an install may
-keep a file already in place (same name and size, bytes nobody here has hashed).
+place (same size, other bytes: someone editing the cache, a bad copy or restore) is refetched
+rather than served. Hashing it on every read would cost more than the read itself (a 40 KB
+avatar: about 60 µs of sha256 against about 10 µs of ``pread``), so a file is hashed once per
+process, the first time this process reads it whole. Not when this process writes it: an
+install may keep a file already in place (same name and size, bytes nobody here has hashed).
+
+**What a mark vouches for.** Not a content name alone: the file that held it when it was hashed,
+as its :data:`FileStamp` (inode and ctime, from the ``fstat`` the open makes anyway). Any write
+to a file through the kernel moves its ctime (so does any change of its mtime), and nobody can set
+a ctime back; a file replaced (a refetch renamed into place, another process's install) is another
+inode. So a file
+changed after it was verified — through the key it was verified by or any other key sharing its
+content — no longer matches its mark and is hashed again, and a wrong byte is refetched, not served.
+
+A timestamp only moves by whole ticks of the file system's clock (a jiffy on ext4, xfs, btrfs
+and tmpfs, at most 10 ms; a second on the coarsest), and the kernel's clock for them lags the
+wall clock by up to one tick: a file read within a tick of its last change could change again
+with the same ctime. A file read less than :data:`SETTLE_SECONDS` after its last change is
+therefore hashed but not marked (git's "racily clean" entries, the same problem).
+
+What no mark can see: bytes that rot on the medium under an unchanged inode, and a write racing
+one read between its ``fstat`` and its ``pread`` (microseconds). ``sync --verify`` reads every
+file through; files too large for the memory tier are never read whole, so never hashed here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 VERIFIED_CONTENTS = 65536
-"""Contents remembered (about 150 bytes each: at most about 10 MB); beyond, the set starts again
+"""Contents remembered (about 190 bytes each: at most about 12 MiB); beyond, the map starts again
 (re-hashing is safe)."""
+SETTLE_SECONDS = 2.0
+"""How long after its last change (seconds, by its ctime) a file must have been read for its hash to be
+remembered: twice the coarsest timestamp tick of a file system a cache dir lives on (see the module)."""
+
+FileStamp = int
+"""A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
+this 190; every content file of a cache dir is on one device)."""
+
+
+def stamp_of(status: os.stat_result) -> FileStamp:
+    return status.st_ctime_ns << 64 | status.st_ino
+
+
+def changed_at(stamp: FileStamp) -> float:
+    """The stamped file's last change (ctime), in wall-clock seconds."""
+    return (stamp >> 64) / 1e9
 
 
 class VerifiedContents:
-    """A bounded set of sha256 hex names. Thread-safe enough: single set operations under the GIL."""
+    """A bounded map of sha256 hex name → the stamp of the file verified to hold it.
+    Thread-safe enough: single dict operations under the GIL."""
 
-    def __init__(self, limit: int = VERIFIED_CONTENTS) -> None:
+    def __init__(self, limit: int = VERIFIED_CONTENTS, settle_seconds: float = SETTLE_SECONDS) -> None:
         self._limit = limit
-        self._names: set[str] = set()
+        self.settle_seconds = settle_seconds
+        """:data:`SETTLE_SECONDS` (a test shortens it rather than wait)."""
+        self._stamps: dict[str, FileStamp] = {}
 
     def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._names
+        """Whether some file was verified to hold ``sha256`` (not necessarily the one there now)."""
+        return sha256 in self._stamps
 
-    def add(self, sha256: str) -> None:
-        if len(self._names) >= self._limit:
-            self._names.clear()
-        self._names.add(sha256)
+    def vouches(self, sha256: str, stamp: FileStamp) -> bool:
+        """Whether the file stamped ``stamp`` was verified to hold ``sha256``, unchanged since."""
+        return self._stamps.get(sha256) == stamp
+
+    def check(self, sha256: str, stamp: FileStamp, data: bytes, read_at: float) -> bool:
+        """Whether ``data``, read whole from the file stamped ``stamp`` from ``read_at`` on (wall-clock
+        seconds, taken before the read), is the content named ``sha256``: hashed unless the file was
+        verified before; a match is remembered for that file once it has settled (see the module)."""
+        if self.vouches(sha256, stamp):
+            return True
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        if read_at - changed_at(stamp) >= self.settle_seconds:
+            if len(self._stamps) >= self._limit:
+                self._stamps.clear()
+            self._stamps[sha256] = stamp
+        return True
 
     def discard(self, sha256: str) -> None:
-        self._names.discard(sha256)
+        """Forget ``sha256``'s file (dropped as damaged): every key sharing it is hashed again."""
+        self._stamps.pop(sha256, None)

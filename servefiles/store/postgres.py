@@ -45,7 +45,8 @@ SCHEMA_VERSION = 2
 COMMAND_TIMEOUT_SECONDS = 15.0
 """No statement waits longer on a database that stopped answering: a request gets a 503, not a hang."""
 KEPT_IDLE_SECONDS = 60.0
-"""A connection kept out of the pool between statements goes back to it after this long unused."""
+"""A connection kept out of the pool between statements is closed after this long unused (seconds):
+well inside the few minutes after which NATs and firewalls forget a silent flow."""
 REPLICA_RETRY_SECONDS = 2.0
 """While the read replica does not answer, content is read from the primary, and one request
 tries the replica again this often: reads go back to it within that time of its return."""
@@ -200,6 +201,9 @@ class PostgresStore(Store):
         self._waiting = 0
         """Statements waiting for the pool to hand them a connection (then one is given back)."""
         self._closing = False
+        self.kept_idle_seconds = KEPT_IDLE_SECONDS
+        """How long (seconds) a kept connection may sit unused and still serve the next statement
+        (:data:`KEPT_IDLE_SECONDS`; a test shortens it rather than wait a minute)."""
         self._connect_timeout = connect_timeout
         self._replica: ReadReplica | None = None
         self._history_hidden = False
@@ -226,9 +230,13 @@ class PostgresStore(Store):
         return store
 
     async def close(self) -> None:
+        """Refuse new statements at once, give the kept connections back, close the pools (which
+        waits for the statements in progress). The kept connections are taken one at a time: a
+        close() cancelled part-way (a shutdown that gave up) leaves the rest where the next call
+        finds them, not checked out of the pool for ever (its close would wait for them for ever)."""
         self._closing = True
-        idle, self._idle = self._idle, []
-        for conn, _used in idle:
+        while self._idle:
+            conn, _used = self._idle.pop()
             await self._give_back(conn)
         await self._pool.close()
         if self._replica is not None:
@@ -243,16 +251,22 @@ class PostgresStore(Store):
         release each run a task of their own (``wait_for``, ``shield``). Measured in-process, a
         ``stat`` cost 392 µs of CPU through the pool and 194 µs this way (benchmarks/RESULTS.md,
         2026-11-30 evening). Anything else — an error, a cancellation, a connection left in a
-        transaction or closed — goes back through the pool, which rolls back or terminates it."""
+        transaction or closed — goes back through the pool, which rolls back or terminates it.
+
+        Once :meth:`close` has begun, no statement starts (StoreUnavailable): one that took a
+        connection from the pool while close() gave the kept ones back would have run against a
+        store being closed, and made the pool's close wait for it."""
         conn = None
         try:
-            conn = await self._take_idle()
+            self._refuse_if_closing()
+            conn = self._take_idle()
             if conn is None:
                 self._waiting += 1
                 try:
                     conn = await self._pool.acquire(timeout=self._connect_timeout)
                 finally:
                     self._waiting -= 1
+                self._refuse_if_closing()  # close() began while this statement waited for the pool
             yield conn
         except BaseException as exc:
             if conn is not None:
@@ -260,21 +274,35 @@ class PostgresStore(Store):
             if isinstance(exc, _UNAVAILABLE):
                 raise StoreUnavailable(f"PostgreSQL at {self._where}: {_reason(exc)}") from exc
             raise
-        if self._waiting or self._closing or conn.is_closed() or conn.is_in_transaction():
+        if self._waiting or self._closing or not _is_open(conn) or conn.is_in_transaction():
             await self._give_back(conn)  # someone waits in the pool for a connection: this one
         else:
             self._idle.append((conn, time.monotonic()))
 
-    async def _take_idle(self) -> asyncpg.Connection | None:
+    def _take_idle(self) -> asyncpg.Connection | None:
         """A connection kept aside after a clean statement, if one is still open and was used
-        within :data:`KEPT_IDLE_SECONDS` (an older one goes back to the pool, whose inactivity
-        limit closes it: a flow a NAT dropped silently is not met by a statement after a lull)."""
-        while self._idle and not self._closing:
+        within :attr:`kept_idle_seconds`; any other is closed on the spot.
+
+        Closed, not given back to the pool: asyncpg's pool hands out its most recently released
+        live connection first, and restarts its own inactivity limit (300 s) at the release, so
+        one given back would serve the very next statement — a flow a NAT or firewall dropped
+        silently after a lull would be met by it after all. ``terminate`` (what the pool itself
+        does to an inactive connection) hands its slot back to the pool at once. No await here:
+        :meth:`close` cannot run between the check and the use."""
+        now = time.monotonic()
+        while self._idle:
             conn, used = self._idle.pop()
-            if not conn.is_closed() and time.monotonic() - used < KEPT_IDLE_SECONDS:
+            if now - used < self.kept_idle_seconds and _is_open(conn):
                 return conn
-            await self._give_back(conn)  # lost meanwhile (a restart, a fail-over), or idle too long
+            _terminate(conn)  # idle too long, or lost meanwhile (a restart, a fail-over)
         return None
+
+    def _refuse_if_closing(self) -> None:
+        """StoreUnavailable once :meth:`close` has begun (the store is unusable from then on, as
+        :meth:`Store.close` says): checked before a statement takes a connection, and again after
+        any await for one."""
+        if self._closing:
+            raise StoreUnavailable(f"PostgreSQL store at {self._where} is closed")
 
     async def _give_back(self, conn: asyncpg.Connection) -> None:
         try:
@@ -325,7 +353,9 @@ class PostgresStore(Store):
         return _meta(rows[0]), BlobRef(rows[0]["blob_id"], rows[0]["chunk_size"]), chunks
 
     async def _fetch_chunks(self, blob_id: int, first: int, last: int) -> Sequence[bytes]:
-        """Content comes from the read replica when there is one, else (or if it lags or is down) the primary."""
+        """Content comes from the read replica when there is one, else (or if it lags or is down) the primary.
+        Not once :meth:`close` has begun: the replica's pool is closed last, and would serve meanwhile."""
+        self._refuse_if_closing()
         if self._replica is not None:
             # A replica whose replay lags has no row (or not all rows) of a blob written since: the
             # primary has them. Chunks never change once written, so any row it has is the right one.
@@ -551,6 +581,23 @@ async def _keep_session(_connection: asyncpg.Connection) -> None:
     undo session state this store never creates on a pooled connection: its advisory locks are
     transaction-scoped (``pg_advisory_xact_lock``), it LISTENs on a connection of its own, and
     it sets no parameter and opens no cursor outside a transaction."""
+
+
+def _is_open(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is still usable. One whose socket the event loop saw close is
+    released to the pool by asyncpg itself, which detaches the handle held here: its methods then
+    raise InterfaceError (a 503 for the statement that met it, were it not caught here)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    """Close a pooled connection at once (no round trip: it may be one a NAT dropped) and free its
+    slot in the pool; nothing to do for one asyncpg released already (see :func:`_is_open`)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 def _reason(exc: BaseException) -> str:
