@@ -14,6 +14,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +278,30 @@ def test_urls_in_write_replies_start_with_script_name(store_url: str, tmp_path: 
         assert [entry["url"] for entry in json.loads(listing)["files"]] == ["/app/media/a.txt"]
     finally:
         app.close()
+
+
+EXIT_SCRIPT = """
+import sys
+from pathlib import Path
+from servefiles import ServeFilesWSGI
+from tests.wsgi_servers import call_wsgi
+
+store_url, cache_dir, marker = sys.argv[1:4]
+app = ServeFilesWSGI(None, db=store_url, cache_dir=cache_dir)
+assert call_wsgi(app, "GET", "/media/none.bin")[0].startswith("404")  # the process's loop is running now
+# The close at exit still needs a thread of the loop's pool: the runtime runs its after-close hooks there.
+app.mount.service.runtime.hooks.after_close.append(lambda: Path(marker).write_text("closed"))
+"""
+
+
+def test_an_adapter_left_open_is_closed_at_exit_while_its_threads_still_work(store_url: str, tmp_path: Path) -> None:
+    """A process that exits without close() (a gunicorn worker does) closes the service at exit,
+    before Python shuts the thread pools down: a close that needs a thread then (the change feed
+    catching up, the disk index, the runtime's hooks) used to fail with "cannot schedule new futures
+    after shutdown", logged as a traceback, and left its work undone."""
+    marker = tmp_path / "closed"
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, store_url, str(tmp_path / "cache"), str(marker)],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert marker.read_text() == "closed", "the service was not closed at exit (or its pool was shut already)"

@@ -170,7 +170,7 @@ class ServeFilesWSGI:
         built = asyncio.run_coroutine_threadsafe(build(), loop).result()
         readers = ThreadPoolExecutor(INPUT_READERS, thread_name_prefix="servefiles-input")
         process = _Process(os.getpid(), loop, thread, built, readers)
-        atexit.register(self._close_process, process)
+        _at_exit(functools.partial(self._close_process, process))
         return process
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], process: _Process | None = None) -> _T:
@@ -352,6 +352,26 @@ class _OpenFile:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _at_exit(close: Callable[[], None]) -> None:
+    """Run ``close`` when the interpreter exits, before thread pools stop taking work.
+
+    ``atexit`` runs after ``threading``'s own exit hooks, among them the one that shuts every
+    ``concurrent.futures`` pool (the loop's default executor too): a close that then still needs a
+    thread (the change feed catching up, the disk index) failed with "cannot schedule new futures
+    after shutdown" and logged a traceback as a gunicorn worker exited (seen in the suite: 2 of
+    2,186 tests, once). ``threading._register_atexit`` (CPython's own hook for those pools, run in
+    reverse order of registration) runs it before them; where it is missing, or the interpreter is
+    already exiting, ``atexit`` as before."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(close)
+            return
+        except RuntimeError:  # threading's exit hooks have run already
+            pass
+    atexit.register(close)
 
 
 def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
