@@ -238,10 +238,10 @@ def uvicorn(app: str) -> list[str]:
     return [python(), "-m", "uvicorn", app, "--port", "{port}", "--log-level", "warning", "--no-access-log"]
 
 
-def serve(db: str, cache_dir: Path, *options: str, log_level: str = "warning") -> list[str]:
-    """``servefiles serve`` on ``{port}`` with these options, quiet (``log_level`` warning)."""
+def serve(db: str, cache_dir: Path, *options: str) -> list[str]:
+    """``servefiles serve`` on ``{port}`` with these options, quiet."""
     return [python(), "-m", "servefiles", "serve", "--db", db, "--cache-dir", str(cache_dir), *options,
-            "--port", "{port}", "--log-level", log_level]  # fmt: skip
+            "--port", "{port}", "--log-level", "warning"]  # fmt: skip
 
 
 def nginx(block: str, workdir: Path, port: int) -> Server:

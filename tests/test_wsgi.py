@@ -305,3 +305,27 @@ def test_an_adapter_left_open_is_closed_at_exit_while_its_threads_still_work(sto
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert marker.read_text() == "closed", "the service was not closed at exit (or its pool was shut already)"
+
+
+def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_503(
+    store_url: str, tmp_path: Path
+) -> None:
+    """At exit the adapter stops its loop before Python joins the server's request threads; one of
+    them still waiting for the loop then (a miss, a write, a probe) must get a 503 at once, not wait
+    for ever and hold the exit up. Interpreter exit with a request in flight cannot be staged in a
+    test process, so the loop is stopped as the exit hook stops it (its private handle: the one fake)."""
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    assert _call(app, "GET", "/media/none.bin")[0].startswith("404")  # the process's loop runs
+    process = app._process
+    assert process is not None
+    process.loop.call_soon_threadsafe(process.loop.stop)
+    process.thread.join(timeout=10)
+    try:
+        started = time.monotonic()
+        status, headers, _ = _call(app, "GET", "/media/not-cached.bin")  # a miss: the loop's work
+        assert status.startswith("503"), status
+        assert "retry-after" in headers
+        assert time.monotonic() - started < 10
+        assert _call(app, "GET", "/_servefiles/health")[0].startswith("503")
+    finally:
+        process.loop.close()

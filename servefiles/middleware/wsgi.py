@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import IO, Any, TypeVar, Unpack
 from .. import defaults, http
 from ..access import Decision
 from ..bodies import Body, DiskBody
-from ..errors import NotFound, ServeFilesError, UploadAborted
+from ..errors import NotFound, ServeFilesError, StoreUnavailable, UploadAborted
 from ..metrics import Timings
 from ..service import Reply
 from ..store import FileMeta, PutSource, Store
@@ -58,6 +60,8 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 INPUT_READ_BYTES = 256 * 1024
 """Bytes read from ``wsgi.input`` at a time: one store chunk."""
 FILE_WRAPPER_BLOCK = 256 * 1024
+LOOP_CHECK_SECONDS = 1.0
+"""How often a request thread waiting for the loop looks whether it still runs (seconds)."""
 INPUT_READERS = 64
 """Uploads read at once per process; more wait (reads only: serving never does)."""
 _ENVIRON_NAMES = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -174,9 +178,28 @@ class ServeFilesWSGI:
         return process
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], process: _Process | None = None) -> _T:
-        """Run a coroutine on this process's loop and wait for it."""
+        """Run a coroutine on this process's loop and wait for it. StoreUnavailable once the loop
+        has stopped (the process is exiting, :func:`_at_exit`): a request thread still running
+        then gets a 503 or a cut body, never a wait for a loop that will not run again (Python
+        joins those threads after its exit hooks)."""
         process = process or self._current()
-        return asyncio.run_coroutine_threadsafe(coroutine, process.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, process.loop)
+        while True:
+            try:
+                return future.result(timeout=LOOP_CHECK_SECONDS)
+            except FutureTimeout:
+                if not process.loop.is_running():
+                    future.cancel()
+                    raise StoreUnavailable("servefiles is closing") from None
+
+    def _reply(self, coroutine: Coroutine[Any, Any, Reply], process: _Process) -> Reply:
+        """:meth:`_run` for a reply: a 503 once the loop has stopped."""
+        try:
+            return self._run(coroutine, process)
+        except StoreUnavailable as exc:
+            if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                coroutine.close()  # never started: no "never awaited" warning at exit
+            return Reply(http.for_error(exc, "read"))
 
     def _close_process(self, process: _Process) -> None:
         if process.pid != os.getpid() or not process.loop.is_running():
@@ -210,7 +233,7 @@ class ServeFilesWSGI:
             access = _access(mounted, environ, method, raw_key) if mounted.access else None
             headers = request_headers(environ, REQUEST_HEADERS)
             # A hit on this thread; anything else (a miss, a revalidation) on the loop.
-            reply = mounted.cached(method, raw_key, headers, access) or self._run(
+            reply = mounted.cached(method, raw_key, headers, access) or self._reply(
                 mounted.serve(method, raw_key, headers, access), process
             )
             return self._send(reply, environ, start_response, process, started)
@@ -220,10 +243,10 @@ class ServeFilesWSGI:
             headers = request_headers(environ, WRITE_HEADERS)
             root = environ.get("SCRIPT_NAME", "")
             writes = process.mount.writes.handle(method, raw_key, query, headers, body, root)
-            return self._send(self._run(writes, process), environ, start_response, process)
+            return self._send(self._reply(writes, process), environ, start_response, process)
         if route != "app":  # health, ready, metrics
             probe = process.mount.probe(route, environ.get("HTTP_AUTHORIZATION"))
-            return self._send(self._run(probe, process), environ, start_response, process)
+            return self._send(self._reply(probe, process), environ, start_response, process)
         if self.app is not None:
             return self.app(environ, start_response)
         return self._send(Reply(http.not_found()), environ, start_response, process)
@@ -364,14 +387,20 @@ def _at_exit(close: Callable[[], None]) -> None:
     2,186 tests, once). ``threading._register_atexit`` (CPython's own hook for those pools, run in
     reverse order of registration) runs it before them; where it is missing, or the interpreter is
     already exiting, ``atexit`` as before."""
+    def close_quietly() -> None:  # threading runs its exit hooks unguarded: one that raised would skip the rest
+        try:
+            close()
+        except BaseException as exc:  # an interrupt during the waits, say: exit anyway
+            logger.warning("servefiles could not close at exit: %s: %s", type(exc).__name__, exc)
+
     register = getattr(threading, "_register_atexit", None)
     if register is not None:
         try:
-            register(close)
+            register(close_quietly)
             return
         except RuntimeError:  # threading's exit hooks have run already
             pass
-    atexit.register(close)
+    atexit.register(close_quietly)
 
 
 def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
