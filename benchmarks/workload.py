@@ -600,6 +600,9 @@ def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_roo
     words = [word.strip().lower() for word in re.split(r",(?! )", args.only) if word.strip()]
     wanted = [c for c in contenders(args.small_cache, args.large_cache)
               if not words or any(word in c.name.lower() for word in words)]  # fmt: skip
+    unmatched = [word for word in words if not any(word in c.name.lower() for c in wanted)]
+    if unmatched:  # "DB-direct, nginx static" is one word that names nothing: say so, measure nothing
+        raise SystemExit(f"--only: no contender's name contains {', '.join(map(repr, unmatched))}")
     for s in args.s:
         scripts = {phase: zipf_script(work, data.ranked, s, args.seed * 100 + i) for i, phase in enumerate(PHASES)}
         for contender in wanted:
