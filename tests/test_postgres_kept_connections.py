@@ -59,6 +59,22 @@ async def until_gone(pg_url: str, application: str, pids: set[int] | None = None
             await asyncio.sleep(0.02)
 
 
+async def begin_close(store: PostgresStore) -> asyncio.Task[None]:
+    """Start ``store.close()`` and let it run to its first wait (giving a kept connection back)."""
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    return closing
+
+
+async def end_close(store: PostgresStore, closing: asyncio.Task[None] | None) -> None:
+    """A test's clean-up: close the store if the test never began to, else stop waiting for it."""
+    if closing is None:
+        await store.close()
+    else:
+        closing.cancel()
+
+
 def kept(store: PostgresStore) -> list[asyncpg.Connection]:
     return [conn for conn, _used in store._idle]
 
@@ -149,18 +165,13 @@ async def test_a_statement_asked_for_once_close_has_begun_is_refused(pg_url: str
         assert len(store._idle) == 2
         spare = await store._pool.acquire()  # a third live connection, idle in the pool itself
         await store._pool.release(spare)
-        closing = asyncio.create_task(store.close())
-        await asyncio.sleep(0)  # close() has begun: it awaits the first kept connection's release
-        assert not closing.done()
+        closing = await begin_close(store)  # it awaits the first kept connection's release
         with pytest.raises(StoreUnavailable):
             await store.stat("k.bin")
         async with asyncio.timeout(10):
             await closing
     finally:
-        if closing is None:
-            await store.close()
-        else:
-            closing.cancel()
+        await end_close(store, closing)
 
 
 async def test_a_close_cancelled_part_way_leaves_no_connection_out_of_the_pool(pg_url: str) -> None:
@@ -229,15 +240,10 @@ async def test_a_read_from_the_replica_asked_for_once_close_has_begun_is_refused
         got = [await anext(stream) for _ in range(READ_BATCH_CHUNKS)]  # the first batch, one chunk a piece
         assert b"".join(got) == data[: READ_BATCH_CHUNKS * CHUNK_SIZE]
         assert store._idle, "a connection is kept: close() awaits its release before closing the pools"
-        closing = asyncio.create_task(store.close())
-        await asyncio.sleep(0)
-        assert not closing.done()
+        closing = await begin_close(store)
         with pytest.raises(StoreUnavailable):
             await anext(stream)  # the second batch
         async with asyncio.timeout(10):
             await closing
     finally:
-        if closing is None:
-            await store.close()
-        else:
-            closing.cancel()
+        await end_close(store, closing)

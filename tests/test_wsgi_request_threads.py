@@ -76,6 +76,18 @@ def _warm(app: ServeFilesWSGI) -> None:
         time.sleep(0.02)
 
 
+def _stick_the_loop(app: ServeFilesWSGI, seconds: float) -> None:
+    """Make the adapter's event loop block for ``seconds``; returns once it is stuck."""
+    stuck = threading.Event()
+
+    def block_the_loop() -> None:
+        stuck.set()
+        time.sleep(seconds)
+
+    app._current().loop.call_soon_threadsafe(block_the_loop)
+    assert stuck.wait(5)
+
+
 @pytest.mark.parametrize("file_wrapper", [True, False], ids=["file_wrapper", "no_file_wrapper"])
 def test_memory_and_disk_hits_are_answered_while_the_event_loop_is_busy(
     app: ServeFilesWSGI, file_wrapper: bool
@@ -84,17 +96,9 @@ def test_memory_and_disk_hits_are_answered_while_the_event_loop_is_busy(
     both tiers still answer at once — a disk hit handed to the server's file wrapper, or read on
     the request thread when there is none, a range too — and each is counted as its tier's hit."""
     _warm(app)
-    process = app._current()
     metrics = app.mount.service.metrics
     memory_hits, disk_hits = metrics.memory_hits.value, metrics.disk_hits.value
-    stuck = threading.Event()
-
-    def block_the_loop() -> None:
-        stuck.set()
-        time.sleep(1.0)
-
-    process.loop.call_soon_threadsafe(block_the_loop)
-    assert stuck.wait(5)
+    _stick_the_loop(app, 1.0)
     started = time.monotonic()
     assert call(app, "GET", "/media/hot.bin", file_wrapper)[2] == SMALL
     assert call(app, "GET", "/media/large.bin", file_wrapper)[2] == LARGE
@@ -106,15 +110,7 @@ def test_memory_and_disk_hits_are_answered_while_the_event_loop_is_busy(
 def test_a_miss_still_goes_to_the_event_loop(app: ServeFilesWSGI) -> None:
     """What no tier holds is the loop's: the same stuck loop holds the request up until it is free."""
     _warm(app)
-    process = app._current()
-    stuck = threading.Event()
-
-    def block_the_loop() -> None:
-        stuck.set()
-        time.sleep(0.5)
-
-    process.loop.call_soon_threadsafe(block_the_loop)
-    assert stuck.wait(5)
+    _stick_the_loop(app, 0.5)
     started = time.monotonic()
     assert call(app, "GET", "/media/missing.bin")[0] == "404 Not Found"
     assert time.monotonic() - started > 0.3, "a miss was answered without the loop"

@@ -49,10 +49,19 @@ def call_wsgi(
         "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "test",
         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", **extra,
     }  # fmt: skip
+    status, headers, body = run_wsgi(app, environ)
+    return status, {name.lower(): value for name, value in headers}, body
+
+
+def run_wsgi(
+    app: Callable[[dict[str, Any], Any], Iterable[bytes]], environ: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call a WSGI app with ``environ`` and collect its response as the app gave it: the status
+    line, the headers, and the whole body, its iterable closed afterwards (PEP 3333)."""
     started: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        started["status"], started["headers"] = status, {name.lower(): value for name, value in headers}
+        started["status"], started["headers"] = status, headers
 
     result = app(environ, start_response)
     try:

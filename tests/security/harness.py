@@ -26,6 +26,7 @@ from servefiles.errors import InvalidKey
 from servefiles.keys import canonical_key
 
 from ..asgi_servers import Message, Scope, asgi_request
+from ..wsgi_servers import run_wsgi
 
 TOKEN = "sec-corpus-token-0123456789abc"
 """The upload token the apps under test accept: 30 characters."""
@@ -276,21 +277,10 @@ class WsgiAdapter:
         return environ
 
     def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        started: dict[str, Any] = {}
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-            started["status"], started["headers"] = status, headers
-
-        result = self.app(environ, start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status = int(started["status"].split(" ", 1)[0])
+        status_line, native, body = run_wsgi(self.app, environ)
+        status = int(status_line.split(" ", 1)[0])
         # PEP 3333: header names and values are latin-1 str; a non-latin-1 one fails here, loudly.
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in started["headers"]]
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in native]
         return status, headers, body
 
     async def call(
