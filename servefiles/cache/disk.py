@@ -304,7 +304,7 @@ class DiskCache:
         that adopts another process's entry, nginx's X-Accel path): hashed the first time this
         process reads that very file, not again while its stamp is unchanged (verified.py)."""
         meta = entry.meta
-        vouched = self.verified.vouches(meta.sha256, stamp)
+        vouched = self.vouched(entry, stamp)
         read_at = 0.0 if vouched else time.time()
         try:
             data = os.pread(fd, meta.size, 0)
@@ -321,7 +321,7 @@ class DiskCache:
         """:meth:`read_whole` for a caller that sends the file without reading it (nginx's X-Accel
         path): whether it is intact, read and hashed only if this process has not verified it
         already; ``fd`` is closed here."""
-        if self.verified.vouches(entry.meta.sha256, stamp):
+        if self.vouched(entry, stamp):
             os.close(fd)
             return True
         return self.read_whole(entry, fd, stamp) is not None
