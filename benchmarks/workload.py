@@ -593,16 +593,22 @@ class Run:
     failures: list[str] = field(default_factory=list)
 
 
+def chosen(only: str, small: int, large: int) -> list[Contender]:
+    """The contenders ``--only`` names (all for ""); SystemExit, in one line, for a word that names
+    none ("DB-direct, nginx static" is one word: a comma followed by a space belongs to a name,
+    as in "servefiles, 256 MiB")."""
+    words = [word.strip().lower() for word in re.split(r",(?! )", only) if word.strip()]
+    wanted = [c for c in contenders(small, large) if not words or any(word in c.name.lower() for word in words)]
+    unmatched = [word for word in words if not any(word in c.name.lower() for c in wanted)]
+    if unmatched:
+        raise SystemExit(f"--only: no contender's name contains {', '.join(map(repr, unmatched))}")
+    return wanted
+
+
 def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_root: Path) -> Run:
     result = Run()
     database = urlsplit(url).path.lstrip("/")
-    # A comma followed by a space is part of a name ("servefiles, 256 MiB"), not a separator.
-    words = [word.strip().lower() for word in re.split(r",(?! )", args.only) if word.strip()]
-    wanted = [c for c in contenders(args.small_cache, args.large_cache)
-              if not words or any(word in c.name.lower() for word in words)]  # fmt: skip
-    unmatched = [word for word in words if not any(word in c.name.lower() for c in wanted)]
-    if unmatched:  # "DB-direct, nginx static" is one word that names nothing: say so, measure nothing
-        raise SystemExit(f"--only: no contender's name contains {', '.join(map(repr, unmatched))}")
+    wanted = chosen(args.only, args.small_cache, args.large_cache)
     for s in args.s:
         scripts = {phase: zipf_script(work, data.ranked, s, args.seed * 100 + i) for i, phase in enumerate(PHASES)}
         for contender in wanted:
@@ -790,6 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PROFILE_DIR = args.profile
     if args.files < 1 or args.seconds <= 0 or not args.s:
         parser.error("--files and --seconds must be positive, --s must name an exponent")
+    chosen(args.only, args.small_cache, args.large_cache)  # a bad --only before a minute of set-up
     # A TERM or an interrupt unwinds: servers stopped, the image unmounted, the database dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
