@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
-from .cache.admission import Admission
+from .cache.admission import RIVALS, Admission
 from .cache.disk import DiskCache
 from .cache.fill import Filler
 from .cache.memory import MemoryTier
@@ -227,11 +227,13 @@ class Runtime:
     def worth_a_disk_write(self, key: str, size: int, *, sighted: bool) -> bool:
         """The admission rule for a file of ``size`` bytes no tier holds on disk: asked for
         ``cache_min_uses`` times lately (this request counted now, unless ``sighted`` already),
-        and, once the disk tier is full, more often than the entry it would evict first
-        (:meth:`Admission.outranks`; as often, where nginx answers the hits)."""
+        and, once the disk tier is full, more often than the entries it would evict together
+        (:meth:`Admission.prevails`; as often, where nginx answers the hits)."""
         admission = self.admission
         frequent = admission.admitted(key) if sighted else admission.admit(key)
-        return frequent and admission.outranks(key, self.disk.victim(size, key))
+        if not frequent:
+            return False
+        return admission.prevails(key, ((victim, 0) for victim in self.disk.victims(size, key, RIVALS)))
 
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is

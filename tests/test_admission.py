@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from servefiles.cache.admission import ROWS, Admission
@@ -76,21 +78,57 @@ def test_bad_parameters_are_refused(kwargs: dict[str, int]) -> None:
         Admission(**kwargs)
 
 
-def test_a_newcomer_outranks_only_a_victim_asked_for_less_often() -> None:
+def test_a_newcomer_prevails_only_over_a_victim_asked_for_less_often() -> None:
     admission = Admission(min_uses=2)
     for _ in range(5):
         admission.seen("popular.jpg")
     for _ in range(2):
         admission.admit("newcomer.jpg")
-    assert not admission.outranks("newcomer.jpg", "popular.jpg")
-    assert admission.outranks("newcomer.jpg", None), "no eviction needed: room is free"
+    assert not admission.prevails("newcomer.jpg", [("popular.jpg", 0)])
+    assert admission.prevails("newcomer.jpg", []), "no eviction needed: room is free"
     admission.seen("tied.jpg")
     admission.seen("tied.jpg")
-    assert not admission.outranks("newcomer.jpg", "tied.jpg"), "only a newcomer asked for more often"
+    assert not admission.prevails("newcomer.jpg", [("tied.jpg", 0)]), "only a newcomer asked for more often"
     admission.hits_seen = False  # tree mode: nginx answers the hits, a victim's count is its misses
-    assert admission.outranks("newcomer.jpg", "tied.jpg"), "ties admit then: the tier never freezes"
+    assert admission.prevails("newcomer.jpg", [("tied.jpg", 0)]), "ties admit then: the tier never freezes"
     admission.hits_seen = True
     for _ in range(4):  # 6 sightings in all, against the popular file's 5
         admission.admit("newcomer.jpg")
-    assert admission.outranks("newcomer.jpg", "popular.jpg")
-    assert Admission(min_uses=1).outranks("x", "y"), "min_uses 1 admits everything"
+    assert admission.prevails("newcomer.jpg", [("popular.jpg", 0)])
+    assert not admission.prevails("newcomer.jpg", [("popular.jpg", 1)]), "hits the sketch did not count add up"
+    assert Admission(min_uses=1).prevails("x", [("y", 9)]), "min_uses 1 admits everything"
+
+
+def test_a_newcomer_must_outweigh_every_entry_it_would_evict_together() -> None:
+    """The aggregated-victims rule: a large file that would push out several small ones is
+    admitted only when asked for more often than all of them together, not than the first."""
+    admission = Admission(min_uses=2)
+    for key, count in (("avatar-1.jpg", 2), ("avatar-2.jpg", 2), ("avatar-3.jpg", 2), ("photo.jpg", 5)):
+        for _ in range(count):
+            admission.seen(key)
+    avatars = [("avatar-1.jpg", 0), ("avatar-2.jpg", 0), ("avatar-3.jpg", 0)]
+    assert admission.prevails("photo.jpg", avatars[:1]), "5 against one avatar's 2"
+    assert admission.prevails("photo.jpg", avatars[:2]), "5 against 4"
+    assert not admission.prevails("photo.jpg", avatars), "5 against the three avatars' 6"
+    admission.hits_seen = False
+    assert not admission.prevails("photo.jpg", avatars), "outweighed, not tied: refused in tree mode too"
+    admission.hits_seen = True
+    admission.seen("photo.jpg")
+    admission.seen("photo.jpg")
+    assert admission.prevails("photo.jpg", avatars), "7 against 6"
+
+
+def test_a_refusal_stops_at_the_first_rivals_that_outweigh_the_newcomer() -> None:
+    admission = Admission(min_uses=2)
+    for _ in range(3):
+        admission.seen("popular.jpg")
+    admission.seen("newcomer.jpg")
+    looked: list[str] = []
+
+    def rivals() -> Iterator[tuple[str, int]]:
+        for key in ("popular.jpg", "never-looked-at-1.jpg", "never-looked-at-2.jpg"):
+            looked.append(key)
+            yield key, 0
+
+    assert not admission.prevails("newcomer.jpg", rivals())
+    assert looked == ["popular.jpg"]

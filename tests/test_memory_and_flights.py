@@ -159,13 +159,15 @@ async def test_a_failed_query_fails_every_caller_of_that_flight_and_the_next_ask
     assert await flights.run("k", query) == "meta" and query.runs == 2
 
 
-def test_the_disk_tiers_victim_is_the_least_recent_other_key() -> None:
+def test_the_disk_tiers_victims_are_the_least_recent_other_keys_that_make_room() -> None:
     index = MemIndex()
-    for key in ("a", "b"):
+    for key in ("a", "b", "c"):
         index.install(entry(key, 100).file.meta, installed_at=1)
-    assert index.total_bytes == 200
-    assert index.victim("c", 50, max_bytes=250) is None, "room enough: nothing to evict"
-    assert index.victim("c", 100, max_bytes=250) == "a"
-    assert index.victim("a", 100, max_bytes=250) == "b", "a key's own older entry is replaced, not evicted"
+    assert index.total_bytes == 300
+    assert index.victims("d", 50, max_bytes=350, limit=10) == [], "room enough: nothing to evict"
+    assert index.victims("d", 100, max_bytes=350, limit=10) == ["a"]
+    assert index.victims("d", 200, max_bytes=350, limit=10) == ["a", "b"], "as many as make room"
+    assert index.victims("d", 300, max_bytes=350, limit=2) == ["a", "b"], "never more than the limit"
+    assert index.victims("a", 100, max_bytes=350, limit=10) == ["b"], "a key's own older entry is replaced, not evicted"
     index.touch("a")
-    assert index.victim("c", 100, max_bytes=250) == "b"
+    assert index.victims("d", 200, max_bytes=350, limit=10) == ["b", "c"]

@@ -225,3 +225,33 @@ async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer
             await get("c.bin")
         assert disk.get("c.bin") is not None, "asked for more often than the least recent file, it is admitted"
         assert (disk.get("a.bin") is None) != (disk.get("b.bin") is None), "and took one file's place"
+
+
+async def test_a_large_newcomer_must_outweigh_all_the_files_it_would_push_out(store: Store, tmp_path: Path) -> None:
+    """The aggregated-victims rule on a real tier: a file twice the size of each cached one, asked
+    for more often than either but not than both together, stays out; asked for more often than
+    both, it takes both places. Every request is answered with the right bytes throughout."""
+    files = {"a.bin": os.urandom(100_000), "b.bin": os.urandom(100_000), "large.bin": os.urandom(200_000)}
+    for key, data in files.items():
+        await store.put(key, data)
+    cache = tmp_path / "cache"
+    async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
+
+        async def get(key: str) -> None:
+            response = await client.get(f"/media/{key}")
+            assert response.status_code == 200 and response.content == files[key]
+            await settle(app)
+
+        for _ in range(3):
+            for key in ("a.bin", "b.bin"):
+                await get(key)  # 3 each: two misses (the second fills), one disk hit
+        disk = app.service.disk
+        assert disk.get("a.bin") is not None and disk.get("b.bin") is not None
+        for _ in range(5):
+            await get("large.bin")
+        assert disk.get("large.bin") is None, "asked for 5 times, more than either (3) but not both (6)"
+        assert disk.get("a.bin") is not None and disk.get("b.bin") is not None
+        for _ in range(2):
+            await get("large.bin")
+        assert disk.get("large.bin") is not None, "asked for 7 times, more than both together"
+        assert disk.get("a.bin") is None and disk.get("b.bin") is None

@@ -326,10 +326,11 @@ class DiskCache:
             return True
         return self.read_whole(entry, fd, stamp) is not None
 
-    def victim(self, size: int, key: str) -> str | None:
-        """The key evicted first to make room for ``key``'s ``size`` bytes; None: room (memindex.py)."""
+    def victims(self, size: int, key: str, limit: int) -> list[str]:
+        """The keys evicted to make room for ``key``'s ``size`` bytes, least recently used first,
+        at most ``limit`` of them; [] when there is room (memindex.py)."""
         with self._lock:
-            return self._mem.victim(key, size, self.max_bytes)
+            return self._mem.victims(key, size, self.max_bytes, limit)
 
     def touch(self, key: str) -> None:
         """Record a hit for LRU, in memory; written to the index in batches."""

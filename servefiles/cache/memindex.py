@@ -77,13 +77,20 @@ class MemIndex:
         if key in self.order:
             self.order.move_to_end(key)
 
-    def victim(self, key: str, size: int, max_bytes: int) -> str | None:
-        """The key the next eviction would take first to make room for ``key``'s ``size`` more
-        bytes within ``max_bytes`` (the least recently used other key), or None when they fit
-        without one. ``key``'s own older entry is never its victim: it is replaced, not evicted."""
-        if self.total_bytes + size <= max_bytes:
-            return None
-        return next((other for other in self.order if other != key), None)
+    def victims(self, key: str, size: int, max_bytes: int, limit: int) -> list[str]:
+        """The keys the next eviction would take to make room for ``key``'s ``size`` more bytes
+        within ``max_bytes``, least recently used first, at most ``limit`` of them; [] when they
+        fit without one. ``key``'s own older entry is never its victim: it is replaced, not evicted."""
+        excess = self.total_bytes + size - max_bytes
+        taken: list[str] = []
+        for other in self.order:
+            if excess <= 0 or len(taken) >= limit:
+                break
+            if other != key:
+                meta = self.entries[other]
+                taken.append(other)
+                excess -= meta.size if self.refs.get(meta.sha256, 1) == 1 else 0  # as evict() counts
+        return taken
 
     # -- changes (each returns what the caller must unlink, and records itself) -------------
 

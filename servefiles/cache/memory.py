@@ -84,7 +84,8 @@ class MemoryTier:
 
     def offer(self, key: str, entry: MemoryEntry) -> bool:
         """Keep ``entry`` if it fits without evicting anything, or if the admission sketch ranks
-        ``key`` above each entry it would evict (their own hits added: :attr:`MemoryEntry.hits`);
+        ``key`` above the entries it would evict together (their own hits added:
+        :attr:`MemoryEntry.hits`; :meth:`Admission.prevails`);
         without a sketch, always (plain LRU). True when kept. Every copy into the tier but a
         test's goes through here; :meth:`put` keeps unconditionally."""
         if not self.fits(len(entry.body)):
