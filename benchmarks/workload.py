@@ -117,20 +117,36 @@ class Dataset:
         return self.root / "media" / key
 
 
-def make_dataset(count: int, seed: int, root: Path) -> Dataset:
-    """``count`` files of pseudo-random bytes under ``root/media``, the same for the same seed."""
-    rng = random.Random(seed)
+def generate(count: int, seed: int) -> tuple[Iterator[tuple[str, bytes]], list[str]]:
+    """``count`` files of pseudo-random bytes, the same for the same seed: ``(key, bytes)`` one at a
+    time (not all 1.1 GB at once), and every key, the most popular first."""
     counts = [round(count * share) for _, share, *_ in CATEGORIES[:-1]]
     counts.append(count - sum(counts))
-    sizes: dict[str, int] = {}
-    for (name, _, smallest, largest, extension), number in zip(CATEGORIES, counts, strict=True):
-        (root / "media" / name).mkdir(parents=True, exist_ok=True)
-        for i in range(number):
-            key = f"{name}/{i:05d}.{extension}"
-            sizes[key] = rng.randint(smallest, largest)
-            (root / "media" / key).write_bytes(rng.randbytes(sizes[key]))
-    ranked = list(sizes)
+    keys = [f"{name}/{i:05d}.{extension}" for (name, _, _, _, extension), number in zip(CATEGORIES, counts, strict=True)
+            for i in range(number)]  # fmt: skip
+    ranked = list(keys)
     random.Random(seed + 1).shuffle(ranked)  # popularity independent of size
+
+    def files() -> Iterator[tuple[str, bytes]]:
+        rng = random.Random(seed)
+        by_class = iter(keys)
+        for (_, _, smallest, largest, _), number in zip(CATEGORIES, counts, strict=True):
+            for _ in range(number):
+                key = next(by_class)
+                yield key, rng.randbytes(rng.randint(smallest, largest))
+
+    return files(), ranked
+
+
+def make_dataset(count: int, seed: int, root: Path) -> Dataset:
+    """``count`` files of pseudo-random bytes under ``root/media``, the same for the same seed."""
+    for name, *_ in CATEGORIES:
+        (root / "media" / name).mkdir(parents=True, exist_ok=True)
+    files, ranked = generate(count, seed)
+    sizes: dict[str, int] = {}
+    for key, data in files:
+        sizes[key] = len(data)
+        (root / "media" / key).write_bytes(data)
     return Dataset(root, ranked, sizes)
 
 

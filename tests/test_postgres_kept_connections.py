@@ -140,6 +140,56 @@ async def test_a_kept_connection_lost_meanwhile_is_replaced_without_failing_a_st
         await store.close()
 
 
+async def test_a_statement_that_fails_on_a_kept_connection_gives_it_back_not_keeps_it(pg_url: str) -> None:
+    """A kept connection's statement that raises (here a division by zero, PostgreSQL's own
+    error) goes back through the pool, which resets it; the error is the caller's, not a 503;
+    the next statement runs as usual."""
+    store = await PostgresStore.open(pg_url, pool_size=3)
+    try:
+        await backend_pid(store)
+        assert len(store._idle) == 1
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await store._fetch("SELECT 1 / 0")
+        assert store._idle == [], "a connection whose statement failed was kept"
+        assert store._pool.get_idle_size() == store._pool.get_size(), "nor was it given back to the pool"
+        assert [row[0] for row in await store._fetch("SELECT 41 + 1")] == [42]
+        assert len(store._idle) == 1
+    finally:
+        async with asyncio.timeout(10):  # a connection leaked out of the pool would make close() wait for ever
+            await store.close()
+
+
+async def test_a_kept_connection_lost_during_a_statement_is_a_store_unavailable_then_replaced(pg_url: str) -> None:
+    """The server process goes while a statement runs on a kept connection: the statement fails with
+    StoreUnavailable (a 503 with Retry-After), nothing is kept, and the next statement runs on a
+    new connection."""
+    store, _ = await open_named(pg_url)
+    try:
+        first = await backend_pid(store)
+        sleeping = asyncio.create_task(store._fetch("SELECT pg_sleep(30)"))
+        killer = await asyncpg.connect(pg_url)
+        try:
+            async with asyncio.timeout(10):
+                while True:  # until the statement runs on the server
+                    if await killer.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%'", first
+                    ):
+                        break
+                    await asyncio.sleep(0.01)
+            assert await killer.fetchval("SELECT pg_terminate_backend($1, 10000)", first)
+        finally:
+            await killer.close()
+        with pytest.raises(StoreUnavailable):
+            async with asyncio.timeout(10):
+                await sleeping
+        assert store._idle == []
+        assert store._pool.get_idle_size() == store._pool.get_size(), "the lost connection's slot is back in the pool"
+        assert await backend_pid(store) != first
+    finally:
+        async with asyncio.timeout(10):  # a connection leaked out of the pool would make close() wait for ever
+            await store.close()
+
+
 # -- close() --------------------------------------------------------------------------------------
 
 

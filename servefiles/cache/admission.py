@@ -11,10 +11,10 @@ tier is full a newcomer is compared with what it would evict (:meth:`Admission.p
 TinyLFU's admission rule proper). Files differ in size, so the comparison is with the entries
 it would evict *together*: a 2 MiB photo that pushes out a hundred avatars must be asked for
 more often than all of them (the "aggregated victims" rule of Einziger, Eytan, Friedman &
-Manes, "Lightweight Robust Size Aware Cache Management", ACM TOS 2022). Simulated on
-``benchmarks.workload``'s data and 256 MiB disk tier, against the first victim alone: 88.4 %
-of requests hit instead of 84.1 % at Zipf s = 1.0, 79.4 % instead of 69.1 % at s = 0.8,
-with a third as many disk writes (benchmarks/RESULTS.md, 2026-12-01).
+Manes, "Lightweight Robust Size Aware Cache Management", ACM TOS 2022). Replayed on
+``benchmarks.workload``'s data with a 256 MiB disk tier (``benchmarks.admission``), against the
+first victim alone: 88.4 % of requests hit instead of 84.3 % at Zipf s = 1.0 and 79.7 % instead
+of 69.7 % at s = 0.8, with a third to a fifth of the disk writes (benchmarks/RESULTS.md, 2026-12-01).
 
 The sketch is a count-min sketch: ``ROWS`` rows of byte counters indexed by slices of
 the key's digest (:func:`servefiles.keys.key_digest`); a key's count is the smallest of
