@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from servefiles import ServeFiles, Store, open_store
-from servefiles.service import HEAD_BYTES
+from servefiles.service import DISK_RECENCY_EVERY, HEAD_BYTES
 from servefiles.store.base import CHUNK_SIZE
 
 from .instrument import count_store_reads
@@ -255,3 +255,35 @@ async def test_a_large_newcomer_must_outweigh_all_the_files_it_would_push_out(st
             await get("large.bin")
         assert disk.get("large.bin") is not None, "asked for 7 times, more than both together"
         assert disk.get("a.bin") is None and disk.get("b.bin") is None
+
+
+async def test_a_file_answered_from_memory_keeps_its_place_in_the_disk_tier(store: Store, tmp_path: Path) -> None:
+    """A file hot in the memory tier is not the disk tier's least recently used for that: its
+    memory hits refresh its disk recency (one in DISK_RECENCY_EVERY), so a newcomer evicts a file
+    nobody asked for since, not the one everybody asks for."""
+    files = {key: os.urandom(50_000) for key in ("hot.bin", "cold-1.bin", "cold-2.bin", "new.bin")}
+    for key, data in files.items():
+        await store.put(key, data)
+    cache = tmp_path / "cache"
+    # Room on disk for three of the four; every miss written through; memory holds them all.
+    async with serving(store, cache, disk_bytes=160_000, memory_bytes=1_000_000, cache_min_uses=1) as (app, client):
+
+        async def get(key: str) -> None:
+            response = await client.get(f"/media/{key}")
+            assert response.status_code == 200 and response.content == files[key]
+            await settle(app)
+
+        for key in ("hot.bin", "cold-1.bin", "cold-2.bin"):
+            await get(key)  # disk order, least recent first: hot, cold-1, cold-2
+        disk = app.service.disk
+        assert all(disk.get(key) is not None for key in ("hot.bin", "cold-1.bin", "cold-2.bin"))
+        metrics = app.service.metrics
+        memory_hits = metrics.value("servefiles_hits_total", tier="memory")
+        for _ in range(DISK_RECENCY_EVERY):
+            await get("hot.bin")
+        assert metrics.value("servefiles_hits_total", tier="memory") - memory_hits == DISK_RECENCY_EVERY
+        assert metrics.value("servefiles_hits_total", tier="disk") == 0, "all memory hits"
+        await get("new.bin")
+        assert disk.get("new.bin") is not None
+        assert disk.get("hot.bin") is not None, "the file asked for most was evicted from disk"
+        assert disk.get("cold-1.bin") is None, "the least recently asked for goes"

@@ -333,10 +333,12 @@ class DiskCache:
             return self._mem.victims(key, size, self.max_bytes, limit)
 
     def touch(self, key: str) -> None:
-        """Record a hit for LRU, in memory; written to the index in batches."""
+        """Record a hit for LRU, in memory; written to the index in batches. Nothing for a key
+        this tier does not hold (a file the memory tier keeps alone)."""
         with self._lock:
-            self._mem.touch(key)
-        self._touches.touch(key)
+            held = self._mem.touch(key)
+        if held:
+            self._touches.touch(key)
 
     def flush(self) -> None:
         """Write the pending changes and touches to the index now."""

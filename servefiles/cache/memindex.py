@@ -73,9 +73,12 @@ class MemIndex:
     def has_file(self, sha256: str, size: int) -> bool:
         return self.files.get(sha256) == size
 
-    def touch(self, key: str) -> None:
-        if key in self.order:
-            self.order.move_to_end(key)
+    def touch(self, key: str) -> bool:
+        """Make ``key`` the most recently used; False when it is not held."""
+        if key not in self.order:
+            return False
+        self.order.move_to_end(key)
+        return True
 
     def victims(self, key: str, size: int, max_bytes: int, limit: int) -> list[str]:
         """The keys the next eviction would take to make room for ``key``'s ``size`` more bytes
