@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -50,6 +51,13 @@ async def settle(app: ServeFiles) -> None:
         if not filler._fills:
             return
         await asyncio.sleep(0.05)
+
+
+async def get_settled(app: ServeFiles, client: httpx.AsyncClient, files: dict[str, bytes], key: str) -> None:
+    """GET ``key``, check it is answered with its bytes, and wait until its fill (if any) ends."""
+    response = await client.get(f"/media/{key}")
+    assert response.status_code == 200 and response.content == files[key]
+    await settle(app)
 
 
 async def test_a_small_cold_miss_costs_one_query_and_writes_nothing_to_disk(store: Store, tmp_path: Path) -> None:
@@ -204,11 +212,7 @@ async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer
     # Room for two of the three; no memory tier, so every hit is a disk hit the sketch counts.
     async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
 
-        async def get(key: str) -> None:
-            response = await client.get(f"/media/{key}")
-            assert response.status_code == 200 and response.content == files[key]
-            await settle(app)
-
+        get = functools.partial(get_settled, app, client, files)
         for key in ("a.bin", "b.bin"):
             for _ in range(2):
                 await get(key)
@@ -237,11 +241,7 @@ async def test_a_large_newcomer_must_outweigh_all_the_files_it_would_push_out(st
     cache = tmp_path / "cache"
     async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
 
-        async def get(key: str) -> None:
-            response = await client.get(f"/media/{key}")
-            assert response.status_code == 200 and response.content == files[key]
-            await settle(app)
-
+        get = functools.partial(get_settled, app, client, files)
         for _ in range(3):
             for key in ("a.bin", "b.bin"):
                 await get(key)  # 3 each: two misses (the second fills), one disk hit
@@ -268,11 +268,7 @@ async def test_a_file_answered_from_memory_keeps_its_place_in_the_disk_tier(stor
     # Room on disk for three of the four; every miss written through; memory holds them all.
     async with serving(store, cache, disk_bytes=160_000, memory_bytes=1_000_000, cache_min_uses=1) as (app, client):
 
-        async def get(key: str) -> None:
-            response = await client.get(f"/media/{key}")
-            assert response.status_code == 200 and response.content == files[key]
-            await settle(app)
-
+        get = functools.partial(get_settled, app, client, files)
         for key in ("hot.bin", "cold-1.bin", "cold-2.bin"):
             await get(key)  # disk order, least recent first: hot, cold-1, cold-2
         disk = app.service.disk
