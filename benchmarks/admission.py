@@ -83,7 +83,7 @@ def replay(ranked: Sequence[str], sizes: dict[str, int], s: float, budget: int, 
         outcome.missed_bytes += sizes[key]
         if not admission.admit(key):
             continue
-        victims = index.victims(key, sizes[key], budget, rivals)
+        victims = index.victims(metas[key], budget, rivals)
         if not admission.prevails(key, ((victim, 0) for victim in victims)):
             continue
         outcome.writes += 1

@@ -16,7 +16,7 @@ from .cache.fill import FillReader
 from .cache.memory import MemoryEntry
 from .http import PreparedFile
 from .runtime import Runtime
-from .store.types import Head
+from .store.types import FileMeta, Head
 
 logger = logging.getLogger("servefiles")
 
@@ -44,7 +44,7 @@ class Misses:
         if fill is not None:
             return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         complete = head is not None and head.complete
-        if self._admit(meta.key, meta.size, held, sighted) and (not ranged or meta.size <= runtime.settings.disk_bytes):
+        if self._admit(meta, held, sighted) and (not ranged or meta.size <= runtime.settings.disk_bytes):
             fill = filler.start(meta, file, head)
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
@@ -55,13 +55,13 @@ class Misses:
             return MemoryBody(head.data)
         return StoreBody(runtime.store, meta, runtime.metrics, head)
 
-    def _admit(self, key: str, size: int, held: bool, sighted: bool) -> bool:
-        """Whether this miss writes ``key`` (``size`` bytes) to the disk tier (counted either way):
+    def _admit(self, meta: FileMeta, held: bool, sighted: bool) -> bool:
+        """Whether this miss writes ``meta``'s file to the disk tier (counted either way):
         held before, or :meth:`Runtime.worth_a_disk_write`. A request is sighted as it goes to the
         store (see ``FileService.lookup``), so requests that waited for the same query all count
         before any decides: a burst of them shares one fill."""
         metrics = self.runtime.metrics
-        if held or self.runtime.worth_a_disk_write(key, size, sighted=sighted):
+        if held or self.runtime.worth_a_disk_write(meta, sighted=sighted):
             metrics.admissions.inc()
             return True
         metrics.admission_rejections.inc()

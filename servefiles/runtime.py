@@ -33,7 +33,7 @@ from .metaview import MetadataView, outdated
 from .metrics import Metrics
 from .probes import health_report
 from .store import Store, connect
-from .store.types import Change
+from .store.types import Change, FileMeta
 
 logger = logging.getLogger("servefiles")
 
@@ -224,16 +224,16 @@ class Runtime:
         self.view.wrote(key, version, revision)
         await self.discard(key)
 
-    def worth_a_disk_write(self, key: str, size: int, *, sighted: bool) -> bool:
-        """The admission rule for a file of ``size`` bytes no tier holds on disk: asked for
+    def worth_a_disk_write(self, meta: FileMeta, *, sighted: bool) -> bool:
+        """The admission rule for ``meta``'s file, which no tier holds on disk: asked for
         ``cache_min_uses`` times lately (this request counted now, unless ``sighted`` already),
         and, once the disk tier is full, more often than the entries it would evict together
         (:meth:`Admission.prevails`; as often, where nginx answers the hits)."""
-        admission = self.admission
+        admission, key = self.admission, meta.key
         frequent = admission.admitted(key) if sighted else admission.admit(key)
         if not frequent:
             return False
-        return admission.prevails(key, ((victim, 0) for victim in self.disk.victims(size, key, RIVALS)))
+        return admission.prevails(key, ((victim, 0) for victim in self.disk.victims(meta, RIVALS)))
 
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is

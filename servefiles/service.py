@@ -317,8 +317,8 @@ class FileService:
         """The memory tier's copy of ``key`` if it is fresh at ``now`` (monotonic seconds)."""
         cached = self.memory.get(key)
         if cached is not None and self.view.fresh(key, cached.file.meta.revision, now):
-            if not next(self._memory_hits) % DISK_RECENCY_EVERY:
-                self.disk.touch(key)  # a hot file is the disk tier's to keep too (DISK_RECENCY_EVERY)
+            if not next(self._memory_hits) % DISK_RECENCY_EVERY:  # a hot file is the disk tier's to keep too
+                self.disk.touch(key, cached.file.meta.revision)  # not an older copy there, though
             return Found(cached.file, "memory", MemoryBody(cached.body))
         return None
 

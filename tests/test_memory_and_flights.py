@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -159,15 +160,32 @@ async def test_a_failed_query_fails_every_caller_of_that_flight_and_the_next_ask
     assert await flights.run("k", query) == "meta" and query.runs == 2
 
 
-def test_the_disk_tiers_victims_are_the_least_recent_other_keys_that_make_room() -> None:
+def test_the_disk_tiers_victims_are_what_an_install_would_evict() -> None:
     index = MemIndex()
     for key in ("a", "b", "c"):
         index.install(entry(key, 100).file.meta, installed_at=1)
     assert index.total_bytes == 300
-    assert index.victims("d", 50, max_bytes=350, limit=10) == [], "room enough: nothing to evict"
-    assert index.victims("d", 100, max_bytes=350, limit=10) == ["a"]
-    assert index.victims("d", 200, max_bytes=350, limit=10) == ["a", "b"], "as many as make room"
-    assert index.victims("d", 300, max_bytes=350, limit=2) == ["a", "b"], "never more than the limit"
-    assert index.victims("a", 100, max_bytes=350, limit=10) == ["b"], "a key's own older entry is replaced, not evicted"
+
+    def victims(key: str, size: int, limit: int = 10, data: str | None = None) -> list[str]:
+        meta = entry(data or key, size).file.meta
+        return index.victims(replace(meta, key=key, version=2), max_bytes=350, limit=limit)
+
+    assert victims("d", 50) == [], "room enough: nothing to evict"
+    assert victims("d", 100) == ["a"]
+    assert victims("d", 200) == ["a", "b"], "as many as make room"
+    assert victims("d", 300, limit=2) == ["a", "b"], "never more than the limit"
+    assert victims("a", 100, data="x") == [], "a key's own older entry is replaced: its bytes are freed"
+    assert victims("a", 200, data="x") == ["b"], "and never evicted"
+    assert victims("d", 100, data="c") == [], "content already on disk takes no more room"
+    for key, size, data in (("d", 100, None), ("a", 200, "x"), ("d", 200, None)):
+        meta = replace(entry(data or key, size).file.meta, key=key, version=2)
+        copy = MemIndex()
+        for held in ("a", "b", "c"):
+            copy.install(entry(held, 100).file.meta, installed_at=1)
+        predicted = copy.victims(meta, max_bytes=350, limit=10)
+        copy.install(meta, installed_at=2)
+        evicted, _unlink = copy.evict(350, meta)
+        assert evicted == predicted, f"victims of {key} ({size} bytes) are not what evict() takes"
     index.touch("a")
-    assert index.victims("d", 200, max_bytes=350, limit=10) == ["b", "c"]
+    assert victims("d", 200) == ["b", "c"]
+    assert not index.touch("a", (99, "0" * 64)), "another revision: not touched"

@@ -42,9 +42,10 @@ all four ~2 %)."""
 _HALVE = bytes(value >> 1 for value in range(256))
 """``bytearray.translate`` table halving every counter (C speed, no Python loop)."""
 RIVALS = 128
-"""The most entries a newcomer is compared with (:meth:`Admission.prevails`): a large file that
-would evict more is compared with the least recent 128, which keeps a refusal's cost bounded
-(each is an estimate, ~1-4 µs) where the tail is full of small files nobody asks for."""
+"""The most disk-tier entries a newcomer is compared with (:meth:`Admission.prevails`): a large
+file that would evict more is compared with the least recent 128, which keeps a refusal's cost
+bounded (each is an estimate, ~1-4 µs) where the tail is full of small files nobody asks for.
+(The memory tier needs no cap: its files are at most 256 KiB, its victims lazily listed.)"""
 SLOT_CACHE_KEYS = 4096
 """Keys whose counter slots are remembered: a disk hit sights its key, and working its slots out
 again (a sha256 of the key and four slices) cost 3.8 µs of a sighting's 4 against 1 µs remembered

@@ -326,17 +326,17 @@ class DiskCache:
             return True
         return self.read_whole(entry, fd, stamp) is not None
 
-    def victims(self, size: int, key: str, limit: int) -> list[str]:
-        """The keys evicted to make room for ``key``'s ``size`` bytes, least recently used first,
-        at most ``limit`` of them; [] when there is room (memindex.py)."""
+    def victims(self, meta: FileMeta, limit: int) -> list[str]:
+        """The keys an install of ``meta`` would evict, least recently used first, at most ``limit``
+        of them; [] when there is room (:meth:`MemIndex.victims`)."""
         with self._lock:
-            return self._mem.victims(key, size, self.max_bytes, limit)
+            return self._mem.victims(meta, self.max_bytes, limit)
 
-    def touch(self, key: str) -> None:
+    def touch(self, key: str, revision: tuple[int, str] | None = None) -> None:
         """Record a hit for LRU, in memory; written to the index in batches. Nothing for a key
-        this tier does not hold (a file the memory tier keeps alone)."""
+        this tier does not hold, or holds in another revision than ``revision`` (when given)."""
         with self._lock:
-            held = self._mem.touch(key)
+            held = self._mem.touch(key, revision)
         if held:
             self._touches.touch(key)
 

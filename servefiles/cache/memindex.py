@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..store.types import FileMeta
@@ -73,26 +74,31 @@ class MemIndex:
     def has_file(self, sha256: str, size: int) -> bool:
         return self.files.get(sha256) == size
 
-    def touch(self, key: str) -> bool:
-        """Make ``key`` the most recently used; False when it is not held."""
-        if key not in self.order:
+    def touch(self, key: str, revision: tuple[int, str] | None = None) -> bool:
+        """Make ``key`` the most recently used; False when it is not held (of ``revision``, if given)."""
+        if key not in self.order or (revision is not None and self.entries[key].revision != revision):
             return False
         self.order.move_to_end(key)
         return True
 
-    def victims(self, key: str, size: int, max_bytes: int, limit: int) -> list[str]:
-        """The keys the next eviction would take to make room for ``key``'s ``size`` more bytes
-        within ``max_bytes``, least recently used first, at most ``limit`` of them; [] when they
-        fit without one. ``key``'s own older entry is never its victim: it is replaced, not evicted."""
-        excess = self.total_bytes + size - max_bytes
+    def victims(self, meta: FileMeta, max_bytes: int, limit: int) -> list[str]:
+        """The keys :meth:`evict` would take after :meth:`install` of ``meta`` to fit ``max_bytes``,
+        least recently used first, at most ``limit`` of them; [] when it fits without one. Counted
+        as those two count: ``meta``'s bytes are new only if no entry has that content yet, the
+        key's own older entry is replaced (its file freed if nothing else uses it), and an entry
+        sharing ``meta``'s content or another's frees nothing."""
+        added = 0 if meta.sha256 in self.files else meta.size
+        current = self.entries.get(meta.key)
+        replaced = 0
+        if current is not None and current.sha256 != meta.sha256 and self.refs.get(current.sha256, 1) == 1:
+            replaced = current.size
+        excess = self.total_bytes + added - replaced - max_bytes
         taken: list[str] = []
-        for other in self.order:
+        for key, freed in self._eviction_order(meta):
             if excess <= 0 or len(taken) >= limit:
                 break
-            if other != key:
-                meta = self.entries[other]
-                taken.append(other)
-                excess -= meta.size if self.refs.get(meta.sha256, 1) == 1 else 0  # as evict() counts
+            taken.append(key)
+            excess -= freed
         return taken
 
     # -- changes (each returns what the caller must unlink, and records itself) -------------
@@ -141,12 +147,9 @@ class MemIndex:
         unlink: list[str] = []
         while self.total_bytes > max_bytes:
             need, freed, victims = self.total_bytes - max_bytes, 0, []
-            for key in self.order:  # oldest first; stop once enough is found (no copy of the order)
-                meta = self.entries[key]
-                if key == keep.key or meta.sha256 == keep.sha256:
-                    continue
+            for key, frees in self._eviction_order(keep):  # stop once enough is found (no copy of the order)
                 victims.append(key)
-                freed += meta.size if self.refs.get(meta.sha256, 1) == 1 else 0
+                freed += frees
                 if freed >= need:
                     break
             if not victims:
@@ -155,6 +158,16 @@ class MemIndex:
                 unlink += self.discard(key)
             evicted += victims
         return evicted, unlink
+
+    def _eviction_order(self, keep: FileMeta) -> Iterator[tuple[str, int]]:
+        """(key, bytes its removal frees), least recently used first, never ``keep``'s key or an
+        entry sharing its file; a file other entries still use frees nothing. Lazy: a caller stops
+        once it has enough, and must not change the order while it iterates."""
+        for key in self.order:
+            meta = self.entries[key]
+            if key == keep.key or meta.sha256 == keep.sha256:
+                continue
+            yield key, meta.size if self.refs.get(meta.sha256, 1) == 1 else 0
 
     def take_journal(self) -> Journal:
         journal, self.journal = self.journal, Journal()

@@ -292,7 +292,7 @@ class AccelLayer:
                 not isinstance(reply.body, MemoryBody)
                 or (held is not None and held.meta.revision == meta.revision)  # on disk: not publishable now
                 or not files.view.fresh(meta.key, meta.revision, time.monotonic())
-                or not files.runtime.worth_a_disk_write(meta.key, meta.size, sighted=False)
+                or not files.runtime.worth_a_disk_write(meta, sighted=False)
             ):
                 return
             landing = self._store_copy(meta, reply.body.data)

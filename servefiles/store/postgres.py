@@ -258,20 +258,31 @@ class PostgresStore(Store):
         store being closed, and made the pool's close wait for it."""
         conn = None
         try:
-            self._refuse_if_closing()
-            conn = self._take_idle()
-            if conn is None:
-                self._waiting += 1
-                try:
-                    conn = await self._pool.acquire(timeout=self._connect_timeout)
-                finally:
-                    self._waiting -= 1
-                self._refuse_if_closing()  # close() began while this statement waited for the pool
+            conn = await self._take()
             yield conn
         except BaseException as exc:
             await self._failed(conn, exc)
             raise
         await self._done(conn)
+
+    async def _take(self) -> asyncpg.Connection:
+        """A connection for a statement: a kept one when at hand (nothing awaited), else the pool's.
+        StoreUnavailable once :meth:`close` has begun, before taking one and after waiting for the
+        pool (then the connection goes straight back). Failures of the pool are the caller's to map
+        (:meth:`_failed` with no connection)."""
+        self._refuse_if_closing()
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
+        self._waiting += 1
+        try:
+            conn = await self._pool.acquire(timeout=self._connect_timeout)
+        finally:
+            self._waiting -= 1
+        if self._closing:  # close() began while this statement waited for the pool
+            await self._give_back(conn)
+            self._refuse_if_closing()
+        return conn
 
     async def _failed(self, conn: asyncpg.Connection | None, exc: BaseException) -> None:
         """A statement on ``conn`` (None: none taken yet) raised ``exc``: the connection goes back
@@ -286,7 +297,7 @@ class PostgresStore(Store):
         """``conn`` served its statements cleanly: kept aside for the next one, unless a statement
         waits in the pool for it, the store is closing, or it was lost or left in a transaction."""
         if self._waiting or self._closing or not _is_open(conn) or conn.is_in_transaction():
-            await self._give_back(conn)  # someone waits in the pool for a connection: this one
+            await self._give_back(conn)  # to a statement waiting in the pool, or to be reset or closed
         else:
             self._idle.append((conn, time.monotonic()))
 
@@ -345,18 +356,13 @@ class PostgresStore(Store):
     # -- reads ------------------------------------------------------------------------
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """One statement's rows, on a kept connection when one is at hand (:meth:`_connection`'s
-        rules, without its context manager, whose async generator's enter and exit cost 7 µs of the
-        84 µs of CPU a miss's query took: best of 15 batches of 200, in process, 2026-12-01), else
-        through the pool."""
-        self._refuse_if_closing()
-        conn = self._take_idle()
-        if conn is None:
-            async with self._connection() as pooled:
-                rows: list[asyncpg.Record] = await pooled.fetch(query, *args)
-                return rows
+        """One statement's rows, under :meth:`_connection`'s rules without its context manager,
+        whose async generator's enter and exit cost 7 µs of the 84 µs of CPU a miss's query took
+        (best of 15 batches of 200, in process, 2026-12-01)."""
+        conn = None
         try:
-            rows = await conn.fetch(query, *args)
+            conn = await self._take()
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
         except BaseException as exc:
             await self._failed(conn, exc)
             raise
