@@ -122,18 +122,16 @@ def generate(count: int, seed: int) -> tuple[Iterator[tuple[str, bytes]], list[s
     time (not all 1.1 GB at once), and every key, the most popular first."""
     counts = [round(count * share) for _, share, *_ in CATEGORIES[:-1]]
     counts.append(count - sum(counts))
-    keys = [f"{name}/{i:05d}.{extension}" for (name, _, _, _, extension), number in zip(CATEGORIES, counts, strict=True)
+    plan = [(f"{name}/{i:05d}.{extension}", smallest, largest)
+            for (name, _, smallest, largest, extension), number in zip(CATEGORIES, counts, strict=True)
             for i in range(number)]  # fmt: skip
-    ranked = list(keys)
+    ranked = [key for key, _, _ in plan]
     random.Random(seed + 1).shuffle(ranked)  # popularity independent of size
 
     def files() -> Iterator[tuple[str, bytes]]:
         rng = random.Random(seed)
-        by_class = iter(keys)
-        for (_, _, smallest, largest, _), number in zip(CATEGORIES, counts, strict=True):
-            for _ in range(number):
-                key = next(by_class)
-                yield key, rng.randbytes(rng.randint(smallest, largest))
+        for key, smallest, largest in plan:
+            yield key, rng.randbytes(rng.randint(smallest, largest))
 
     return files(), ranked
 

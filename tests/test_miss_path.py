@@ -211,7 +211,6 @@ async def test_a_full_disk_tier_keeps_files_asked_for_more_often_than_a_newcomer
     cache = tmp_path / "cache"
     # Room for two of the three; no memory tier, so every hit is a disk hit the sketch counts.
     async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
-
         get = functools.partial(get_settled, app, client, files)
         for key in ("a.bin", "b.bin"):
             for _ in range(2):
@@ -240,7 +239,6 @@ async def test_a_large_newcomer_must_outweigh_all_the_files_it_would_push_out(st
         await store.put(key, data)
     cache = tmp_path / "cache"
     async with serving(store, cache, disk_bytes=250_000, memory_bytes=0, cache_min_uses=2) as (app, client):
-
         get = functools.partial(get_settled, app, client, files)
         for _ in range(3):
             for key in ("a.bin", "b.bin"):
@@ -267,7 +265,6 @@ async def test_a_file_answered_from_memory_keeps_its_place_in_the_disk_tier(stor
     cache = tmp_path / "cache"
     # Room on disk for three of the four; every miss written through; memory holds them all.
     async with serving(store, cache, disk_bytes=160_000, memory_bytes=1_000_000, cache_min_uses=1) as (app, client):
-
         get = functools.partial(get_settled, app, client, files)
         for key in ("hot.bin", "cold-1.bin", "cold-2.bin"):
             await get(key)  # disk order, least recent first: hot, cold-1, cold-2
