@@ -8,6 +8,7 @@ import errno
 import hashlib
 import multiprocessing
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -194,6 +195,41 @@ def test_commit_installs_a_file_named_by_content_hash_never_by_key(cache: DiskCa
     assert entry.path.read_bytes() == data
     assert cache.get("avatars/alice.png") == entry
     assert not any("alice" in str(path) or "avatars" in str(path) for path in all_paths(root))
+
+
+@pytest.mark.parametrize("squatter", ["gone", "file", "symlink"])
+def test_a_shard_removed_or_taken_while_running_is_made_again_by_the_next_write(
+    cache: DiskCache, root: Path, tmp_path: Path, squatter: str
+) -> None:
+    """Every write looks at its shard: one found gone, or something else in its place, is made
+    again, and a link there is never written through (checking once per process would miss it)."""
+    first = put(cache, "a.png", b"first")
+    shard = first.path.parent
+    data = next(
+        f"same shard {n}".encode()
+        for n in range(100_000)
+        if hashlib.sha256(f"same shard {n}".encode()).hexdigest()[:2] == shard.name
+    )
+    shutil.rmtree(shard)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if squatter == "file":
+        shard.write_bytes(b"not a directory")
+    elif squatter == "symlink":
+        shard.symlink_to(outside, target_is_directory=True)
+    entry = put(cache, "b.png", data)
+    assert entry.path.parent == shard and stat.S_ISDIR(os.lstat(shard).st_mode)
+    assert entry.path.read_bytes() == data
+    assert list(outside.iterdir()) == []
+
+
+def test_a_directory_squatting_on_a_content_name_is_replaced_by_the_file(cache: DiskCache, root: Path) -> None:
+    data = b"bytes whose name a directory took"
+    sha = hashlib.sha256(data).hexdigest()
+    squatter = root / "objects" / sha[:2] / sha
+    (squatter / "inside").mkdir(parents=True)
+    entry = put(cache, "k.png", data)
+    assert entry.path == squatter.absolute() and entry.path.read_bytes() == data
 
 
 def test_a_file_being_written_is_invisible_until_commit(cache: DiskCache) -> None:

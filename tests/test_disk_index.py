@@ -24,6 +24,7 @@ import pytest
 from servefiles.cache.disk import DiskCache
 from servefiles.cache.durable import boot_id
 from servefiles.cache.locks import FillLock
+from servefiles.cache.members import Members
 from servefiles.store.types import FileMeta
 
 MiB = 1024 * 1024
@@ -211,6 +212,22 @@ def test_a_process_alone_in_its_dir_takes_no_fill_lock_and_makes_no_lock_file(ro
         assert list((root / "locks").iterdir()) == []
         assert [path.name.startswith(f"{os.getpid()}-") for path in (root / "procs").iterdir()] == [True]
     assert list((root / "procs").iterdir()) == []  # unregistered at close
+
+
+def test_a_newcomer_is_seen_as_soon_as_its_join_returns_though_alone_was_just_answered(tmp_path: Path) -> None:
+    """An "alone" answer stands for a moment without a look at procs/ (members.RECHECK_SECONDS);
+    a newcomer is still seen by the time its join returns, however recent that answer was.
+    Two memberships in one process: flock tells them apart as it tells processes apart."""
+    procs = tmp_path / "procs"
+    first, newcomer = Members(procs), Members(procs)
+    try:
+        assert first.join()
+        assert first.alone()  # just answered: the next call may reuse it
+        assert not newcomer.join()
+        assert not first.alone()
+    finally:
+        newcomer.leave()
+        first.leave()
 
 
 def test_a_second_process_makes_both_share_the_dir_through_sqlite(root: Path) -> None:

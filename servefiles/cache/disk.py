@@ -362,7 +362,7 @@ class DiskCache:
             raise CacheWriteError(f"cannot cache {meta.key}: {meta.size} bytes exceed the cache's {self.max_bytes}")
         final = self._dir.content_path(meta.sha256)
         try:
-            ensure_dir(final.parent)
+            ensure_dir(final.parent)  # each time: a shard replaced by a link while running is never written through
             fd, path = locks.create_locked_temp(final.parent, TEMP_PREFIX)
         except OSError as exc:
             raise CacheWriteError(f"cannot cache {meta.key}: {exc}") from exc

@@ -24,6 +24,11 @@ __all__ = ["Members"]
 
 TICK_SECONDS = 0.02
 """Longer than the kernel's timestamp granularity (one jiffy: 1-10 ms)."""
+RECHECK_SECONDS = 0.002
+"""How long an "alone" answer stands before :meth:`Members.alone` looks at ``procs/`` again. A
+fill asks at each of its steps; one ``stat`` per step was four per small fill (about 20 µs on
+ext4). Well under :data:`TICK_SECONDS`: a newcomer is seen before its :meth:`Members.join`
+returns, so before it does anything in the dir, as when every call looked."""
 
 
 class Members:
@@ -34,6 +39,7 @@ class Members:
         self._fd: int | None = None
         self._path: Path | None = None
         self._seen: tuple[int, int] | None = None
+        self._alone_until = 0.0  # monotonic seconds: the last "alone" stands until then
         self.shared = False
         """Whether another live process was seen since :meth:`join` (sticky)."""
 
@@ -45,13 +51,18 @@ class Members:
         time.sleep(TICK_SECONDS)
         os.utime(self.directory)  # a later mtime than the creation's, for whoever read it in that tick
         self._seen = None
+        self._alone_until = 0.0
         self.shared = False
         return self.alone()
 
     def alone(self) -> bool:
-        """Whether no other live process has joined (one stat while nothing changed)."""
+        """Whether no other live process has joined (one stat while nothing changed, at most one
+        per :data:`RECHECK_SECONDS`)."""
         if self.shared or self._path is None:
             return False
+        now = time.monotonic()
+        if now < self._alone_until:
+            return True
         try:
             found = os.stat(self.directory, follow_symlinks=False)
         except OSError:
@@ -59,6 +70,7 @@ class Members:
             return False
         seen = (found.st_mtime_ns, found.st_ino)
         if seen == self._seen:
+            self._alone_until = now + RECHECK_SECONDS
             return True
         if self.others_alive():
             self.shared = True

@@ -70,10 +70,15 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
 
 
 def rename_into_place(temp: Path, final: Path) -> None:
-    """Rename a temp file to its final name (same directory: atomic), replacing a squatting directory."""
-    if stat.S_ISDIR(lstat_mode(final)):
+    """Rename a temp file to its final name (same directory: atomic), replacing a squatting directory
+    (renamed first, looked at only when that fails: the common case costs the rename alone)."""
+    try:
+        os.rename(temp, final)
+    except OSError:
+        if not stat.S_ISDIR(lstat_mode(final)):
+            raise
         shutil.rmtree(final)  # rename cannot replace a directory
-    os.rename(temp, final)
+        os.rename(temp, final)
 
 
 INSTALL_ATTEMPTS = 4
