@@ -26,8 +26,8 @@ TICK_SECONDS = 0.02
 """Longer than the kernel's timestamp granularity (one jiffy: 1-10 ms)."""
 RECHECK_SECONDS = 0.002
 """How long an "alone" answer stands before :meth:`Members.alone` looks at ``procs/`` again. A
-fill asks at each of its steps; one ``stat`` per step was four per small fill (about 20 µs on
-ext4). Well under :data:`TICK_SECONDS`: a newcomer is seen before its :meth:`Members.join`
+fill asks at each of its steps: one ``stat`` each, up to four per small fill (benchmarks/RESULTS.md,
+2026-12-01, twelfth run). Well under :data:`TICK_SECONDS`: a newcomer is seen before its :meth:`Members.join`
 returns, so before it does anything in the dir, as when every call looked."""
 
 
