@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from servefiles.cache import members as members_module
 from servefiles.cache.disk import DiskCache
 from servefiles.cache.durable import boot_id
 from servefiles.cache.locks import FillLock
@@ -224,6 +225,38 @@ def test_a_newcomer_is_seen_as_soon_as_its_join_returns_though_alone_was_just_an
         assert first.join()
         assert first.alone()  # just answered: the next call may reuse it
         assert not newcomer.join()
+        assert not first.alone()
+    finally:
+        newcomer.leave()
+        first.leave()
+
+
+def test_a_newcomer_is_seen_when_its_join_returns_on_a_clock_too_coarse_to_date_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a coarse timestamp clock the newcomer's file may leave procs/' mtime as it was, so only
+    its later touch tells; an "alone" answered just before that touch must not outlive its join."""
+    procs = tmp_path / "procs"
+    first, newcomer = Members(procs), Members(procs)
+    answered_during_join: list[bool] = []
+    real_sleep = time.sleep
+
+    def coarse_sleep(seconds: float) -> None:
+        if not answered_during_join:  # the newcomer's first wait: its file exists, undated
+            os.utime(procs, ns=(undated, undated))
+            real_sleep(seconds)
+            answered_during_join.append(first.alone())  # looks, sees the old mtime: alone
+        else:
+            real_sleep(seconds)
+
+    try:
+        assert first.join()
+        assert first.alone()
+        undated = os.stat(procs).st_mtime_ns
+        monkeypatch.setattr(members_module.time, "sleep", coarse_sleep)
+        assert not newcomer.join()
+        monkeypatch.undo()
+        assert answered_during_join == [True]  # the clock hid the newcomer then, as intended
         assert not first.alone()
     finally:
         newcomer.leave()

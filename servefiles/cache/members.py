@@ -27,8 +27,9 @@ TICK_SECONDS = 0.02
 RECHECK_SECONDS = 0.002
 """How long an "alone" answer stands before :meth:`Members.alone` looks at ``procs/`` again. A
 fill asks at each of its steps: one ``stat`` each, up to four per small fill (benchmarks/RESULTS.md,
-2026-12-01, twelfth run). Well under :data:`TICK_SECONDS`: a newcomer is seen before its :meth:`Members.join`
-returns, so before it does anything in the dir, as when every call looked."""
+2026-12-01, twelfth run). A newcomer's :meth:`Members.join` waits this long after its last touch
+of ``procs/``, so it is seen before that returns, and before it does anything in the dir, as when
+every call looked — even on a clock so coarse that only that touch moved the mtime."""
 
 
 class Members:
@@ -50,6 +51,9 @@ class Members:
         self._fd, self._path = fd, path
         time.sleep(TICK_SECONDS)
         os.utime(self.directory)  # a later mtime than the creation's, for whoever read it in that tick
+        # and one that whoever answered "alone" just before it looks at again before we go on: an
+        # answer stands RECHECK_SECONDS (on a coarse clock the creation may not have moved the mtime)
+        time.sleep(RECHECK_SECONDS)
         self._seen = None
         self._alone_until = 0.0
         self.shared = False
