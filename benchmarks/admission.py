@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import datetime
+import functools
 import itertools
 import random
 import sys
@@ -81,15 +82,13 @@ def replay(ranked: Sequence[str], sizes: dict[str, int], s: float, budget: int, 
                 admission.seen(key)
             continue
         outcome.missed_bytes += sizes[key]
-        if not admission.admit(key):
-            continue
-        victims = index.victims(metas[key], budget, rivals)
-        if not admission.prevails(key, ((victim, 0) for victim in victims)):
-            continue
+        meta = metas[key]
+        if not admission.worth_writing(key, functools.partial(index.victims, meta, budget, rivals), sighted=False):
+            continue  # the rule Runtime.worth_a_disk_write applies
         outcome.writes += 1
         outcome.written_bytes += sizes[key]
-        index.install(metas[key], installed_at=1)
-        index.evict(budget, metas[key])
+        index.install(meta, installed_at=1)
+        index.evict(budget, meta)
     return outcome
 
 

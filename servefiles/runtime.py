@@ -229,11 +229,7 @@ class Runtime:
         ``cache_min_uses`` times lately (this request counted now, unless ``sighted`` already),
         and, once the disk tier is full, more often than the entries it would evict together
         (:meth:`Admission.prevails`; as often, where nginx answers the hits)."""
-        admission, key = self.admission, meta.key
-        frequent = admission.admitted(key) if sighted else admission.admit(key)
-        if not frequent:
-            return False
-        return admission.prevails(key, ((victim, 0) for victim in self.disk.victims(meta, RIVALS)))
+        return self.admission.worth_writing(meta.key, lambda: self.disk.victims(meta, RIVALS), sighted=sighted)
 
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is

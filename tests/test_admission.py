@@ -132,3 +132,23 @@ def test_a_refusal_stops_at_the_first_rivals_that_outweigh_the_newcomer() -> Non
 
     assert not admission.prevails("newcomer.jpg", rivals())
     assert looked == ["popular.jpg"]
+
+
+def test_worth_writing_lists_the_victims_only_once_the_sightings_suffice() -> None:
+    """The disk tier's rule in one place (Runtime.worth_a_disk_write and benchmarks.admission):
+    sightings first, the victims (a listing under the tier's lock) only then."""
+    admission = Admission(min_uses=2)
+    listed: list[str] = []
+
+    def victims() -> list[str]:
+        listed.append("asked")
+        return ["rival"]
+
+    assert not admission.worth_writing("new", victims, sighted=False)  # first sighting: too few
+    assert listed == []
+    assert admission.worth_writing("new", victims, sighted=False)  # second: outweighs an unseen rival
+    assert listed == ["asked"]
+    for _ in range(3):
+        admission.admit("rival")
+    assert not admission.worth_writing("new", victims, sighted=True)  # counted already: not again
+    assert admission.estimate("new") == 2

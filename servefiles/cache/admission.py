@@ -141,6 +141,16 @@ class Admission:
                 return False
         return True
 
+    def worth_writing(self, key: str, victims: Callable[[], Iterable[str]], *, sighted: bool) -> bool:
+        """The disk tier's admission rule for ``key``: seen ``min_uses`` times lately (this request
+        counted now, unless ``sighted`` already: :meth:`admit`, else :meth:`admitted`), and more
+        often than what it would evict together (:meth:`prevails`). ``victims()`` lists those keys
+        (sketch-uncounted hits 0): it is called only once the sightings are enough, as listing them
+        takes the tier's lock."""
+        if not (self.admitted(key) if sighted else self.admit(key)):
+            return False
+        return self.prevails(key, ((victim, 0) for victim in victims()))
+
     def admitted(self, key: str) -> bool:
         """Whether ``key`` has been seen ``min_uses`` times, without counting a sighting: for a
         decision taken after the sightings were counted (requests that waited together)."""
