@@ -284,6 +284,54 @@ def test_a_second_process_makes_both_share_the_dir_through_sqlite(root: Path) ->
         assert cache.get("before") is not None
 
 
+def answer_alone_then_let_a_newcomer_be_found(cache: DiskCache) -> None:
+    """The next "alone" answer this cache reads is True, and right after it is read another thread
+    asks and finds the newcomer (which turns journaling off) before the change it decided is made.
+
+    A stand-in for the thread scheduling that opens this window, which no test can bring about
+    on purpose; the newcomer, its registration and the flip are real."""
+    real = cache._members.alone
+    armed = [True]
+
+    def alone() -> bool:
+        if armed:
+            armed.clear()
+            assert not cache.alone()  # the other thread: looks, sees the newcomer, stops journaling
+            return True  # what this thread had read just before
+        return real()
+
+    cache._members.alone = alone  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("change", ["install", "discard", "drop damaged"])
+def test_a_change_decided_alone_reaches_sqlite_though_a_newcomer_came_before_it_was_made(
+    root: Path, change: str
+) -> None:
+    """Found in review: a change made after another thread saw the newcomer was kept in memory only
+    (never journaled, and not written through either), so SQLite never learnt of it."""
+    data = b"bytes of k"
+    with opened(root) as cache:
+        if change != "install":
+            put(cache, "k", data)
+            cache.flush()
+            assert indexed_keys(root) == {"k"}
+        with opened(root) as newcomer:
+            answer_alone_then_let_a_newcomer_be_found(cache)
+            if change == "install":
+                put(cache, "k", data)
+            elif change == "discard":
+                cache.discard("k")
+            else:
+                entry = cache.get("k")
+                assert entry is not None
+                entry.path.write_bytes(b"X" * len(data))  # same size, other bytes
+                cache.drop_damaged(meta_for("k", data))
+            assert not cache.alone()
+            cache.flush()
+            assert indexed_keys(root) == ({"k"} if change == "install" else set())  # what the newcomer reads
+            assert newcomer.is_open
+
+
 def test_a_newcomer_leaves_files_it_does_not_know_to_the_process_that_installed_them(root: Path) -> None:
     """The newcomer's start-up sweep must not remove what a live process installed but has not
     written to the index yet; a killed member's registration is no company."""

@@ -420,7 +420,7 @@ class DiskCache:
         """Forget the key; its file goes too unless another key's entry uses it."""
         self._touches.forget(key)
         if self.alone():
-            with self._lock:
+            with self._lock, self._mem.journaled():  # decided alone: see MemIndex.journaled
                 known = self._mem.get(key) is not None
                 unlink = self._mem.discard(key)
             self._unlink(unlink)
@@ -466,7 +466,7 @@ class DiskCache:
                     size = self._mem.files.get(meta.sha256)
                 if size is None or is_good_file(path, size, meta.sha256 if check_hash else None):
                     return
-                with self._lock:
+                with self._lock, self._mem.journaled():  # decided alone: see MemIndex.journaled
                     dropped = self._mem.drop_file(meta.sha256)
                 remove_any(path)
                 self._tell(dropped)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..store.types import FileMeta
@@ -61,6 +62,23 @@ class MemIndex:
         self.journal = Journal()
         self.journaling = True
         """Whether changes are recorded for SQLite (False once SQLite is written through)."""
+
+    @contextmanager
+    def journaled(self) -> Iterator[None]:
+        """Record the changes made inside for SQLite even if :attr:`journaling` is off by now.
+
+        For a change a process decided while alone in its dir: another thread may find a newcomer
+        (and turn journaling off) between that answer and the change. Unrecorded, the change would
+        stay in memory only: an install never indexed, a discarded or damaged entry left in SQLite
+        for the other processes. Recorded, the next flush writes it, as it writes what was journaled
+        before the newcomer came. Under the caller's lock, as every method here: no other thread
+        sees the flag turned on."""
+        was = self.journaling
+        self.journaling = True
+        try:
+            yield
+        finally:
+            self.journaling = was
 
     # -- loading and reading ---------------------------------------------------------------
 

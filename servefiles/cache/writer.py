@@ -126,8 +126,9 @@ def install_alone(
                 if renamed and meta.sha256 not in mem.files:
                     os.unlink(final)  # nobody uses these bytes (under the lock: nobody can start to)
                 raise
-            removed, unlink = mem.install(meta, time.monotonic_ns() if renamed else None)
-            evicted, unlink_evicted = mem.evict(max_bytes, meta)
+            with mem.journaled():  # decided alone: written behind even if a newcomer came meanwhile
+                removed, unlink = mem.install(meta, time.monotonic_ns() if renamed else None)
+                evicted, unlink_evicted = mem.evict(max_bytes, meta)
             pending = len(mem.journal)
         break
     if not renamed:
