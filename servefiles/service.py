@@ -162,12 +162,15 @@ class FileService:
 
     # -- the request path ---------------------------------------------------------------------
 
-    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
+    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str], *, asked: bool = False) -> Reply:
         """The reply to a GET or HEAD of ``{prefix}/{raw_key}``, counted once as a hit or a miss.
 
         A fresh cached copy is decided on at once (:meth:`cached`), without a coroutine or a
-        retry loop: that is most requests, and the whole of their cost is this path's."""
-        return self.cached(method, raw_key, headers) or self.count(await self.answer(method, raw_key, headers))
+        retry loop: that is most requests, and the whole of their cost is this path's. ``asked``:
+        the caller has just had None from :meth:`cached` (an adapter tries it first), so it is
+        not asked again; :meth:`answer` looks at the tiers itself."""
+        reply = None if asked else self.cached(method, raw_key, headers)
+        return reply or self.count(await self.answer(method, raw_key, headers))
 
     def cached(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply | None:
         """The reply, counted, when a fresh cached copy answers it — the memory tier's, else the disk

@@ -154,7 +154,7 @@ class ServeFiles:
                 headers = request_headers(scope["headers"])
                 # A hit is decided without a coroutine (Mount.cached); the rest on the loop, as it may wait.
                 reply = self.mount.cached(method, raw_key, headers, access) or await self.mount.serve(
-                    method, raw_key, headers, access
+                    method, raw_key, headers, access, asked=True
                 )
                 if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
                     scope[REPLY_SLOT] = reply

@@ -100,18 +100,25 @@ class Mount:
     """Private folders (None: every file is public, and no request is checked)."""
 
     async def serve(
-        self, method: str, raw_key: str, headers: Mapping[str, str], access: Decision | None = None
+        self,
+        method: str,
+        raw_key: str,
+        headers: Mapping[str, str],
+        access: Decision | None = None,
+        *,
+        asked: bool = False,
     ) -> Reply:
         """The reply to a request for a file: the file service's, through the accel layer if any.
 
         ``access``: the access check's final decision for a GET or HEAD of a private key (None: a
         public key). A refusal or a failed hook is answered here, before any tier or the store is
-        asked; a grant is served as any file, with the private Cache-Control."""
+        asked; a grant is served as any file, with the private Cache-Control. ``asked``: the caller
+        just had None from :meth:`cached` for this request, which is then not tried again."""
         if access is None:
-            return await (self.accel or self.service).serve(method, raw_key, headers)
+            return await (self.accel or self.service).serve(method, raw_key, headers, asked=asked)
         if access.kind != "granted":
             return self._refused(access)
-        reply = await (self.accel or self.service).serve(method, raw_key, headers)
+        reply = await (self.accel or self.service).serve(method, raw_key, headers, asked=asked)
         with_cache_control(reply.response, access.cache_control)
         return reply
 

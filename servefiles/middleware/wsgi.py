@@ -234,7 +234,7 @@ class ServeFilesWSGI:
             headers = request_headers(environ, REQUEST_HEADERS)
             # A hit on this thread; anything else (a miss, a revalidation) on the loop.
             reply = mounted.cached(method, raw_key, headers, access) or self._reply(
-                mounted.serve(method, raw_key, headers, access), process
+                mounted.serve(method, raw_key, headers, access, asked=True), process
             )
             return self._send(reply, environ, start_response, process, started)
         if route == "writes":

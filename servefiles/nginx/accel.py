@@ -156,10 +156,11 @@ class AccelLayer:
         self._outages += 1
         self.files.runtime.spawn(asyncio.to_thread(self.withdraw_tree))
 
-    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str]) -> Reply:
+    async def serve(self, method: str, raw_key: str, headers: Mapping[str, str], *, asked: bool = False) -> Reply:
         """The reply, counted once: nginx's redirect where it applies, else the file service's
-        (a miss of a file for the tree is then published behind it: :meth:`_publish_behind`)."""
-        reply = self.cached(method, raw_key, headers)
+        (a miss of a file for the tree is then published behind it: :meth:`_publish_behind`).
+        ``asked``: as for :meth:`FileService.serve` (the caller just had None from :meth:`cached`)."""
+        reply = None if asked else self.cached(method, raw_key, headers)
         if reply is not None:
             return reply
         if method in ("GET", "HEAD"):
