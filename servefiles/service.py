@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -289,7 +290,7 @@ class FileService:
         cached = self.memory.peek(key)  # in_memory counted its hit (if it holds a copy, not fresh)
         disk_entry = self.disk.get(key)
         if disk_entry is not None and self.view.fresh(key, disk_entry.meta.revision, now):
-            found = self.open_disk(disk_entry)
+            found = await self._open_checked(disk_entry)
             if found is not None:
                 return found
         if cached is None and disk_entry is None and self.view.known_absent(key):
@@ -302,7 +303,7 @@ class FileService:
             else:
                 meta, head = await self.revalidate(key), None
         except StoreUnavailable:
-            stale = self._copy(cached, disk_entry, None)  # stale-if-error: the database is down, a copy is here
+            stale = await self._copy(cached, disk_entry, None)  # stale-if-error: the database is down, a copy is here
             if stale is None:
                 raise
             self.metrics.stale_served.inc()
@@ -312,7 +313,7 @@ class FileService:
             return None
         held = cached is not None or disk_entry is not None
         sighted = not held and head_bytes is not None
-        return self._copy(cached, disk_entry, meta.revision) or Found(
+        return await self._copy(cached, disk_entry, meta.revision) or Found(
             self.prepared(meta), "miss", head=head, sighted=sighted, held=held
         )
 
@@ -325,7 +326,7 @@ class FileService:
             return Found(cached.file, "memory", MemoryBody(cached.body))
         return None
 
-    def _copy(
+    async def _copy(
         self, cached: MemoryEntry | None, disk_entry: DiskEntry | None, revision: Revision | None
     ) -> Found | None:
         """The memory copy if there is one, else the disk copy — if of ``revision`` (any, when None)."""
@@ -333,23 +334,41 @@ class FileService:
             current = revision in (None, cached.file.meta.revision)
             return Found(cached.file, "memory", MemoryBody(cached.body)) if current else None
         if disk_entry is not None and revision in (None, disk_entry.meta.revision):
-            return self.open_disk(disk_entry)
+            return await self._open_checked(disk_entry)
         return None
+
+    async def _open_checked(self, entry: DiskEntry) -> Found | None:
+        """:meth:`open_disk` on the loop, a file too large to read whole hashed on a thread first if
+        this process has not vouched for it yet (:meth:`DiskCache.check_open`): never the loop's
+        time. The descriptor hashed is the one served (a file hashed within a timestamp tick of its
+        last change is not remembered as verified, verified.py: opened again, it would be refused)."""
+        if not self.memory.fits(entry.meta.size):
+            stamp = self.disk.in_place(entry)
+            if stamp is None or not self.disk.vouched(entry, stamp):
+                # The thread owns the descriptor it hashes: a request cancelled meanwhile closes nothing under it.
+                fd = await asyncio.to_thread(self.disk.open_checked, entry)
+                return None if fd is None else self._on_disk(entry, fd)
+        return self.open_disk(entry)
 
     def open_disk(self, entry: DiskEntry, *, drop_damaged: bool = True) -> Found | None:
         """A disk copy, opened (None: gone, truncated or tampered with, so a miss). A file small
         enough for the memory tier is promoted on its way out. ``drop_damaged`` False (a request
-        thread, :meth:`cached`): a damaged copy is left for the loop's lookup to drop and refetch."""
+        thread, :meth:`cached`): a damaged copy is left for the loop's lookup to drop and refetch.
+
+        Every copy is hashed before this process first serves that very file (verified.py): a small
+        one here, as it is read whole; a large one only once vouched for (None until then: the
+        loop's :meth:`lookup` hashes it on a thread)."""
         opened = self.disk.open_stamped(entry, drop_damaged=drop_damaged)
         if opened is None:
             return None
         fd, stamp = opened
         meta = entry.meta
-        file = self.prepared(meta)
-        self.disk.touch(meta.key)
-        self.runtime.admission.seen(meta.key)  # its frequency, against newcomers
         if not self.memory.fits(meta.size):
-            return Found(file, "disk", DiskBody(fd, entry.text, inline=False))
+            if self.disk.vouched(entry, stamp):
+                return self._on_disk(entry, fd)
+            os.close(fd)
+            return None
+        file = self._hit(meta)
         # A small file read whole is worth a hash the first time this process reads that file (a
         # cache file damaged in place — same size, other bytes — is refetched, not served), not on
         # every read: most small disk hits are not copied into memory (MemoryTier.offer).
@@ -358,6 +377,16 @@ class FileService:
             return None
         self.memory.offer(meta.key, MemoryEntry(file, data))
         return Found(file, "disk", MemoryBody(data))
+
+    def _on_disk(self, entry: DiskEntry, fd: int) -> Found:
+        """A disk copy too large to read whole, served from ``fd`` (a file this process has hashed)."""
+        return Found(self._hit(entry.meta), "disk", DiskBody(fd, entry.text, inline=False))
+
+    def _hit(self, meta: FileMeta) -> PreparedFile:
+        """What a disk hit records (recency, its frequency against newcomers); its prepared headers."""
+        self.disk.touch(meta.key)
+        self.runtime.admission.seen(meta.key)
+        return self.prepared(meta)
 
     def prepared(self, meta: FileMeta) -> PreparedFile:
         """The per-version header work, done once and kept for the next request."""

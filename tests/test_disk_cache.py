@@ -557,6 +557,27 @@ def test_a_damaged_shared_file_drops_every_entry_that_uses_it(cache: DiskCache) 
     assert cache.get("a") is None and cache.get("b") is None
 
 
+@pytest.mark.parametrize("sharing", [False, True], ids=["alone", "sharing the dir"])
+def test_an_install_never_shares_a_file_of_its_bytes_damaged_in_place(root: Path, sharing: bool) -> None:
+    """A key installed with content already on disk under another key shares that file only if
+    hashing it agrees: a file damaged in place (same size, other bytes) is replaced by the bytes
+    just written and hashed, never adopted unseen (then served, or published for nginx, as good)."""
+    data = os.urandom(300_000)
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))
+        cache.open()
+        if sharing:  # a second process in the dir: installs go through SQLite (writer.install)
+            other = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))
+            other.open()
+        first = put(cache, "a", data)
+        with first.path.open("r+b") as file:
+            file.seek(5000)
+            file.write(b"X" * 10)
+        assert cache.alone() != sharing
+        put(cache, "b", data)
+        assert hashlib.sha256(first.path.read_bytes()).hexdigest() == first.meta.sha256
+
+
 def test_open_entry_keeps_a_good_copy_installed_after_the_failed_open(cache: DiskCache) -> None:
     entry = put(cache, "k", b"content")
     entry.path.unlink()

@@ -125,8 +125,17 @@ async def test_a_slow_database_slows_misses_but_never_hits(pg_url: str, pg_proxy
         await app.aclose()
 
 
-async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: str, tmp_path: Path) -> None:
-    data = os.urandom(100_000)
+SIZES = {
+    "small": 100_000,  # read whole, and hashed, as it is served
+    "large": 600_000,  # over the memory tier's per-file limit: sent from the file in one message
+    "larger": 1_500_000,  # sent from the file in several
+}
+"""Cache files of each way a disk copy is served: every one is hashed before it is first served."""
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: str, tmp_path: Path, size: str) -> None:
+    data = os.urandom(SIZES[size])
     async with open_store(store_url) as store:
         meta = await store.put("photo.jpg", data)
     cache = tmp_path / "cache"
@@ -138,7 +147,7 @@ async def test_a_cache_file_damaged_in_place_is_refetched_not_served(store_url: 
     damaged = bytearray(object_file.read_bytes())
     damaged[5000:5010] = b"X" * 10  # same size, other bytes: bit rot, or someone editing the cache
     object_file.write_bytes(bytes(damaged))
-    app = ServeFiles(None, db=store_url, cache_dir=cache)  # a restart: the memory tier is empty
+    app = ServeFiles(None, db=store_url, cache_dir=cache, cache_min_uses=1)  # a restart: the memory tier is empty
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
             for _ in range(3):
@@ -157,10 +166,10 @@ SETTLE_SECONDS = 0.1
 wait out, so that a file's first whole read is remembered and the mark itself is what is tested."""
 
 
-async def one_file_two_keys(store_url: str, cache: Path) -> tuple[bytes, Path]:
-    """``a.jpg`` and ``b.jpg`` of the same content, both in the disk tier of ``cache`` and sharing
-    one content file, put there by a service that has stopped since; the content and that file."""
-    data = os.urandom(100_000)
+async def one_file_two_keys(store_url: str, cache: Path, size: int = SIZES["small"]) -> tuple[bytes, Path]:
+    """``a.jpg`` and ``b.jpg`` of the same content (``size`` bytes), both in the disk tier of ``cache``
+    and sharing one content file, put there by a service that has stopped since; the content and that file."""
+    data = os.urandom(size)
     async with open_store(store_url) as store:
         meta = await store.put("a.jpg", data)
         assert (await store.put("b.jpg", data)).sha256 == meta.sha256
@@ -177,7 +186,7 @@ async def one_file_two_keys(store_url: str, cache: Path) -> tuple[bytes, Path]:
 async def started(store_url: str, cache: Path) -> ServeFiles:
     """A service over ``cache`` (fresh: nothing in memory, nothing verified) whose marks settle
     after :data:`SETTLE_SECONDS`, started, once the files already there have settled."""
-    app = ServeFiles(None, db=store_url, cache_dir=cache)
+    app = ServeFiles(None, db=store_url, cache_dir=cache, cache_min_uses=1)  # a refetch lands on disk
     app.service.disk.verified.settle_seconds = SETTLE_SECONDS
     await app.service.start()
     assert app.service.disk.get("a.jpg") is not None and app.service.disk.get("b.jpg") is not None
@@ -205,13 +214,14 @@ async def until_good(path: Path, sha256: str) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.parametrize("size", SIZES)
 async def test_a_file_verified_through_one_key_then_damaged_in_place_is_not_served_through_another(
-    store_url: str, tmp_path: Path
+    store_url: str, tmp_path: Path, size: str
 ) -> None:
     """Two keys, one content file. Read whole through ``a.jpg``, it is hashed and remembered as
     good; then it is damaged in place. Read through ``b.jpg`` it must be hashed again (a mark
     names that file unchanged, not the content) and refetched: never served."""
-    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache", SIZES[size])
     app = await started(store_url, tmp_path / "cache")
     disk = app.service.disk
     try:
@@ -229,11 +239,14 @@ async def test_a_file_verified_through_one_key_then_damaged_in_place_is_not_serv
         await app.aclose()
 
 
-async def test_dropping_a_damaged_file_forgets_it_for_every_key_that_shares_it(store_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", SIZES)
+async def test_dropping_a_damaged_file_forgets_it_for_every_key_that_shares_it(
+    store_url: str, tmp_path: Path, size: str
+) -> None:
     """Found damaged through ``a.jpg``, the file goes with every entry that uses it (``b.jpg``'s
     too) and with its verified mark; the copy refetched in its place is a file of its own, hashed
     when it is first read whole, and caught in turn when damaged after that."""
-    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache", SIZES[size])
     app = await started(store_url, tmp_path / "cache")
     disk, memory = app.service.disk, app.service.memory
     try:
@@ -259,13 +272,14 @@ async def test_dropping_a_damaged_file_forgets_it_for_every_key_that_shares_it(s
         await app.aclose()
 
 
+@pytest.mark.parametrize("size", SIZES)
 async def test_a_fill_that_finds_its_file_on_disk_damaged_serves_and_keeps_none_of_it(
-    store_url: str, tmp_path: Path
+    store_url: str, tmp_path: Path, size: str
 ) -> None:
     """A fill that finds the version already on disk (another process sharing the cache dir put
     it there, or one fill overtook another) reads a small file whole instead of fetching it: those
     bytes are checked as a disk hit's are, not handed to its waiters and the memory tier unchecked."""
-    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache")
+    data, content_file = await one_file_two_keys(store_url, tmp_path / "cache", SIZES[size])
     damage_in_place(content_file)
     app = await started(store_url, tmp_path / "cache")
     files = app.service

@@ -801,19 +801,23 @@ async def test_empty_files_ranges_and_304s_through_nginx(mode: str, sqlite_url: 
                 assert again.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_accel_never_redirects_to_a_small_cache_file_damaged_in_place(sqlite_url: str, tmp_path: Path) -> None:
-    """nginx sends what X-Accel-Redirect names without servefiles reading a byte of it. A file
-    small enough for the memory tier is checked before a redirect to it as a disk hit's is (read
-    whole and hashed the first time this process sends that file): a damaged one is dropped and
-    the file service answers with the store's bytes, never nginx with the damaged ones."""
-    data = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
+@pytest.mark.parametrize("size", [50_000, 600_000], ids=["small", "large"])
+async def test_accel_never_redirects_to_a_cache_file_damaged_in_place(
+    sqlite_url: str, tmp_path: Path, size: int
+) -> None:
+    """nginx sends what X-Accel-Redirect names without servefiles reading a byte of it. A file is
+    checked before a redirect to it as a disk hit's is (hashed the first time this process sends
+    that file: read whole when small enough for the memory tier, in blocks on a thread when not): a
+    damaged one is dropped and the file service answers with the store's bytes, never nginx with
+    the damaged ones."""
+    data = b"\x89PNG\r\n\x1a\n" + os.urandom(size)
     async with open_store(sqlite_url) as store:
         meta = await store.put("x.png", data)
     service = FileService(sqlite_url, tmp_path / "cache", settings=CacheSettings(cache_min_uses=1))
     accel = AccelLayer(service, ACCEL_LOCATION)
     await service.start()
     try:
-        assert service.memory.fits(meta.size) and service.runtime.filler is not None
+        assert service.memory.fits(meta.size) == (size < 100_000) and service.runtime.filler is not None
         assert await service.runtime.filler.fill(meta)
         content_file = service.disk.content_path(meta.sha256)
         with content_file.open("r+b") as file:  # same size, same file, other bytes

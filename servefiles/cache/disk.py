@@ -52,7 +52,7 @@ from pathlib import Path
 
 from ..errors import CacheWriteError
 from ..keys import key_digest
-from ..localfs import ensure_dir, open_regular_for_reading, remove_any
+from ..localfs import ensure_dir, open_regular_for_reading, remove_any, sha256_of_fd
 from ..store.types import Change, FileMeta
 from . import locks
 from .behind import FLUSH_CHANGES, Behind
@@ -317,14 +317,58 @@ class DiskCache:
             self.drop_damaged(meta)
         return None
 
-    def check_whole(self, entry: DiskEntry, fd: int, stamp: FileStamp) -> bool:
+    def check_whole(self, entry: DiskEntry, fd: int, stamp: FileStamp, *, small: bool = True) -> bool:
         """:meth:`read_whole` for a caller that sends the file without reading it (nginx's X-Accel
         path): whether it is intact, read and hashed only if this process has not verified it
-        already; ``fd`` is closed here."""
-        if self.vouched(entry, stamp):
+        already; ``fd`` is closed here. Not ``small`` (too large to read whole): :meth:`check_open`."""
+        if small and not self.vouched(entry, stamp):
+            return self.read_whole(entry, fd, stamp) is not None
+        try:
+            return self.check_open(entry, fd, stamp)
+        finally:
             os.close(fd)
+
+    def open_checked(self, entry: DiskEntry) -> int | None:
+        """:meth:`open_stamped`, then :meth:`check_open`: a descriptor of the entry's file once this
+        process has vouched for it (hashed now if need be), else None (gone, or damaged and dropped).
+        The caller owns the descriptor. Blocks as :meth:`check_open` does: on a thread."""
+        opened = self.open_stamped(entry)
+        if opened is None:
+            return None
+        fd, stamp = opened
+        try:
+            if self.check_open(entry, fd, stamp):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def check_open(self, entry: DiskEntry, fd: int, stamp: FileStamp) -> bool:
+        """Whether the file open as ``fd`` (stamped ``stamp`` by :meth:`open_stamped`) holds the entry's
+        content: at once when this process vouched for that very file, else hashed in blocks (the file
+        is not held whole) and remembered as :meth:`read_whole` does; a mismatch, or a file that cannot
+        be read, drops it with every entry that uses it. ``fd`` stays open, its offset unmoved.
+
+        For a file too large for the memory tier, before this process first serves it: the same check
+        a small file gets, so a file damaged in place (same size, other bytes) is refetched, never
+        served, whatever its size. It reads the whole file (about 0.65 µs per KB of sha256 here, and
+        the disk if the page cache lacks it): call it on a thread, never on the event loop."""
+        meta = entry.meta
+        if self.vouched(entry, stamp):
             return True
-        return self.read_whole(entry, fd, stamp) is not None
+        read_at = time.time()
+        try:
+            digest = sha256_of_fd(fd)
+        except OSError as exc:
+            logger.warning("disk cache: could not read %s to check it: %s", entry.text, exc)
+            digest = ""
+        if self.verified.found(meta.sha256, stamp, digest, read_at):
+            return True
+        logger.warning("disk cache: %s does not match its sha256; refetching it", entry.text)
+        self.drop_damaged(meta)
+        return False
 
     def victims(self, meta: FileMeta, limit: int) -> list[str]:
         """The keys an install of ``meta`` would evict, least recently used first, at most ``limit``

@@ -301,21 +301,26 @@ class Filler:
         return None, False
 
     async def _adopt(self, fill: Fill, entry: DiskEntry) -> None:
-        """Serve the waiters from an entry that is already on disk. A small one is read whole, so
-        checked as a disk hit's is (:meth:`DiskCache.read_whole`): the entry another process just
-        installed may share a file that was in place already, and no one here hashed that."""
+        """Serve the waiters from an entry that is already on disk, checked as a disk hit's is: the
+        entry another process just installed may share a file that was in place already, and no one
+        here hashed that. A small one is read whole (:meth:`DiskCache.read_whole`), a large one
+        hashed in blocks (:meth:`DiskCache.check_open`)."""
+        if not fill.small:
+            fd = await asyncio.to_thread(self.disk.open_checked, entry)
+            if fd is None:
+                return  # gone, or damaged and dropped: the waiters read the store
+            fill.fd = fd
+            fill.written = entry.meta.size
+            return
         opened = await asyncio.to_thread(self.disk.open_stamped, entry)
         if opened is None:
             return
         fd, stamp = opened
-        if fill.small:
-            body = await asyncio.to_thread(self.disk.read_whole, entry, fd, stamp)
-            if body is None:
-                return  # damaged, and dropped: the waiters read the store
-            fill.body = body
-            self._remember(fill)
-        else:
-            fill.fd = fd
+        body = await asyncio.to_thread(self.disk.read_whole, entry, fd, stamp)
+        if body is None:
+            return  # damaged, and dropped: the waiters read the store
+        fill.body = body
+        self._remember(fill)
         fill.written = entry.meta.size
 
     async def _fetch(self, fill: Fill) -> None:

@@ -23,7 +23,10 @@ therefore hashed but not marked (git's "racily clean" entries, the same problem)
 
 What no mark can see: bytes that rot on the medium under an unchanged inode, and a write racing
 one read between its ``fstat`` and its ``pread`` (microseconds). ``sync --verify`` reads every
-file through; files too large for the memory tier are never read whole, so never hashed here.
+file through. A file too large for the memory tier is hashed too, in blocks and on a thread,
+before this process first serves it (:meth:`DiskCache.check_open`); sent from the file, never
+held whole, it is read again after that hash, so a change while one response is sent goes unseen
+there (the next open sees the new stamp).
 """
 
 from __future__ import annotations
@@ -76,7 +79,12 @@ class VerifiedContents:
         verified before; a match is remembered for that file once it has settled (see the module)."""
         if self.vouches(sha256, stamp):
             return True
-        if hashlib.sha256(data).hexdigest() != sha256:
+        return self.found(sha256, stamp, hashlib.sha256(data).hexdigest(), read_at)
+
+    def found(self, sha256: str, stamp: FileStamp, digest: str, read_at: float) -> bool:
+        """Whether ``digest`` (hex), hashed from the file stamped ``stamp`` from ``read_at`` on, is
+        ``sha256``; a match is remembered as :meth:`check`'s is (for a file hashed in blocks)."""
+        if digest != sha256:
             return False
         if read_at - changed_at(stamp) >= self.settle_seconds:
             if len(self._stamps) >= self._limit:

@@ -46,16 +46,17 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
     """Move a verified temp file into place and index it as ``meta.key``'s entry, in ``txn``
     (the write lock). CacheWriteError when a newer version of the key is cached.
 
-    When the index already vouches for a good file of these bytes, the temp file goes and the
-    entry shares that file. The key's previous entry, when it was another version, is in
-    ``txn.removed`` afterwards; its file goes when no entry uses it any more.
+    When the index already vouches for a file of these bytes, and hashing it agrees, the temp file
+    goes and the entry shares that file (a file damaged in place is replaced, never shared unseen:
+    what this process installs holds the bytes it hashed). The key's previous entry, when it was
+    another version, is in ``txn.removed`` afterwards; its file goes when no entry uses it any more.
     """
     final = cache_dir.content_path(meta.sha256)
     current = txn.entry(meta.key)
     if current is not None and current.version > meta.version:
         raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
     known_size = txn.file_size(meta.sha256)
-    if known_size == meta.size and is_good_file(final, meta.size):
+    if known_size == meta.size and is_good_file(final, meta.size, meta.sha256):
         os.unlink(temp)  # the same bytes are already in place: share them
     else:
         if known_size is not None:
@@ -106,7 +107,8 @@ def install_alone(
 
     A file being shared that an eviction removes meanwhile is renamed from the temp file
     instead; one unlinked by an eviction just as another thread renamed the same bytes into
-    place is a miss later (the size check on open), never a wrong byte: names are hashes.
+    place is a miss later (the size check on open), never a wrong byte: names are hashes. A file
+    is shared only once hashing it agrees (see :func:`install`).
     """
     final = cache_dir.content_path(meta.sha256)
     renamed = False
@@ -114,7 +116,7 @@ def install_alone(
         with lock:
             _refuse_older(mem, meta)
             share = mem.has_file(meta.sha256, meta.size) and attempt < INSTALL_ATTEMPTS - 1
-        if not share or not is_good_file(final, meta.size):
+        if not share or not is_good_file(final, meta.size, meta.sha256):
             rename_into_place(temp, final)
             renamed = True
         with lock:

@@ -183,11 +183,11 @@ class AccelLayer:
         publish (on the loop), a miss, or a file nginx cannot send from the tree.
 
         A whole-file GET of a fresh disk copy is redirected to its content file once one ``lstat``
-        finds it in place (a regular file of the indexed size) and, for a file small enough to be
-        read whole, this process has hashed that very file (the loop's path does it once,
-        :meth:`DiskCache.check_whole`); any doubt — no such file, another size, a small file not
-        vouched for, a copy to revalidate — goes to the loop, which opens the file, drops a damaged
-        one and refetches: nginx is never sent to a file that is missing or not the indexed one."""
+        finds it in place (a regular file of the indexed size) and this process has hashed that very
+        file (the loop's path does it once, :meth:`DiskCache.check_whole`, on a thread for a file too
+        large to read whole); any doubt — no such file, another size, a file not vouched for, a copy
+        to revalidate — goes to the loop, which opens the file, drops a damaged one and refetches:
+        nginx is never sent to a file that is missing or not the indexed one."""
         files = self.files
         if self.tree is not None:
             return None
@@ -206,8 +206,8 @@ class AccelLayer:
         stamp = files.disk.in_place(redirect.entry)
         if stamp is None:
             return None
-        if files.memory.fits(meta.size) and not files.disk.vouched(redirect.entry, stamp):
-            return None  # a small file this process has not hashed yet: the loop checks it once
+        if not files.disk.vouched(redirect.entry, stamp):
+            return None  # a file this process has not hashed yet: the loop checks it once
         return files.count(self._redirect(headers, redirect))
 
     def _redirect_of(self, meta: FileMeta) -> _Redirect:
@@ -257,10 +257,13 @@ class AccelLayer:
         if opened is None:
             return None  # damaged or gone: the file service refetches it
         fd, stamp = opened
-        if not files.memory.fits(entry.meta.size):
+        if files.memory.fits(entry.meta.size):
+            if not files.disk.check_whole(entry, fd, stamp):
+                return None  # damaged in place, and dropped: the file service refetches it
+        elif files.disk.vouched(entry, stamp):
             os.close(fd)
-        elif not files.disk.check_whole(entry, fd, stamp):
-            return None  # damaged in place, and dropped: the file service refetches it
+        elif not await asyncio.to_thread(files.disk.check_whole, entry, fd, stamp, small=False):
+            return None  # too large to hash on the loop; damaged, and dropped: refetched
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
             return Reply(accel_redirect(files.prepared(entry.meta), location, time.time()), None, "disk", entry.meta)
