@@ -12,6 +12,7 @@ and hand the reply to the adapter, which **sends** it. Freshness is the metadata
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from . import http
 from .bodies import Body, DiskBody, FillBody, MemoryBody, PrimedBody, StoreBody
 from .cache.disk import DiskCache, DiskEntry
+from .cache.fill import opened_on_thread
 from .cache.memory import MemoryEntry, MemoryTier
 from .errors import ContentChanged, InvalidKey, NotFound, ServeFilesError, StoreUnavailable
 from .feed import ChangeFeed
@@ -346,7 +348,7 @@ class FileService:
             stamp = self.disk.in_place(entry)
             if stamp is None or not self.disk.vouched(entry, stamp):
                 # The thread owns the descriptor it hashes: a request cancelled meanwhile closes nothing under it.
-                fd = await asyncio.to_thread(self.disk.open_checked, entry)
+                fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
                 return None if fd is None else self._on_disk(entry, fd)
         return self.open_disk(entry)
 

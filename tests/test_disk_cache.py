@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
+from servefiles.cache.fill import opened_on_thread
 from servefiles.errors import CacheWriteError
 from servefiles.store.types import FileMeta
 
@@ -938,3 +940,35 @@ def test_a_file_replaced_by_another_of_the_same_content_is_hashed_again(cache: D
     os.replace(replacement, entry.path)
     assert read_whole(cache, entry) is None
     assert cache.get("a.png") is None
+
+
+def test_a_descriptor_opened_on_a_thread_for_a_cancelled_caller_is_closed_not_lost(root: Path) -> None:
+    """A large file is opened and hashed on a thread (DiskCache.open_checked); a request cancelled
+    meanwhile leaves the thread running. The descriptor it then opens is closed, not leaked."""
+    path = root / "file"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"bytes")
+    opened: list[int] = []
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_open() -> int:
+        started.set()
+        time.sleep(0.2)  # stands in for the hash of a large file
+        opened.append(os.open(path, os.O_RDONLY))
+        finished.set()
+        return opened[0]
+
+    async def cancel_while_it_runs() -> None:
+        task = asyncio.ensure_future(opened_on_thread(slow_open))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(finished.wait, 5)
+        await asyncio.sleep(0.05)  # the done-callback runs on the loop
+
+    asyncio.run(cancel_while_it_runs())
+    assert len(opened) == 1
+    with pytest.raises(OSError) as closed:
+        os.fstat(opened[0])
+    assert closed.value.errno == errno.EBADF

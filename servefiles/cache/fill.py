@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import threading
@@ -82,6 +83,26 @@ async def read_fd(fd: int, start: int, end: int, inline: bool, block: int = READ
 
 
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+async def opened_on_thread(open_fd: Callable[[], int | None]) -> int | None:
+    """``open_fd()`` run on a thread: the descriptor it opened (None: none), the caller's to close.
+
+    If the caller is cancelled meanwhile (a client gone, a shutdown), the thread still runs to its
+    end, and the descriptor it then returns is closed instead of lost: a whole large file hashed
+    on that thread (:meth:`DiskCache.open_checked`) is a long window for it."""
+    opening = asyncio.ensure_future(asyncio.to_thread(open_fd))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[int | None]) -> None:
+    fd = None if opening.cancelled() or opening.exception() is not None else opening.result()
+    if fd is not None:
+        os.close(fd)
 
 
 def _read_cached(fd: int, want: int, pos: int) -> bytes | None:
@@ -306,7 +327,7 @@ class Filler:
         here hashed that. A small one is read whole (:meth:`DiskCache.read_whole`), a large one
         hashed in blocks (:meth:`DiskCache.check_open`)."""
         if not fill.small:
-            fd = await asyncio.to_thread(self.disk.open_checked, entry)
+            fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
             if fd is None:
                 return  # gone, or damaged and dropped: the waiters read the store
             fill.fd = fd
