@@ -148,3 +148,34 @@ async def test_gunicorn_stops_when_the_client_hangs_up(case: str, sqlite_url: st
 
 def _metric(frontend: Frontend) -> float:
     return frontend.metric("servefiles_bytes_sent_total")
+
+
+async def test_a_send_that_raises_on_the_status_line_leaves_no_cache_file_open(sqlite_url: str, tmp_path: Path) -> None:
+    """A server may raise from ``send`` once its client is gone (ASGI 2.4's OSError), already on
+    ``http.response.start``: the disk hit's open cache file is closed all the same."""
+    data = os.urandom(600_000)  # over the memory tier's per-file limit: a disk hit holds its file open
+    async with open_store(sqlite_url) as store:
+        await store.put("large.bin", data)
+    app = ServeFiles(None, db=sqlite_url, cache_dir=tmp_path / "cache", cache_min_uses=1)
+    scope = {"type": "http", "method": "GET", "path": "/media/large.bin", "raw_path": b"/media/large.bin",
+             "query_string": b"", "headers": [(b"host", b"t")]}  # fmt: skip
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send_gone(message: dict[str, object]) -> None:
+        raise OSError("the client is gone")
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            for _ in range(3):  # the miss, then hits from the disk tier
+                assert (await client.get("/media/large.bin")).content == data
+        hits = app.service.metrics.disk_hits.value
+        open_before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            with pytest.raises(OSError, match="gone"):
+                await app(scope, receive, send_gone)
+        assert app.service.metrics.disk_hits.value == hits + 5, "each was a disk hit"
+        assert len(os.listdir("/proc/self/fd")) == open_before, "a cache file's descriptor was left open"
+    finally:
+        await app.aclose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import os
 import threading
 import time
@@ -132,6 +133,26 @@ def test_a_large_cache_file_damaged_in_place_is_never_sent_from_a_request_thread
         status, _, body = call(app, "GET", "/media/large.bin", file_wrapper)
         assert status.startswith("200") and body == LARGE, "a damaged cache file was served"
     _warm(app)  # refetched, on disk again, hashed: answered on request threads again
+
+
+def test_a_start_response_that_raises_leaves_no_cache_file_open(app: ServeFilesWSGI) -> None:
+    """A server or a middleware may raise from ``start_response``: the disk hit's open cache file is
+    closed all the same (as the ASGI adapter closes it when ``send`` raises on the status line)."""
+    _warm(app)
+    metrics = app.mount.service.metrics
+    disk_hits = metrics.disk_hits.value
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        raise OSError("the client is gone")
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/media/large.bin", "QUERY_STRING": "", "SERVER_NAME": "t",
+               "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}  # fmt: skip
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(OSError, match="gone"):
+            app(dict(environ), start_response)
+    assert metrics.disk_hits.value == disk_hits + 5, "each was a disk hit"
+    assert len(os.listdir("/proc/self/fd")) == open_before, "a cache file's descriptor was left open"
 
 
 def test_a_miss_still_goes_to_the_event_loop(app: ServeFilesWSGI) -> None:

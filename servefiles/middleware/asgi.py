@@ -210,7 +210,12 @@ class ServeFiles:
         response, body = reply.response, reply.body
         segments = response.body
         headers = [*response.headers, date_header()] if self.date_header else response.headers
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        except BaseException:  # the client gone, a server that raises then: the body's descriptor goes too
+            if body is not None:
+                body.close()
+            raise
         sent = self.service.metrics.bytes_sent
         try:
             way = plan(reply, scope["method"], _offers_pathsend(scope), reads_whole=True)

@@ -266,7 +266,12 @@ class ServeFilesWSGI:
             native = file.native_headers_200()  # a plain 200, the hit path's: decoded once per version
         else:
             native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
-        start_response(_STATUS_LINES[response.status], native)
+        try:
+            start_response(_STATUS_LINES[response.status], native)
+        except BaseException:  # a server or a middleware that raises here: the body's descriptor goes too
+            if body is not None:
+                body.close()
+            raise
         metrics = process.mount.service.metrics
         sent = metrics.bytes_sent
         wrapper = environ.get("wsgi.file_wrapper")
