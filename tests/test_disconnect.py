@@ -28,6 +28,7 @@ from servefiles.store import CHUNK_SIZE
 from .asgi_servers import uvicorn_server
 from .instrument import record_chunk_fetches
 from .servers import Frontend, running_wsgi
+from .tools import open_descriptors_of
 
 SIZE = 32 * 1024 * 1024
 READ = 64 * 1024
@@ -171,11 +172,12 @@ async def test_a_send_that_raises_on_the_status_line_leaves_no_cache_file_open(s
             for _ in range(3):  # the miss, then hits from the disk tier
                 assert (await client.get("/media/large.bin")).content == data
         hits = app.service.metrics.disk_hits.value
-        open_before = len(os.listdir("/proc/self/fd"))
+        entry = app.service.disk.get("large.bin")
+        assert entry is not None and open_descriptors_of(entry.path) == []
         for _ in range(5):
             with pytest.raises(OSError, match="gone"):
                 await app(scope, receive, send_gone)
         assert app.service.metrics.disk_hits.value == hits + 5, "each was a disk hit"
-        assert len(os.listdir("/proc/self/fd")) == open_before, "a cache file's descriptor was left open"
+        assert open_descriptors_of(entry.path) == [], "the cache file's descriptor was left open"
     finally:
         await app.aclose()

@@ -28,6 +28,7 @@ import pytest
 from servefiles import ServeFilesWSGI, open_store
 
 from .servers import WsgiFrontend
+from .tools import open_descriptors_of
 from .wsgi_servers import call_wsgi
 
 TOKEN = "threads-token-0123456789abcdef"
@@ -147,12 +148,13 @@ def test_a_start_response_that_raises_leaves_no_cache_file_open(app: ServeFilesW
 
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/media/large.bin", "QUERY_STRING": "", "SERVER_NAME": "t",
                "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}  # fmt: skip
-    open_before = len(os.listdir("/proc/self/fd"))
+    entry = app.mount.service.disk.get("large.bin")
+    assert entry is not None and open_descriptors_of(entry.path) == []
     for _ in range(5):
         with pytest.raises(OSError, match="gone"):
             app(dict(environ), start_response)
     assert metrics.disk_hits.value == disk_hits + 5, "each was a disk hit"
-    assert len(os.listdir("/proc/self/fd")) == open_before, "a cache file's descriptor was left open"
+    assert open_descriptors_of(entry.path) == [], "the cache file's descriptor was left open"
 
 
 def test_a_miss_still_goes_to_the_event_loop(app: ServeFilesWSGI) -> None:

@@ -31,3 +31,17 @@ def installed(command: str, script: str, *, sbin: bool = False) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def open_descriptors_of(path: Path) -> list[int]:
+    """This process's descriptors open on ``path`` (read from ``/proc/self/fd``): a count of them all
+    would move with whatever else the process opens and closes meanwhile (connections, threads)."""
+    target = os.path.realpath(path)
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == target:
+                found.append(int(name))
+        except OSError:  # closed since the listing
+            continue
+    return found
