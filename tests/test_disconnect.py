@@ -28,7 +28,7 @@ from servefiles.store import CHUNK_SIZE
 from .asgi_servers import uvicorn_server
 from .instrument import record_chunk_fetches
 from .servers import Frontend, running_wsgi
-from .tools import open_descriptors_of
+from .tools import fills_ended, open_descriptors_of
 
 SIZE = 32 * 1024 * 1024
 READ = 64 * 1024
@@ -171,6 +171,7 @@ async def test_a_send_that_raises_on_the_status_line_leaves_no_cache_file_open(s
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
             for _ in range(3):  # the miss, then hits from the disk tier
                 assert (await client.get("/media/large.bin")).content == data
+        await fills_ended(app.service.runtime.filler)
         hits = app.service.metrics.disk_hits.value
         entry = app.service.disk.get("large.bin")
         assert entry is not None and open_descriptors_of(entry.path) == []

@@ -20,6 +20,7 @@ from servefiles.service import DISK_RECENCY_EVERY, HEAD_BYTES
 from servefiles.store.base import CHUNK_SIZE
 
 from .instrument import count_store_reads
+from .tools import fills_ended
 
 TEMP_PREFIX = ".tmp-"
 
@@ -45,12 +46,8 @@ def disk_files(cache_dir: Path) -> list[Path]:
 
 async def settle(app: ServeFiles) -> None:
     """Until no fill runs (a write behind the response ends)."""
-    filler = app.service.runtime.filler
-    assert filler is not None
-    for _ in range(200):
-        if not filler._fills:
-            return
-        await asyncio.sleep(0.05)
+    assert app.service.runtime.filler is not None
+    await fills_ended(app.service.runtime.filler)
 
 
 async def get_settled(app: ServeFiles, client: httpx.AsyncClient, files: dict[str, bytes], key: str) -> None:

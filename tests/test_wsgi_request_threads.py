@@ -28,7 +28,7 @@ import pytest
 from servefiles import ServeFilesWSGI, open_store
 
 from .servers import WsgiFrontend
-from .tools import open_descriptors_of
+from .tools import fills_ended_on_other_thread, open_descriptors_of
 from .wsgi_servers import call_wsgi
 
 TOKEN = "threads-token-0123456789abcdef"
@@ -80,6 +80,7 @@ def _warm(app: ServeFilesWSGI) -> None:
         stamp = None if entry is None else service.disk.in_place(entry)
         if service.memory.peek("hot.bin") is not None and entry is not None and stamp is not None \
                 and service.disk.vouched(entry, stamp):  # fmt: skip
+            fills_ended_on_other_thread(service.runtime.filler)
             return
         assert time.monotonic() < deadline, "the files did not reach their tiers"
         time.sleep(0.02)

@@ -3,12 +3,16 @@ script for it, else the test is skipped (failed with CI=true)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from servefiles.cache.fill import Filler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +49,24 @@ def open_descriptors_of(path: Path) -> list[int]:
         except OSError:  # closed since the listing
             continue
     return found
+
+
+FILLS_END_SECONDS = 10.0
+
+
+async def fills_ended(filler: Filler | None) -> None:
+    """Until no fill runs in this process (the loop runs meanwhile). A fill commits on a thread and
+    the index shows its entry a moment before that thread closes the temp file's descriptor, which
+    by then is open on the cache file: a test of descriptors left open waits for this first."""
+    deadline = time.monotonic() + FILLS_END_SECONDS
+    while filler is not None and filler.in_flight:
+        assert time.monotonic() < deadline, "a fill did not end"
+        await asyncio.sleep(0.02)
+
+
+def fills_ended_on_other_thread(filler: Filler | None) -> None:
+    """:func:`fills_ended` from a thread other than the loop's (a WSGI request thread)."""
+    deadline = time.monotonic() + FILLS_END_SECONDS
+    while filler is not None and filler.in_flight:
+        assert time.monotonic() < deadline, "a fill did not end"
+        time.sleep(0.02)
