@@ -54,9 +54,10 @@ FEED_POLL_SECONDS: Final = 0.2
 FEED_CHECK_SECONDS: Final = 5.0
 """How often an idle notifying feed (PostgreSQL) checks its connection."""
 CACHE_MIN_USES: Final = 2
-"""A file enters the disk tier on its 2nd request within the admission window (nginx's
-``proxy_cache_min_uses``); until then it is served from the store fetch and written nowhere.
-1 writes every file through on its first request."""
+"""Once the disk tier is full, a file enters it on its 2nd request within the admission window
+(nginx's ``proxy_cache_min_uses``); until then it is served from the store fetch and written
+nowhere. While the tier has room, every file is written through on its first request (the
+write evicts nothing). 1 writes every file through on its first request, full or not."""
 PREFETCH: Final = False
 """Fetch new versions as soon as they are announced, so even first requests hit the disk."""
 

@@ -225,11 +225,14 @@ class Runtime:
         await self.discard(key)
 
     def worth_a_disk_write(self, meta: FileMeta, *, sighted: bool) -> bool:
-        """The admission rule for ``meta``'s file, which no tier holds on disk: asked for
-        ``cache_min_uses`` times lately (this request counted now, unless ``sighted`` already),
-        and, once the disk tier is full, more often than the entries it would evict together
-        (:meth:`Admission.prevails`; as often, where nginx answers the hits)."""
-        return self.admission.worth_writing(meta.key, lambda: self.disk.victims(meta, RIVALS), sighted=sighted)
+        """The admission rule for ``meta``'s file, which no tier holds on disk: any file while the
+        disk tier has room for it; once it is full, one asked for ``cache_min_uses`` times lately
+        (this request counted now, unless ``sighted`` already) and more often than the entries it
+        would evict together (:meth:`Admission.worth_writing`; as often, where nginx answers the
+        hits)."""
+        return self.admission.worth_writing(
+            meta.key, lambda: self.disk.fits(meta), lambda: self.disk.victims(meta, RIVALS), sighted=sighted
+        )
 
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is

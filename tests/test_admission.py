@@ -136,19 +136,35 @@ def test_a_refusal_stops_at_the_first_rivals_that_outweigh_the_newcomer() -> Non
 
 def test_worth_writing_lists_the_victims_only_once_the_sightings_suffice() -> None:
     """The disk tier's rule in one place (Runtime.worth_a_disk_write and benchmarks.admission):
-    sightings first, the victims (a listing under the tier's lock) only then."""
+    a full tier is asked whether the write fits, and for the victims (a listing under the tier's
+    lock) only once the sightings are enough."""
     admission = Admission(min_uses=2)
-    listed: list[str] = []
+    asked: list[str] = []
+
+    def fits() -> bool:
+        asked.append("fits")
+        return False
 
     def victims() -> list[str]:
-        listed.append("asked")
+        asked.append("victims")
         return ["rival"]
 
-    assert not admission.worth_writing("new", victims, sighted=False)  # first sighting: too few
-    assert listed == []
-    assert admission.worth_writing("new", victims, sighted=False)  # second: outweighs an unseen rival
-    assert listed == ["asked"]
+    assert not admission.worth_writing("new", fits, victims, sighted=False)  # first sighting: too few
+    assert asked == ["fits"]
+    assert admission.worth_writing("new", fits, victims, sighted=False)  # second: outweighs an unseen rival
+    assert asked == ["fits", "victims"]
     for _ in range(3):
         admission.admit("rival")
-    assert not admission.worth_writing("new", victims, sighted=True)  # counted already: not again
+    assert not admission.worth_writing("new", fits, victims, sighted=True)  # counted already: not again
     assert admission.estimate("new") == 2
+
+
+@pytest.mark.parametrize("min_uses", [2, 3, 255])
+def test_a_tier_with_room_takes_a_file_on_its_first_sighting(min_uses: int) -> None:
+    """While the write evicts nothing, the sightings are not waited for (TinyLFU admits freely
+    until the cache is full): keeping the file out would only fetch it from the store again on
+    its next request. The sighting is counted all the same, for when the tier is full."""
+    admission = Admission(min_uses=min_uses)
+    assert admission.worth_writing("new", lambda: True, lambda: [], sighted=False)
+    assert admission.estimate("new") == 1
+    assert not admission.worth_writing("other", lambda: False, lambda: ["rival"], sighted=False)

@@ -189,3 +189,25 @@ def test_the_disk_tiers_victims_are_what_an_install_would_evict() -> None:
     index.touch("a")
     assert victims("d", 200) == ["b", "c"]
     assert not index.touch("a", (99, "0" * 64)), "another revision: not touched"
+
+
+@pytest.mark.parametrize(("key", "size", "data", "fits"), [
+    ("d", 50, None, True), ("d", 51, None, False), ("a", 150, "x", True), ("a", 151, "x", False),
+    ("d", 100, "c", True), ("d", 400, None, False),
+])  # fmt: skip
+def test_the_disk_tier_has_room_exactly_when_an_install_would_evict_nothing(
+    key: str, size: int, data: str | None, fits: bool
+) -> None:
+    """``fits`` (admission's "room first") agrees with :meth:`MemIndex.evict` at the boundary,
+    counting as it does: a key's own older bytes freed, content already on disk free; and a file
+    larger than the whole tier never fits, though there may be nothing left to evict for it."""
+    index = MemIndex()
+    for held in ("a", "b", "c"):
+        index.install(entry(held, 100).file.meta, installed_at=1)
+    meta = replace(entry(data or key, size).file.meta, key=key, version=2)
+    assert index.fits(meta, max_bytes=350) is fits
+    index.install(meta, installed_at=2)
+    evicted, _unlink = index.evict(350, meta)
+    assert (evicted == []) is fits
+    empty = MemIndex()
+    assert not empty.fits(replace(meta, size=351), max_bytes=350)

@@ -1,4 +1,5 @@
-"""The miss path: one query for a small cold miss, admission to the disk tier on repeat.
+"""The miss path: one query for a small cold miss; admission to the disk tier at once while it
+has room, on repeat once it is full.
 
 Real stores (SQLite and PostgreSQL) behind the ASGI app; queries are counted by wrapping
 the real store's primitives (:mod:`tests.instrument`), every call still reaching the database.
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
+import pytest
 
 from servefiles import ServeFiles, Store, open_store
 from servefiles.service import DISK_RECENCY_EVERY, HEAD_BYTES
@@ -50,6 +52,23 @@ async def settle(app: ServeFiles) -> None:
     await fills_ended(app.service.runtime.filler)
 
 
+RESIDENT_BYTES = 2 * HEAD_BYTES
+"""A disk tier of this many bytes (``disk_bytes``), held whole by one file (:func:`full_tier`)."""
+
+
+async def full_tier(app: ServeFiles, client: httpx.AsyncClient, store: Store) -> Path:
+    """Fill the disk tier, of :data:`RESIDENT_BYTES`, with one file asked for once while it had
+    room (so written at once): from then on a write would evict it, and admission asks for the
+    sightings. Returns the file's path."""
+    data = os.urandom(RESIDENT_BYTES)
+    await store.put("resident.bin", data)
+    assert (await client.get("/media/resident.bin")).content == data
+    await settle(app)
+    entry = app.service.disk.get("resident.bin")
+    assert entry is not None, "a tier with room takes a file on its first miss"
+    return entry.path
+
+
 async def get_settled(app: ServeFiles, client: httpx.AsyncClient, files: dict[str, bytes], key: str) -> None:
     """GET ``key``, check it is answered with its bytes, and wait until its fill (if any) ends."""
     response = await client.get(f"/media/{key}")
@@ -57,31 +76,36 @@ async def get_settled(app: ServeFiles, client: httpx.AsyncClient, files: dict[st
     await settle(app)
 
 
-async def test_a_small_cold_miss_costs_one_query_and_writes_nothing_to_disk(store: Store, tmp_path: Path) -> None:
+async def test_a_small_cold_miss_costs_one_query_and_writes_nothing_to_a_full_disk_tier(
+    store: Store, tmp_path: Path
+) -> None:
     data = os.urandom(30_000)
     await store.put("avatar.png", data)
-    async with serving(store, tmp_path / "cache") as (app, client):
+    async with serving(store, tmp_path / "cache", disk_bytes=RESIDENT_BYTES) as (app, client):
+        resident = await full_tier(app, client, store)
         queries = count_store_reads(store)
         response = await client.get("/media/avatar.png")
         assert response.status_code == 200 and response.content == data
         assert queries == ["_locate_head"]  # metadata and content together
         await settle(app)
         assert app.service.disk.get("avatar.png") is None
-        assert disk_files(tmp_path / "cache") == []
+        assert disk_files(tmp_path / "cache") == [resident]
         assert counter(app, "servefiles_admission_rejections_total") == 1
-        assert counter(app, "servefiles_store_fetches_total") == 1
-        assert counter(app, "servefiles_misses_total") == 1
+        assert counter(app, "servefiles_store_fetches_total") == 2  # the resident's, this one's
+        assert counter(app, "servefiles_misses_total") == 2
         # The memory tier kept the bytes: the next request costs no query at all.
         again = await client.get("/media/avatar.png")
         assert again.content == data and queries == ["_locate_head"]
         assert app.service.metrics.value("servefiles_hits_total", tier="memory") == 1
 
 
-async def test_a_file_asked_for_again_is_written_to_the_disk_tier(store: Store, tmp_path: Path) -> None:
+async def test_a_file_asked_for_again_is_written_to_a_full_disk_tier(store: Store, tmp_path: Path) -> None:
     data = os.urandom(30_000)
     await store.put("photo.jpg", data)
     # No memory tier: every request reaches the store until the disk tier has the file.
-    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+    async with serving(store, tmp_path / "cache", memory_bytes=1, disk_bytes=RESIDENT_BYTES) as (app, client):
+        await full_tier(app, client, store)
+        admitted = counter(app, "servefiles_admissions_total")
         queries = count_store_reads(store)
         assert (await client.get("/media/photo.jpg")).content == data
         await settle(app)
@@ -90,7 +114,8 @@ async def test_a_file_asked_for_again_is_written_to_the_disk_tier(store: Store, 
         await settle(app)
         entry = app.service.disk.get("photo.jpg")
         assert entry is not None and entry.meta.size == len(data)
-        assert counter(app, "servefiles_admissions_total") == 1
+        assert app.service.disk.get("resident.bin") is None, "asked for more often than what it evicted"
+        assert counter(app, "servefiles_admissions_total") == admitted + 1
         assert queries == ["_locate_head", "_locate_head"]  # the fill wrote the fetched bytes: no query
         third = await client.get("/media/photo.jpg")
         assert third.content == data
@@ -111,19 +136,40 @@ async def test_a_miss_of_a_file_of_several_chunks_up_to_head_bytes_is_one_query(
 async def test_a_large_cold_miss_streams_from_the_store_without_a_second_locate(store: Store, tmp_path: Path) -> None:
     data = os.urandom(HEAD_BYTES + CHUNK_SIZE + 17)
     await store.put("video.mp4", data)
-    async with serving(store, tmp_path / "cache") as (app, client):
+    async with serving(store, tmp_path / "cache", disk_bytes=RESIDENT_BYTES) as (app, client):
+        resident = await full_tier(app, client, store)
         queries = count_store_reads(store)
         response = await client.get("/media/video.mp4")
         assert response.status_code == 200 and response.content == data
         assert "_locate" not in queries and queries[0] == "_locate_head"
         assert set(queries[1:]) == {"_fetch_chunks"}
         await settle(app)
-        assert disk_files(tmp_path / "cache") == []  # asked for once: not written
+        assert disk_files(tmp_path / "cache") == [resident]  # asked for once: not written
         second = await client.get("/media/video.mp4")  # asked for again: filled as it streams
         assert second.content == data
         await settle(app)
         assert app.service.disk.get("video.mp4") is not None
-        assert counter(app, "servefiles_store_fetches_total") == 2
+        assert counter(app, "servefiles_store_fetches_total") == 3  # the resident's, then two
+
+
+@pytest.mark.parametrize("size", [30_000, HEAD_BYTES + CHUNK_SIZE + 17], ids=["small", "streamed"])
+async def test_a_disk_tier_with_room_takes_a_file_on_its_first_miss(store: Store, tmp_path: Path, size: int) -> None:
+    """With the default ``cache_min_uses`` 2: a write that evicts nothing is not held back (the
+    file would only be fetched again on its next request), and that next request is a disk hit."""
+    data = os.urandom(size)
+    await store.put("photo.jpg", data)
+    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+        queries = count_store_reads(store)
+        assert (await client.get("/media/photo.jpg")).content == data
+        await settle(app)
+        entry = app.service.disk.get("photo.jpg")
+        assert entry is not None and entry.meta.size == size
+        assert counter(app, "servefiles_admissions_total") == 1
+        assert counter(app, "servefiles_admission_rejections_total") == 0
+        asked = list(queries)
+        assert (await client.get("/media/photo.jpg")).content == data
+        assert app.service.metrics.value("servefiles_hits_total", tier="disk") == 1
+        assert queries == asked, "a disk hit asks the store nothing"
 
 
 async def test_min_uses_1_fills_on_the_first_request(store: Store, tmp_path: Path) -> None:

@@ -622,16 +622,20 @@ SMALL_PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(10_000)
 
 
 @pytest.mark.parametrize("content", [PNG, SMALL_PNG], ids=["streamed", "small, fetched whole"])
-async def test_a_one_off_tree_miss_is_neither_cached_nor_published_until_asked_again(
+async def test_a_one_off_tree_miss_is_neither_cached_nor_published_in_a_full_tier_until_asked_again(
     content: bytes, sqlite_url: str, tmp_path: Path
 ) -> None:
-    """Admission in tree mode (the default ``--cache-min-uses 2``): a file asked for once is
-    answered from the store and written nowhere on disk; asked again, it is written to the disk
-    tier and published, and from then on nginx answers it alone. For a small file the second
-    request is a memory hit (the first kept its bytes): it must still reach the tree, or a
-    popular small file would go through Python for ever."""
-    with stack("tree", sqlite_url, tmp_path, min_uses=2) as s:
+    """Admission in tree mode (the default ``--cache-min-uses 2``), once the disk tier is full:
+    a file asked for once is answered from the store and written nowhere on disk; asked again, it
+    is written to the disk tier and published, and from then on nginx answers it alone. For a
+    small file the second request is a memory hit (the first kept its bytes): it must still reach
+    the tree, or a popular small file would go through Python for ever."""
+    resident = PNG[:8] + os.urandom(len(PNG) - 8)
+    with stack("tree", sqlite_url, tmp_path, min_uses=2, serve_options=("--cache-size", str(len(resident)))) as s:
         async with httpx.AsyncClient(base_url=s.base, timeout=30) as client:
+            assert (await client.put("/media/resident.png", content=resident, headers=AUTH)).status_code == 201
+            assert (await client.get("/media/resident.png")).content == resident
+            await s.wait_published("resident.png")  # asked for once, while the tier had room: taken in
             assert (await client.put("/media/once.png", content=content, headers=AUTH)).status_code == 201
             first = await client.get("/media/once.png")
             assert (first.status_code, first.content, first.headers["etag"]) == (200, content, sha_etag(content))
@@ -642,6 +646,7 @@ async def test_a_one_off_tree_miss_is_neither_cached_nor_published_until_asked_a
             assert (second.status_code, second.content) == (200, content)
             await s.wait_published("once.png")
             assert s.published("once.png").read_bytes() == content
+            assert not s.published("resident.png").exists(), "evicted for it, and withdrawn"
             asked = [s.frontend.metric(name) for name in ASKED]
             third = await client.get("/media/once.png")
             assert (third.status_code, third.content) == (200, content)

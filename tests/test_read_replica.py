@@ -94,8 +94,9 @@ def test_with_the_replica_down_a_frontend_starts_serves_from_the_primary_and_ret
 
     asyncio.run(put())
     servers.standby.stop_immediately()
-    # Nothing is written to disk (min uses 255): every GET reads the store.
-    server = frontend(primary, tmp_path / "cache", "--read-db", replica, "--cache-min-uses", "255")
+    # Nothing is written to disk (a disk tier smaller than the file, min uses 255): every GET reads the store.
+    server = frontend(primary, tmp_path / "cache", "--read-db", replica, "--cache-min-uses", "255",
+                      "--cache-size", str(BIG // 2))  # fmt: skip
     try:
         server.start()  # starts although the replica does not answer
         for _ in range(20):

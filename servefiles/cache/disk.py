@@ -376,6 +376,12 @@ class DiskCache:
         with self._lock:
             return self._mem.victims(meta, self.max_bytes, limit)
 
+    def fits(self, meta: FileMeta) -> bool:
+        """Whether an install of ``meta`` would keep the tier within its size with no eviction
+        (:meth:`MemIndex.fits`): False for a file larger than the whole tier."""
+        with self._lock:
+            return self._mem.fits(meta, self.max_bytes)
+
     def touch(self, key: str, revision: tuple[int, str] | None = None) -> None:
         """Record a hit for LRU, in memory; written to the index in batches. Nothing for a key
         this tier does not hold, or holds in another revision than ``revision`` (when given)."""

@@ -105,12 +105,7 @@ class MemIndex:
         as those two count: ``meta``'s bytes are new only if no entry has that content yet, the
         key's own older entry is replaced (its file freed if nothing else uses it), and an entry
         sharing ``meta``'s content or another's frees nothing."""
-        added = 0 if meta.sha256 in self.files else meta.size
-        current = self.entries.get(meta.key)
-        replaced = 0
-        if current is not None and current.sha256 != meta.sha256 and self.refs.get(current.sha256, 1) == 1:
-            replaced = current.size
-        excess = self.total_bytes + added - replaced - max_bytes
+        excess = self._excess(meta, max_bytes)
         taken: list[str] = []
         for key, freed in self._eviction_order(meta):
             if excess <= 0 or len(taken) >= limit:
@@ -118,6 +113,20 @@ class MemIndex:
             taken.append(key)
             excess -= freed
         return taken
+
+    def fits(self, meta: FileMeta, max_bytes: int) -> bool:
+        """Whether :meth:`install` of ``meta`` keeps the tier within ``max_bytes`` with no eviction
+        (counted as :meth:`victims` counts)."""
+        return self._excess(meta, max_bytes) <= 0
+
+    def _excess(self, meta: FileMeta, max_bytes: int) -> int:
+        """Bytes over ``max_bytes`` once ``meta`` is installed (<= 0: none)."""
+        added = 0 if meta.sha256 in self.files else meta.size
+        current = self.entries.get(meta.key)
+        replaced = 0
+        if current is not None and current.sha256 != meta.sha256 and self.refs.get(current.sha256, 1) == 1:
+            replaced = current.size
+        return self.total_bytes + added - replaced - max_bytes
 
     # -- changes (each returns what the caller must unlink, and records itself) -------------
 

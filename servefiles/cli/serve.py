@@ -73,8 +73,9 @@ def serve_options() -> click.Command:
               help="Download new versions as soon as the change feed announces them.")
 @click.option("--cache-min-uses", envvar="SERVEFILES_CACHE_MIN_USES", type=click.IntRange(1, 255),
               default=defaults.CACHE_MIN_USES, show_default=True,
-              help="Write a file to the disk cache on its Nth request within the admission window; before that "
-              "it is served from the database fetch alone. 1: every miss is written.")
+              help="Once the disk cache is full, write a file to it on its Nth request within the admission "
+              "window; before that it is served from the database fetch alone. While the cache has room, every "
+              "miss is written. 1: every miss is written.")
 @click.option("--metrics/--no-metrics", envvar="SERVEFILES_METRICS", default=False, show_default=True,
               help="Expose Prometheus counters at /_servefiles/metrics.")
 @click.option("--nginx", "nginx_mode", envvar="SERVEFILES_NGINX", type=click.Choice(["off", "accel", "tree"]),

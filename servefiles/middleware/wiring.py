@@ -47,8 +47,9 @@ class Options(TypedDict, total=False):
     ``freshness_seconds`` [1.0]: revalidation interval while the change feed is down.
     ``fill_wait_seconds`` [10], ``feed`` [True], ``feed_poll_seconds`` [0.2],
     ``feed_check_seconds`` [5], ``prefetch`` [False], ``metrics`` [False].
-    ``cache_min_uses`` [2]: a file is written to the disk tier on its 2nd miss within the
-    admission window, served from the store fetch alone before that; 1 writes every miss.
+    ``cache_min_uses`` [2]: once the disk tier is full, a file is written to it on its 2nd miss
+    within the admission window, served from the store fetch alone before that (while the tier
+    has room, on its first); 1 writes every miss.
     ``upload_tokens`` [none: read-only], ``max_upload_bytes`` [1 GiB].
     ``nginx`` [None]: "accel" or "tree" when nginx runs in front with the block
     ``servefiles nginx-config`` prints; "tree" also needs ``publish_dir``.
