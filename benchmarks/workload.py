@@ -23,14 +23,14 @@ HTTP rules; its RSS holds the whole data set), and nginx in front of
 loop image with a journal (root only; otherwise a warning and a plain directory).
 
 Per contender and phase: requests/s, MB/s (as wrk read them, headers included), p50/p99, the
-ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit ratio (hits /
-(hits + misses); in tree mode 1 - store fetches / requests), the share the memory tier answered
-(memory hits / (hits + misses)), store fetches and disk evictions (its Prometheus counters,
-``--metrics``), server CPU µs per request (utime+stime of the server process trees: nginx and
-servefiles in tree mode) and PostgreSQL CPU µs per request (the backends connected to the run's
-database), non-2xx responses, peak RSS of the server process (VmHWM; servefiles alone in tree
-mode), and the share of the machine's CPU time a hypervisor stole during the phase
-(``/proc/stat``: noise to weigh).
+ratio to DB-direct and to nginx static (same s, same phase), servefiles' hit ratio (hits / (hits
++ misses); in tree mode 1 - store fetches / requests), the share the memory tier answered
+(memory hits / (hits + misses)), store fetches, disk evictions and disk-tier files hashed to
+check them (its Prometheus counters, ``--metrics``), server CPU µs per request (utime+stime of
+the server process trees: nginx and servefiles in tree mode) and PostgreSQL CPU µs per request
+(the backends connected to the run's database), non-2xx responses, peak RSS of the server
+process (VmHWM; servefiles alone in tree mode), and the share of the machine's CPU time a
+hypervisor stole during the phase (``/proc/stat``: noise to weigh).
 After each contender's phases a sample of keys is fetched and compared with the files.
 The issue's ratio targets follow the table as PASS/FAIL lines.
 
@@ -485,6 +485,8 @@ class Row:
     """Of the requests about a file, the share the memory tier answered (serve mode)."""
     store_fetches: int | None = None
     evictions: int | None = None
+    hashed: int | None = None
+    """Disk-tier files hashed to check them (``servefiles_cache_files_hashed_total``)."""
     steal: float | None = None
     """The share of the machine's CPU time the hypervisor took during the phase (steal)."""
     note: str = ""
@@ -522,6 +524,7 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
             row.hit_ratio = hits / (hits + misses) if hits + misses else None
             row.memory_share = delta("hits/memory") / (hits + misses) if hits + misses else None
         row.evictions = round(delta("evictions/disk"))
+        row.hashed = round(delta("cache_files_hashed"))
     socket_errors = load.errors - load.non_2xx
     if socket_errors:
         row.note = f"{socket_errors} socket errors"
@@ -637,6 +640,7 @@ def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_roo
                         log(f"s={_s(s)} {contender.name} {phase}: {row.load.requests_per_second:,.0f} req/s, "
                             f"p99 {row.load.p99_ms:.1f} ms, hit ratio {_pct(row.hit_ratio)}, "
                             f"server {row.server_us:.0f} µs/req, PG {row.postgres_us:.0f} µs/req, "
+                            f"files hashed {'—' if row.hashed is None else f'{row.hashed:,}'}, "
                             f"non-2xx {row.load.non_2xx}, steal {_pct(row.steal)}")  # fmt: skip
                         if row.load.non_2xx:
                             result.failures.append(f"s={_s(s)} {contender.name} {phase}: {row.load.non_2xx} non-2xx")
@@ -683,9 +687,9 @@ def _reference(rows: Sequence[Row], kind: str, s: float, phase: str) -> Row | No
 
 def table(rows: Sequence[Row]) -> str:
     lines = ["| s | contender | phase | req/s | MB/s | p50 ms | p99 ms | x DB-direct | x nginx | hit ratio "
-             "| memory hits | store fetches | evictions | server µs/req | PG µs/req | non-2xx "
+             "| memory hits | store fetches | evictions | files hashed | server µs/req | PG µs/req | non-2xx "
              "| peak RSS MiB | steal | note |",
-             "|---|---|---|" + "---:|" * 15 + "---|"]  # fmt: skip
+             "|---|---|---|" + "---:|" * 16 + "---|"]  # fmt: skip
     for r in rows:
         rps = r.load.requests_per_second
         mb_s = r.load.bytes_read / r.load.duration_s / 1e6 if r.load.duration_s else 0.0
@@ -694,7 +698,8 @@ def table(rows: Sequence[Row]) -> str:
             f"| {r.load.p99_ms:.1f} | {_ratio(rps, _reference(rows, 'db', r.s, r.phase))} "
             f"| {_ratio(rps, _reference(rows, 'static', r.s, r.phase))} | {_pct(r.hit_ratio)} | {_pct(r.memory_share)} "
             f"| {'—' if r.store_fetches is None else f'{r.store_fetches:,}'} "
-            f"| {'—' if r.evictions is None else f'{r.evictions:,}'} | {r.server_us:,.0f} | {r.postgres_us:,.0f} "
+            f"| {'—' if r.evictions is None else f'{r.evictions:,}'} "
+            f"| {'—' if r.hashed is None else f'{r.hashed:,}'} | {r.server_us:,.0f} | {r.postgres_us:,.0f} "
             f"| {r.load.non_2xx} | {r.peak_rss_mib:.0f} | {_pct(r.steal)} | {r.note} |"
         )  # fmt: skip
     return "\n".join(lines)

@@ -51,7 +51,7 @@ a private file without a valid signature or the hook's grant (403)."""
 FAMILIES: Final = (
     "servefiles_hits", "servefiles_misses", "servefiles_store_fetches", "servefiles_bytes_sent",
     "servefiles_cache_write_failures", "servefiles_admissions", "servefiles_admission_rejections",
-    "servefiles_revalidations", "servefiles_stale_served", "servefiles_evictions",
+    "servefiles_revalidations", "servefiles_stale_served", "servefiles_evictions", "servefiles_cache_files_hashed",
     "servefiles_request_duration_seconds", "servefiles_store_fetch_duration_seconds",
     "servefiles_store_fetch_bytes", "servefiles_fill_duration_seconds", "servefiles_store_errors",
     "servefiles_rejected_requests", "servefiles_cache_bytes", "servefiles_cache_max_bytes",
@@ -150,6 +150,7 @@ class Metrics:
         self.rejected = {reason: rejected.labels(reason=reason) for reason in REJECTION_REASONS}
         self._levels: Callable[[], Levels] | None = None
         self._evictions: dict[str, Callable[[], int]] = {}
+        self._hashed: Callable[[], int] = lambda: 0
         self._error_sources: dict[str, Callable[[], int]] = {}
         self.registry.register(_Scraped(self))
 
@@ -161,11 +162,14 @@ class Metrics:
         levels: Callable[[], Levels],
         evictions: dict[str, Callable[[], int]],
         store_errors: dict[str, Callable[[], int]],
+        hashed: Callable[[], int] = lambda: 0,
     ) -> None:
-        """Read at scrape time: the state (gauges), each tier's evictions, and store errors counted
-        elsewhere (``feed``: the feed's failures; ``circuit_open``: the breaker's refusals)."""
+        """Read at scrape time: the state (gauges), each tier's evictions, store errors counted
+        elsewhere (``feed``: the feed's failures; ``circuit_open``: the breaker's refusals), and the
+        disk tier's files hashed to check them."""
         self._levels = levels
         self._evictions = evictions
+        self._hashed = hashed
         self._error_sources = store_errors
 
     def request_timings(self, status: int, source: str | None) -> Timings:
@@ -233,6 +237,9 @@ class _Scraped(Collector):
                        None, {"": metrics.misses.value})  # fmt: skip
         yield _counter("servefiles_evictions", "Entries evicted from a cache tier", "tier",
                        {tier: read() for tier, read in metrics._evictions.items()})  # fmt: skip
+        yield _counter("servefiles_cache_files_hashed", "Disk-tier files read through and hashed against their "
+                       "sha256: before this process first serves a file, and again on each read within the settle "
+                       "time of its last change", None, {"": float(metrics._hashed())})  # fmt: skip
         errors = {kind: tally.value for kind, tally in metrics.store_errors.items()}
         errors.update({kind: float(read()) for kind, read in metrics._error_sources.items()})
         yield _counter("servefiles_store_errors", "Store failures by kind: connect, query, read, changed, feed, "

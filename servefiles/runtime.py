@@ -96,6 +96,7 @@ class Runtime:
             self.levels,
             {"memory": lambda: self.memory.evictions, "disk": lambda: self.disk.evictions},
             {"feed": self._feed_failures, "circuit_open": lambda: self.view.breaker.rejected},
+            lambda: self.disk.verified.hashed,
         )
         self.hooks = Hooks()
         self.filler: Filler | None = None

@@ -25,6 +25,7 @@ import pytest
 
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
 from servefiles.cache.fill import opened_on_thread
+from servefiles.cache.verified import FINE_SETTLE_SECONDS, FINE_TICK_NS, SETTLE_SECONDS, VerifiedContents
 from servefiles.errors import CacheWriteError
 from servefiles.store.types import FileMeta
 
@@ -908,6 +909,39 @@ def test_a_file_read_within_the_settle_time_of_its_last_change_is_hashed_but_not
     entry = put(cache, "a.png", data)  # just renamed into place: its ctime is now
     assert read_whole(cache, entry) == data
     assert entry.meta.sha256 not in cache.verified
+
+
+def test_the_settle_time_is_short_only_on_a_file_system_seen_to_keep_fine_timestamps() -> None:
+    """A ctime off every 10 ms boundary proves the file system's granularity finer than that (it
+    divides every timestamp it records): then only the kernel clock's tick (at most 10 ms) stands
+    between two changes, and a file read 0.1 s after its last change is marked. On a file system
+    of 10 ms, 1 s or 2 s timestamps every ctime is on a boundary, and the coarse time holds."""
+    sha = "a" * 64
+    coarse, fine = VerifiedContents(), VerifiedContents()
+    on_boundary = 1_764_590_000 * 10**9 + 30 * FINE_TICK_NS  # 10 ms granularity (or 1 s, 2 s)
+    off_boundary = on_boundary + 4_519_914  # nanosecond granularity
+    for verified, changed in ((coarse, on_boundary), (fine, off_boundary)):
+        read_at = changed / 1e9 + 0.5
+        assert verified.found(sha, changed << 64 | 7, sha, read_at)
+    assert not coarse.fine and coarse.settle_time() == SETTLE_SECONDS and sha not in coarse
+    assert fine.fine and fine.settle_time() == FINE_SETTLE_SECONDS and fine.vouches(sha, off_boundary << 64 | 7)
+    assert not fine.found(sha, off_boundary << 64 | 8, "b" * 64, off_boundary / 1e9 + 0.5), "a mismatch is one"
+    recent = off_boundary + 50_000_000  # read 50 ms after its change: within even the short time
+    assert fine.found("c" * 64, recent << 64 | 9, "c" * 64, recent / 1e9 + 0.05) and "c" * 64 not in fine
+
+
+def test_on_this_file_system_a_file_settled_for_the_settle_time_it_shows_is_remembered(cache: DiskCache) -> None:
+    """The real file system under the test: its own files' ctimes decide the settle time (most
+    machines' ext4, xfs, btrfs and tmpfs keep nanoseconds: 0.1 s), and a file read once that time
+    has passed since its last change is remembered, not hashed on every read."""
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)
+    fine_here = os.stat(entry.path).st_ctime_ns % FINE_TICK_NS != 0
+    assert read_whole(cache, entry) == data and entry.meta.sha256 not in cache.verified  # just written
+    assert cache.verified.fine is fine_here
+    time.sleep(cache.verified.settle_time() + 0.05)
+    assert read_whole(cache, entry) == data
+    assert entry.meta.sha256 in cache.verified
 
 
 def test_a_remembered_file_changed_in_place_is_hashed_again_and_dropped_with_every_entry_that_shares_it(

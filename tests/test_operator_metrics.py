@@ -31,7 +31,7 @@ DASHBOARD = Path(__file__).parent.parent / "examples" / "grafana" / "servefiles-
 TYPES = {
     "counter": ("hits", "misses", "store_fetches", "bytes_sent", "cache_write_failures", "admissions",
                 "admission_rejections", "revalidations", "stale_served", "evictions", "store_errors",
-                "rejected_requests", "store_fetch_bytes"),
+                "rejected_requests", "store_fetch_bytes", "cache_files_hashed"),
     "histogram": ("request_duration_seconds", "store_fetch_duration_seconds", "fill_duration_seconds"),
     "gauge": ("cache_bytes", "cache_max_bytes", "cache_entries", "fills_in_flight", "feed_connected", "feed_cursor",
               "feed_lag_versions", "feed_lag_seconds", "feed_last_change_age_seconds", "breaker_open", "ready"),
@@ -144,6 +144,8 @@ async def test_metrics_count_each_outcome_rejection_fetch_and_fill(
         assert sample(found, "servefiles_hits", "servefiles_hits_total", tier="memory") == 2  # the 304 too
         assert sample(found, "servefiles_hits", "servefiles_hits_total", tier="disk") == 1
         assert sample(found, "servefiles_misses", "servefiles_misses_total") == 2
+        hashed = "servefiles_cache_files_hashed"
+        assert sample(found, hashed, f"{hashed}_total") == 1, "the disk hit's file, before its first serve"
         fetched = sample(found, "servefiles_store_fetch_bytes", "servefiles_store_fetch_bytes_total")
         assert fetched == len(small) + len(large)  # each file read from the store once
         fetches = "servefiles_store_fetch_duration_seconds"

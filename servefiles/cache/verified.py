@@ -18,8 +18,13 @@ content — no longer matches its mark and is hashed again, and a wrong byte is 
 A timestamp only moves by whole ticks of the file system's clock (a jiffy on ext4, xfs, btrfs
 and tmpfs, at most 10 ms; a second on the coarsest), and the kernel's clock for them lags the
 wall clock by up to one tick: a file read within a tick of its last change could change again
-with the same ctime. A file read less than :data:`SETTLE_SECONDS` after its last change is
-therefore hashed but not marked (git's "racily clean" entries, the same problem).
+with the same ctime. A file read less than the settle time after its last change is therefore
+hashed but not marked (git's "racily clean" entries, the same problem). The settle time is
+:data:`SETTLE_SECONDS` until a ctime shows that the cache dir's file system keeps timestamps finer
+than 10 ms (one not on a 10 ms boundary: a file system's granularity divides every timestamp it
+records, and all of a cache dir's content files are on one), then :data:`FINE_SETTLE_SECONDS`.
+Until a file is marked, every read of it from the disk tier hashes it again: with two seconds, a
+popular large file just filled was hashed on each of its first requests.
 
 What no mark can see: bytes that rot on the medium under an unchanged inode, and a write racing
 one read between its ``fstat`` and its ``pread`` (microseconds). ``sync --verify`` reads every
@@ -40,6 +45,11 @@ VERIFIED_CONTENTS = 65536
 SETTLE_SECONDS = 2.0
 """How long after its last change (seconds, by its ctime) a file must have been read for its hash to be
 remembered: twice the coarsest timestamp tick of a file system a cache dir lives on (see the module)."""
+FINE_SETTLE_SECONDS = 0.1
+"""The same on a file system seen to keep timestamps finer than :data:`FINE_TICK_NS` (ext4 with its
+default 256-byte inodes, xfs, btrfs, tmpfs): ten ticks of the kernel's coarsest clock (``HZ`` 100)."""
+FINE_TICK_NS = 10_000_000
+"""A ctime not a whole multiple of this (10 ms) comes from a file system whose timestamps are finer."""
 
 FileStamp = int
 """A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
@@ -63,7 +73,18 @@ class VerifiedContents:
         self._limit = limit
         self.settle_seconds = settle_seconds
         """:data:`SETTLE_SECONDS` (a test shortens it rather than wait)."""
+        self.hashed = 0
+        """Files hashed so far (:meth:`check` without a mark, and every :meth:`found`): the
+        ``servefiles_cache_files_hashed_total`` counter. Counted under the GIL without a lock: a
+        count lost to two threads at once is possible, and no more than a count."""
+        self.fine = False
+        """Whether a stamp has shown timestamps finer than :data:`FINE_TICK_NS`: the settle time is
+        then at most :data:`FINE_SETTLE_SECONDS`."""
         self._stamps: dict[str, FileStamp] = {}
+
+    def settle_time(self) -> float:
+        """The settle time now, in seconds (see the module)."""
+        return min(self.settle_seconds, FINE_SETTLE_SECONDS) if self.fine else self.settle_seconds
 
     def __contains__(self, sha256: str) -> bool:
         """Whether some file was verified to hold ``sha256`` (not necessarily the one there now)."""
@@ -84,9 +105,12 @@ class VerifiedContents:
     def found(self, sha256: str, stamp: FileStamp, digest: str, read_at: float) -> bool:
         """Whether ``digest`` (hex), hashed from the file stamped ``stamp`` from ``read_at`` on, is
         ``sha256``; a match is remembered as :meth:`check`'s is (for a file hashed in blocks)."""
+        self.hashed += 1
         if digest != sha256:
             return False
-        if read_at - changed_at(stamp) >= self.settle_seconds:
+        if not self.fine and (stamp >> 64) % FINE_TICK_NS:
+            self.fine = True
+        if read_at - changed_at(stamp) >= self.settle_time():
             if len(self._stamps) >= self._limit:
                 self._stamps.clear()
             self._stamps[sha256] = stamp
