@@ -24,6 +24,7 @@ from pathlib import Path
 __all__ = [
     "NotRegularFile",
     "ensure_dir",
+    "file_system_type",
     "kind",
     "lstat_mode",
     "open_regular",
@@ -35,6 +36,46 @@ __all__ = [
 NOFOLLOW_NONBLOCK = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 HASH_BLOCK = 1024 * 1024
 """Bytes per read while hashing a file: few system calls, little memory."""
+
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def file_system_type(path: str | Path, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the file system ``path`` is on ("ext4", "nfs4", "fuse.sshfs"…), from the mount
+    whose mount point is the longest prefix of ``path``'s real path in ``mountinfo`` (Linux,
+    proc(5)); None where that cannot be read (another system) or no mount matches."""
+    target = os.path.realpath(path)
+    found: tuple[int, str] | None = None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields, _, after = line.partition(" - ")
+                parts, types = fields.split(" "), after.split(" ")
+                if len(parts) < 5 or not types[0]:
+                    continue
+                point = _unescape_octal(parts[4])
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and (found is None or len(point) >= found[0]):  # the later of two stacked mounts
+                    found = (len(point), types[0])
+    except OSError:
+        return None
+    return None if found is None else found[1]
+
+
+def _unescape_octal(text: str) -> str:
+    """mountinfo's escapes (``\\040`` for a space, ``\\011``, ``\\012``, ``\\134``) undone."""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1 : i + 4].isdigit():
+            out.append(chr(int(text[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 class NotRegularFile(OSError):

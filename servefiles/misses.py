@@ -44,7 +44,7 @@ class Misses:
         if fill is not None:
             return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         complete = head is not None and head.complete
-        if self._admit(meta, held, sighted) and (not ranged or meta.size <= runtime.settings.disk_bytes):
+        if self._admit(meta, held, sighted, ranged) and (not ranged or meta.size <= runtime.settings.disk_bytes):
             fill = filler.start(meta, file, head)
             if not ranged and not complete:
                 return FillBody(FillReader(fill, runtime.store, runtime.metrics))
@@ -55,13 +55,15 @@ class Misses:
             return MemoryBody(head.data)
         return StoreBody(runtime.store, meta, runtime.metrics, head)
 
-    def _admit(self, meta: FileMeta, held: bool, sighted: bool) -> bool:
+    def _admit(self, meta: FileMeta, held: bool, sighted: bool, ranged: bool) -> bool:
         """Whether this miss writes ``meta``'s file to the disk tier (counted either way):
         held before, or :meth:`Runtime.worth_a_disk_write`. A request is sighted as it goes to the
         store (see ``FileService.lookup``), so requests that waited for the same query all count
-        before any decides: a burst of them shares one fill."""
+        before any decides: a burst of them shares one fill. A range (``ranged``) is not taken
+        in on room alone: its fill reads the whole file from the store, where the request itself
+        needs only the range (a one-off ``bytes=0-0`` probe would cost a whole-file read)."""
         metrics = self.runtime.metrics
-        if held or self.runtime.worth_a_disk_write(meta, sighted=sighted):
+        if held or self.runtime.worth_a_disk_write(meta, sighted=sighted, room_admits=not ranged):
             metrics.admissions.inc()
             return True
         metrics.admission_rejections.inc()

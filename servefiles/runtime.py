@@ -225,15 +225,29 @@ class Runtime:
         self.view.wrote(key, version, revision)
         await self.discard(key)
 
-    def worth_a_disk_write(self, meta: FileMeta, *, sighted: bool) -> bool:
+    def worth_a_disk_write(self, meta: FileMeta, *, sighted: bool, room_admits: bool = True) -> bool:
         """The admission rule for ``meta``'s file, which no tier holds on disk: any file while the
-        disk tier has room for it; once it is full, one asked for ``cache_min_uses`` times lately
-        (this request counted now, unless ``sighted`` already) and more often than the entries it
-        would evict together (:meth:`Admission.worth_writing`; as often, where nginx answers the
-        hits)."""
+        disk tier has room for it (``room_admits``), beside the fills running; once it is full, one
+        asked for ``cache_min_uses`` times lately (this request counted now, unless ``sighted``
+        already) and more often than the entries it would evict together
+        (:meth:`Admission.worth_writing`; as often, where nginx answers the hits). Never a file
+        larger than the whole tier: its write would be refused."""
+        if meta.size > self.disk.max_bytes:
+            return False
         return self.admission.worth_writing(
-            meta.key, lambda: self.disk.fits(meta), lambda: self.disk.victims(meta, RIVALS), sighted=sighted
-        )
+            meta.key, lambda: room_admits and self._room_for(meta), lambda: self.disk.victims(meta, RIVALS),
+            sighted=sighted,
+        )  # fmt: skip
+
+    def _room_for(self, meta: FileMeta) -> bool:
+        """Whether the disk tier holds ``meta``'s file without evicting anything, counting the
+        fills running now as installed (concurrent first misses would otherwise each see the same
+        room, and together evict with no comparison). Only while this process has the cache dir
+        to itself: its in-memory index does not see other processes' installs, and asking
+        SQLite for the dir's total on every miss costs a query; a shared dir waits for the
+        sightings, as before."""
+        pending = self.filler.pending_bytes if self.filler is not None else 0
+        return self.disk.alone() and self.disk.fits(meta, pending)
 
     async def discard(self, key: str) -> None:
         """Drop every cached copy of ``key``. A disk copy that cannot be dropped now is

@@ -25,8 +25,15 @@ import pytest
 
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
 from servefiles.cache.fill import opened_on_thread
-from servefiles.cache.verified import FINE_SETTLE_SECONDS, FINE_TICK_NS, SETTLE_SECONDS, VerifiedContents
+from servefiles.cache.verified import (
+    FINE_SETTLE_SECONDS,
+    FINE_TICK_NS,
+    LOCAL_FILE_SYSTEMS,
+    SETTLE_SECONDS,
+    VerifiedContents,
+)
 from servefiles.errors import CacheWriteError
+from servefiles.localfs import file_system_type
 from servefiles.store.types import FileMeta
 
 from .alarms import alarm
@@ -906,6 +913,7 @@ def test_a_file_read_within_the_settle_time_of_its_last_change_is_hashed_but_not
     """A file's ctime moves by whole ticks of the file system's clock: read within a tick of its
     last change, it could change again with the same ctime, so its mark could vouch for other bytes."""
     data = os.urandom(5000)
+    cache.verified.local = False  # the 2 s settle time here: a loaded machine may well take 0.1 s to read
     entry = put(cache, "a.png", data)  # just renamed into place: its ctime is now
     assert read_whole(cache, entry) == data
     assert entry.meta.sha256 not in cache.verified
@@ -917,13 +925,15 @@ def test_the_settle_time_is_short_only_on_a_file_system_seen_to_keep_fine_timest
     between two changes, and a file read 0.1 s after its last change is marked. On a file system
     of 10 ms, 1 s or 2 s timestamps every ctime is on a boundary, and the coarse time holds."""
     sha = "a" * 64
-    coarse, fine = VerifiedContents(), VerifiedContents()
+    coarse, fine, remote = VerifiedContents(local=True), VerifiedContents(local=True), VerifiedContents()
     on_boundary = 1_764_590_000 * 10**9 + 30 * FINE_TICK_NS  # 10 ms granularity (or 1 s, 2 s)
     off_boundary = on_boundary + 4_519_914  # nanosecond granularity
-    for verified, changed in ((coarse, on_boundary), (fine, off_boundary)):
+    for verified, changed in ((coarse, on_boundary), (fine, off_boundary), (remote, off_boundary)):
         read_at = changed / 1e9 + 0.5
         assert verified.found(sha, changed << 64 | 7, sha, read_at)
     assert not coarse.fine and coarse.settle_time() == SETTLE_SECONDS and sha not in coarse
+    assert not remote.fine and remote.settle_time() == SETTLE_SECONDS and sha not in remote, \
+        "a network file system's ctimes come from its server's clock: never the short time"  # fmt: skip
     assert fine.fine and fine.settle_time() == FINE_SETTLE_SECONDS and fine.vouches(sha, off_boundary << 64 | 7)
     assert not fine.found(sha, off_boundary << 64 | 8, "b" * 64, off_boundary / 1e9 + 0.5), "a mismatch is one"
     recent = off_boundary + 50_000_000  # read 50 ms after its change: within even the short time
@@ -931,13 +941,15 @@ def test_the_settle_time_is_short_only_on_a_file_system_seen_to_keep_fine_timest
 
 
 def test_on_this_file_system_a_file_settled_for_the_settle_time_it_shows_is_remembered(cache: DiskCache) -> None:
-    """The real file system under the test: its own files' ctimes decide the settle time (most
-    machines' ext4, xfs, btrfs and tmpfs keep nanoseconds: 0.1 s), and a file read once that time
-    has passed since its last change is remembered, not hashed on every read."""
+    """The real file system under the test: its type and its own files' ctimes decide the settle
+    time (most machines' ext4, xfs, btrfs and tmpfs keep nanoseconds: 0.1 s), and a file read once
+    that time has passed since its last change is remembered, not hashed on every read."""
     data = os.urandom(5000)
     entry = put(cache, "a.png", data)
-    fine_here = os.stat(entry.path).st_ctime_ns % FINE_TICK_NS != 0
-    assert read_whole(cache, entry) == data and entry.meta.sha256 not in cache.verified  # just written
+    local = file_system_type(entry.path) in LOCAL_FILE_SYSTEMS
+    fine_here = local and os.stat(entry.path).st_ctime_ns % FINE_TICK_NS != 0
+    assert cache.verified.local is local
+    assert read_whole(cache, entry) == data
     assert cache.verified.fine is fine_here
     time.sleep(cache.verified.settle_time() + 0.05)
     assert read_whole(cache, entry) == data

@@ -172,6 +172,64 @@ async def test_a_disk_tier_with_room_takes_a_file_on_its_first_miss(store: Store
         assert queries == asked, "a disk hit asks the store nothing"
 
 
+async def test_room_does_not_take_in_a_range_nor_a_file_larger_than_the_tier(store: Store, tmp_path: Path) -> None:
+    """A range's fill would read the whole file where the request needs a range (a one-off
+    ``bytes=0-0`` probe), so a range waits for its sightings; a file larger than the whole tier is
+    never admitted, so it costs no refused write."""
+    video, huge = os.urandom(HEAD_BYTES + CHUNK_SIZE + 17), os.urandom(RESIDENT_BYTES + 1)
+    await store.put("video.mp4", video)
+    await store.put("huge.bin", huge)
+    async with serving(store, tmp_path / "cache", memory_bytes=1, disk_bytes=RESIDENT_BYTES) as (app, client):
+        probe = await client.get("/media/video.mp4", headers={"range": "bytes=0-0"})
+        assert probe.status_code == 206 and probe.content == video[:1]
+        for _ in range(2):
+            assert (await client.get("/media/huge.bin")).content == huge
+        await settle(app)
+        assert disk_files(tmp_path / "cache") == []
+        assert counter(app, "servefiles_admissions_total") == 0
+        assert counter(app, "servefiles_admission_rejections_total") == 3
+        assert counter(app, "servefiles_cache_write_failures_total") == 0
+        assert (await client.get("/media/video.mp4")).content == video  # not a range, room: taken in
+        await settle(app)
+        assert app.service.disk.get("video.mp4") is not None
+
+
+async def test_a_shared_cache_dir_waits_for_the_sightings(store: Store, tmp_path: Path) -> None:
+    """Room is judged from this process's index, which does not see another process's installs:
+    while the dir is shared, a first miss is not taken in on room alone."""
+    data = os.urandom(30_000)
+    await store.put("photo.jpg", data)
+    other = ServeFiles(None, db=store, cache_dir=tmp_path / "cache")
+    try:
+        await other.service.start()  # another member of the dir (its own registration in procs/)
+        async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+            assert not app.service.disk.alone()
+            assert (await client.get("/media/photo.jpg")).content == data
+            await settle(app)
+            assert app.service.disk.get("photo.jpg") is None
+            assert (await client.get("/media/photo.jpg")).content == data  # the second sighting
+            await settle(app)
+            assert app.service.disk.get("photo.jpg") is not None
+    finally:
+        await other.aclose()
+
+
+async def test_room_counts_the_fills_under_way(store: Store, tmp_path: Path) -> None:
+    """Concurrent first misses each see the room the others will take: a fill under way counts as
+    installed, so no more files are taken in on room than the tier holds."""
+    files = {f"f{i}.bin": os.urandom(HEAD_BYTES + CHUNK_SIZE) for i in range(4)}  # streamed: fills last
+    for key, data in files.items():
+        await store.put(key, data)
+    budget = 2 * (HEAD_BYTES + CHUNK_SIZE)
+    async with serving(store, tmp_path / "cache", memory_bytes=1, disk_bytes=budget) as (app, client):
+        responses = await asyncio.gather(*(client.get(f"/media/{key}") for key in files))
+        assert [r.content for r in responses] == list(files.values())
+        await settle(app)
+        assert counter(app, "servefiles_admissions_total") == 2, "room for two"
+        assert counter(app, "servefiles_evictions_total") == 0
+        assert sum(app.service.disk.get(key) is not None for key in files) == 2
+
+
 async def test_min_uses_1_fills_on_the_first_request(store: Store, tmp_path: Path) -> None:
     small, large = os.urandom(1000), os.urandom(HEAD_BYTES + 1)
     await store.put("s.bin", small)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from ..errors import CacheWriteError
 from ..keys import key_digest
-from ..localfs import ensure_dir, open_regular_for_reading, remove_any, sha256_of_fd
+from ..localfs import ensure_dir, file_system_type, open_regular_for_reading, remove_any, sha256_of_fd
 from ..store.types import Change, FileMeta
 from . import locks
 from .behind import FLUSH_CHANGES, Behind
@@ -64,7 +64,7 @@ from .loader import StartupReport, load
 from .locks import FillLock
 from .members import Members
 from .memindex import Journal, MemIndex
-from .verified import FileStamp, VerifiedContents, stamp_of
+from .verified import LOCAL_FILE_SYSTEMS, FileStamp, VerifiedContents, stamp_of
 from .writer import DiskWriter, install, install_alone
 
 __all__ = [
@@ -138,6 +138,7 @@ class DiskCache:
                     raise
                 self._solo = sweep and self._members.alone()
                 mem.journaling = self._solo
+                self.verified.local = file_system_type(self.root) in LOCAL_FILE_SYSTEMS
                 self._mem, self._report = mem, report
                 self._behind.start()
             return self._report
@@ -376,11 +377,13 @@ class DiskCache:
         with self._lock:
             return self._mem.victims(meta, self.max_bytes, limit)
 
-    def fits(self, meta: FileMeta) -> bool:
+    def fits(self, meta: FileMeta, pending: int = 0) -> bool:
         """Whether an install of ``meta`` would keep the tier within its size with no eviction
-        (:meth:`MemIndex.fits`): False for a file larger than the whole tier."""
+        (:meth:`MemIndex.fits`), ``pending`` more bytes (writes under way) counted as installed:
+        False for a file larger than the whole tier. This process's index: exact only while it
+        has the dir to itself (:meth:`alone`)."""
         with self._lock:
-            return self._mem.fits(meta, self.max_bytes)
+            return self._mem.fits(meta, self.max_bytes - pending)
 
     def touch(self, key: str, revision: tuple[int, str] | None = None) -> None:
         """Record a hit for LRU, in memory; written to the index in batches. Nothing for a key

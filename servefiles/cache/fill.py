@@ -227,6 +227,11 @@ class Filler:
         """Fills running now (one per key and version)."""
         return len(self._fills)
 
+    @property
+    def pending_bytes(self) -> int:
+        """The bytes the fills running now will install (their files' sizes)."""
+        return sum(fill.meta.size for fill in self._fills.values())
+
     def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
         """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
 

@@ -22,7 +22,10 @@ with the same ctime. A file read less than the settle time after its last change
 hashed but not marked (git's "racily clean" entries, the same problem). The settle time is
 :data:`SETTLE_SECONDS` until a ctime shows that the cache dir's file system keeps timestamps finer
 than 10 ms (one not on a 10 ms boundary: a file system's granularity divides every timestamp it
-records, and all of a cache dir's content files are on one), then :data:`FINE_SETTLE_SECONDS`.
+records, and all of a cache dir's content files are on one), then :data:`FINE_SETTLE_SECONDS`;
+and only on a local file system (:data:`LOCAL_FILE_SYSTEMS`), whose ctimes come from this
+machine's clock: a network file system's come from its server's, which may be behind ours by more
+than 0.1 s (a server behind by D makes a file look D seconds older than it is).
 Until a file is marked, every read of it from the disk tier hashes it again: with two seconds, a
 popular large file just filled was hashed on each of its first requests.
 
@@ -50,6 +53,9 @@ FINE_SETTLE_SECONDS = 0.1
 default 256-byte inodes, xfs, btrfs, tmpfs): ten ticks of the kernel's coarsest clock (``HZ`` 100)."""
 FINE_TICK_NS = 10_000_000
 """A ctime not a whole multiple of this (10 ms) comes from a file system whose timestamps are finer."""
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs", "overlay"})
+"""File system types (``/proc/self/mountinfo``) whose ctimes this machine's clock sets: the only ones
+where the settle time may shorten (an ext4 with 1 s timestamps never shows a ctime that lets it)."""
 
 FileStamp = int
 """A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
@@ -69,17 +75,22 @@ class VerifiedContents:
     """A bounded map of sha256 hex name → the stamp of the file verified to hold it.
     Thread-safe enough: single dict operations under the GIL."""
 
-    def __init__(self, limit: int = VERIFIED_CONTENTS, settle_seconds: float = SETTLE_SECONDS) -> None:
+    def __init__(self, limit: int = VERIFIED_CONTENTS, settle_seconds: float = SETTLE_SECONDS, *,
+                 local: bool = False) -> None:  # fmt: skip
         self._limit = limit
+        self.local = local
+        """Whether the files are on a local file system (:data:`LOCAL_FILE_SYSTEMS`): only then may
+        the settle time shorten. :class:`DiskCache` sets it when it opens its dir."""
         self.settle_seconds = settle_seconds
         """:data:`SETTLE_SECONDS` (a test shortens it rather than wait)."""
         self.hashed = 0
-        """Files hashed so far (:meth:`check` without a mark, and every :meth:`found`): the
+        """Files hashed (or tried: a read that failed) so far, :meth:`check` without a mark and every
+        :meth:`found`: the
         ``servefiles_cache_files_hashed_total`` counter. Counted under the GIL without a lock: a
         count lost to two threads at once is possible, and no more than a count."""
         self.fine = False
-        """Whether a stamp has shown timestamps finer than :data:`FINE_TICK_NS`: the settle time is
-        then at most :data:`FINE_SETTLE_SECONDS`."""
+        """Whether a stamp has shown timestamps finer than :data:`FINE_TICK_NS` on a :attr:`local`
+        file system: the settle time is then at most :data:`FINE_SETTLE_SECONDS`."""
         self._stamps: dict[str, FileStamp] = {}
 
     def settle_time(self) -> float:
@@ -108,7 +119,7 @@ class VerifiedContents:
         self.hashed += 1
         if digest != sha256:
             return False
-        if not self.fine and (stamp >> 64) % FINE_TICK_NS:
+        if not self.fine and self.local and (stamp >> 64) % FINE_TICK_NS:
             self.fine = True
         if read_at - changed_at(stamp) >= self.settle_time():
             if len(self._stamps) >= self._limit:
