@@ -150,7 +150,8 @@ class Admission:
         counted now, unless ``sighted`` already: :meth:`admit`, else :meth:`admitted`) and more
         often than what it would evict together (:meth:`prevails`). ``victims()`` lists those keys
         (sketch-uncounted hits 0): it is called only once the sightings are enough, as listing them
-        takes the tier's lock.
+        takes the tier's lock for up to :data:`RIVALS` entries; ``fits()`` (one sum under that lock)
+        only while they are not.
 
         Room first, as TinyLFU admits every newcomer until the cache is full (Caffeine's
         W-TinyLFU): a file kept out of a tier with room is fetched from the store again on its
