@@ -69,7 +69,7 @@ def _unescape_octal(text: str) -> str:
         return text
     out, i = [], 0
     while i < len(text):
-        if text[i] == "\\" and text[i + 1 : i + 4].isdigit():
+        if text[i] == "\\" and len(text[i + 1 : i + 4]) == 3 and set(text[i + 1 : i + 4]) <= set("01234567"):
             out.append(chr(int(text[i + 1 : i + 4], 8)))
             i += 4
         else:

@@ -17,6 +17,7 @@ MOUNTINFO = """\
 32 22 0:42 / /srv/files2 rw,relatime - xfs /dev/sdb rw
 33 22 0:43 / /srv/stacked rw,relatime - ext4 /dev/sdc rw
 34 22 0:44 / /srv/stacked rw,relatime shared:5 - fuse.sshfs host: rw
+35 22 0:45 / /srv/back\\134slash\\9 rw,relatime - btrfs /dev/sdd rw
 """
 
 
@@ -26,6 +27,7 @@ MOUNTINFO = """\
     ("/srv/files2/cache", "xfs"),  # a mount point is a whole path segment, not a string prefix
     ("/srv/files/with space/cache", "tmpfs"),  # mountinfo's octal escapes
     ("/srv/stacked/cache", "fuse.sshfs"),  # two mounts on one point: the later one is what is seen
+    ("/srv/back\\slash\\9/cache", "btrfs"),  # \\134 is a backslash; a backslash before no octal triple is kept
     ("/var/cache/servefiles", "ext4"),
 ])  # fmt: skip
 def test_the_longest_mount_point_above_a_path_names_its_file_system(tmp_path: Path, path: str, expected: str) -> None:
