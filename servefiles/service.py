@@ -344,13 +344,13 @@ class FileService:
         this process has not vouched for it yet (:meth:`DiskCache.check_open`): never the loop's
         time. The descriptor hashed is the one served (a file hashed within a timestamp tick of its
         last change is not remembered as verified, verified.py: opened again, it would be refused)."""
-        if not self.memory.fits(entry.meta.size):
-            stamp = self.disk.in_place(entry)
-            if stamp is None or not self.disk.vouched(entry, stamp):
-                # The thread owns the descriptor it hashes: a request cancelled meanwhile closes nothing under it.
-                fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
-                return None if fd is None else self._on_disk(entry, fd)
-        return self.open_disk(entry)
+        found = self.open_disk(entry)
+        if found is not None or self.memory.fits(entry.meta.size):
+            return found
+        # Too large, and not vouched for (or gone). The thread owns the descriptor it hashes: a
+        # request cancelled meanwhile closes nothing under it.
+        fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
+        return None if fd is None else self._on_disk(entry, fd)
 
     def open_disk(self, entry: DiskEntry, *, drop_damaged: bool = True) -> Found | None:
         """A disk copy, opened (None: gone, truncated or tampered with, so a miss). A file small

@@ -85,9 +85,8 @@ class VerifiedContents:
         """:data:`SETTLE_SECONDS` (a test shortens it rather than wait)."""
         self.hashed = 0
         """Files hashed (or tried: a read that failed) so far, :meth:`check` without a mark and every
-        :meth:`found`: the
-        ``servefiles_cache_files_hashed_total`` counter. Counted under the GIL without a lock: a
-        count lost to two threads at once is possible, and no more than a count."""
+        :meth:`found`: the ``servefiles_cache_files_hashed_total`` counter. Counted under the GIL
+        without a lock: a count lost to two threads at once is possible, and no more than a count."""
         self.fine = False
         """Whether a stamp has shown timestamps finer than :data:`FINE_TICK_NS` on a :attr:`local`
         file system: the settle time is then at most :data:`FINE_SETTLE_SECONDS`."""
