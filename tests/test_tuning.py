@@ -42,9 +42,13 @@ def _churn(mode: str, **environment: str) -> tuple[str, int]:
 
 @glibc_only
 def test_tuned_allocator_reuses_freed_contents_instead_of_faulting_them_in_again() -> None:
-    untouched, faults_by_default = _churn("default")
-    took, faults_tuned = _churn("tuned")
-    assert (untouched, took) == ("untouched", "True")
+    # Each mode's fewest faults of three runs: whatever else the machine does (the suite's other
+    # workers) can only add faults to a run, never take any away. One run each failed a fresh-clone
+    # CI run on 2026-12-01: tuned 3,091 against 2,205 at rest.
+    runs = {mode: [_churn(mode) for _ in range(3)] for mode in ("default", "tuned")}
+    assert {took for took, _ in runs["default"]} == {"untouched"} and {took for took, _ in runs["tuned"]} == {"True"}
+    faults_by_default = min(faults for _, faults in runs["default"])
+    faults_tuned = min(faults for _, faults in runs["tuned"])
     # 400 contents of 576 KiB on average write about 57,600 pages; glibc's defaults fault
     # in most of them again, the tuned heap only the few MiB it grows to once.
     assert faults_by_default > 5_000
