@@ -3,7 +3,8 @@
 The public API: :func:`open_store`, the :class:`ServeFiles` ASGI and
 :class:`ServeFilesWSGI` WSGI middleware (which also take uploads, over HTTP and from
 Python; private folders with signed, expiring URLs and an ``authorize`` hook), the types and
-errors they hand out, and :class:`Signer` for signing URLs elsewhere. Django: :mod:`servefiles.contrib.django`.
+errors they hand out, :class:`Signer` for signing URLs elsewhere, and :class:`ZeroCopySend`, which
+lets uvicorn send disk-tier hits with ``sendfile(2)``. Django: :mod:`servefiles.contrib.django`.
 
 ``__version__`` is the installed distribution's version (pyproject.toml's, the one source).
 """
@@ -26,7 +27,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .keys import canonical_key
-from .middleware import ServeFiles, ServeFilesWSGI
+from .middleware import ServeFiles, ServeFilesWSGI, ZeroCopySend
 from .signing import CLOCK_SKEW_SECONDS, Signer, new_signing_key
 from .store import Change, FileMeta, Store, open_store
 from .tuning import tune_allocator, tune_collector, tune_process
@@ -56,6 +57,7 @@ __all__ = [
     "UploadAborted",
     "UploadToken",
     "UploadTooLarge",
+    "ZeroCopySend",
     "canonical_key",
     "new_signing_key",
     "open_store",

@@ -56,6 +56,10 @@ class DiskBody(Body):
         self.path = path if isinstance(path, str) else str(path)
         self.inline = inline
 
+    def fileno(self) -> int:
+        """The descriptor: the body is the file object of an ASGI ``http.response.zerocopysend``."""
+        return self.fd
+
     def chunks(self, segment: ByteRange) -> AsyncIterator[bytes]:
         return read_fd(self.fd, segment.start, segment.end, self.inline)
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from servefiles import pagecache
 from servefiles.bodies import DiskBody, MemoryBody
 from servefiles.cache.fill import READ_BLOCK, read_fd
 from servefiles.http import HttpPolicy, PreparedFile, respond
-from servefiles.middleware.sending import ONE_MESSAGE_BYTES, plan
+from servefiles.middleware.sending import ONE_MESSAGE_BYTES, SENDFILE_MIN_BYTES, plan
 from servefiles.service import Reply
 from servefiles.store.types import FileMeta
 
@@ -59,6 +60,38 @@ async def test_a_larger_file_and_a_range_are_streamed(tmp_path: Path) -> None:
     finally:
         big.body.close()  # type: ignore[union-attr]
         ranged.body.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("size", [SENDFILE_MIN_BYTES, ONE_MESSAGE_BYTES + 1])
+def test_a_whole_cache_file_in_the_page_cache_is_handed_to_a_server_that_sends_it(tmp_path: Path, size: int) -> None:
+    """zerocopysend: the server sends the open file with sendfile(2), on its event loop, so only
+    while every page of it is cached; a file not (all) in the page cache is read, as without."""
+    reply = disk_reply(tmp_path, os.urandom(size))
+    body = reply.body
+    assert isinstance(body, DiskBody)
+    try:
+        os.pread(body.fd, size, 0)  # in the page cache now (the write put it there too)
+        assert pagecache.cached(body.fd, 0, size) is True
+        way = plan(reply, "GET", server_sends_files=False, reads_whole=True, zero_copy=True)
+        assert (way.way, way.counted) == ("sendfile", size)
+        assert plan(reply, "GET", server_sends_files=True, reads_whole=True, zero_copy=True).way == "file"
+        assert plan(reply, "HEAD", server_sends_files=False, reads_whole=True, zero_copy=True).way == "whole"
+        os.fsync(body.fd)
+        os.posix_fadvise(body.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert pagecache.cached(body.fd, 0, size) is False, "the page stayed cached (a tmpfs?)"
+        expected = "read" if size <= ONE_MESSAGE_BYTES else "stream"
+        assert plan(reply, "GET", server_sends_files=False, reads_whole=True, zero_copy=True).way == expected
+    finally:
+        body.close()
+
+
+def test_a_small_cache_file_is_read_even_where_the_server_could_send_it(tmp_path: Path) -> None:
+    """Below SENDFILE_MIN_BYTES the copy costs less than asking the page cache and the extra loop turn."""
+    reply = disk_reply(tmp_path, os.urandom(SENDFILE_MIN_BYTES - 1))
+    try:
+        assert plan(reply, "GET", server_sends_files=False, reads_whole=True, zero_copy=True).way == "read"
+    finally:
+        reply.body.close()  # type: ignore[union-attr]
 
 
 def test_a_memory_hit_is_one_message_counted_whole() -> None:

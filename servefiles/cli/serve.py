@@ -12,6 +12,7 @@ import click
 
 from .. import config, defaults, logs
 from ..auth import UploadToken
+from ..middleware.zerocopy import ZeroCopySend
 from ..signing import Signer
 from ..store import connect, mask_dsn
 from .admin import admin_options, run_uvicorn
@@ -183,7 +184,9 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
     # uvicorn keeps the logging set up above (log_config=None); its access log, which shows query
     # strings (a signed URL's signature), is replaced by servefiles' own (--access-log).
-    run_uvicorn(AccessLog(bounded) if access_log else bounded, app.admin_app(), admin_host, admin_port, host=host,
+    # Outermost, so it is handed uvicorn's own send: disk-tier hits in the page cache go out by sendfile.
+    served = ZeroCopySend(AccessLog(bounded) if access_log else bounded)
+    run_uvicorn(served, app.admin_app(), admin_host, admin_port, host=host,
                 port=port, log_level=log_level, lifespan="on", h11_max_incomplete_event_size=limits.head_bytes,
                 date_header=False, log_config=None, access_log=False)  # fmt: skip
 

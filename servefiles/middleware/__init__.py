@@ -2,5 +2,6 @@
 
 from .asgi import ServeFiles
 from .wsgi import ServeFilesWSGI
+from .zerocopy import ZeroCopySend
 
-__all__ = ["ServeFiles", "ServeFilesWSGI"]
+__all__ = ["ServeFiles", "ServeFilesWSGI", "ZeroCopySend"]

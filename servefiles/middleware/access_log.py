@@ -31,6 +31,8 @@ logger = logging.getLogger(ACCESS_LOGGER)
 
 _UNPRINTABLE = re.compile(r'[^\x21-\x7e]|["\\]')
 """Bytes a log line shows percent-encoded: controls, spaces, quotes, backslashes, non-ASCII."""
+_FILE_SENDS = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
+"""ASGI messages by which the server sends a whole file body itself (its length is the Content-Length)."""
 
 
 class AccessLog:
@@ -66,7 +68,7 @@ class AccessLog:
             elif kind == "http.response.start":
                 status = message["status"]
                 length = _content_length(message.get("headers", ()))
-            elif kind == "http.response.pathsend":  # the server sends the whole file itself
+            elif kind in _FILE_SENDS:  # the server sends the whole file itself
                 sent += length
                 log()
 

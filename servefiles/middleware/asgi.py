@@ -3,7 +3,8 @@
 It only carries out what :class:`servefiles.service.FileService` decides:
 it picks the request headers that matter, sends the reply's status and
 headers, then its body segments — with ``http.response.pathsend`` when the
-server offers it and the whole file is on disk. Requests outside the prefix,
+server offers it and the whole file is on disk, or ``http.response.zerocopysend`` when
+the server offers that and the whole file is in the page cache. Requests outside the prefix,
 and lifespan, go to the wrapped app untouched.
 """
 
@@ -218,15 +219,19 @@ class ServeFiles:
             raise
         sent = self.service.metrics.bytes_sent
         try:
-            way = plan(reply, scope["method"], _offers_pathsend(scope), reads_whole=True)
+            extensions = scope.get("extensions") or _NONE
+            way = plan(reply, scope["method"], _PATHSEND in extensions, True, _ZEROCOPYSEND in extensions)
             if way.way == "whole":
                 await send({"type": "http.response.body", "body": way.data})
             elif way.way == "read":
                 assert isinstance(body, DiskBody) and isinstance(segments[0], ByteRange)
                 await send({"type": "http.response.body", "body": await body.whole(segments[0])})
+            elif way.way == "sendfile":
+                assert isinstance(body, DiskBody) and isinstance(segments[0], ByteRange)
+                await send({"type": _ZEROCOPYSEND, "file": body, "offset": segments[0].start, "count": way.counted})
             elif way.way == "file":
                 assert isinstance(body, DiskBody)
-                await send({"type": "http.response.pathsend", "path": body.path})
+                await send({"type": _PATHSEND, "path": body.path})
             sent.inc(way.counted)
             if way.way != "stream":
                 return
@@ -371,8 +376,11 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-def _offers_pathsend(scope: Scope) -> bool:
-    return "http.response.pathsend" in scope.get("extensions", {})
+_PATHSEND = "http.response.pathsend"
+"""ASGI extension: the server sends a file by its path."""
+_ZEROCOPYSEND = "http.response.zerocopysend"
+"""ASGI extension: the server sends an open file (anything with ``fileno()``) with ``sendfile(2)``."""
+_NONE: dict[str, Any] = {}
 
 
 _last_date: tuple[int, tuple[bytes, bytes]] = (-1, (b"date", b""))

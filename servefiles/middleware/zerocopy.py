@@ -1,0 +1,167 @@
+"""``http.response.zerocopysend`` under uvicorn: a cache file sent with ``sendfile(2)``.
+
+uvicorn gives an ASGI app no way to send a file, so every byte of a disk-tier hit was copied
+three times: out of the page cache into a buffer, from there into the ``bytes`` of a message,
+and by the kernel into the socket. nginx copies once. :class:`ZeroCopySend` wraps the app that
+uvicorn runs (``servefiles serve`` does; so may an app that mounts :class:`ServeFiles`). Under
+uvicorn's httptools protocol it offers the ASGI zero-copy send extension
+(https://asgi.readthedocs.io/en/latest/extensions.html#zero-copy-send) and carries it out with
+``os.sendfile`` on the connection's socket, so the kernel copies the page cache straight into
+the socket. :class:`ServeFiles` hands over a file only when all of it is in the page cache
+(:mod:`servefiles.middleware.sending`): ``sendfile`` reads on the event loop's thread.
+
+The order on the wire is kept: uvicorn writes the head into its transport's buffer, and the
+file's bytes go to the socket only once that buffer is empty (one loop turn: uvloop writes what
+a turn buffered at its end). Whatever ``sendfile`` does not take at once (the socket's buffer is
+full) is read and written through the transport as ordinary body bytes, under uvicorn's own
+flow control.
+
+This reaches into uvicorn's request-response cycle (its transport, flow control and body-length
+bookkeeping), which is not uvicorn's public API: the extension is offered only to the cycle
+class it was written against, with the attributes it uses, and otherwise not at all (the app
+then reads the file as it would anywhere else). h11's cycle is not taken, and nothing is
+offered over TLS (``https``): ``sendfile`` writes plain bytes into the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+EXTENSION = "http.response.zerocopysend"
+COPY_BLOCK = 256 * 1024
+"""Bytes per message for what ``sendfile`` left (the socket was full): uvicorn waits between them."""
+_CYCLE_ATTRIBUTES = ("transport", "flow", "scope", "disconnected", "response_started", "response_complete",
+                     "chunked_encoding", "expected_content_length")  # fmt: skip
+
+
+class ZeroCopySend:
+    """ASGI middleware, outermost (it must be handed uvicorn's own ``send``): offers
+    ``http.response.zerocopysend`` to ``app`` under uvicorn's httptools protocol.
+
+    A ``zerocopysend`` message (``file``: an object with ``fileno()``; ``offset`` and ``count`` in
+    bytes, the file's current position and the rest of the file when None; ``more_body``) must
+    follow ``http.response.start``. Errors are those of uvicorn's ``send`` (RuntimeError for a body
+    longer than its Content-Length), and OSError when the file ends before ``count`` bytes (the
+    status line is gone by then: the app aborts and the connection is closed). The file is read
+    on the event loop: hand over only a file whose bytes are in the page cache."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._cycle: type | None = _httptools_cycle()
+        self._checked = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(send, "__self__", None)
+        if (scope["type"] == "http" and self._cycle is not None and type(cycle) is self._cycle
+                and scope.get("scheme") == "http" and self._fits(cycle)):  # fmt: skip
+            extensions = scope.get("extensions")
+            if extensions is None:
+                scope["extensions"] = extensions = {}
+            extensions[EXTENSION] = {}
+            send = _sender(cycle, send)
+        await self.app(scope, receive, send)
+
+    def _fits(self, cycle: object) -> bool:
+        """Whether the cycle has every attribute this uses (checked on the first one only)."""
+        if not self._checked:
+            self._checked = True
+            if not all(hasattr(cycle, name) for name in _CYCLE_ATTRIBUTES):
+                self._cycle = None
+        return self._cycle is not None
+
+
+def _httptools_cycle() -> type | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # no httptools: uvicorn runs h11, and nothing is offered
+        return None
+    return RequestResponseCycle
+
+
+def _sender(cycle: Any, send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == EXTENSION:
+            await send_file(cycle, send, message)
+        else:
+            await send(message)
+
+    return sending
+
+
+async def send_file(cycle: Any, send: Send, message: Message) -> None:
+    """Carry out one ``zerocopysend`` message on uvicorn's httptools ``cycle`` (``send``: its own)."""
+    fd: int = message["file"].fileno()
+    offset: int | None = message.get("offset")
+    count: int | None = message.get("count")
+    if offset is None:
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+    if count is None:
+        count = max(0, os.fstat(fd).st_size - offset)
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return  # as uvicorn's own send: what is sent after the client left is dropped
+    if not cycle.response_started or cycle.response_complete:
+        raise RuntimeError(f"'{EXTENSION}' sent outside a response body")
+    if cycle.scope["method"] == "HEAD":
+        count = 0  # a HEAD's body is never sent (RFC 9110 §9.3.2): uvicorn drops it too
+    elif not cycle.chunked_encoding:
+        if count > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        sent = await _sendfile(cycle, fd, offset, count)
+        if sent is None:
+            return  # the client is gone: the connection is closing
+        cycle.expected_content_length -= sent
+        offset += sent
+        count -= sent
+    while count > 0:  # what sendfile left, as body bytes through the transport
+        if cycle.disconnected:
+            return  # the client left: the rest is not read for nobody
+        data = os.pread(fd, min(count, COPY_BLOCK), offset)
+        if not data:
+            raise OSError(f"the file ended at byte {offset}, {count} bytes short")
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        offset += len(data)
+        count -= len(data)
+    await send({"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)})
+
+
+async def _sendfile(cycle: Any, fd: int, offset: int, count: int) -> int | None:
+    """Bytes ``sendfile`` put into the socket, from ``offset``, until ``count`` or a full socket
+    (0 when the transport still held bytes, or had no socket); None when the client is gone."""
+    transport = cycle.transport
+    if transport.get_write_buffer_size():
+        await asyncio.sleep(0)  # the head, written at the end of this loop turn, goes first
+        if cycle.disconnected:
+            return None
+    if transport.get_write_buffer_size() or transport.is_closing():
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_extra_info("sslcontext") is not None:
+        return 0  # under TLS the socket carries records: plain bytes written to it would break the stream
+    out = sock.fileno()
+    sent = 0
+    while sent < count:
+        try:
+            done = os.sendfile(out, fd, offset + sent, count - sent)
+        except BlockingIOError:
+            break  # the socket's buffer is full: the transport waits for room
+        except (BrokenPipeError, ConnectionResetError):
+            cycle.disconnected = True  # what uvicorn's connection_lost records, before it runs
+            transport.close()
+            return None
+        except OSError:
+            break  # a file or socket sendfile cannot serve (EINVAL, ENOSYS): copied instead
+        if done == 0:
+            raise OSError(f"the file ended at byte {offset + sent}, {count - sent} bytes short")
+        sent += done
+    return sent

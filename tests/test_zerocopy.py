@@ -1,0 +1,281 @@
+"""Disk-tier hits sent with ``sendfile(2)``: ``http.response.zerocopysend`` under a real uvicorn.
+
+``servefiles serve`` wraps its app in :class:`servefiles.middleware.zerocopy.ZeroCopySend`; these
+tests run that wrapper and a real uvicorn (httptools) on loopback, in an asyncio and in a
+uvloop event loop (uvloop buffers the head until the end of a loop turn, asyncio writes it at
+once: both orders must come out right), and read the responses with real HTTP clients.
+What the app sends is recorded by a pass-through spy between the wrapper and the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+
+from servefiles import ServeFiles, open_store, pagecache
+from servefiles.middleware import zerocopy
+from servefiles.middleware.zerocopy import ZeroCopySend
+
+from .asgi_servers import ASGIApp, Message, Receive, Scope, Send, uvicorn_server
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def run_in(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
+
+
+class Spy:
+    """Passes everything through; records the type of every message the app sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.sent: list[str] = []
+        self.offered: list[bool] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.offered.append(zerocopy.EXTENSION in scope.get("extensions", {}))
+
+            async def recording(message: Message) -> None:
+                self.sent.append(message["type"])
+                await send(message)
+
+            await self.app(scope, receive, recording)
+            return
+        await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
+    async with uvicorn_server(ZeroCopySend(app), **config) as base:
+        yield base
+
+
+async def cached_app(sqlite_url: str, cache: Path, files: dict[str, bytes]) -> ServeFiles:
+    async with open_store(sqlite_url) as store:
+        for key, data in files.items():
+            await store.put(key, data)
+    return ServeFiles(None, db=sqlite_url, cache_dir=cache)
+
+
+async def until_on_disk(app: ServeFiles, client: httpx.AsyncClient, key: str) -> Path:
+    """GET ``key`` until the disk tier holds it (the first miss writes it through); its cache file."""
+    deadline = time.monotonic() + 10
+    while (entry := app.service.disk.get(key)) is None:
+        assert time.monotonic() < deadline, f"{key} never reached the disk tier"
+        (await client.get(f"/media/{key}")).raise_for_status()
+        await asyncio.sleep(0.05)
+    return entry.path
+
+
+@contextlib.contextmanager
+def counting_sendfile(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Every byte count ``os.sendfile`` returned, as the wrapper called it (the call itself is real)."""
+    counts: list[int] = []
+    real = os.sendfile
+
+    def spying(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        done = real(out_fd, in_fd, offset, count)
+        counts.append(done)
+        return done
+
+    monkeypatch.setattr(zerocopy.os, "sendfile", spying)
+    yield counts
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_disk_hit_in_the_page_cache_is_sent_by_sendfile_on_a_kept_alive_connection(
+    loop: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {"photo.jpg": os.urandom(300_000), "video.mp4": os.urandom(3_000_000)}  # one message / over 1 MiB
+
+    async def main() -> None:
+        app = await cached_app(sqlite_url, tmp_path / "cache", files)
+        spy = Spy(app)
+        with counting_sendfile(monkeypatch) as counts:
+            async with serving(spy) as base, httpx.AsyncClient(base_url=base) as client:
+                for key in files:
+                    await until_on_disk(app, client, key)
+                spy.sent.clear()
+                for _ in range(3):  # one connection, kept alive: each response ends where it should
+                    for key, data in files.items():
+                        response = await client.get(f"/media/{key}")
+                        assert response.status_code == 200
+                        assert response.content == data
+                        assert response.headers["content-length"] == str(len(data))
+                head = await client.head("/media/photo.jpg")
+                assert head.status_code == 200 and head.content == b""
+                assert head.headers["content-length"] == "300000"
+        assert spy.offered and all(spy.offered)
+        assert spy.sent[:12] == ["http.response.start", zerocopy.EXTENSION] * 6
+        assert spy.sent[12:] == ["http.response.start", "http.response.body"]  # the HEAD: no file to send
+        assert sum(counts) > 0  # what a full socket left over was copied; the bytes above are whole either way
+
+    run_in(loop, main)
+
+
+def test_a_cache_file_out_of_the_page_cache_is_read_not_sent_by_sendfile(sqlite_url: str, tmp_path: Path) -> None:
+    """sendfile would read it on the event loop and stall every other request on the disk."""
+    data = os.urandom(500_000)
+
+    async def main() -> None:
+        app = await cached_app(sqlite_url, tmp_path / "cache", {"cold.bin": data})
+        spy = Spy(app)
+        async with serving(spy) as base, httpx.AsyncClient(base_url=base) as client:
+            path = await until_on_disk(app, client, "cold.bin")
+            await asyncio.sleep(2.1)  # past the settle time on any file system: the next read marks it checked
+            (await client.get("/media/cold.bin")).raise_for_status()
+            hashed = app.service.metrics.value("servefiles_cache_files_hashed_total")
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages cannot be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                assert pagecache.cached(fd, 0, len(data)) is False, f"{path}'s pages stayed cached (a tmpfs?)"
+            finally:
+                os.close(fd)
+            spy.sent.clear()
+            response = await client.get("/media/cold.bin")
+            assert response.content == data
+            assert app.service.metrics.value("servefiles_cache_files_hashed_total") == hashed  # not read to check
+        assert zerocopy.EXTENSION not in spy.sent
+        assert spy.sent == ["http.response.start", "http.response.body"]
+
+    run_in("uvloop", main)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_what_a_full_socket_leaves_of_a_file_goes_through_the_transport(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that does not read yet: sendfile stops when the socket is full, the rest is
+    written as body bytes (uvicorn's flow control waits), and every byte arrives in order."""
+    data = os.urandom(24 * 1024 * 1024)  # more than both ends' socket buffers hold
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    app = FileApp(path)
+
+    async def main() -> None:
+        with counting_sendfile(monkeypatch) as counts:
+            async with serving(app) as base:
+                host, port = base.removeprefix("http://").split(":")
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.5)  # the server fills the socket meanwhile
+                received = await asyncio.wait_for(reader.read(), 30)
+                writer.close()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == data
+        assert 0 < sum(counts) < len(data), counts  # some by sendfile, the rest copied
+
+    run_in(loop, main)
+
+
+class FileApp:
+    """A bare ASGI app that answers every GET or HEAD with ``path`` by zerocopysend, claiming
+    ``length`` bytes (the file's size unless given)."""
+
+    def __init__(self, path: Path, length: int | None = None) -> None:
+        self.path = path
+        self.length = path.stat().st_size if length is None else length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert zerocopy.EXTENSION in scope["extensions"]
+        headers = [(b"content-length", str(self.length).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with open(self.path, "rb") as file:  # noqa: ASYNC230 - a local file, opened at once
+            await send({"type": zerocopy.EXTENSION, "file": file, "offset": 0, "count": self.length})
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_file_shorter_than_its_content_length_ends_the_connection_early(loop: str, tmp_path: Path) -> None:
+    """The file was cut after the app looked at it: the client gets what there was and a closed
+    connection, never a hang or bytes that are not the file's."""
+    data = os.urandom(200_000)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(data)
+
+    async def main() -> None:
+        async with serving(FileApp(path, length=len(data) + 1000)) as base:
+            host, port = base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /cut.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive asked for
+            await writer.drain()
+            received = await asyncio.wait_for(reader.read(), 10)  # EOF: the server closed
+            writer.close()
+        _, _, body = received.partition(b"\r\n\r\n")
+        assert body == data
+
+    run_in(loop, main)
+
+
+def test_a_head_answered_with_zerocopysend_has_no_body(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(100_000))
+
+    async def main() -> None:
+        async with serving(FileApp(path)) as base, httpx.AsyncClient(base_url=base) as client:
+            for _ in range(2):  # the connection stays usable: the response ended where it should
+                head = await client.head("/f.bin")
+                assert head.status_code == 200 and head.content == b""
+                assert head.headers["content-length"] == "100000"
+            assert (await client.get("/f.bin")).content == path.read_bytes()
+
+    run_in("uvloop", main)
+
+
+def test_h11_is_not_offered_zerocopysend(sqlite_url: str, tmp_path: Path) -> None:
+    """The wrapper knows only uvicorn's httptools cycle; under h11 the app reads the file itself."""
+    data = os.urandom(300_000)
+
+    async def main() -> None:
+        app = await cached_app(sqlite_url, tmp_path / "cache", {"a.bin": data})
+        spy = Spy(app)
+        async with serving(spy, http="h11") as base, httpx.AsyncClient(base_url=base) as client:
+            await until_on_disk(app, client, "a.bin")
+            assert (await client.get("/media/a.bin")).content == data
+        assert spy.offered and not any(spy.offered)
+        assert zerocopy.EXTENSION not in spy.sent
+
+    run_in("uvloop", main)
+
+
+def test_the_client_leaving_mid_file_stops_the_send_and_the_server_goes_on(tmp_path: Path) -> None:
+    data = os.urandom(24 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+
+    async def main() -> None:
+        async with serving(FileApp(path)) as base, httpx.AsyncClient(base_url=base) as client:
+            host, port = base.removeprefix("http://").split(":")
+            sock = socket.create_connection((host, int(port)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.2)
+            sock.recv(1000)
+            sock.close()  # a reset, with most of the file unsent
+            await asyncio.sleep(0.5)
+            assert (await client.get("/big.bin")).content == data  # the server still answers
+
+    run_in("uvloop", main)
