@@ -279,3 +279,45 @@ def test_the_client_leaving_mid_file_stops_the_send_and_the_server_goes_on(tmp_p
             assert (await client.get("/big.bin")).content == data  # the server still answers
 
     run_in("uvloop", main)
+
+
+async def raw_get(base: str, target: str, keep_alive: bool = False) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    connection = b"" if keep_alive else b"Connection: close\r\n"
+    writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n" + connection + b"\r\n")
+    await writer.drain()
+    received = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return received
+
+
+class RaisingApp:
+    """Starts a response, then fails before (``raises``) or without (returning) any body."""
+
+    def __init__(self, raises: bool) -> None:
+        self.raises = raises
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        if self.raises:
+            raise RuntimeError("the body could not be read")
+
+
+@pytest.mark.parametrize("raises", [True, False], ids=["raises", "returns"])
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_response_the_app_ends_without_a_body_is_cut_as_without_the_wrapper(loop: str, raises: bool) -> None:
+    """The status line the app sent, then a closed connection (the body cut short), never a 500."""
+
+    async def main() -> None:
+        async with serving(RaisingApp(raises)) as base:
+            received = await raw_get(base, "/x", keep_alive=True)
+        assert received.startswith(b"HTTP/1.1 200 "), received
+        assert received.endswith(b"\r\n\r\n")  # the head, then the end of the connection
+
+    run_in(loop, main)
