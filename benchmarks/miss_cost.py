@@ -8,10 +8,11 @@ same step in its key's life. DB-direct (one asyncpg ``SELECT data`` per request 
 takes one walk; ``servefiles serve`` with a 4 GiB disk cache (larger than the data: nothing is
 evicted) takes four over the same keys, so its walks are, in order:
 
-1. each key's **first request**: a miss the admission filter does not let onto disk (a file asked
-   for once is not worth a disk write), answered from the bytes the one query brought;
-2. its **second**: a miss that fills the disk tier (written through, and verified);
-3. its **third**: a hit, the first read of that file since the fill;
+1. each key's **first request**: a miss that fills the disk tier (written through: a tier with
+   room takes a file on its first miss, the admission filter's sightings count only once it is
+   full);
+2. its **second**: a hit, the first read of that file since the fill (hashed once);
+3. its **third**: a hit;
 4. its **fourth**: a hit.
 
 Each walk's server CPU time (utime + stime of the server process, threads included) is divided by
@@ -54,9 +55,9 @@ from benchmarks.workload import (
 )
 
 WALKS = (
-    "first request: a miss, not written to disk",
-    "second request: a miss that fills the disk tier",
-    "third request: a hit, first read since the fill",
+    "first request: a miss that fills the disk tier",
+    "second request: a hit, first read since the fill",
+    "third request: a hit",
     "fourth request: a hit",
 )
 COUNTERS = ("misses", "admissions", "admission_rejections", "hits/memory", "hits/disk", "cache_write_failures")
@@ -169,10 +170,7 @@ def report(rounds: list[list[Walk]], args: argparse.Namespace, data_line: str) -
         lines.append(f"| {name} | {med(each):,.0f} | {' / '.join(f'{v:,.0f}' for v in each)} "
                      f"| {med(each) / db:.2f} | {shown} |")  # fmt: skip
     lines += ["", "### Target: server CPU per miss ≤ 1.5x a DB-direct request's (medians)", ""]
-    for index, name in (
-        (1, "a miss not written to disk"),
-        (2, "a miss that fills the disk tier (the walk's few memory hits included)"),
-    ):
+    for index, name in ((1, "a miss that fills the disk tier"),):
         ratio = med(r[index].cpu_us for r in rounds) / db
         lines.append(f"- {'PASS' if ratio <= 1.5 else 'FAIL'}: {name}: {ratio:.2f}x DB-direct's request")
     return lines

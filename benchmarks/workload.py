@@ -535,7 +535,9 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
 
 TAIL = False
 """``--tail``: servefiles writes its access log (JSON), and each phase reports its slowest 1 %."""
-SIZE_CLASSES = ((64 * KIB, "< 64 KiB"), (MIB, "64 KiB-1 MiB"), (None, "≥ 1 MiB"))
+SIZE_CLASSES = ((64 * KIB, "< 64 KiB"), (256 * KIB, "64-256 KiB"), (MIB, "256 KiB-1 MiB"), (None, "≥ 1 MiB"))
+"""256 KiB is the memory tier's largest file by default: a disk hit up to it is read whole (and hashed
+on the loop the first time), a larger one is sent from its file (and hashed on a thread the first time)."""
 
 
 @dataclass(frozen=True)

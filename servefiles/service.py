@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import http
+from . import http, pagecache
 from .bodies import Body, DiskBody, FillBody, MemoryBody, PrimedBody, StoreBody
 from .cache.disk import DiskCache, DiskEntry
 from .cache.fill import opened_on_thread
@@ -62,6 +62,12 @@ least recent end and is evicted there, to be fetched again once memory lets it g
 long-tail workload (256 MiB disk tier, 16 MiB memory), 86.6 % of requests hit without, 87.9 % with
 one hit in 8, 88.5 % with every hit (s = 1.0; at s = 0.8: 76.0, 79.4 and 80.0 %). One in 8 keeps
 most of that at an eighth of the cost: a lock, and a touch the index writes behind."""
+LOOP_CHECK_BYTES = 1024 * 1024
+"""A disk copy too large for the memory tier but no larger than this, all in the page cache, is
+hashed on the event loop before this process first serves it (about 0.8 ms per MiB of sha256 on a
+slow machine): on a thread, the request waited for the GIL at every step while the loop held it,
+and such first reads were 70 % of the slowest 1 % of requests (benchmarks.workload --tail, 4 GiB
+warm, server-side p99 47.5 ms). A larger file, or one the page cache lacks, is hashed on a thread."""
 PREFETCH_CONCURRENCY = 4
 PRIME_ATTEMPTS = 5
 """How often a reply is rebuilt when its file changes between the metadata query and the fetch."""
@@ -340,14 +346,26 @@ class FileService:
         return None
 
     async def _open_checked(self, entry: DiskEntry) -> Found | None:
-        """:meth:`open_disk` on the loop, a file too large to read whole hashed on a thread first if
-        this process has not vouched for it yet (:meth:`DiskCache.check_open`): never the loop's
-        time. The descriptor hashed is the one served (a file hashed within a timestamp tick of its
-        last change is not remembered as verified, verified.py: opened again, it would be refused)."""
+        """:meth:`open_disk` on the loop, a file too large to read whole hashed first if this process
+        has not vouched for it yet (:meth:`DiskCache.check_open`): on the loop when it is at most
+        :data:`LOOP_CHECK_BYTES` and all in the page cache, else on a thread. The descriptor hashed
+        is the one served (a file hashed within a timestamp tick of its last change is not
+        remembered as verified, verified.py: opened again, it would be refused)."""
         found = self.open_disk(entry)
         if found is not None or self.memory.fits(entry.meta.size):
             return found
-        # Too large, and not vouched for (or gone). The thread owns the descriptor it hashes: a
+        if entry.meta.size <= LOOP_CHECK_BYTES:
+            opened = self.disk.open_stamped(entry)
+            if opened is None:
+                return None  # gone (or not a regular file, dropped): a miss
+            loop_fd, stamp = opened
+            if pagecache.cached(loop_fd, 0, entry.meta.size):
+                if self.disk.check_open(entry, loop_fd, stamp):
+                    return self._on_disk(entry, loop_fd)
+                os.close(loop_fd)
+                return None  # damaged, dropped: a miss
+            os.close(loop_fd)
+        # Too large, or not in the page cache. The thread owns the descriptor it hashes: a
         # request cancelled meanwhile closes nothing under it.
         fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
         return None if fd is None else self._on_disk(entry, fd)

@@ -224,3 +224,52 @@ async def test_disk_hits_use_pathsend_when_the_server_offers_it(store_url: str, 
         assert b"".join(m.get("body", b"") for m in plain[1:]) == data  # type: ignore[misc]
     finally:
         await app.aclose()
+
+
+@pytest.mark.parametrize("in_page_cache", [True, False], ids=["cached", "not-cached"])
+async def test_a_large_copy_is_hashed_on_the_loop_only_when_the_page_cache_holds_it(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_page_cache: bool
+) -> None:
+    """A disk copy too large for the memory tier is hashed before this process first serves it: on
+    the loop when it is at most LOOP_CHECK_BYTES and all in the page cache (on a thread it waited for
+    the GIL at every step), else on a thread (DiskCache.open_checked), as a read from the disk would
+    stall the loop."""
+    from servefiles import pagecache
+    from servefiles.cache.disk import DiskCache
+    from servefiles.service import LOOP_CHECK_BYTES
+
+    data = os.urandom(600_000)
+    assert data and len(data) <= LOOP_CHECK_BYTES
+    await put(sqlite_url, "photo.jpg", data)
+    cache = tmp_path / "cache"
+    async with client_for(ServeFiles(None, db=sqlite_url, cache_dir=cache, memory_file_bytes=256 * 1024)) as client:
+        assert (await client.get("/media/photo.jpg")).content == data  # the miss fills the disk tier
+    app = ServeFiles(None, db=sqlite_url, cache_dir=cache, memory_file_bytes=256 * 1024)  # has vouched for nothing
+    on_thread: list[str] = []
+    open_checked = DiskCache.open_checked
+
+    def spy(disk: DiskCache, entry: object) -> int | None:
+        on_thread.append(threading.current_thread().name)
+        return open_checked(disk, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DiskCache, "open_checked", spy)
+    async with client_for(app) as client:
+        await app.service.start()
+        entry = app.service.disk.get("photo.jpg")
+        assert entry is not None
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            if in_page_cache:
+                os.pread(fd, len(data), 0)
+            else:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert pagecache.cached(fd, 0, len(data)) is in_page_cache
+        finally:
+            os.close(fd)
+        assert (await client.get("/media/photo.jpg")).content == data
+        assert counter(app, "servefiles_hits_total", tier="disk") == 1
+        assert counter(app, "servefiles_cache_files_hashed_total") == 1
+        assert len(on_thread) == (0 if in_page_cache else 1), on_thread
+        if on_thread:
+            assert on_thread[0] != threading.main_thread().name

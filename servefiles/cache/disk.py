@@ -355,7 +355,8 @@ class DiskCache:
         For a file too large for the memory tier, before this process first serves it: the same check
         a small file gets, so a file damaged in place (same size, other bytes) is refetched, never
         served, whatever its size. It reads the whole file (about 0.65 µs per KB of sha256 here, and
-        the disk if the page cache lacks it): call it on a thread, never on the event loop."""
+        the disk if the page cache lacks it): call it on a thread, or on the event loop only for a
+        file of at most a MiB that is all in the page cache (FileService._open_checked)."""
         meta = entry.meta
         if self.vouched(entry, stamp):
             return True
