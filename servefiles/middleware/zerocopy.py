@@ -10,11 +10,11 @@ uvicorn's httptools protocol it offers the ASGI zero-copy send extension
 the socket. :class:`ServeFiles` hands over a file only when all of it is in the page cache
 (:mod:`servefiles.middleware.sending`): ``sendfile`` reads on the event loop's thread.
 
-The order on the wire is kept: uvicorn writes the head into its transport's buffer, and the
-file's bytes go to the socket only once that buffer is empty (one loop turn: uvloop writes what
-a turn buffered at its end). Whatever ``sendfile`` does not take at once (the socket's buffer is
-full) is read and written through the transport as ordinary body bytes, under uvicorn's own
-flow control.
+The order on the wire is kept: uvicorn hands the head to its transport, which writes it at once
+when the socket takes it (uvloop and asyncio both do) and buffers it otherwise; the file's bytes
+go to the socket only once that buffer is empty (after one loop turn, if need be). Whatever
+``sendfile`` does not take at once (the socket's buffer is full) is read and written through
+the transport as ordinary body bytes, under uvicorn's own flow control.
 
 This reaches into uvicorn's request-response cycle (its transport, flow control and body-length
 bookkeeping), which is not uvicorn's public API: the extension is offered only to the cycle
@@ -140,7 +140,7 @@ async def _sendfile(cycle: Any, fd: int, offset: int, count: int) -> int | None:
     (0 when the transport still held bytes, or had no socket); None when the client is gone."""
     transport = cycle.transport
     if transport.get_write_buffer_size():
-        await asyncio.sleep(0)  # the head, written at the end of this loop turn, goes first
+        await asyncio.sleep(0)  # the head was buffered: the transport writes it when it can
         if cycle.disconnected:
             return None
     if transport.get_write_buffer_size() or transport.is_closing():
