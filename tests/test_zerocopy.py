@@ -321,3 +321,34 @@ def test_a_response_the_app_ends_without_a_body_is_cut_as_without_the_wrapper(lo
         assert received.endswith(b"\r\n\r\n")  # the head, then the end of the connection
 
     run_in(loop, main)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, tmp_path: Path) -> None:
+    """Three GETs in one write on one connection: uvicorn starts each after the last response
+    ended, and each file's bytes, written straight to the socket, stay between their own heads."""
+    files = [tmp_path / f"{n}.bin" for n in range(3)]
+    for n, path in enumerate(files):
+        path.write_bytes(os.urandom(150_000 + 50_000 * n))
+
+    class ByPath(FileApp):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                self.path = tmp_path / scope["path"].lstrip("/")
+                self.length = self.path.stat().st_size
+            await super().__call__(scope, receive, send)
+
+    async def main() -> None:
+        async with serving(ByPath(files[0])) as base:
+            host, port = base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"".join(b"GET /%d.bin HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(3)))
+            await writer.drain()
+            for path in files:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                assert await asyncio.wait_for(reader.readexactly(length), 10) == path.read_bytes()
+            writer.close()
+
+    run_in(loop, main)
