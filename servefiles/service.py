@@ -359,11 +359,15 @@ class FileService:
             if opened is None:
                 return None  # gone (or not a regular file, dropped): a miss
             loop_fd, stamp = opened
-            if pagecache.cached(loop_fd, 0, entry.meta.size):
-                if self.disk.check_open(entry, loop_fd, stamp):
-                    return self._on_disk(entry, loop_fd)
+            try:
+                if pagecache.cached(loop_fd, 0, entry.meta.size):
+                    if self.disk.check_open(entry, loop_fd, stamp):
+                        return self._on_disk(entry, loop_fd)
+                    os.close(loop_fd)
+                    return None  # damaged, dropped: a miss
+            except BaseException:  # whatever the check raised: the descriptor is not lost
                 os.close(loop_fd)
-                return None  # damaged, dropped: a miss
+                raise
             os.close(loop_fd)
         # Too large, or not in the page cache. The thread owns the descriptor it hashes: a
         # request cancelled meanwhile closes nothing under it.

@@ -55,6 +55,7 @@ class Spy:
                 self.sent.append(message["type"])
                 await send(message)
 
+            zerocopy.passed_on(scope, send, recording)  # every message goes on, zerocopysend too
             await self.app(scope, receive, recording)
             return
         await self.app(scope, receive, send)
@@ -352,3 +353,29 @@ def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, tmp_pa
             writer.close()
 
     run_in(loop, main)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_a_middleware_that_may_not_pass_zerocopysend_on_gets_bytes(
+    sqlite_url: str, tmp_path: Path, encoding: str
+) -> None:
+    """Starlette's gzip middleware between the wrapper and ServeFiles wraps send and knows nothing
+    of zerocopysend: ServeFiles must not hand it a file (dropped, the client got a 500 or a short
+    body), but read it, as without the wrapper."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    data = os.urandom(100_000)
+
+    async def main() -> None:
+        app = await cached_app(sqlite_url, tmp_path / "cache", {"doc.bin": data})
+        spy = Spy(app)
+        async with serving(GZipMiddleware(spy, minimum_size=10)) as base, httpx.AsyncClient(base_url=base) as client:
+            await until_on_disk(app, client, "doc.bin")
+            spy.sent.clear()
+            for _ in range(2):
+                response = await client.get("/media/doc.bin", headers={"accept-encoding": encoding})
+                assert response.status_code == 200 and response.content == data
+        assert spy.offered and all(spy.offered)  # offered in the scope, but not through this send
+        assert zerocopy.EXTENSION not in spy.sent, spy.sent
+
+    run_in("uvloop", main)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from ..logs import ACCESS_LOGGER
 from ..service import Reply
 from .asgi import REPLY_SLOT, ASGIApp, Message, Receive, Scope, Send
+from .zerocopy import passed_on
 
 __all__ = ["AccessLog"]
 
@@ -72,6 +73,7 @@ class AccessLog:
                 sent += length
                 log()
 
+        passed_on(scope, send, counting)  # every message goes on unchanged: zerocopysend too
         try:
             await self.app(scope, receive, counting)
         finally:

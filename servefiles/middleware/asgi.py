@@ -29,6 +29,7 @@ from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 from .sending import plan
 from .wiring import Mount, Options, mount
+from .zerocopy import carried_out
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -220,7 +221,7 @@ class ServeFiles:
         sent = self.service.metrics.bytes_sent
         try:
             extensions = scope.get("extensions") or _NONE
-            way = plan(reply, scope["method"], _PATHSEND in extensions, True, _ZEROCOPYSEND in extensions)
+            way = plan(reply, scope["method"], _PATHSEND in extensions, True, carried_out(scope, send))
             if way.way == "whole":
                 await send({"type": "http.response.body", "body": way.data})
             elif way.way == "read":

@@ -20,7 +20,9 @@ This reaches into uvicorn's request-response cycle (its transport, flow control 
 bookkeeping), which is not uvicorn's public API: the extension is offered only to the cycle
 class it was written against, with the attributes it uses, and otherwise not at all (the app
 then reads the file as it would anywhere else). h11's cycle is not taken, and nothing is
-offered over TLS (``https``): ``sendfile`` writes plain bytes into the socket.
+offered over TLS: ``sendfile`` writes plain bytes into the socket. A middleware between this and
+:class:`ServeFiles` that wraps ``send`` may not know the message: :class:`ServeFiles` uses it only
+through a ``send`` it knows carries it (:data:`SENDER_SLOT`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +39,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXTENSION = "http.response.zerocopysend"
+SENDER_SLOT = "servefiles.zerocopy.send"
+"""A scope key: the ``send`` that carries ``zerocopysend`` out. A middleware between this and the
+app that wraps ``send`` without passing that message on (a gzip middleware) would drop it, so
+:class:`ServeFiles` uses the extension only when the ``send`` it was given is this one, or was put
+here by a middleware that passes every message on (:func:`passed_on`)."""
 COPY_BLOCK = 256 * 1024
 """Bytes per message for what ``sendfile`` left (the socket was full): uvicorn waits between them."""
 _CYCLE_ATTRIBUTES = ("transport", "flow", "scope", "disconnected", "response_started", "response_complete",
@@ -56,20 +63,22 @@ class ZeroCopySend:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._cycle: type | None = _httptools_cycle()
+        self._cycle: type | None = _httptools_cycle() if hasattr(os, "sendfile") else None
         self._checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = getattr(send, "__self__", None)
-        if type(cycle) is self._cycle and scope["type"] == "http" and scope.get("scheme") == "http":
+        if type(cycle) is self._cycle and scope["type"] == "http":
             if not self._checked:
                 self._check(cycle)
-            if self._cycle is not None:
+            # Not over TLS (the socket carries records); checked on the transport, not the scheme,
+            # which a proxy's X-Forwarded-Proto may have made "https" over plain TCP.
+            if self._cycle is not None and cast(Any, cycle).transport.get_extra_info("sslcontext") is None:
                 extensions = scope.get("extensions")
                 if extensions is None:
                     scope["extensions"] = extensions = {}
                 extensions[EXTENSION] = _OFFERED
-                send = _Sender(cycle, send)
+                send = scope[SENDER_SLOT] = _Sender(cycle, send)
         await self.app(scope, receive, send)
 
     def _check(self, cycle: object) -> None:
@@ -77,6 +86,21 @@ class ZeroCopySend:
         self._checked = True
         if not all(hasattr(cycle, name) for name in _CYCLE_ATTRIBUTES):
             self._cycle = None
+
+
+def passed_on(scope: Scope, send: Send, wrapper: Send) -> None:
+    """For a middleware that wraps ``send`` in ``wrapper`` and passes every message on unchanged
+    (``zerocopysend`` too): the app may still use the extension through ``wrapper``."""
+    if scope.get(SENDER_SLOT) is send:
+        scope[SENDER_SLOT] = wrapper
+
+
+def carried_out(scope: Scope, send: Send) -> bool:
+    """Whether a ``zerocopysend`` given to ``send`` reaches a server that carries it out: offered in
+    the scope, and ``send`` is :class:`ZeroCopySend`'s own (or passed on) when it offered it (a
+    server that offers the extension itself is taken at its word)."""
+    extensions = scope.get("extensions")
+    return extensions is not None and EXTENSION in extensions and scope.get(SENDER_SLOT, send) is send
 
 
 _OFFERED: dict[str, Any] = {}
