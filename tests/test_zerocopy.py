@@ -188,6 +188,13 @@ def test_what_a_full_socket_leaves_of_a_file_goes_through_the_transport(
     run_in(loop, main)
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """The lifespan protocol of an app with nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 class FileApp:
     """A bare ASGI app that answers every GET or HEAD with ``path`` by zerocopysend, claiming
     ``length`` bytes (the file's size unless given)."""
@@ -198,9 +205,7 @@ class FileApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         assert zerocopy.EXTENSION in scope["extensions"]
         headers = [(b"content-length", str(self.length).encode())]
@@ -301,9 +306,7 @@ class RaisingApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         if self.raises:

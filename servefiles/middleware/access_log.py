@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from ..logs import ACCESS_LOGGER
 from ..service import Reply
 from .asgi import REPLY_SLOT, ASGIApp, Message, Receive, Scope, Send
+from .zerocopy import EXTENSION as ZEROCOPYSEND
 from .zerocopy import passed_on
 
 __all__ = ["AccessLog"]
@@ -32,7 +33,7 @@ logger = logging.getLogger(ACCESS_LOGGER)
 
 _UNPRINTABLE = re.compile(r'[^\x21-\x7e]|["\\]')
 """Bytes a log line shows percent-encoded: controls, spaces, quotes, backslashes, non-ASCII."""
-_FILE_SENDS = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
+_FILE_SENDS = frozenset(("http.response.pathsend", ZEROCOPYSEND))
 """ASGI messages by which the server sends a whole file body itself (its length is the Content-Length)."""
 
 

@@ -29,6 +29,7 @@ from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 from .sending import plan
 from .wiring import Mount, Options, mount
+from .zerocopy import EXTENSION as ZEROCOPYSEND
 from .zerocopy import carried_out
 
 Scope = MutableMapping[str, Any]
@@ -221,7 +222,8 @@ class ServeFiles:
         sent = self.service.metrics.bytes_sent
         try:
             extensions = scope.get("extensions") or _NONE
-            way = plan(reply, scope["method"], _PATHSEND in extensions, True, carried_out(scope, send))
+            zero_copy = isinstance(body, DiskBody) and carried_out(scope, send)  # only a disk hit can use it
+            way = plan(reply, scope["method"], _PATHSEND in extensions, True, zero_copy)
             if way.way == "whole":
                 await send({"type": "http.response.body", "body": way.data})
             elif way.way == "read":
@@ -229,7 +231,7 @@ class ServeFiles:
                 await send({"type": "http.response.body", "body": await body.whole(segments[0])})
             elif way.way == "sendfile":
                 assert isinstance(body, DiskBody) and isinstance(segments[0], ByteRange)
-                await send({"type": _ZEROCOPYSEND, "file": body, "offset": segments[0].start, "count": way.counted})
+                await send({"type": ZEROCOPYSEND, "file": body, "offset": segments[0].start, "count": way.counted})
             elif way.way == "file":
                 assert isinstance(body, DiskBody)
                 await send({"type": _PATHSEND, "path": body.path})
@@ -379,8 +381,6 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
 
 _PATHSEND = "http.response.pathsend"
 """ASGI extension: the server sends a file by its path."""
-_ZEROCOPYSEND = "http.response.zerocopysend"
-"""ASGI extension: the server sends an open file (anything with ``fileno()``) with ``sendfile(2)``."""
 _NONE: dict[str, Any] = {}
 
 
