@@ -181,7 +181,7 @@ def remove_any(path: str | Path) -> None:
             os.unlink(path)
 
 
-def ensure_dir(path: Path) -> str | None:
+def ensure_dir(path: str | Path) -> str | None:
     """Make ``path`` a real directory, replacing a symlink, file, FIFO... squatting on the name.
 
     Returns the :func:`kind` of what was replaced (for the caller's log line), None when

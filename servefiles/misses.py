@@ -45,9 +45,12 @@ class Misses:
             return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         complete = head is not None and head.complete
         if self._admit(meta, held, sighted, ranged) and (not ranged or meta.size <= runtime.settings.disk_bytes):
-            fill = filler.start(meta, file, head)
-            if not ranged and not complete:
-                return FillBody(FillReader(fill, runtime.store, runtime.metrics))
+            # All the bytes in hand: written behind the reply, with no fill to join (write_soon).
+            written = head is not None and complete and filler.write_soon(meta, head.data)
+            if not written:
+                fill = filler.start(meta, file, head)
+                if not ranged and not complete:
+                    return FillBody(FillReader(fill, runtime.store, runtime.metrics))
         if head is not None and complete:
             # Offered now, not only by the fill's task: a request that comes before that task
             # runs is then a memory hit, not a second query.

@@ -257,6 +257,81 @@ async def test_concurrent_cold_requests_share_one_query_and_one_fill(store: Stor
         await settle(app)
         assert app.service.disk.get("hot.png") is not None  # a burst is popular: admitted
         assert counter(app, "servefiles_store_fetches_total") == 1
+        assert counter(app, "servefiles_fill_duration_seconds_count") == 1, "written once"
+        assert [p.name for p in disk_files(tmp_path / "cache")] == [app.service.disk.get("hot.png").meta.sha256]
+
+
+async def test_a_file_fetched_whole_is_written_behind_its_reply_without_a_fill(store: Store, tmp_path: Path) -> None:
+    """All of a small file came with its metadata: the reply is sent from those bytes and the same
+    bytes are written to the disk tier in a callback after it (``Filler.write_soon``), with no
+    fill for later requests to join and no second query; the write is counted in flight until
+    it is made, and the file is a disk hit afterwards."""
+    data = os.urandom(40_000)
+    await store.put("avatar.png", data)
+    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+        await app.service.start()
+        filler = app.service.runtime.filler
+        assert filler is not None
+        queries = count_store_reads(store)
+        started = filler.start
+
+        def no_fill(*args: object, **kwargs: object) -> object:
+            raise AssertionError("a file whole in hand needs no fill")
+
+        filler.start = no_fill  # type: ignore[method-assign]
+        try:
+            assert (await client.get("/media/avatar.png")).content == data
+            await settle(app)
+        finally:
+            filler.start = started  # type: ignore[method-assign]
+        assert queries == ["_locate_head"]
+        entry = app.service.disk.get("avatar.png")
+        assert entry is not None and await asyncio.to_thread(Path(entry.path).read_bytes) == data
+        assert counter(app, "servefiles_fill_duration_seconds_count") == 1
+        assert (await client.get("/media/avatar.png")).content == data
+        assert app.service.metrics.value("servefiles_hits_total", tier="disk") == 1
+        assert queries == ["_locate_head"]
+
+
+async def test_a_write_behind_still_pending_at_shutdown_is_dropped_whole(store: Store, tmp_path: Path) -> None:
+    """A shutdown that comes between the reply and its write behind: nothing is written, nothing
+    half-written is left, and the count of writes in flight goes back to zero."""
+    data = os.urandom(40_000)
+    await store.put("avatar.png", data)
+    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, _):
+        await app.service.start()
+        filler = app.service.runtime.filler
+        assert filler is not None
+        meta = await app.service.revalidate("avatar.png")
+        assert meta is not None
+        assert filler.write_soon(meta, data)
+        assert filler.in_flight == 1 and filler.pending_bytes == len(data)
+        assert filler.write_soon(meta, data) and filler.in_flight == 1, "one write per version"
+        await filler.close()
+        await asyncio.sleep(0)  # the callback runs after close: it writes nothing
+        assert filler.in_flight == 0
+        assert app.service.disk.get("avatar.png") is None
+        assert disk_files(tmp_path / "cache") == []
+
+
+async def test_a_shared_cache_dir_fills_a_small_file_on_a_thread(store: Store, tmp_path: Path) -> None:
+    """Write-behind on the loop is for a process alone in its dir: sharing it, an install waits for
+    SQLite's write lock, which the other process may hold, so the file goes through a fill."""
+    data = os.urandom(30_000)
+    await store.put("photo.jpg", data)
+    other = ServeFiles(None, db=store, cache_dir=tmp_path / "cache")
+    try:
+        await other.service.start()
+        async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, _):
+            await app.service.start()
+            filler = app.service.runtime.filler
+            assert filler is not None and not app.service.disk.alone()
+            meta = await app.service.revalidate("photo.jpg")
+            assert meta is not None
+            assert not filler.write_soon(meta, data)
+            assert filler.in_flight == 0
+    finally:
+        await other.aclose()
 
 
 async def test_head_and_conditional_requests_ask_for_metadata_only(store: Store, tmp_path: Path) -> None:

@@ -414,10 +414,10 @@ class DiskCache:
             raise CacheWriteError(f"cannot cache {meta.key}: malformed sha256 or size")
         if meta.size > self.max_bytes:
             raise CacheWriteError(f"cannot cache {meta.key}: {meta.size} bytes exceed the cache's {self.max_bytes}")
-        final = self._dir.content_path(meta.sha256)
+        shard = self._dir.shard_path(meta.sha256[:2])
         try:
-            ensure_dir(final.parent)  # each time: a shard replaced by a link while running is never written through
-            fd, path = locks.create_locked_temp(final.parent, TEMP_PREFIX)
+            ensure_dir(shard)  # each time: a shard replaced by a link while running is never written through
+            fd, path = locks.create_locked_temp(shard, TEMP_PREFIX)
         except OSError as exc:
             raise CacheWriteError(f"cannot cache {meta.key}: {exc}") from exc
         return DiskWriter(meta, path, fd, self._install)
@@ -428,7 +428,7 @@ class DiskCache:
             writer.write(data)
             return writer.commit()
 
-    def _install(self, meta: FileMeta, temp: Path) -> DiskEntry:
+    def _install(self, meta: FileMeta, temp: str) -> DiskEntry:
         """Install a verified temp file (writer.py), then evict in one batch."""
         if self.alone():
             return self._install_alone(meta, temp)
@@ -446,7 +446,7 @@ class DiskCache:
         self._count_evictions(evicted)
         return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
-    def _install_alone(self, meta: FileMeta, temp: Path) -> DiskEntry:
+    def _install_alone(self, meta: FileMeta, temp: str) -> DiskEntry:
         """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
         what went, count the evictions, and tell the listeners."""
         done = install_alone(self._mem, self._lock, self._dir, meta, temp, self.max_bytes)

@@ -218,19 +218,57 @@ class Filler:
         self.wait_seconds = wait_seconds
         self._fills: dict[tuple[str, tuple[int, str]], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._soon: dict[tuple[str, tuple[int, str]], int] = {}
+        """Whole files to be written by :meth:`write_soon`'s callback: (key, revision) → size."""
+        self._closed = False
 
     def get(self, meta: FileMeta) -> Fill | None:
         return self._fills.get((meta.key, meta.revision))
 
     @property
     def in_flight(self) -> int:
-        """Fills running now (one per key and version)."""
-        return len(self._fills)
+        """Fills running now (one per key and version), whole files waiting to be written included."""
+        return len(self._fills) + len(self._soon)
 
     @property
     def pending_bytes(self) -> int:
         """The bytes the fills running now will install (their files' sizes)."""
-        return sum(fill.meta.size for fill in self._fills.values())
+        return sum(fill.meta.size for fill in self._fills.values()) + sum(self._soon.values())
+
+    def write_soon(self, meta: FileMeta, data: bytes) -> bool:
+        """Write ``data``, the whole content of ``meta``'s version already in hand (a head that
+        brought it all), to the disk tier in a plain callback once the current task yields — after
+        the response that carries the same bytes has been handed to the server. False, and
+        nothing done, where that cannot be (a file over :data:`INLINE_WRITE_BYTES`, or a cache
+        dir shared with another process: its install waits for SQLite's write lock) and
+        :meth:`start` must fill instead.
+
+        Why not a :class:`Fill`: nobody can wait for bytes that are all here, and the task, its
+        events and the store read's async generators cost more than the write (in process, on a
+        slow VM: 2026-12-01 entry of benchmarks/RESULTS.md). A version already being filled or
+        written is not written twice."""
+        if len(data) != meta.size or meta.size > INLINE_WRITE_BYTES or not self.disk.alone():
+            return False
+        name = (meta.key, meta.revision)
+        if name not in self._fills and name not in self._soon:
+            self._soon[name] = meta.size
+            asyncio.get_running_loop().call_soon(self._write_whole, name, meta, data)
+        return True
+
+    def _write_whole(self, name: tuple[str, tuple[int, str]], meta: FileMeta, data: bytes) -> None:
+        """:meth:`write_soon`'s callback: ``data`` into the disk tier unless it is there already or
+        the filler has closed (a shutdown: a copy not written is only a later miss)."""
+        del self._soon[name]
+        if self._closed or self._current_entry(meta) is not None:
+            return  # already there: requests that shared one query each asked for the write
+        started = time.perf_counter()
+        try:
+            self.disk.store(meta, data)
+        except CacheWriteError as exc:
+            self._count_failure(meta, exc)
+        except Exception as exc:  # a cache failure never fails a request, nor the loop's callback
+            logger.warning("write of %s to the disk tier failed: %s", meta.key, exc, extra={"key": meta.key})
+        self.metrics.fills.observe(time.perf_counter() - started)
 
     def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
         """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
@@ -262,7 +300,9 @@ class Filler:
         return await asyncio.to_thread(self._current_entry, meta) is not None
 
     async def close(self, grace_seconds: float = 10.0) -> None:
-        """Let running fills finish (their bytes are mostly fetched already), then cancel the rest."""
+        """Let running fills finish (their bytes are mostly fetched already), then cancel the rest;
+        whole files not written yet are not written (:meth:`write_soon`)."""
+        self._closed = True
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
         for task in list(self._tasks):

@@ -103,7 +103,7 @@ def content_name(sha256: str) -> str:
     return f"{sha256[:2]}/{sha256}"
 
 
-def is_good_file(path: Path, size: int, sha256: str | None = None) -> bool:
+def is_good_file(path: str | Path, size: int, sha256: str | None = None) -> bool:
     """A regular file (not followed) we can open, of exactly ``size`` bytes (and, when
     given, that hash). Opened without blocking: a FIFO or an unreadable file is not good."""
     try:

@@ -61,7 +61,7 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-def unlink_then_unlock(path: Path, fd: int) -> None:
+def unlink_then_unlock(path: str | Path, fd: int) -> None:
     """Remove a locked file while still holding its lock, then let go of it.
 
     Unlinking first means nobody can lock the old inode after we let go: a
@@ -159,14 +159,15 @@ class FillLock:
         self.release()
 
 
-def create_locked_temp(directory: Path, prefix: str) -> tuple[int, Path]:
-    """Create a fresh temp file in ``directory`` and flock it; (write fd, path).
+def create_locked_temp(directory: str | Path, prefix: str) -> tuple[int, str]:
+    """Create a fresh temp file in ``directory`` and flock it; (write fd, path). The path is text:
+    built on every fill, a ``Path`` cost more than the ``open`` (pathlib's parsing).
 
     A sweep may lock and unlink a temp file in the instant between its
     creation and our flock; the inode check catches that and we try a new name.
     """
     for _ in range(TEMP_ATTEMPTS):
-        path = directory / f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+        path = f"{directory}/{prefix}{os.getpid()}-{secrets.token_hex(8)}"
         fd = os.open(path, TEMP_OPEN_FLAGS, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -48,7 +48,7 @@ class Members:
         """Register this process; whether it is alone. Call under the dir's open lock."""
         ensure_dir(self.directory)
         fd, path = locks.create_locked_temp(self.directory, f"{os.getpid()}-")
-        self._fd, self._path = fd, path
+        self._fd, self._path = fd, Path(path)
         time.sleep(TICK_SECONDS)
         os.utime(self.directory)  # a later mtime than the creation's, for whoever read it in that tick
         # and one that whoever answered "alone" just before it looks at again before we go on: an

@@ -38,11 +38,11 @@ __all__ = ["DiskWriter", "Installed", "install", "install_alone", "rename_into_p
 
 logger = logging.getLogger("servefiles")
 
-Install = Callable[[FileMeta, Path], DiskEntry]
+Install = Callable[[FileMeta, str], DiskEntry]
 """Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
 
 
-def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -> None:
+def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) -> None:
     """Move a verified temp file into place and index it as ``meta.key``'s entry, in ``txn``
     (the write lock). CacheWriteError when a newer version of the key is cached.
 
@@ -51,7 +51,7 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
     what this process installs holds the bytes it hashed). The key's previous entry, when it was
     another version, is in ``txn.removed`` afterwards; its file goes when no entry uses it any more.
     """
-    final = cache_dir.content_path(meta.sha256)
+    final = cache_dir.content_text(meta.sha256)
     current = txn.entry(meta.key)
     if current is not None and current.version > meta.version:
         raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
@@ -70,7 +70,7 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: Path) -
         release_file(txn, cache_dir, current.sha256)
 
 
-def rename_into_place(temp: Path, final: Path) -> None:
+def rename_into_place(temp: str | Path, final: str | Path) -> None:
     """Rename a temp file to its final name (same directory: atomic), replacing a squatting directory
     (renamed first, looked at only when that fails: the common case costs the rename alone)."""
     try:
@@ -99,7 +99,7 @@ class Installed:
 
 
 def install_alone(
-    mem: MemIndex, lock: threading.Lock, cache_dir: CacheDir, meta: FileMeta, temp: Path, max_bytes: int
+    mem: MemIndex, lock: threading.Lock, cache_dir: CacheDir, meta: FileMeta, temp: str, max_bytes: int
 ) -> Installed:
     """Install a verified temp file for a process alone in its cache dir: rename outside any lock,
     then change the memory index and pick the evictions (one batch) under ``lock``, which is
@@ -110,7 +110,7 @@ def install_alone(
     place is a miss later (the size check on open), never a wrong byte: names are hashes. A file
     is shared only once hashing it agrees (see :func:`install`).
     """
-    final = cache_dir.content_path(meta.sha256)
+    final = cache_dir.content_text(meta.sha256)
     renamed = False
     for attempt in range(INSTALL_ATTEMPTS):
         with lock:
@@ -152,7 +152,7 @@ class DiskWriter:
     Not for concurrent use by several threads.
     """
 
-    def __init__(self, meta: FileMeta, path: Path, fd: int, install: Install) -> None:
+    def __init__(self, meta: FileMeta, path: str, fd: int, install: Install) -> None:
         self.meta = meta
         self.path = path
         self.written = 0
