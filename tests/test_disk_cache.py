@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from servefiles.cache.verified import (
     LOCAL_FILE_SYSTEMS,
     SETTLE_SECONDS,
     VerifiedContents,
+    changes_seen_at_once,
 )
 from servefiles.errors import CacheWriteError
 from servefiles.localfs import file_system_type
@@ -941,20 +943,110 @@ def test_the_settle_time_is_short_only_on_a_file_system_seen_to_keep_fine_timest
     assert fine.found("c" * 64, recent << 64 | 9, "c" * 64, recent / 1e9 + 0.05) and "c" * 64 not in fine
 
 
+def probe_file_system(directory: Path) -> bool:
+    """Whether ``directory``'s file system moves a file's ctime at every change, however soon after
+    it was stamped: the probe's own answer, from a file of the test's."""
+    path = directory / "probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return changes_seen_at_once(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def test_on_this_file_system_a_file_settled_for_the_settle_time_it_shows_is_remembered(cache: DiskCache) -> None:
     """The real file system under the test: its type and its own files' ctimes decide the settle
-    time (most machines' ext4, xfs, btrfs and tmpfs keep nanoseconds: 0.1 s), and a file read once
-    that time has passed since its last change is remembered, not hashed on every read."""
+    time (none where every change moves the ctime; else 0.1 s where timestamps are finer than
+    10 ms, as on most ext4, xfs, btrfs and tmpfs; else 2 s), and a file read once that time has
+    passed since its last change is remembered, not hashed on every read."""
     data = os.urandom(5000)
     entry = put(cache, "a.png", data)
     local = file_system_type(entry.path) in LOCAL_FILE_SYSTEMS
-    fine_here = local and os.stat(entry.path).st_ctime_ns % FINE_TICK_NS != 0
     assert cache.verified.local is local
-    assert read_whole(cache, entry) == data
-    assert cache.verified.fine is fine_here
-    time.sleep(cache.verified.settle_time() + 0.05)
+    assert cache.verified.changes_seen is (local and probe_file_system(cache.root))
+    fine_here = local and os.stat(entry.path).st_ctime_ns % FINE_TICK_NS != 0
+    if cache.verified.changes_seen:
+        assert cache.verified.settle_time() == 0.0
+        assert entry.meta.sha256 in cache.verified, "written and hashed here: marked as installed"
+    else:
+        assert read_whole(cache, entry) == data
+        assert cache.verified.fine is fine_here
+        time.sleep(cache.verified.settle_time() + 0.05)
+    hashed = cache.verified.hashed
     assert read_whole(cache, entry) == data
     assert entry.meta.sha256 in cache.verified
+    assert read_whole(cache, entry) == data
+    assert cache.verified.hashed <= hashed + 1
+
+
+def test_a_file_written_here_is_hashed_once_and_a_change_right_after_is_caught(cache: DiskCache) -> None:
+    """A file this process writes is hashed as it is written. Where every change moves the ctime
+    (multigrain timestamps) it is marked as installed, so its first read hashes nothing; else its
+    first read hashes it. Either way, bytes changed in place at once — within the same tick of a
+    coarse clock — are caught, not served: the mark holds the stamp taken after the rename."""
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)
+    hashed = cache.verified.hashed
+    assert read_whole(cache, entry) == data
+    assert cache.verified.hashed == hashed + (0 if cache.verified.changes_seen else 1)
+    damage_in_place(entry.path)
+    assert read_whole(cache, entry) is None, "damaged right after it was written: refetched, not served"
+    assert cache.get("a.png") is None
+
+
+@pytest.fixture
+def second_timestamps(tmp_path: Path) -> Iterator[Path]:
+    """A real ext4 with 128-byte inodes (timestamps in whole seconds, no multigrain) on a loop
+    device, mounted for the test. Needs root, as on CI."""
+    image, mount = tmp_path / "ext4-128.img", tmp_path / "ext4-128"
+    mount.mkdir()
+    with image.open("wb") as file:
+        file.truncate(16 * MiB)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "128", str(image)], capture_output=True)
+    mounted = made.returncode == 0 and subprocess.run(["mount", "-o", "loop", str(image), str(mount)],
+                                                      capture_output=True).returncode == 0  # fmt: skip
+    if not mounted:
+        pytest.skip("cannot make and mount an ext4 image here (needs root and mkfs.ext4)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_on_a_file_system_of_whole_second_timestamps_a_fresh_write_is_not_marked(second_timestamps: Path) -> None:
+    """There a change within the same second leaves the ctime as it was: the probe says so, a file
+    just written is not marked, and its first read hashes it (and does not mark it either: it
+    changed less than the settle time ago)."""
+    cache = DiskCache(second_timestamps / "cache", MiB)
+    cache.open()
+    try:
+        assert cache.verified.local and not cache.verified.changes_seen
+        assert cache.verified.settle_time() == SETTLE_SECONDS
+        data = os.urandom(5000)
+        entry = put(cache, "a.png", data)
+        assert entry.meta.sha256 not in cache.verified
+        assert read_whole(cache, entry) == data
+        assert cache.verified.hashed == 1 and entry.meta.sha256 not in cache.verified
+    finally:
+        cache.close()
+
+
+def test_where_every_change_is_seen_a_hash_is_remembered_at_once_and_a_write_is_marked() -> None:
+    sha = "a" * 64
+    seen, unseen, remote = VerifiedContents(local=True), VerifiedContents(local=True), VerifiedContents()
+    seen.changes_seen = remote.changes_seen = True
+    changed = 1_764_590_000 * 10**9 + 4_519_914
+    for verified in (seen, unseen, remote):
+        assert verified.found(sha, changed << 64 | 7, sha, changed / 1e9 + 0.001)  # read 1 ms after the change
+    assert seen.settle_time() == 0.0 and seen.vouches(sha, changed << 64 | 7)
+    assert sha not in unseen and sha not in remote, "a tick's settle time still applies to them"
+    assert remote.settle_time() == SETTLE_SECONDS, "a network file system's ctimes are its server's"
+    assert seen.wrote("b" * 64, changed << 64 | 8) and seen.vouches("b" * 64, changed << 64 | 8)
+    assert not seen.vouches("b" * 64, (changed + 1) << 64 | 8), "a later change is another stamp"
+    assert not unseen.wrote("b" * 64, changed << 64 | 8) and "b" * 64 not in unseen
+    assert not remote.wrote("b" * 64, changed << 64 | 8) and "b" * 64 not in remote
+    assert seen.hashed == 1, "a write marked is no hash"
 
 
 def test_a_remembered_file_changed_in_place_is_hashed_again_and_dropped_with_every_entry_that_shares_it(

@@ -59,12 +59,12 @@ from .behind import FLUSH_CHANGES, Behind
 from .eviction import evict, release_file
 from .index import Index, Transaction
 from .journal import load_memory
-from .layout import TEMP_PREFIX, CacheDir, DiskEntry, content_name, is_good_file, is_sha256
+from .layout import SHARDS, TEMP_PREFIX, CacheDir, DiskEntry, content_name, is_good_file, is_sha256
 from .loader import StartupReport, load
 from .locks import FillLock
 from .members import Members
 from .memindex import Journal, MemIndex
-from .verified import LOCAL_FILE_SYSTEMS, FileStamp, VerifiedContents, stamp_of
+from .verified import LOCAL_FILE_SYSTEMS, FileStamp, VerifiedContents, changes_seen_at_once, stamp_of
 from .writer import DiskWriter, install, install_alone
 
 __all__ = [
@@ -139,9 +139,27 @@ class DiskCache:
                 self._solo = sweep and self._members.alone()
                 mem.journaling = self._solo
                 self.verified.local = file_system_type(self.root) in LOCAL_FILE_SYSTEMS
+                self.verified.changes_seen = sweep and self.verified.local and self._changes_seen_at_once()
                 self._mem, self._report = mem, report
                 self._behind.start()
             return self._report
+
+    def _changes_seen_at_once(self) -> bool:
+        """:func:`~servefiles.cache.verified.changes_seen_at_once` on a temp file of the first shard
+        (locked, and swept as any temp file is if the process dies meanwhile; removed here); False
+        when the file cannot be made or written (read-only, full: the settle time then stands)."""
+        shard = self._dir.shard_path(SHARDS[0])
+        try:
+            ensure_dir(shard)
+            fd, path = locks.create_locked_temp(shard, TEMP_PREFIX)
+        except OSError:
+            return False
+        try:
+            return changes_seen_at_once(fd)
+        except OSError:
+            return False
+        finally:
+            locks.unlink_then_unlock(path, fd)
 
     def close(self) -> None:
         """Write what is pending to the index, make new files durable, close; idempotent."""
@@ -428,28 +446,39 @@ class DiskCache:
             writer.write(data)
             return writer.commit()
 
-    def _install(self, meta: FileMeta, temp: str) -> DiskEntry:
-        """Install a verified temp file (writer.py), then evict in one batch."""
+    def _install(self, meta: FileMeta, temp: str, fd: int) -> DiskEntry:
+        """Install a verified temp file (writer.py; ``fd`` open on it), then evict in one batch."""
         if self.alone():
-            return self._install_alone(meta, temp)
+            return self._install_alone(meta, temp, fd)
         self.flush()  # what this process did alone goes first
         touches = self._touches.take()
         try:
             with self._changing(adopt=meta) as txn:
                 txn.record_access(touches.items())
-                install(txn, self._dir, meta, temp)
+                renamed = install(txn, self._dir, meta, temp)
                 evicted = evict(txn, self._dir, meta, self.max_bytes)
         except BaseException:
             self._touches.give_back(touches)
             raise
+        if renamed:
+            self._mark_written(meta, fd)
         self._behind.unsynced = True
         self._count_evictions(evicted)
         return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
-    def _install_alone(self, meta: FileMeta, temp: str) -> DiskEntry:
+    def _mark_written(self, meta: FileMeta, fd: int) -> None:
+        """The file this process wrote, hashed as it went and just renamed into place (open as
+        ``fd``), vouched for as it is now where a later change could not hide (verified.py): its
+        first read is then not a second hash."""
+        if self.verified.settle_time() == 0.0:
+            self.verified.wrote(meta.sha256, stamp_of(os.fstat(fd)))
+
+    def _install_alone(self, meta: FileMeta, temp: str, fd: int) -> DiskEntry:
         """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
         what went, count the evictions, and tell the listeners."""
         done = install_alone(self._mem, self._lock, self._dir, meta, temp, self.max_bytes)
+        if done.renamed:
+            self._mark_written(meta, fd)
         self._behind.unsynced = self._behind.unsynced or done.renamed
         self._unlink(done.unlink)
         self._count_evictions(len(done.evicted))

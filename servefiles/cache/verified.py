@@ -29,8 +29,19 @@ than 0.1 s (a server behind by D makes a file look D seconds older than it is).
 Until a file is marked, every read of it from the disk tier hashes it again: with two seconds, a
 popular large file just filled was hashed on each of its first requests.
 
-What no mark can see: bytes that rot on the medium under an unchanged inode, and a write racing
-one read between its ``fstat`` and its ``pread`` (microseconds). ``sync --verify`` reads every
+**Where a change is never lost in a tick.** Linux 6.13 and later keep *multigrain* timestamps on
+ext4, xfs, btrfs and tmpfs: once a file's ctime has been read (``stat``), its next change takes a
+fine-grained time, so it moves the ctime whatever the tick. There the stamp from an ``fstat`` is
+exact, no settle time is needed (:attr:`VerifiedContents.changes_seen`), and a file this process
+has just written and hashed is marked as it is installed (:meth:`VerifiedContents.wrote`): its
+first read is not a second hash. Whether a cache dir's file system does this is not asked of
+the kernel's version but seen (:func:`changes_seen_at_once`): one file written and stamped in a
+row, every stamp must differ.
+
+What no mark can see: bytes that rot on the medium under an unchanged inode, a write racing
+one read between its ``fstat`` and its ``pread`` (microseconds), and one racing this process's own
+write of a temp file (another writer in the cache dir with a random name to guess, in the
+microseconds between its creation and its stamp after the rename). ``sync --verify`` reads every
 file through. A file too large for the memory tier is hashed too, in blocks and on a thread,
 before this process first serves it (:meth:`DiskCache.check_open`); sent from the file, never
 held whole, it is read again after that hash, so a change while one response is sent goes unseen
@@ -57,6 +68,11 @@ LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs",
 """File system types (``/proc/self/mountinfo``) whose ctimes this machine's clock sets: the only ones
 where the settle time may shorten (an ext4 with 1 s timestamps never shows a ctime that lets it)."""
 
+PROBE_ROUNDS = 64
+"""Writes, each stamped, that :func:`changes_seen_at_once` makes in a row: all of them within one
+tick of a coarse clock take (microseconds each), so on a file system without multigrain
+timestamps some two stamps are equal."""
+
 FileStamp = int
 """A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
 this 190; every content file of a cache dir is on one device)."""
@@ -69,6 +85,21 @@ def stamp_of(status: os.stat_result) -> FileStamp:
 def changed_at(stamp: FileStamp) -> float:
     """The stamped file's last change (ctime), in wall-clock seconds."""
     return (stamp >> 64) / 1e9
+
+
+def changes_seen_at_once(fd: int, rounds: int = PROBE_ROUNDS) -> bool:
+    """Whether every change to a file moves its ctime, however soon after the last ``stat`` it
+    comes (multigrain timestamps; see the module): ``rounds`` one-byte writes to ``fd``, an empty
+    regular file of the file system in question (the caller's to remove), each followed by an
+    ``fstat``; True when no two stamps are equal. Raises OSError if the file cannot be written."""
+    seen = os.fstat(fd).st_ctime_ns
+    for _ in range(rounds):
+        os.write(fd, b"x")
+        stamped = os.fstat(fd).st_ctime_ns
+        if stamped == seen:
+            return False
+        seen = stamped
+    return True
 
 
 class VerifiedContents:
@@ -90,10 +121,16 @@ class VerifiedContents:
         self.fine = False
         """Whether a stamp has shown timestamps finer than :data:`FINE_TICK_NS` on a :attr:`local`
         file system: the settle time is then at most :data:`FINE_SETTLE_SECONDS`."""
+        self.changes_seen = False
+        """Whether every change moves a file's ctime once it has been stamped (multigrain
+        timestamps, :func:`changes_seen_at_once`), on a :attr:`local` file system: no settle time
+        then. :class:`DiskCache` sets it when it opens its dir."""
         self._stamps: dict[str, FileStamp] = {}
 
     def settle_time(self) -> float:
         """The settle time now, in seconds (see the module)."""
+        if self.changes_seen and self.local:
+            return 0.0
         return min(self.settle_seconds, FINE_SETTLE_SECONDS) if self.fine else self.settle_seconds
 
     def __contains__(self, sha256: str) -> bool:
@@ -120,11 +157,26 @@ class VerifiedContents:
             return False
         if not self.fine and self.local and (stamp >> 64) % FINE_TICK_NS:
             self.fine = True
-        if read_at - changed_at(stamp) >= self.settle_time():
-            if len(self._stamps) >= self._limit:
-                self._stamps.clear()
-            self._stamps[sha256] = stamp
+        settle = self.settle_time()
+        if not settle or read_at - changed_at(stamp) >= settle:
+            self._remember(sha256, stamp)
         return True
+
+    def wrote(self, sha256: str, stamp: FileStamp) -> bool:
+        """A file this process has just written, whose bytes it hashed as it wrote them and found to
+        be ``sha256``, renamed into place and stamped ``stamp`` (an ``fstat`` after the rename, the
+        file's last change): marked at once where every later change moves the ctime
+        (:attr:`changes_seen`), so its first read is not a second hash; else not marked, and read
+        as any file is. Whether it was marked. Not a count of :attr:`hashed`: nothing is read."""
+        if not (self.changes_seen and self.local):
+            return False
+        self._remember(sha256, stamp)
+        return True
+
+    def _remember(self, sha256: str, stamp: FileStamp) -> None:
+        if len(self._stamps) >= self._limit:
+            self._stamps.clear()
+        self._stamps[sha256] = stamp
 
     def discard(self, sha256: str) -> None:
         """Forget ``sha256``'s file (dropped as damaged): every key sharing it is hashed again."""

@@ -38,13 +38,15 @@ __all__ = ["DiskWriter", "Installed", "install", "install_alone", "rename_into_p
 
 logger = logging.getLogger("servefiles")
 
-Install = Callable[[FileMeta, str], DiskEntry]
-"""Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`)."""
+Install = Callable[[FileMeta, str, int], DiskEntry]
+"""Installs a verified temp file, open as the descriptor given, as the content of ``meta`` (see
+:meth:`DiskCache.begin`)."""
 
 
-def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) -> None:
+def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) -> bool:
     """Move a verified temp file into place and index it as ``meta.key``'s entry, in ``txn``
-    (the write lock). CacheWriteError when a newer version of the key is cached.
+    (the write lock); whether it was renamed into place (else a file of the same bytes already
+    there is shared). CacheWriteError when a newer version of the key is cached.
 
     When the index already vouches for a file of these bytes, and hashing it agrees, the temp file
     goes and the entry shares that file (a file damaged in place is replaced, never shared unseen:
@@ -56,7 +58,8 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) ->
     if current is not None and current.version > meta.version:
         raise CacheWriteError(f"{meta.key}: version {current.version} is cached, newer than {meta.version}")
     known_size = txn.file_size(meta.sha256)
-    if known_size == meta.size and is_good_file(final, meta.size, meta.sha256):
+    renamed = not (known_size == meta.size and is_good_file(final, meta.size, meta.sha256))
+    if not renamed:
         os.unlink(temp)  # the same bytes are already in place: share them
     else:
         if known_size is not None:
@@ -68,6 +71,7 @@ def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) ->
         txn.removed.append(meta.key)  # whoever mirrors the entry holds the old version
     if current is not None and current.sha256 != meta.sha256:
         release_file(txn, cache_dir, current.sha256)
+    return renamed
 
 
 def rename_into_place(temp: str | Path, final: str | Path) -> None:
@@ -186,7 +190,7 @@ class DiskWriter:
                 raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
             if os.fstat(fd).st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
-            entry = self._install(self.meta, self.path)
+            entry = self._install(self.meta, self.path, fd)
         except CacheWriteError:
             self.abort()
             raise
