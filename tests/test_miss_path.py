@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from servefiles import ServeFiles, Store, open_store
+from servefiles.cache.fill import INLINE_STREAM_BYTES, Filler
+from servefiles.cache.writer import DiskWriter
 from servefiles.service import DISK_RECENCY_EVERY, HEAD_BYTES
 from servefiles.store.base import CHUNK_SIZE
 
@@ -44,6 +47,14 @@ def counter(app: ServeFiles, name: str) -> float:
 def disk_files(cache_dir: Path) -> list[Path]:
     """Content and temp files of the disk tier (its index and cursor aside)."""
     return [p for p in cache_dir.rglob("*") if p.is_file() and ("objects" in p.parts or p.name.startswith(TEMP_PREFIX))]
+
+
+async def started_filler(app: ServeFiles) -> Filler:
+    """The service started, and its filler (there once it has started)."""
+    await app.service.start()
+    filler = app.service.runtime.filler
+    assert filler is not None
+    return filler
 
 
 async def settle(app: ServeFiles) -> None:
@@ -269,9 +280,7 @@ async def test_a_file_fetched_whole_is_written_behind_its_reply_without_a_fill(s
     data = os.urandom(40_000)
     await store.put("avatar.png", data)
     async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
-        await app.service.start()
-        filler = app.service.runtime.filler
-        assert filler is not None
+        filler = await started_filler(app)
         queries = count_store_reads(store)
         started = filler.start
 
@@ -293,15 +302,43 @@ async def test_a_file_fetched_whole_is_written_behind_its_reply_without_a_fill(s
         assert queries == ["_locate_head"]
 
 
+@pytest.mark.parametrize(
+    ("size", "on_loop"),
+    [(HEAD_BYTES + CHUNK_SIZE + 17, True), (INLINE_STREAM_BYTES + 1, False)],
+    ids=["photo", "video"],
+)
+async def test_a_streamed_fill_writes_on_the_loop_up_to_inline_stream_bytes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, on_loop: bool
+) -> None:
+    """A file larger than its first query brought is streamed into the tier chunk by chunk: on the
+    event loop up to ``INLINE_STREAM_BYTES`` (a thread hop per chunk waited for the GIL), on a
+    thread above it (a video's hashing may run beside the loop); whole and on disk either way."""
+    data = os.urandom(size)
+    await store.put("v.bin", data)
+    loop_thread = threading.get_ident()
+    where: list[bool] = []
+    write = DiskWriter.write
+
+    def spied(writer: DiskWriter, chunk: bytes) -> None:
+        where.append(threading.get_ident() == loop_thread)
+        write(writer, chunk)
+
+    monkeypatch.setattr(DiskWriter, "write", spied)
+    async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, client):
+        assert (await client.get("/media/v.bin")).content == data
+        await settle(app)
+        entry = app.service.disk.get("v.bin")
+        assert entry is not None and entry.meta.size == size
+    assert len(where) > 1 and set(where) == {on_loop}
+
+
 async def test_a_write_behind_still_pending_at_shutdown_is_dropped_whole(store: Store, tmp_path: Path) -> None:
     """A shutdown that comes between the reply and its write behind: nothing is written, nothing
     half-written is left, and the count of writes in flight goes back to zero."""
     data = os.urandom(40_000)
     await store.put("avatar.png", data)
     async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, _):
-        await app.service.start()
-        filler = app.service.runtime.filler
-        assert filler is not None
+        filler = await started_filler(app)
         meta = await app.service.revalidate("avatar.png")
         assert meta is not None
         assert filler.write_soon(meta, data)
@@ -323,9 +360,8 @@ async def test_a_shared_cache_dir_fills_a_small_file_on_a_thread(store: Store, t
     try:
         await other.service.start()
         async with serving(store, tmp_path / "cache", memory_bytes=1) as (app, _):
-            await app.service.start()
-            filler = app.service.runtime.filler
-            assert filler is not None and not app.service.disk.alone()
+            filler = await started_filler(app)
+            assert not app.service.disk.alone()
             meta = await app.service.revalidate("photo.jpg")
             assert meta is not None
             assert not filler.write_soon(meta, data)

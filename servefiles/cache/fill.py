@@ -57,6 +57,13 @@ durable.py), so each step is page-cache work of tens of µs, and a thread hop co
 the work: the GIL changes hands around every system call. Measured on a journaled ext4, an
 admitted 20 KB miss took 1,192 µs of CPU with its write on a thread and 597 µs on the loop.
 Larger files keep the thread: their writes are long enough to hold other requests up."""
+INLINE_STREAM_BYTES = 4 * 1024 * 1024
+"""A file streamed into the tier (larger than a whole write: above) up to this size is written on
+the event loop too, one chunk (at most 256 KiB: its ``write`` and its share of the sha256) per
+step. On a thread, each of its steps waited for the GIL while the loop held it, and a 1-2 MiB
+miss took eight of them: under load such misses were the slowest 1 % of requests (tree mode,
+benchmarks/RESULTS.md, 2026-12-01 evening). A larger file (a video) keeps the thread, so that its
+hashing can run beside the loop on another core."""
 REMOTE_POLL_SECONDS = 0.05
 
 
@@ -449,10 +456,10 @@ class Filler:
 
     async def _on_disk(self, meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
         """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at
-        most :data:`INLINE_WRITE_BYTES` in a cache dir this process has to itself (sharing it,
+        most :data:`INLINE_STREAM_BYTES` in a cache dir this process has to itself (sharing it,
         an install waits for SQLite's write lock, which another process may hold for long),
         else on a thread."""
-        if meta.size <= INLINE_WRITE_BYTES and self.disk.alone():
+        if meta.size <= INLINE_STREAM_BYTES and self.disk.alone():
             return call(*args)
         return await asyncio.to_thread(call, *args)
 

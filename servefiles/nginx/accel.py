@@ -301,6 +301,9 @@ class AccelLayer:
                 return
             landing = self._store_copy(meta, reply.body.data)
         else:
+            # No fill either for a file that came whole with its metadata: its write behind the
+            # reply (Filler.write_soon) was queued on the loop before this reply was decided, so
+            # it has run by the time the publishing task does.
             filler = files.runtime.filler
             fill = filler.get(meta) if filler is not None else None
             landing = self._wait_for(fill)
