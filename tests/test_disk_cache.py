@@ -995,6 +995,53 @@ def test_a_file_written_here_is_hashed_once_and_a_change_right_after_is_caught(c
     assert cache.get("a.png") is None
 
 
+def test_a_streamed_file_changed_before_its_rename_is_hashed_when_first_read(cache: DiskCache) -> None:
+    """What a writer hashes is what it wrote, not what the temp file holds: a file written in
+    several steps, its temp file open all the while (a streamed fill, as long as its store read),
+    is not marked as installed, so bytes another writer changed in it meanwhile are caught on the
+    first read, not served."""
+    data = os.urandom(300_000)
+    meta = meta_for("v.bin", data)
+    writer = cache.begin(meta)
+    writer.write(data[:100_000])
+    with open(writer.path, "r+b") as other:  # another writer of the temp file
+        other.write(b"X" * 1000)
+    writer.write(data[100_000:])
+    entry = writer.commit()
+    assert meta.sha256 not in cache.verified
+    hashed = cache.verified.hashed
+    opened = cache.open_stamped(entry)
+    assert opened is not None
+    assert not cache.check_open(entry, *opened), "damaged in its temp file: refetched, not served"
+    os.close(opened[0])
+    assert cache.verified.hashed == hashed + 1
+    assert cache.get("v.bin") is None
+
+
+def test_the_probe_says_no_when_each_of_its_rounds_could_have_seen_a_new_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coarse clock moves by ticks of at least 1 ms: rounds that take that long (a synchronous
+    mount on a slow device) would each see a new tick and every stamp would differ. The probe
+    wants every step under a tick. Such a device cannot be had here: ``fstat`` is replaced by a
+    fake that reports a ctime moving by 4 ms a round (and, to show the fake is what decides, by
+    1 µs a round)."""
+    fd = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT, 0o600)
+    real_fstat = os.fstat
+    try:
+        for step, expected in ((4_000_000, False), (1_000, True)):
+            clock = iter(range(1_764_590_000 * 10**9, 1_764_600_000 * 10**9, step))
+
+            def fstat(descriptor: int, ticks: Iterator[int] = clock) -> os.stat_result:
+                return os.stat_result(tuple(real_fstat(descriptor))[:10], {"st_ctime_ns": next(ticks)})
+
+            monkeypatch.setattr(os, "fstat", fstat)
+            assert changes_seen_at_once(fd) is expected, step
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+
+
 @pytest.fixture
 def second_timestamps(tmp_path: Path) -> Iterator[Path]:
     """A real ext4 with 128-byte inodes (timestamps in whole seconds, no multigrain) on a loop

@@ -345,7 +345,7 @@ async def test_a_write_behind_still_pending_at_shutdown_is_dropped_whole(store: 
         assert filler.in_flight == 1 and filler.pending_bytes == len(data)
         assert filler.write_soon(meta, data) and filler.in_flight == 1, "one write per version"
         await filler.close()
-        await asyncio.sleep(0)  # the callback runs after close: it writes nothing
+        await settle(app)  # the callback runs after close: it writes nothing
         assert filler.in_flight == 0
         assert app.service.disk.get("avatar.png") is None
         assert disk_files(tmp_path / "cache") == []

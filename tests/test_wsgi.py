@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ import httpx
 import pytest
 
 from servefiles import ServeFilesWSGI, open_store
+from servefiles.cache.disk import DiskCache, DiskEntry
+from servefiles.store.types import FileMeta
 
 from .servers import WsgiFrontend
 from .wsgi_servers import call_wsgi, wsgiref_serving
@@ -329,3 +332,41 @@ def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_50
         assert _call(app, "GET", "/_servefiles/health")[0].startswith("503")
     finally:
         process.loop.close()
+
+
+def test_a_small_miss_answers_the_request_thread_before_its_write_behind(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file fetched whole with its metadata is written to the disk tier behind the reply,
+    on the loop thread: the request's own thread has its response before that write runs. The
+    write here waits (up to 5 s) for the response to reach the request thread; written first, it
+    would hold the reply back and time out."""
+    data = os.urandom(20_000)
+
+    async def put() -> None:
+        async with open_store(store_url) as store:
+            await store.put("a.png", data)
+
+    asyncio.run(put())
+    answered = threading.Event()
+    waited: list[bool] = []
+    store = DiskCache.store
+
+    def store_after_the_reply(disk: DiskCache, meta: FileMeta, body: bytes) -> DiskEntry:
+        waited.append(answered.wait(5))
+        return store(disk, meta, body)
+
+    monkeypatch.setattr(DiskCache, "store", store_after_the_reply)
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    try:
+        status, _, body = call_wsgi(app, "GET", "/media/a.png")
+        answered.set()
+        assert status.startswith("200") and body == data
+        service = app.mount.service
+        deadline = time.monotonic() + 10
+        while service.disk.get("a.png") is None:
+            assert time.monotonic() < deadline, "the write behind the reply was not made"
+            time.sleep(0.02)
+        assert waited == [True], "the reply reached the request thread before the write ran"
+    finally:
+        app.close()

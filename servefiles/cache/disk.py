@@ -80,6 +80,10 @@ __all__ = [
 
 logger = logging.getLogger("servefiles")
 
+PROBE_ATTEMPTS = 3
+"""Tries of :func:`~servefiles.cache.verified.changes_seen_at_once` before a cache dir's file system is
+taken to lack multigrain timestamps (a round held up by the scheduler fails one)."""
+
 RemovalListener = Callable[[str], None]
 """Called with a key whose entry a committed change removed or replaced."""
 
@@ -154,8 +158,8 @@ class DiskCache:
             fd, path = locks.create_locked_temp(shard, TEMP_PREFIX)
         except OSError:
             return False
-        try:
-            return changes_seen_at_once(fd)
+        try:  # a round held up by the scheduler says no: a few tries
+            return any(changes_seen_at_once(fd) for _ in range(PROBE_ATTEMPTS))
         except OSError:
             return False
         finally:
@@ -446,8 +450,9 @@ class DiskCache:
             writer.write(data)
             return writer.commit()
 
-    def _install(self, meta: FileMeta, temp: str, fd: int) -> DiskEntry:
-        """Install a verified temp file (writer.py; ``fd`` open on it), then evict in one batch."""
+    def _install(self, meta: FileMeta, temp: str, fd: int | None) -> DiskEntry:
+        """Install a verified temp file (writer.py; ``fd`` open on it when it was written in one
+        step, to be marked: :meth:`_mark_written`), then evict in one batch."""
         if self.alone():
             return self._install_alone(meta, temp, fd)
         self.flush()  # what this process did alone goes first
@@ -466,14 +471,15 @@ class DiskCache:
         self._count_evictions(evicted)
         return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
-    def _mark_written(self, meta: FileMeta, fd: int) -> None:
-        """The file this process wrote, hashed as it went and just renamed into place (open as
-        ``fd``), vouched for as it is now where a later change could not hide (verified.py): its
-        first read is then not a second hash."""
-        if self.verified.settle_time() == 0.0:
+    def _mark_written(self, meta: FileMeta, fd: int | None) -> None:
+        """The file this process wrote in one step, hashed as it went and just renamed into place
+        (open as ``fd``; None: not written in one step, not marked), vouched for as it is now
+        where a later change could not hide (verified.py): its first read is then not a second
+        hash."""
+        if fd is not None and self.verified.settle_time() == 0.0:
             self.verified.wrote(meta.sha256, stamp_of(os.fstat(fd)))
 
-    def _install_alone(self, meta: FileMeta, temp: str, fd: int) -> DiskEntry:
+    def _install_alone(self, meta: FileMeta, temp: str, fd: int | None) -> DiskEntry:
         """Install without SQLite or any lock across file work (:func:`install_alone`), then unlink
         what went, count the evictions, and tell the listeners."""
         done = install_alone(self._mem, self._lock, self._dir, meta, temp, self.max_bytes)

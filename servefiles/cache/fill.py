@@ -58,12 +58,12 @@ the work: the GIL changes hands around every system call. Measured on a journale
 admitted 20 KB miss took 1,192 µs of CPU with its write on a thread and 597 µs on the loop.
 Larger files keep the thread: their writes are long enough to hold other requests up."""
 INLINE_STREAM_BYTES = 4 * 1024 * 1024
-"""A file streamed into the tier (larger than a whole write: above) up to this size is written on
-the event loop too, one chunk (at most 256 KiB: its ``write`` and its share of the sha256) per
-step. On a thread, each of its steps waited for the GIL while the loop held it, and a 1-2 MiB
-miss took eight of them: under load such misses were the slowest 1 % of requests (tree mode,
-benchmarks/RESULTS.md, 2026-12-01 evening). A larger file (a video) keeps the thread, so that its
-hashing can run beside the loop on another core."""
+"""A file streamed into the tier (larger than a whole write: above) up to this size has its chunks
+written on the event loop too, one chunk (at most 256 KiB: its ``write`` and its share of the
+sha256) per step; its begin and commit keep the rule above. On a thread, each chunk's step waited
+for the GIL while the loop held it, and under load 1-2 MiB misses were the slowest 1 % of
+requests (tree mode, benchmarks/RESULTS.md, 2026-12-01 evening). A larger file (a video) keeps the
+thread, so that its hashing can run beside the loop on another core."""
 REMOTE_POLL_SECONDS = 0.05
 
 
@@ -227,6 +227,8 @@ class Filler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._soon: dict[tuple[str, tuple[int, str]], int] = {}
         """Whole files to be written by :meth:`write_soon`'s callback: (key, revision) → size."""
+        self._landed: dict[tuple[str, tuple[int, str]], asyncio.Future[bool]] = {}
+        """What waits for such a write (:meth:`landing`)."""
         self._closed = False
 
     def get(self, meta: FileMeta) -> Fill | None:
@@ -244,11 +246,12 @@ class Filler:
 
     def write_soon(self, meta: FileMeta, data: bytes) -> bool:
         """Write ``data``, the whole content of ``meta``'s version already in hand (a head that
-        brought it all), to the disk tier in a plain callback once the current task yields — after
-        the response that carries the same bytes has been handed to the server. False, and
-        nothing done, where that cannot be (a file over :data:`INLINE_WRITE_BYTES`, or a cache
-        dir shared with another process: its install waits for SQLite's write lock) and
-        :meth:`start` must fill instead.
+        brought it all), to the disk tier in a plain callback on the loop, after every callback
+        queued by then: the response that carries the same bytes goes first — under a WSGI
+        server too, where the request's thread is woken by the done callback of the task that
+        answered it. False, and nothing done, where that cannot be (a file over
+        :data:`INLINE_WRITE_BYTES`, or a cache dir shared with another process: its install
+        waits for SQLite's write lock) and :meth:`start` must fill instead.
 
         Why not a :class:`Fill`: nobody can wait for bytes that are all here, and the task, its
         events and the store read's async generators cost more than the write (in process, on a
@@ -259,23 +262,47 @@ class Filler:
         name = (meta.key, meta.revision)
         if name not in self._fills and name not in self._soon:
             self._soon[name] = meta.size
-            asyncio.get_running_loop().call_soon(self._write_whole, name, meta, data)
+            loop = asyncio.get_running_loop()
+            # Queued from a callback queued now: it runs after everything already queued, the
+            # done callback of the task answering this request among them.
+            loop.call_soon(loop.call_soon, self._write_whole, name, meta, data)
         return True
+
+    def landing(self, meta: FileMeta) -> asyncio.Future[bool] | None:
+        """For a write of ``meta``'s version queued by :meth:`write_soon` and not made yet: a future
+        of whether it left that version in the disk tier. None when no such write is pending."""
+        name = (meta.key, meta.revision)
+        if name not in self._soon:
+            return None
+        future = self._landed.get(name)
+        if future is None:
+            future = self._landed[name] = asyncio.get_running_loop().create_future()
+        return future
 
     def _write_whole(self, name: tuple[str, tuple[int, str]], meta: FileMeta, data: bytes) -> None:
         """:meth:`write_soon`'s callback: ``data`` into the disk tier unless it is there already or
         the filler has closed (a shutdown: a copy not written is only a later miss)."""
         del self._soon[name]
-        if self._closed or self._current_entry(meta) is not None:
-            return  # already there: requests that shared one query each asked for the write
-        started = time.perf_counter()
+        landed = False
         try:
-            self.disk.store(meta, data)
-        except CacheWriteError as exc:
-            self._count_failure(meta, exc)
-        except Exception as exc:  # a cache failure never fails a request, nor the loop's callback
-            logger.warning("write of %s to the disk tier failed: %s", meta.key, exc, extra={"key": meta.key})
-        self.metrics.fills.observe(time.perf_counter() - started)
+            if self._closed:
+                return
+            if self._current_entry(meta) is not None:
+                landed = True  # already there: requests that shared one query each asked for it
+                return
+            started = time.perf_counter()
+            try:
+                self.disk.store(meta, data)
+                landed = True
+            except CacheWriteError as exc:
+                self._count_failure(meta, exc)
+            except Exception as exc:  # a cache failure never fails a request, nor the loop's callback
+                self._count_failure(meta, exc)
+            self.metrics.fills.observe(time.perf_counter() - started)
+        finally:
+            waiting = self._landed.pop(name, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(landed)
 
     def start(self, meta: FileMeta, file: PreparedFile | None = None, head: Head | None = None) -> Fill:
         """The fill for this version: the running one, or a new one (kept in memory too when small and ``file``).
@@ -454,12 +481,16 @@ class Filler:
         if self.memory is not None and fill.file is not None and fill.body is not None:
             self.memory.offer(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
-    async def _on_disk(self, meta: FileMeta, call: Callable[..., _T], *args: object) -> _T:
+    async def _on_disk(
+        self, meta: FileMeta, call: Callable[..., _T], *args: object, limit: int = INLINE_WRITE_BYTES
+    ) -> _T:
         """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at
-        most :data:`INLINE_STREAM_BYTES` in a cache dir this process has to itself (sharing it,
-        an install waits for SQLite's write lock, which another process may hold for long),
-        else on a thread."""
-        if meta.size <= INLINE_STREAM_BYTES and self.disk.alone():
+        most ``limit`` bytes in a cache dir this process has to itself (sharing it, an install
+        waits for SQLite's write lock, which another process may hold for long), else on a
+        thread. ``limit``: :data:`INLINE_WRITE_BYTES` for a step that may touch the whole file
+        (a whole write, a commit, which may hash a file already in place to share it);
+        :data:`INLINE_STREAM_BYTES` for one chunk of a streamed fill."""
+        if meta.size <= limit and self.disk.alone():
             return call(*args)
         return await asyncio.to_thread(call, *args)
 
@@ -472,7 +503,7 @@ class Filler:
 
     async def _write(self, writer: DiskWriter, chunk: bytes, fill: Fill) -> DiskWriter | None:
         try:
-            await self._on_disk(fill.meta, writer.write, chunk)
+            await self._on_disk(fill.meta, writer.write, chunk, limit=INLINE_STREAM_BYTES)
             return writer
         except CacheWriteError as exc:
             self._count_failure(fill.meta, exc)

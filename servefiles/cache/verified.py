@@ -73,6 +73,10 @@ PROBE_ROUNDS = 64
 tick of a coarse clock take (microseconds each), so on a file system without multigrain
 timestamps some two stamps are equal."""
 
+PROBE_GAP_NS = 1_000_000
+"""The largest step between two stamps of the probe that still shows a fine clock (1 ms: no kernel
+ticks faster, ``HZ`` is at most 1000)."""
+
 FileStamp = int
 """A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
 this 190; every content file of a cache dir is on one device)."""
@@ -91,12 +95,17 @@ def changes_seen_at_once(fd: int, rounds: int = PROBE_ROUNDS) -> bool:
     """Whether every change to a file moves its ctime, however soon after the last ``stat`` it
     comes (multigrain timestamps; see the module): ``rounds`` one-byte writes to ``fd``, an empty
     regular file of the file system in question (the caller's to remove), each followed by an
-    ``fstat``; True when no two stamps are equal. Raises OSError if the file cannot be written."""
+    ``fstat``; True when every stamp is later than the one before by less than
+    :data:`PROBE_GAP_NS`. A coarse clock moves by whole ticks of at least that much: rounds slow
+    enough to see a new tick each time (a synchronous mount on a slow device) prove nothing, and
+    neither does a round held up by the scheduler, so either says no (the settle time then stands).
+    Raises OSError if the file cannot be written."""
+    os.write(fd, b"x")  # the first gap is then one round's, not the time since the file was made
     seen = os.fstat(fd).st_ctime_ns
     for _ in range(rounds):
         os.write(fd, b"x")
         stamped = os.fstat(fd).st_ctime_ns
-        if stamped == seen:
+        if not 0 < stamped - seen < PROBE_GAP_NS:
             return False
         seen = stamped
     return True

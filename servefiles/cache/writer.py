@@ -38,9 +38,10 @@ __all__ = ["DiskWriter", "Installed", "install", "install_alone", "rename_into_p
 
 logger = logging.getLogger("servefiles")
 
-Install = Callable[[FileMeta, str, int], DiskEntry]
-"""Installs a verified temp file, open as the descriptor given, as the content of ``meta`` (see
-:meth:`DiskCache.begin`)."""
+Install = Callable[[FileMeta, str, int | None], DiskEntry]
+"""Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`); the
+descriptor given is open on it when its bytes were written in one step (else None: see
+:meth:`DiskWriter.commit`)."""
 
 
 def install(txn: Transaction, cache_dir: CacheDir, meta: FileMeta, temp: str) -> bool:
@@ -163,6 +164,7 @@ class DiskWriter:
         self._install = install
         self._fd: int | None = fd  # holds the flock that tells the sweep we are alive
         self._hash = hashlib.sha256()
+        self._writes = 0
 
     def write(self, data: bytes) -> None:
         """Append bytes; CacheWriteError (temp file removed) if the disk refuses or they are too many."""
@@ -179,9 +181,16 @@ class DiskWriter:
             raise CacheWriteError(f"cannot cache {self.meta.key}: {exc}") from exc
         self._hash.update(data)
         self.written += len(data)
+        self._writes += 1
 
     def commit(self) -> DiskEntry:
-        """Verify size and sha256 against the metadata, install; CacheWriteError otherwise."""
+        """Verify size and sha256 against the metadata, install; CacheWriteError otherwise.
+
+        What was hashed is what this writer wrote, not what the file holds: another writer of the
+        temp file in between would go unseen. Only a file written in one step, whose temp file
+        lived for microseconds, is handed to the install with its descriptor, to be marked as
+        verified there (verified.py); a streamed one, open for as long as its store read took, is
+        hashed again when it is first read."""
         fd = self._open_fd()
         try:
             if self.written != self.meta.size:
@@ -190,7 +199,7 @@ class DiskWriter:
                 raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
             if os.fstat(fd).st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
-            entry = self._install(self.meta, self.path, fd)
+            entry = self._install(self.meta, self.path, fd if self._writes <= 1 else None)
         except CacheWriteError:
             self.abort()
             raise

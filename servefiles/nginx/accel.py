@@ -301,12 +301,12 @@ class AccelLayer:
                 return
             landing = self._store_copy(meta, reply.body.data)
         else:
-            # No fill either for a file that came whole with its metadata: its write behind the
-            # reply (Filler.write_soon) was queued on the loop before this reply was decided, so
-            # it has run by the time the publishing task does.
             filler = files.runtime.filler
             fill = filler.get(meta) if filler is not None else None
-            landing = self._wait_for(fill)
+            # No fill for a file that came whole with its metadata: its write behind the reply
+            # (Filler.write_soon) may still be queued.
+            written = filler.landing(meta) if filler is not None and fill is None else None
+            landing = self._wait_for(fill) if written is None else self._wait_for_write(written)
         task = asyncio.create_task(self._publish_when_landed(meta, landing), name=f"servefiles publish {meta.key}")
         self._behind[meta.key] = task
         task.add_done_callback(lambda _: self._behind.pop(meta.key, None))
@@ -323,6 +323,11 @@ class AccelLayer:
             return True
         await fill.wait_done()
         return fill.error is None and fill.disk_limit is None
+
+    @staticmethod
+    async def _wait_for_write(written: asyncio.Future[bool]) -> bool:
+        """Whether a write behind a reply (:meth:`Filler.landing`) left its file in the disk tier."""
+        return await written
 
     async def _store_copy(self, meta: FileMeta, data: bytes) -> bool:
         """Write a memory-only copy to the disk tier (verified against its sha256 there)."""
