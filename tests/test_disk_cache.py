@@ -1021,15 +1021,16 @@ def test_a_streamed_file_changed_before_its_rename_is_hashed_when_first_read(cac
 def test_the_probe_says_no_when_each_of_its_rounds_could_have_seen_a_new_tick(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A coarse clock moves by ticks of at least 1 ms: rounds that take that long (a synchronous
-    mount on a slow device) would each see a new tick and every stamp would differ. The probe
-    wants every step under a tick. Such a device cannot be had here: ``fstat`` is replaced by a
+    """A coarse clock moves by ticks of about 1 ms or more: rounds that take that long (a
+    synchronous mount on a slow device) would each see a new tick and every stamp would differ. The
+    probe wants every step well under the shortest tick (HZ 1000, a tick a little under 1 ms
+    under NTP's adjustment: 999,848 ns is also refused). Such a device cannot be had here: ``fstat`` is replaced by a
     fake that reports a ctime moving by 4 ms a round (and, to show the fake is what decides, by
     1 µs a round)."""
     fd = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT, 0o600)
     real_fstat = os.fstat
     try:
-        for step, expected in ((4_000_000, False), (1_000, True)):
+        for step, expected in ((4_000_000, False), (999_848, False), (1_000, True)):
             clock = iter(range(1_764_590_000 * 10**9, 1_764_600_000 * 10**9, step))
 
             def fstat(descriptor: int, ticks: Iterator[int] = clock) -> os.stat_result:

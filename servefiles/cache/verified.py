@@ -73,9 +73,10 @@ PROBE_ROUNDS = 64
 tick of a coarse clock take (microseconds each), so on a file system without multigrain
 timestamps some two stamps are equal."""
 
-PROBE_GAP_NS = 1_000_000
-"""The largest step between two stamps of the probe that still shows a fine clock (1 ms: no kernel
-ticks faster, ``HZ`` is at most 1000)."""
+PROBE_GAP_NS = 250_000
+"""The largest step between two stamps of the probe that still shows a fine clock: a quarter of the
+shortest kernel tick (``HZ`` is at most 1000, and a tick then about 1 ms, a little less under NTP's
+adjustment), where a round of the probe takes microseconds."""
 
 FileStamp = int
 """A file as ``fstat`` saw it: ``st_ctime_ns << 64 | st_ino``, one int (a tuple cost 330 bytes a mark,
@@ -96,7 +97,7 @@ def changes_seen_at_once(fd: int, rounds: int = PROBE_ROUNDS) -> bool:
     comes (multigrain timestamps; see the module): ``rounds`` one-byte writes to ``fd``, an empty
     regular file of the file system in question (the caller's to remove), each followed by an
     ``fstat``; True when every stamp is later than the one before by less than
-    :data:`PROBE_GAP_NS`. A coarse clock moves by whole ticks of at least that much: rounds slow
+    :data:`PROBE_GAP_NS`. A coarse clock moves by whole ticks, several times that: rounds slow
     enough to see a new tick each time (a synchronous mount on a slow device) prove nothing, and
     neither does a round held up by the scheduler, so either says no (the settle time then stands).
     Raises OSError if the file cannot be written."""
