@@ -1001,18 +1001,44 @@ def test_a_file_written_here_is_hashed_once_and_a_change_right_after_is_caught(c
     assert cache.get("a.png") is None
 
 
-def test_a_streamed_file_changed_before_its_rename_is_hashed_when_first_read(cache: DiskCache) -> None:
-    """What a writer hashes is what it wrote, not what the temp file holds: a file written in
-    several steps, its temp file open all the while (a streamed fill, as long as its store read),
-    is not marked as installed, so bytes another writer changed in it meanwhile are caught on the
-    first read, not served."""
+def test_a_streamed_file_is_marked_as_installed_only_if_nothing_else_changed_its_temp_file(
+    cache: DiskCache,
+) -> None:
+    """A file written in several steps (a streamed fill, its temp file open for as long as its
+    store read) is marked as installed, where every change moves the ctime, when the ctime before
+    each later write was the one the writer's own last write left."""
+    data = os.urandom(300_000)
+    meta = meta_for("v.bin", data)
+    writer = cache.begin(meta)
+    for start in range(0, len(data), 100_000):
+        writer.write(data[start : start + 100_000])
+    entry = writer.commit()
+    assert (meta.sha256 in cache.verified) is cache.verified.changes_seen
+    hashed = cache.verified.hashed
+    opened = cache.open_stamped(entry)
+    assert opened is not None
+    assert cache.check_open(entry, *opened)
+    os.close(opened[0])
+    assert cache.verified.hashed == hashed + (0 if cache.verified.changes_seen else 1)
+
+
+@pytest.mark.parametrize("when", ["between-writes", "before-commit"])
+def test_a_streamed_file_changed_before_its_rename_is_hashed_when_first_read(cache: DiskCache, when: str) -> None:
+    """What a writer hashes is what it wrote, not what the temp file holds: bytes another writer
+    changed in the temp file between two of its writes move the ctime away from the one its own
+    write left (or, before the commit, the one its last write left), so the file is not marked as
+    installed, and they are caught on the first read, not served."""
     data = os.urandom(300_000)
     meta = meta_for("v.bin", data)
     writer = cache.begin(meta)
     writer.write(data[:100_000])
-    with open(writer.path, "r+b") as other:  # another writer of the temp file
-        other.write(b"X" * 1000)
+    if when == "between-writes":
+        with open(writer.path, "r+b") as other:  # another writer of the temp file
+            other.write(b"X" * 1000)
     writer.write(data[100_000:])
+    if when == "before-commit":  # a streamed fill's commit may wait for a thread
+        with open(writer.path, "r+b") as other:
+            other.write(b"X" * 1000)
     entry = writer.commit()
     assert meta.sha256 not in cache.verified
     hashed = cache.verified.hashed

@@ -451,8 +451,8 @@ class DiskCache:
             return writer.commit()
 
     def _install(self, meta: FileMeta, temp: str, fd: int | None) -> DiskEntry:
-        """Install a verified temp file (writer.py; ``fd`` open on it when it was written in one
-        step, to be marked: :meth:`_mark_written`), then evict in one batch."""
+        """Install a verified temp file (writer.py; ``fd`` open on it when nothing but its writer
+        changed it, to be marked: :meth:`_mark_written`), then evict in one batch."""
         if self.alone():
             return self._install_alone(meta, temp, fd)
         self.flush()  # what this process did alone goes first
@@ -472,8 +472,8 @@ class DiskCache:
         return DiskEntry(meta, self._dir.content_text(meta.sha256))
 
     def _mark_written(self, meta: FileMeta, fd: int | None) -> None:
-        """The file this process wrote in one step, hashed as it went and just renamed into place
-        (open as ``fd``; None: not written in one step, not marked), vouched for as it is now
+        """The file this process wrote, hashed as it went and just renamed into place (open as
+        ``fd``; None: something else changed its temp file, not marked), vouched for as it is now
         where a later change could not hide (verified.py): its first read is then not a second
         hash."""
         if fd is not None and self.verified.settle_time() == 0.0:

@@ -41,11 +41,12 @@ row, every stamp must differ.
 What no mark can see: bytes that rot on the medium under an unchanged inode, a write racing
 one read between its ``fstat`` and its ``pread`` (microseconds), and one racing this process's own
 write of a temp file (another writer in the cache dir with a random name to guess, in the
-microseconds between its creation and its stamp after the rename). ``sync --verify`` reads every
-file through. A file too large for the memory tier is hashed too, in blocks and on a thread,
-before this process first serves it (:meth:`DiskCache.check_open`); sent from the file, never
-held whole, it is read again after that hash, so a change while one response is sent goes unseen
-there (the next open sees the new stamp).
+microseconds between one of its writes and the ``fstat`` after it, or between its last look at
+the ctime and the stamp after the rename: :meth:`~servefiles.cache.writer.DiskWriter.commit`).
+``sync --verify`` reads every file through. A file too large for the memory tier is hashed too,
+in blocks and on a thread, before this process first serves it (:meth:`DiskCache.check_open`);
+sent from the file, never held whole, it is read again after that hash, so a change while one
+response is sent goes unseen there (the next open sees the new stamp).
 """
 
 from __future__ import annotations

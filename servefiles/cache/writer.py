@@ -40,7 +40,7 @@ logger = logging.getLogger("servefiles")
 
 Install = Callable[[FileMeta, str, int | None], DiskEntry]
 """Installs a verified temp file as the content of ``meta`` (see :meth:`DiskCache.begin`); the
-descriptor given is open on it when its bytes were written in one step (else None: see
+descriptor given is open on it when nothing but its writer changed it (else None: see
 :meth:`DiskWriter.commit`)."""
 
 
@@ -164,7 +164,12 @@ class DiskWriter:
         self._install = install
         self._fd: int | None = fd  # holds the flock that tells the sweep we are alive
         self._hash = hashlib.sha256()
-        self._writes = 0
+        self._left: int | None = None
+        """The temp file's ctime as this writer's last write left it (an ``fstat`` right after
+        that write); None before the first."""
+        self._alone = True
+        """Whether the temp file's ctime was, before each later write and at the commit, the one
+        the writer's own last write left: no other writer changed it meanwhile (verified.py)."""
 
     def write(self, data: bytes) -> None:
         """Append bytes; CacheWriteError (temp file removed) if the disk refuses or they are too many."""
@@ -174,32 +179,39 @@ class DiskWriter:
             raise CacheWriteError(f"{self.meta.key}: more than the announced {self.meta.size} bytes")
         view = memoryview(data)
         try:
+            if self._left is not None and os.fstat(fd).st_ctime_ns != self._left:
+                self._alone = False  # changed since this writer's last write: not by it
             while view:
                 view = view[os.write(fd, view) :]
+            self._left = os.fstat(fd).st_ctime_ns
         except OSError as exc:
             self.abort()
             raise CacheWriteError(f"cannot cache {self.meta.key}: {exc}") from exc
         self._hash.update(data)
         self.written += len(data)
-        self._writes += 1
 
     def commit(self) -> DiskEntry:
         """Verify size and sha256 against the metadata, install; CacheWriteError otherwise.
 
         What was hashed is what this writer wrote, not what the file holds: another writer of the
-        temp file in between would go unseen. Only a file written in one step, whose temp file
-        lived for microseconds, is handed to the install with its descriptor, to be marked as
-        verified there (verified.py); a streamed one, open for as long as its store read took, is
-        hashed again when it is first read."""
+        temp file in between would go unseen by the hash. So the file is handed to the install
+        with its descriptor, to be marked as verified there (verified.py), only if its ctime was,
+        before each of this writer's later writes and here, the one its own last write left (an
+        ``fstat`` right after each write; where every change moves the ctime, no other change can
+        hide from that, however long the fill took, the wait before this commit included). One
+        changed meanwhile is hashed when it is first read."""
         fd = self._open_fd()
         try:
             if self.written != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: wrote {self.written} bytes, expected {self.meta.size}")
             if self._hash.hexdigest() != self.meta.sha256:
                 raise CacheWriteError(f"{self.meta.key}: content does not match its sha256")
-            if os.fstat(fd).st_size != self.meta.size:
+            status = os.fstat(fd)
+            if status.st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
-            entry = self._install(self.meta, self.path, fd if self._writes <= 1 else None)
+            if self._left is not None and status.st_ctime_ns != self._left:
+                self._alone = False
+            entry = self._install(self.meta, self.path, fd if self._alone else None)
         except CacheWriteError:
             self.abort()
             raise
