@@ -476,7 +476,7 @@ class DiskCache:
         ``fd``; None: something else changed its temp file, not marked), vouched for as it is now
         where a later change could not hide (verified.py): its first read is then not a second
         hash."""
-        if fd is not None and self.verified.settle_time() == 0.0:
+        if fd is not None and self.verified.exact:  # else nothing is marked: no fstat
             self.verified.wrote(meta.sha256, stamp_of(os.fstat(fd)))
 
     def _install_alone(self, meta: FileMeta, temp: str, fd: int | None) -> DiskEntry:

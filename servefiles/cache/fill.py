@@ -294,8 +294,6 @@ class Filler:
             try:
                 self.disk.store(meta, data)
                 landed = True
-            except CacheWriteError as exc:
-                self._count_failure(meta, exc)
             except Exception as exc:  # a cache failure never fails a request, nor the loop's callback
                 self._count_failure(meta, exc)
             self.metrics.fills.observe(time.perf_counter() - started)

@@ -138,9 +138,15 @@ class VerifiedContents:
         then. :class:`DiskCache` sets it when it opens its dir."""
         self._stamps: dict[str, FileStamp] = {}
 
+    @property
+    def exact(self) -> bool:
+        """Whether a stamp sees every later change: :attr:`changes_seen` on a :attr:`local` file
+        system. No settle time then, and a file written here is marked as installed (:meth:`wrote`)."""
+        return self.changes_seen and self.local
+
     def settle_time(self) -> float:
         """The settle time now, in seconds (see the module)."""
-        if self.changes_seen and self.local:
+        if self.exact:
             return 0.0
         return min(self.settle_seconds, FINE_SETTLE_SECONDS) if self.fine else self.settle_seconds
 
@@ -177,9 +183,9 @@ class VerifiedContents:
         """A file this process has just written, whose bytes it hashed as it wrote them and found to
         be ``sha256``, renamed into place and stamped ``stamp`` (an ``fstat`` after the rename, the
         file's last change): marked at once where every later change moves the ctime
-        (:attr:`changes_seen`), so its first read is not a second hash; else not marked, and read
-        as any file is. Whether it was marked. Not a count of :attr:`hashed`: nothing is read."""
-        if not (self.changes_seen and self.local):
+        (:attr:`exact`), so its first read is not a second hash; else not marked, and read as any
+        file is. Whether it was marked. Not a count of :attr:`hashed`: nothing is read."""
+        if not self.exact:
             return False
         self._remember(sha256, stamp)
         return True

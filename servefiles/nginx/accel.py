@@ -22,8 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine, Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
 from urllib.parse import quote
 
 from .. import http
@@ -299,14 +298,14 @@ class AccelLayer:
                 or not files.runtime.worth_a_disk_write(meta, sighted=False)
             ):
                 return
-            landing = self._store_copy(meta, reply.body.data)
+            landing: Awaitable[bool] = self._store_copy(meta, reply.body.data)
         else:
             filler = files.runtime.filler
             fill = filler.get(meta) if filler is not None else None
             # No fill for a file that came whole with its metadata: its write behind the reply
             # (Filler.write_soon) may still be queued.
             written = filler.landing(meta) if filler is not None and fill is None else None
-            landing = self._wait_for(fill) if written is None else self._wait_for_write(written)
+            landing = self._wait_for(fill) if written is None else written
         task = asyncio.create_task(self._publish_when_landed(meta, landing), name=f"servefiles publish {meta.key}")
         self._behind[meta.key] = task
         task.add_done_callback(lambda _: self._behind.pop(meta.key, None))
@@ -324,11 +323,6 @@ class AccelLayer:
         await fill.wait_done()
         return fill.error is None and fill.disk_limit is None
 
-    @staticmethod
-    async def _wait_for_write(written: asyncio.Future[bool]) -> bool:
-        """Whether a write behind a reply (:meth:`Filler.landing`) left its file in the disk tier."""
-        return await written
-
     async def _store_copy(self, meta: FileMeta, data: bytes) -> bool:
         """Write a memory-only copy to the disk tier (verified against its sha256 there)."""
         try:
@@ -343,7 +337,7 @@ class AccelLayer:
         self.files.metrics.admissions.inc()
         return True
 
-    async def _publish_when_landed(self, meta: FileMeta, landing: Coroutine[Any, Any, bool]) -> None:
+    async def _publish_when_landed(self, meta: FileMeta, landing: Awaitable[bool]) -> None:
         """Publish ``meta`` once ``landing`` put it in the disk tier (False: it did not)."""
         if not await landing:
             return
