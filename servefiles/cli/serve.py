@@ -6,7 +6,7 @@ import asyncio
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,11 @@ from .options import (
     resolve_db_url,
 )
 from .signing import duration, private_folders, read_signing_keys, signing_key_options
+
+if TYPE_CHECKING:
+    from ..middleware import ServeFiles
+    from ..middleware.asgi import ASGIApp
+    from ..middleware.limits import RequestLimits
 
 
 def serve_options() -> click.Command:
@@ -117,8 +122,7 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
           admin_host: str | None) -> None:  # fmt: skip
     """Run a standalone file server: GET {prefix}/{key}."""
     from ..middleware import ServeFiles
-    from ..middleware.access_log import AccessLog
-    from ..middleware.limits import BoundedRequests, RequestLimits
+    from ..middleware.limits import RequestLimits
     from ..tuning import tune_process
 
     logs.configure(log_format, log_level)
@@ -179,16 +183,26 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     # incomplete head up to what those limits allow (httptools has no such bound of its own).
     # servefiles stamps Date itself: uvicorn's is refreshed once a second, and could name a
     # second before the Last-Modified of a file written a moment ago (RFC 9110 §8.8.2.1).
-    refused = app.service.metrics.rejected["header_limits"].inc
-    bounded = BoundedRequests(app, limits, date_header=True, on_refused=refused)
+    served = served_app(app, limits, access_log)
     tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
     # uvicorn keeps the logging set up above (log_config=None); its access log, which shows query
     # strings (a signed URL's signature), is replaced by servefiles' own (--access-log).
-    # Outermost, so it is handed uvicorn's own send: disk-tier hits in the page cache go out by sendfile.
-    served = ZeroCopySend(AccessLog(bounded) if access_log else bounded)
     run_uvicorn(served, app.admin_app(), admin_host, admin_port, host=host,
                 port=port, log_level=log_level, lifespan="on", h11_max_incomplete_event_size=limits.head_bytes,
                 date_header=False, log_config=None, access_log=False)  # fmt: skip
+
+
+def served_app(app: ServeFiles, limits: RequestLimits, access_log: bool) -> ASGIApp:
+    """The ASGI app ``servefiles serve`` hands uvicorn: ``app`` behind the request-head limits
+    (a 414 or 431, counted in ``servefiles_rejected_requests_total{reason="header_limits"}``),
+    the access log when ``access_log``, and :class:`ZeroCopySend` outermost, so that it is
+    handed uvicorn's own ``send`` (disk-tier hits in the page cache go out by sendfile)."""
+    from ..middleware.access_log import AccessLog
+    from ..middleware.limits import BoundedRequests
+
+    refused = app.service.metrics.rejected["header_limits"].inc
+    bounded = BoundedRequests(app, limits, date_header=True, on_refused=refused)
+    return ZeroCopySend(AccessLog(bounded) if access_log else bounded)
 
 
 @click.command("nginx-config")
