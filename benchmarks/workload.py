@@ -766,13 +766,13 @@ def targets(rows: Sequence[Row], small: int, large: int) -> list[str]:
             lines.append(f"- {'PASS' if over == 0 else 'FAIL'}: {what} ≤ 1 in every servefiles phase: "
                          f"{over} of {len(found)} over; worst {worst:.2f} (s={_s(row.s)} {row.contender}, "
                          f"{row.phase})")  # fmt: skip
-    lines.extend(_per_byte(rows))
     served = [row for row in rows if row.kind in ("serve", "tree")]
     if served:
         largest = max(served, key=lambda row: row.peak_rss_mib)
         lines.append(f"- {'PASS' if largest.peak_rss_mib <= RSS_GOAL_MIB else 'FAIL'}: peak RSS ≤ {RSS_GOAL_MIB} MiB "
                      f"in every servefiles phase: largest {largest.peak_rss_mib:.0f} MiB (s={_s(largest.s)} "
                      f"{largest.contender}, {largest.phase})")  # fmt: skip
+    lines.extend(_per_byte(rows))
     return lines
 
 
@@ -788,7 +788,8 @@ def _per_byte(rows: Sequence[Row]) -> list[str]:
     ratios: list[tuple[float, Row, float]] = []
     for row in rows:
         db = _reference(rows, "db", row.s, row.phase)
-        if row.kind not in ("serve", "tree") or db is None or not row.fetched_bytes or not db.load.bytes_read:
+        if (row.kind not in ("serve", "tree") or db is None or not row.fetched_bytes or not db.load.bytes_read
+                or not db.postgres_us):  # no backend found (a remote PostgreSQL): nothing to compare
             continue
         mine = row.postgres_us * row.load.requests / row.fetched_bytes
         theirs = db.postgres_us * db.load.requests / db.load.bytes_read
@@ -801,7 +802,7 @@ def _per_byte(rows: Sequence[Row]) -> list[str]:
     ratios.sort(key=lambda found: found[0])
     worst, row, byte_share = ratios[-1]
     store_share = (row.store_fetches or 0) / max(row.load.requests, 1)
-    return [f"- reference (not a target): PostgreSQL CPU per byte fetched / DB-direct's per byte served, in "
+    return [f"- reference (not a target): PostgreSQL CPU per byte fetched / DB-direct's per byte wrk read, in "
             f"the {len(ratios)} servefiles phases that fetched at least {PER_BYTE_MIN_SHARE:.0%} of the bytes they "
             f"served: {sum(1 for ratio, *_ in ratios if ratio > 1)} over 1; median "
             f"{statistics.median(ratio for ratio, *_ in ratios):.2f}, best {ratios[0][0]:.2f}, worst {worst:.2f} "

@@ -5,7 +5,8 @@ often (every 700 net container allocations by default) and each run traverses wh
 earlier runs. ``ZeroCopySend`` once kept its ``send`` in the request's scope; the send holds
 uvicorn's request-response cycle and the cycle holds the scope, so every request under
 ``servefiles serve`` left a cycle of about ten objects, freed only by the collector: a memory hit
-cost 50 µs of CPU under uvicorn instead of 38, on the benchmark machine. These tests run the app
+cost 50.5 µs of CPU under uvicorn instead of 43-47, on the benchmark machine, with the collector
+untuned (benchmarks/RESULTS.md, 2026-12-01 night). These tests run the app
 exactly as ``servefiles serve`` composes it (:func:`servefiles.cli.serve.served_app`) under a real
 uvicorn on loopback, with the collector off, and count what ``gc.collect()`` then finds.
 The client is a plain socket on a thread, so that it makes no garbage of its own.
@@ -17,12 +18,13 @@ import asyncio
 import collections
 import gc
 import io
+import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +32,7 @@ from typing import Literal
 import pytest
 import uvloop
 
-from servefiles import ServeFiles, ServeFilesWSGI, open_store
+from servefiles import ServeFiles, ServeFilesWSGI, ZeroCopySend, logs, open_store
 from servefiles.cli.serve import served_app
 from servefiles.middleware.limits import RequestLimits
 
@@ -51,7 +53,9 @@ def fetch_all(port: int, requests: Sequence[bytes]) -> list[int]:
             length = 0
             while (line := reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
+                name = name.strip().lower()
+                assert name != b"transfer-encoding", "a chunked response: this client reads Content-Length only"
+                if name == b"content-length":
                     length = int(value)
             head = request.startswith(b"HEAD ")
             if not head and status != 304:
@@ -61,6 +65,7 @@ def fetch_all(port: int, requests: Sequence[bytes]) -> list[int]:
 
 
 def get(path: str, *headers: str, method: str = "GET") -> bytes:
+    """The bytes of an HTTP/1.1 request for ``path`` with these header lines."""
     lines = [f"{method} {path} HTTP/1.1", "Host: test", *headers, "", ""]
     return "\r\n".join(lines).encode()
 
@@ -131,31 +136,74 @@ def leaves_no_cycle(url: str, tmp_path: Path, nginx: Literal["accel", "tree"] | 
             publish_dir=tmp_path / "published",
         )
         served = served_app(app, RequestLimits(), access_log)
-        async with uvicorn_server(served) as base:
+        async with uvicorn_server(served, http="httptools") as base, access_lines(access_log) as logged:
             port = int(base.rsplit(":", 1)[1])
             kinds = [
                 get("/media/small.txt"),  # a memory hit
-                get("/media/photo.jpg"),  # a disk hit, by sendfile once in the page cache
+                get("/media/photo.jpg"),  # a disk hit: by sendfile once in the page cache, or an X-Accel-Redirect
                 get("/media/photo.jpg", "Range: bytes=10-20000"),  # a range, streamed
                 get("/media/photo.jpg", method="HEAD"),
                 get("/media/nothing-here.txt"),  # a 404
                 get("/media/..%2fetc/passwd"),  # a refused key
             ]
-            warm = await asyncio.to_thread(fetch_all, port, kinds * 3)
+            await asyncio.to_thread(fetch_all, port, kinds)
+            await settled(app)  # the photo's fill landed (and, in tree mode, was published)
+            warm = await asyncio.to_thread(fetch_all, port, kinds * 2)
             ranged = 200 if nginx == "tree" else 206  # in tree mode nginx answers ranges of a published file
             assert warm[-6:] == [200, 200, ranged, 200, 404, 404]
             tagged = get("/media/small.txt", f"If-None-Match: {await _etag(port)}")
             batch = [*kinds, tagged] * REPEATS + [get(f"/media/{key}") for key in fresh]
+            misses = app.service.metrics.value("servefiles_misses_total")
             with collector_off() as found:
                 statuses = await asyncio.to_thread(fetch_all, port, batch)
-                await asyncio.sleep(0.3)  # the misses' writes behind their replies, done
-            assert statuses.count(304) == REPEATS and statuses.count(ranged) >= REPEATS
-            assert app.service.metrics.value("servefiles_misses_total") >= len(fresh)
+                await settled(app)  # the misses' writes behind their replies
+            assert statuses.count(304) == REPEATS
+            if nginx != "tree":
+                assert statuses.count(206) == REPEATS
+            assert statuses[-len(fresh) :] == [200] * len(fresh)
+            assert app.service.metrics.value("servefiles_misses_total") - misses >= len(fresh)
+            # The wrapper offered zerocopysend all along (else the sendfile path went untested).
+            assert isinstance(served, ZeroCopySend) and served._cycle is not None
+        if access_log:
+            assert len(logged.getvalue().splitlines()) >= len(batch)  # each request's line was written
         # One-off objects may leave a few; a cycle per request would leave thousands here.
         assert found.count < REPEATS, f"{found.count} unreachable objects after {len(batch)} requests: {found.kinds}"
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+async def settled(app: ServeFiles) -> None:
+    """Until no fill or write behind a reply is under way, nor (nginx modes) a publish; AssertionError
+    after 10 s."""
+    deadline = time.monotonic() + 10
+    filler = app.service.runtime.filler
+    while filler is not None and filler.in_flight:
+        assert time.monotonic() < deadline, f"{filler.in_flight} fills still under way after 10 s"
+        await asyncio.sleep(0.01)
+    if app.mount.accel is not None:
+        await app.mount.accel.settle()
+
+
+@asynccontextmanager
+async def access_lines(on: bool) -> AsyncIterator[io.StringIO]:
+    """With ``on``, the access log's lines, formatted as ``servefiles serve --log-format json`` writes
+    them, into the yielded buffer (the logger at INFO meanwhile), so each request runs the whole path."""
+    buffer = io.StringIO()
+    if not on:
+        yield buffer
+        return
+    logger = logging.getLogger(logs.ACCESS_LOGGER)
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logs.JsonFormatter())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 async def _etag(port: int) -> str:
@@ -217,7 +265,7 @@ def wsgi_get(app: ServeFilesWSGI, path: str, extra: dict[str, str]) -> tuple[int
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
         started.append((status, headers))
 
-    body = app(environ, start_response)  # type: ignore[arg-type]
+    body = app(environ, start_response)
     try:
         b"".join(body)
     finally:
