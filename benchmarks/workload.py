@@ -34,8 +34,9 @@ hypervisor stole during the phase (``/proc/stat``: noise to weigh).
 After each contender's phases a sample of keys is fetched and compared with the files.
 The issue's ratio targets follow the table as PASS/FAIL lines, then one reference line that is
 not a target: PostgreSQL's CPU per byte servefiles fetched against DB-direct's per byte served
-(the misses of a cache that keeps small popular files are larger than the average file, so the
-request miss ratio undercounts what they ask of the database).
+(a cache that keeps small popular files misses larger ones than the average file, so the request
+miss ratio can undercount what its misses ask of the database; benchmarks/RESULTS.md, 2026-12-01
+night, for what the line showed).
 
     scripts/bench workload [OPTIONS]                  # installs what it needs, then runs this
     .venv/bin/python -m benchmarks.workload --files 1000 --seconds 3 --small-cache 32MiB   # smoke run
@@ -783,8 +784,8 @@ PER_BYTE_MIN_SHARE = 0.01
 def _per_byte(rows: Sequence[Row]) -> list[str]:
     """A reference line, not one of issue 15's targets: PostgreSQL's CPU per byte servefiles read from
     it against DB-direct's per byte served (same s, same phase). The request miss ratio undercounts
-    what misses cost the database when, as a cache should, the tiers keep the small popular files
-    and miss the large ones: the bytes fetched per miss are then above the average file's."""
+    what misses cost the database where the tiers keep the small popular files and miss larger
+    ones; per byte, that effect is gone and what is left is the cost of each byte fetched."""
     ratios: list[tuple[float, Row, float]] = []
     for row in rows:
         db = _reference(rows, "db", row.s, row.phase)

@@ -179,8 +179,7 @@ class DiskWriter:
             raise CacheWriteError(f"{self.meta.key}: more than the announced {self.meta.size} bytes")
         view = memoryview(data)
         try:
-            if self._left is not None and os.fstat(fd).st_ctime_ns != self._left:
-                self._alone = False  # changed since this writer's last write: not by it
+            self._look(os.fstat(fd).st_ctime_ns)
             while view:
                 view = view[os.write(fd, view) :]
             self._left = os.fstat(fd).st_ctime_ns
@@ -189,6 +188,12 @@ class DiskWriter:
             raise CacheWriteError(f"cannot cache {self.meta.key}: {exc}") from exc
         self._hash.update(data)
         self.written += len(data)
+
+    def _look(self, ctime_ns: int) -> None:
+        """The temp file's ctime now, before a write or at the commit: not the one this writer's
+        last write left means another writer changed the file meanwhile (``_alone`` turns False)."""
+        if self._left is not None and ctime_ns != self._left:
+            self._alone = False
 
     def commit(self) -> DiskEntry:
         """Verify size and sha256 against the metadata, install; CacheWriteError otherwise.
@@ -209,8 +214,7 @@ class DiskWriter:
             status = os.fstat(fd)
             if status.st_size != self.meta.size:
                 raise CacheWriteError(f"{self.meta.key}: the temp file changed size under us")
-            if self._left is not None and status.st_ctime_ns != self._left:
-                self._alone = False
+            self._look(status.st_ctime_ns)
             entry = self._install(self.meta, self.path, fd if self._alone else None)
         except CacheWriteError:
             self.abort()
