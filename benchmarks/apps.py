@@ -111,7 +111,7 @@ def _starlette_static() -> Any:
 
 
 def _whitenoise() -> Any:
-    from whitenoise import WhiteNoise
+    from whitenoise import WhiteNoise  # type: ignore[import-untyped]  # no stubs, no py.typed
 
     def not_found(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         start_response("404 Not Found", [("Content-Length", "0")])

@@ -251,8 +251,8 @@ def _nginx_rows(result: Run, url: str, files: dict[str, bytes], work: Path, seco
     for mode in ("accel", "tree"):
         port = free_port()
         cache, published = work / f"c-nginx-{mode}", work / f"p-nginx-{mode}"
-        command = serve(url, cache, "--nginx", mode, "--publish-dir", str(published))
-        blocks.append((f"nginx + servefiles, {mode}", mode, port, command))
+        blocks.append((f"nginx + servefiles, {mode}", mode, port,
+                       serve(url, cache, "--nginx", mode, "--publish-dir", str(published))))
     for name, block, port, command in blocks:
         upstream = Server(command) if command is not None else None
         if upstream is not None:
@@ -301,7 +301,7 @@ def _disk_startup() -> str:
     return done.stdout.strip()
 
 
-def _store(kind: str, work: Path) -> tuple[str, Callable[[], None]]:
+def _store(kind: str, work: Path) -> tuple[str, Callable[[], object]]:
     if kind == "sqlite":
         work.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{work / 'files.db'}", lambda: None

@@ -85,7 +85,7 @@ class Prediction:
         return self.miss_queries + self.write_queries + self.feed_queries
 
 
-HEAD = head_bytes("GET", {})
+HEAD: int = head_bytes("GET", {}) or 0
 """What a plain GET's miss asks for with the metadata (servefiles.service.head_bytes): a file up to
 this size costs one query."""
 

@@ -150,9 +150,9 @@ def measure(seconds: int, connections: int) -> list[Result]:
                         rps, p50, p99 = wrk(url, seconds, connections)
                         results.append(Result(label, name, rps, p50, p99))
         finally:
-            for _, _, frontend in contenders.values():
-                if frontend is not None:
-                    frontend.stop()
+            for _, _, running in contenders.values():
+                if running is not None:
+                    running.stop()
     return results
 
 

@@ -432,6 +432,8 @@ class Snapshot:
     counters: dict[str, float] = field(default_factory=dict)
     machine: tuple[int, int] = (0, 0)
     """(steal ticks, all ticks) of the whole machine, from /proc/stat."""
+    blocks: tuple[int, int] = (0, 0)
+    """(``blks_read``, ``blks_hit``) of the run's database, from ``pg_stat_database``."""
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -446,16 +448,35 @@ def machine_ticks() -> tuple[int, int]:
     return steal, sum(fields[:8])
 
 
-def snapshot(deployment: Deployment, database: str, start: bool) -> Snapshot:
-    """CPU times and counters; the scrape stays outside the CPU window (before it at the
-    start of a phase, after it at the end)."""
+def snapshot(deployment: Deployment, url: str, start: bool) -> Snapshot:
+    """CPU times and counters; the scrape and the block counts stay outside the CPU window (before
+    it at the start of a phase, after it at the end: their own backend is gone by then)."""
     counters = scrape(deployment.metrics) if deployment.metrics and start else {}
-    taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers), postgres_cpu_seconds(database),
-                     machine=machine_ticks())  # fmt: skip
-    if deployment.metrics and not start:
-        counters = scrape(deployment.metrics)
+    blocks = asyncio.run(database_blocks(url)) if start else (0, 0)
+    taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers),
+                     postgres_cpu_seconds(urlsplit(url).path.lstrip("/")), machine=machine_ticks())  # fmt: skip
+    if not start:
+        counters = scrape(deployment.metrics) if deployment.metrics else {}
+        blocks = asyncio.run(database_blocks(url))
     taken.counters = counters
+    taken.blocks = blocks
     return taken
+
+
+async def database_blocks(url: str) -> tuple[int, int]:
+    """(``blks_read``, ``blks_hit``) of ``url``'s database: 8 KiB blocks its backends found outside
+    PostgreSQL's shared buffers (read from the kernel's page cache or the disk: each costs the backend
+    a ``pread`` and a buffer to evict) and inside them. A backend reports its counts when a
+    transaction ends, at most once a second while busy (PostgreSQL 15: ``PGSTAT_MIN_INTERVAL``),
+    so a 20 s phase's counts can be short by up to a second's worth."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()")
+    finally:
+        await conn.close()
+    return (int(row["blks_read"]), int(row["blks_hit"])) if row is not None else (0, 0)
 
 
 def verify(deployment: Deployment, data: Dataset) -> str:
@@ -496,18 +517,21 @@ class Row:
     """Disk-tier files hashed to check them (``servefiles_cache_files_hashed_total``)."""
     steal: float | None = None
     """The share of the machine's CPU time the hypervisor took during the phase (steal)."""
+    blocks_read: int = 0
+    blocks_hit: int = 0
+    """PostgreSQL's ``blks_read`` and ``blks_hit`` in the run's database during the phase (:func:`database_blocks`)."""
     note: str = ""
     tail: str = ""
     """``--tail``: what the slowest 1 % of the requests servefiles answered were (:func:`tail_report`)."""
 
 
-def measure(contender: Contender, s: float, phase: str, deployment: Deployment, script: Path, database: str,
+def measure(contender: Contender, s: float, phase: str, deployment: Deployment, script: Path, url: str,
             seconds: float, connections: int) -> Row:  # fmt: skip
     log_start = deployment.main.log.stat().st_size if TAIL else 0
-    before = snapshot(deployment, database, start=True)
+    before = snapshot(deployment, url, start=True)
     spy = _profiler(deployment, contender, s, phase, seconds)
     load = wrk(deployment.url + "/", seconds, connections, script)
-    after = snapshot(deployment, database, start=False)
+    after = snapshot(deployment, url, start=False)
     if spy is not None:
         spy.wait(timeout=60)
     requests = max(load.requests, 1)
@@ -515,7 +539,8 @@ def measure(contender: Contender, s: float, phase: str, deployment: Deployment, 
     steal = (after.machine[0] - before.machine[0]) / ticks if ticks > 0 else None
     row = Row(s, contender.name, contender.kind, phase, load, (after.cpu - before.cpu) / requests * 1e6,
               (after.postgres - before.postgres) / requests * 1e6, deployment.main.peak_rss_mib(),
-              steal=steal)  # fmt: skip
+              steal=steal, blocks_read=after.blocks[0] - before.blocks[0],
+              blocks_hit=after.blocks[1] - before.blocks[1])  # fmt: skip
     if deployment.metrics:
 
         def delta(name: str) -> float:
@@ -608,6 +633,8 @@ def _profiler(deployment: Deployment, contender: Contender, s: float, phase: str
     spy = Path(sys.executable).with_name("py-spy")
     name = f"{contender.name.replace(', ', '-').replace(' ', '')}-s{s:g}-{phase}"
     output = PROFILE_DIR / f"{name}.txt"
+    if deployment.main.proc is None:  # not running: nothing to sample
+        return None
     pid = str(deployment.main.proc.pid)
     command = [str(spy), "record", "--pid", pid, "--duration", str(max(1, int(seconds) - 1)), "--format", "raw",
                "--rate", "250", "--gil", "--output", str(output), "--nonblocking"]  # fmt: skip
@@ -634,7 +661,6 @@ def chosen(only: str, small: int, large: int) -> list[Contender]:
 
 def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_root: Path) -> Run:
     result = Run()
-    database = urlsplit(url).path.lstrip("/")
     wanted = chosen(args.only, args.small_cache, args.large_cache)
     for s in args.s:
         scripts = {phase: zipf_script(work, data.ranked, s, args.seed * 100 + i) for i, phase in enumerate(PHASES)}
@@ -644,7 +670,7 @@ def run(args: argparse.Namespace, url: str, data: Dataset, work: Path, cache_roo
             try:
                 with deploy(contender, url, data, workdir) as deployment:
                     for phase in PHASES:
-                        row = measure(contender, s, phase, deployment, scripts[phase], database, args.seconds,
+                        row = measure(contender, s, phase, deployment, scripts[phase], url, args.seconds,
                                       args.connections)  # fmt: skip
                         result.rows.append(row)
                         log(f"s={_s(s)} {contender.name} {phase}: {row.load.requests_per_second:,.0f} req/s, "
@@ -808,7 +834,29 @@ def _per_byte(rows: Sequence[Row]) -> list[str]:
             f"served: {sum(1 for ratio, *_ in ratios if ratio > 1)} over 1; median "
             f"{statistics.median(ratio for ratio, *_ in ratios):.2f}, best {ratios[0][0]:.2f}, worst {worst:.2f} "
             f"(s={_s(row.s)} {row.contender}, {row.phase}: bytes fetched {byte_share:.1%} of bytes served, store "
-            f"fetches {store_share:.1%} of requests)"]  # fmt: skip
+            f"fetches {store_share:.1%} of requests)", *_blocks_line(rows, [row for _, row, _ in ratios])]  # fmt: skip
+
+
+def _blocks_line(rows: Sequence[Row], fetching: Sequence[Row]) -> list[str]:
+    """Where PostgreSQL found the blocks: read from outside its shared buffers (``blks_read``) per MB
+    fetched by servefiles' phases, against DB-direct's per MB served (same s, same phase), and each
+    side's shared-buffer hit ratio (medians). A cache in front sends the database its long tail,
+    which its shared buffers are less likely to hold than DB-direct's Zipf head."""
+    mine, theirs, mine_hit, theirs_hit = [], [], [], []
+    for row in fetching:
+        db = _reference(rows, "db", row.s, row.phase)
+        if db is None or not row.fetched_bytes or not db.load.bytes_read or not (db.blocks_read + db.blocks_hit):
+            continue
+        mine.append(row.blocks_read / (row.fetched_bytes / 1e6))
+        theirs.append(db.blocks_read / (db.load.bytes_read / 1e6))
+        mine_hit.append(row.blocks_hit / max(row.blocks_read + row.blocks_hit, 1))
+        theirs_hit.append(db.blocks_hit / (db.blocks_read + db.blocks_hit))
+    if not mine:
+        return []
+    return [f"- reference: PostgreSQL blocks read from outside its shared buffers per MB, medians over the same "
+            f"{len(mine)} phases: servefiles {statistics.median(mine):,.1f} per MB fetched (shared-buffer hit ratio "
+            f"{statistics.median(mine_hit):.1%}), DB-direct {statistics.median(theirs):,.1f} per MB served "
+            f"({statistics.median(theirs_hit):.1%})"]  # fmt: skip
 
 
 def describe(data: Dataset) -> str:
