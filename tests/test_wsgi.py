@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +30,7 @@ import pytest
 
 from servefiles import ServeFilesWSGI, open_store
 from servefiles.cache.disk import DiskCache, DiskEntry
+from servefiles.middleware.wsgi import _OPEN_AT_EXIT
 from servefiles.store.types import FileMeta
 
 from .servers import WsgiFrontend
@@ -310,6 +313,24 @@ def test_an_adapter_left_open_is_closed_at_exit_while_its_threads_still_work(sto
     assert marker.read_text() == "closed", "the service was not closed at exit (or its pool was shut already)"
 
 
+def test_a_closed_adapter_is_not_held_until_exit(store_url: str, tmp_path: Path) -> None:
+    """Closing an adapter lets it go: its exit hook no longer holds it (and its process, its
+    memory tier) until the interpreter exits, so code that starts and closes adapters many times
+    does not grow. An adapter still open is kept for the hook, and closed by it."""
+    before = len(_OPEN_AT_EXIT)
+    refs = []
+    for n in range(3):
+        app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / f"cache-{n}")
+        assert _call(app, "GET", "/media/none.bin")[0].startswith("404")  # its loop runs: a process to close
+        assert len(_OPEN_AT_EXIT) == before + 1
+        app.close()
+        assert len(_OPEN_AT_EXIT) == before
+        refs.append(weakref.ref(app))
+        del app
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None], "a closed adapter is still referenced"
+
+
 def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_503(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -331,6 +352,10 @@ def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_50
         assert time.monotonic() - started < 10
         assert _call(app, "GET", "/_servefiles/health")[0].startswith("503")
     finally:
+        # What the exit hook would have closed, closed here on this thread (the loop no longer runs):
+        # left pending, the service's tasks are destroyed with the adapter once nothing holds it.
+        process.loop.run_until_complete(process.mount.service.close())
+        app.close()
         process.loop.close()
 
 

@@ -174,12 +174,12 @@ class ServeFilesWSGI:
         built = asyncio.run_coroutine_threadsafe(build(), loop).result()
         readers = ThreadPoolExecutor(INPUT_READERS, thread_name_prefix="servefiles-input")
         process = _Process(os.getpid(), loop, thread, built, readers)
-        _at_exit(functools.partial(self._close_process, process))
+        _OPEN_AT_EXIT.add(process, functools.partial(self._close_process, process))
         return process
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], process: _Process | None = None) -> _T:
         """Run a coroutine on this process's loop and wait for it. StoreUnavailable once the loop
-        has stopped (the process is exiting, :func:`_at_exit`): a request thread still running
+        has stopped (the process is exiting, :class:`_ClosedAtExit`): a request thread still running
         then gets a 503 or a cut body, never a wait for a loop that will not run again (Python
         joins those threads after its exit hooks)."""
         process = process or self._current()
@@ -202,6 +202,7 @@ class ServeFilesWSGI:
             return Reply(http.for_error(exc, "read"))
 
     def _close_process(self, process: _Process) -> None:
+        _OPEN_AT_EXIT.discard(process)  # closed: nothing left to hold it (and its tiers) until exit
         if process.pid != os.getpid() or not process.loop.is_running():
             return
         with contextlib.suppress(Exception):
@@ -382,30 +383,70 @@ class _OpenFile:
             os.close(fd)
 
 
-def _at_exit(close: Callable[[], None]) -> None:
-    """Run ``close`` when the interpreter exits, before thread pools stop taking work.
+class _ClosedAtExit:
+    """What must be closed when the interpreter exits (each adapter's open process), run by one
+    exit hook for them all, before thread pools stop taking work.
 
     ``atexit`` runs after ``threading``'s own exit hooks, among them the one that shuts every
     ``concurrent.futures`` pool (the loop's default executor too): a close that then still needs a
     thread (the change feed catching up, the disk index) failed with "cannot schedule new futures
     after shutdown" and logged a traceback as a gunicorn worker exited (seen in the suite: 2 of
     2,186 tests, once). ``threading._register_atexit`` (CPython's own hook for those pools, run in
-    reverse order of registration) runs it before them; where it is missing, or the interpreter is
-    already exiting, ``atexit`` as before."""
-    def close_quietly() -> None:  # threading runs its exit hooks unguarded: one that raised would skip the rest
-        try:
-            close()
-        except BaseException as exc:  # an interrupt during the waits, say: exit anyway
-            logger.warning("servefiles could not close at exit: %s: %s", type(exc).__name__, exc)
+    reverse order of registration) runs the hook before them; where it is missing, or the
+    interpreter is already exiting, ``atexit`` as before.
 
+    One hook, and a process leaves the set when it is closed (:meth:`discard`): a hook per start
+    held every closed adapter, with its memory tier, until exit (code that starts and closes
+    adapters many times, a test suite's, grew without bound)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Callable[[], None]] = {}
+        """id(process) → its close; the close holds the process, so the id is not reused meanwhile."""
+        self._lock = threading.Lock()
+        self._hooked = False
+        # A fork while another thread held the lock would leave the child's copy held for ever.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, process: object, close: Callable[[], None]) -> None:
+        with self._lock:
+            self._open[id(process)] = close
+            if not self._hooked:
+                self._hooked = True
+                _register_at_exit(self._close_all)
+
+    def discard(self, process: object) -> None:
+        with self._lock:
+            self._open.pop(id(process), None)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _close_all(self) -> None:
+        with self._lock:
+            closes = list(self._open.values())
+        for close in reversed(closes):  # the last started first, as separate hooks ran
+            try:  # threading runs its exit hooks unguarded: one that raised would skip the rest
+                close()
+            except BaseException as exc:  # an interrupt during the waits, say: exit anyway
+                logger.warning("servefiles could not close at exit: %s: %s", type(exc).__name__, exc)
+
+
+def _register_at_exit(hook: Callable[[], None]) -> None:
+    """``hook`` at interpreter exit, before the thread pools stop (:class:`_ClosedAtExit`)."""
     register = getattr(threading, "_register_atexit", None)
     if register is not None:
         try:
-            register(close_quietly)
+            register(hook)
             return
         except RuntimeError:  # threading's exit hooks have run already
             pass
-    atexit.register(close_quietly)
+    atexit.register(hook)
+
+
+_OPEN_AT_EXIT = _ClosedAtExit()
 
 
 def _access(mount: Mount, environ: WSGIEnviron, method: str, raw_key: str) -> Decision | None:
