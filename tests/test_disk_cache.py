@@ -25,17 +25,21 @@ from pathlib import Path
 import pytest
 
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
-from servefiles.cache.fill import opened_on_thread
+from servefiles.cache.fill import Fill, Filler, opened_on_thread
+from servefiles.cache.locks import FillLock
 from servefiles.cache.verified import (
     FINE_SETTLE_SECONDS,
     FINE_TICK_NS,
     LOCAL_FILE_SYSTEMS,
     SETTLE_SECONDS,
+    FileStamp,
     VerifiedContents,
     changes_seen_at_once,
 )
 from servefiles.errors import CacheWriteError
 from servefiles.localfs import file_system_type
+from servefiles.metrics import Metrics
+from servefiles.store import open_store
 from servefiles.store.types import FileMeta
 
 from .alarms import alarm
@@ -1160,6 +1164,83 @@ def test_a_file_replaced_by_another_of_the_same_content_is_hashed_again(cache: D
     os.replace(replacement, entry.path)
     assert read_whole(cache, entry) is None
     assert cache.get("a.png") is None
+
+
+def test_a_small_entry_adopted_for_a_cancelled_fill_leaves_no_descriptor_open(
+    cache: DiskCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill that finds its file installed by another process reads a small one whole on a thread
+    (Filler._adopt). Cancelled while that thread opens it (a client gone, a shutdown), the thread
+    runs on: what it opened must be closed, not left to the cancelled caller (it was, when the
+    open and the read were two hops: the descriptor of the first was lost)."""
+    data = os.urandom(5000)
+    entry = put(cache, "a.png", data)
+    started, release = threading.Event(), threading.Event()
+    real_open = cache.open_stamped
+
+    def held_open(entry: DiskEntry, **options: bool) -> tuple[int, FileStamp] | None:
+        started.set()
+        release.wait(5)  # holds the thread inside the open until the caller is cancelled
+        return real_open(entry, **options)
+
+    monkeypatch.setattr(cache, "open_stamped", held_open)
+
+    async def cancel_while_it_opens() -> None:
+        async with open_store(f"sqlite:///{tmp_path / 'files.db'}") as store:
+            filler = Filler(store, cache, None, Metrics(), wait_seconds=5)
+            task = asyncio.ensure_future(filler._adopt(Fill(entry.meta, None, small=True), entry))
+            await asyncio.to_thread(started.wait, 5)
+            task.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # the thread finishes on its own
+                if not open_descriptors_of(entry.path):
+                    break
+                await asyncio.sleep(0.02)
+
+    asyncio.run(cancel_while_it_opens())
+    assert started.is_set()
+    assert open_descriptors_of(entry.path) == [], "the descriptor opened for the cancelled fill was left open"
+
+
+def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sharing the dir with another process, a fill takes the key's fill lock on a thread. Cancelled
+    meanwhile (a shutdown), the thread runs on and takes it: the lock must be let go then, not held
+    until this process exits (every later fill of the key, here or elsewhere, would wait for it)."""
+    started, release = threading.Event(), threading.Event()
+    real_try_acquire = FillLock.try_acquire
+
+    def held_try_acquire(lock: FillLock) -> bool:
+        started.set()
+        release.wait(5)  # holds the thread inside the take until the fill is cancelled
+        return real_try_acquire(lock)
+
+    async def cancel_while_it_locks(cache: DiskCache) -> None:
+        async with open_store(f"sqlite:///{tmp_path / 'files.db'}") as store:
+            filler = Filler(store, cache, None, Metrics(), wait_seconds=5)
+            filler.start(meta_for("k", b"content"))
+            await asyncio.to_thread(started.wait, 5)
+            await filler.close(grace_seconds=0)  # cancels the fill's task
+            release.set()
+            for _ in range(100):  # the thread finishes on its own
+                if real_try_acquire(lock := cache.lock("k")):
+                    lock.release()
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError("the fill lock taken for the cancelled fill is still held")
+
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))
+        cache.open()
+        other = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))  # a second user of the dir
+        other.open()
+        assert not cache.alone()
+        monkeypatch.setattr(FillLock, "try_acquire", held_try_acquire)
+        asyncio.run(cancel_while_it_locks(cache))
+    assert started.is_set()
 
 
 def test_a_descriptor_opened_on_a_thread_for_a_cancelled_caller_is_closed_not_lost(root: Path) -> None:

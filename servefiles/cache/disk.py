@@ -340,6 +340,17 @@ class DiskCache:
             self.drop_damaged(meta)
         return None
 
+    def read_entry(self, entry: DiskEntry) -> bytes | None:
+        """:meth:`open_stamped` then :meth:`read_whole`, in one call: the entry's checked content, or
+        None (gone, or damaged and dropped). No descriptor outlives the call, so a caller on the
+        event loop that runs it on a thread and is cancelled meanwhile loses nothing (the thread
+        runs to its end and closes what it opened)."""
+        opened = self.open_stamped(entry)
+        if opened is None:
+            return None
+        fd, stamp = opened
+        return self.read_whole(entry, fd, stamp)
+
     def check_whole(self, entry: DiskEntry, fd: int, stamp: FileStamp, *, small: bool = True) -> bool:
         """:meth:`read_whole` for a caller that sends the file without reading it (nginx's X-Accel
         path): whether it is intact, read and hashed only if this process has not verified it

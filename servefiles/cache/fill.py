@@ -92,24 +92,42 @@ async def read_fd(fd: int, start: int, end: int, inline: bool, block: int = READ
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
-async def opened_on_thread(open_fd: Callable[[], int | None]) -> int | None:
-    """``open_fd()`` run on a thread: the descriptor it opened (None: none), the caller's to close.
+async def taken_on_thread(take: Callable[[], _T], give_back: Callable[[_T], None]) -> _T:
+    """``take()`` run on a thread: what it took (a descriptor, a lock), the caller's to give back.
 
     If the caller is cancelled meanwhile (a client gone, a shutdown), the thread still runs to its
-    end, and the descriptor it then returns is closed instead of lost: a whole large file hashed
-    on that thread (:meth:`DiskCache.open_checked`) is a long window for it."""
-    opening = asyncio.ensure_future(asyncio.to_thread(open_fd))
+    end, and what it then took is given back (``give_back(result)``, on the loop) instead of lost:
+    a descriptor left open, a fill lock held until the process exits (every later fill of that key,
+    here and in the other processes, would wait for it in vain)."""
+    taking = asyncio.ensure_future(asyncio.to_thread(take))
     try:
-        return await asyncio.shield(opening)
+        return await asyncio.shield(taking)
     except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
+        taking.add_done_callback(functools.partial(_give_back, give_back))
         raise
 
 
-def _close_opened(opening: asyncio.Future[int | None]) -> None:
-    fd = None if opening.cancelled() or opening.exception() is not None else opening.result()
+def _give_back(give_back: Callable[[_T], None], taking: asyncio.Future[_T]) -> None:
+    if not taking.cancelled() and taking.exception() is None:
+        give_back(taking.result())
+
+
+async def opened_on_thread(open_fd: Callable[[], int | None]) -> int | None:
+    """``open_fd()`` run on a thread (:func:`taken_on_thread`): the descriptor it opened (None:
+    none), the caller's to close; closed instead of lost if the caller is cancelled meanwhile (a
+    whole large file hashed on that thread, :meth:`DiskCache.open_checked`, is a long window)."""
+    return await taken_on_thread(open_fd, _close_fd)
+
+
+def _close_fd(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
+
+
+async def lock_taken_on_thread(lock: FillLock) -> bool:
+    """``lock.try_acquire()`` on a thread (:func:`taken_on_thread`): whether it is held now; let go
+    again if the caller is cancelled meanwhile."""
+    return await taken_on_thread(lock.try_acquire, lambda taken: lock.release() if taken else None)
 
 
 def _read_cached(fd: int, want: int, pos: int) -> bytes | None:
@@ -355,7 +373,7 @@ class Filler:
                 await self._adopt(fill, entry)
                 fill.finish()
                 return
-            locked = await asyncio.to_thread(lock.try_acquire)
+            locked = await lock_taken_on_thread(lock)
             entry = None
             if not locked:
                 entry, locked = await self._wait_for_other_process(fill, lock)
@@ -394,7 +412,7 @@ class Filler:
             entry = await asyncio.to_thread(self._current_entry, fill.meta)
             if entry is not None:
                 return entry, False
-            if await asyncio.to_thread(lock.try_acquire):
+            if await lock_taken_on_thread(lock):
                 return None, True
         return None, False
 
@@ -410,13 +428,10 @@ class Filler:
             fill.fd = fd
             fill.written = entry.meta.size
             return
-        opened = await asyncio.to_thread(self.disk.open_stamped, entry)
-        if opened is None:
-            return
-        fd, stamp = opened
-        body = await asyncio.to_thread(self.disk.read_whole, entry, fd, stamp)
+        # Opened and read in one hop: cancelled between two, the descriptor opened by the first was lost.
+        body = await asyncio.to_thread(self.disk.read_entry, entry)
         if body is None:
-            return  # damaged, and dropped: the waiters read the store
+            return  # gone, or damaged and dropped: the waiters read the store
         fill.body = body
         self._remember(fill)
         fill.written = entry.meta.size
