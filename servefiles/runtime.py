@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from . import defaults
 from .cache.admission import RIVALS, Admission
-from .cache.disk import DiskCache
+from .cache.disk import DiskCache, StartupReport
 from .cache.fill import Filler
 from .cache.memory import MemoryTier
 from .errors import StoreUnavailable
@@ -108,6 +108,9 @@ class Runtime:
         self._past_feed_failures = 0
         """The failures of feeds closed before the current one (a restart makes a new feed)."""
         self._started: asyncio.Future[None] | None = None
+        self._opening: asyncio.Future[StartupReport] | None = None
+        """The disk tier's open on its thread: a close waits for it (cancelling the start-up does not
+        stop the thread, and a disk opened after the close would stay open)."""
         self.state: State = "not started"
         """Where the life cycle is, for the health report (which must answer in every state)."""
         self._background: set[asyncio.Task[None]] = set()
@@ -150,7 +153,8 @@ class Runtime:
                 assert self._url is not None
                 self._store = await connect(self._url, self._read_url)
             self._store_answered = True
-            report = await asyncio.to_thread(self.disk.open)
+            opening = self._opening = asyncio.ensure_future(asyncio.to_thread(self.disk.open))
+            report = await asyncio.shield(opening)
         except BaseException as exc:
             self._started = None  # let a later request try again (the database may come back)
             if self.state == "starting":
@@ -265,6 +269,9 @@ class Runtime:
         if starting is not None and not starting.done():
             starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
             await asyncio.wait([starting])
+        if self._opening is not None:  # a disk open still running on its thread ends before the close
+            await asyncio.wait([self._opening])
+            self._opening = None
         self._store_answered = False
         if self.feed is not None:
             await self.feed.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from servefiles import ServeFiles
 from servefiles.cache.disk import TEMP_PREFIX, DiskCache, DiskEntry, StartupReport
 from servefiles.cache.fill import Fill, Filler, opened_on_thread
 from servefiles.cache.locks import FillLock
@@ -1241,6 +1242,40 @@ def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
         monkeypatch.setattr(FillLock, "try_acquire", held_try_acquire)
         asyncio.run(cancel_while_it_locks(cache))
     assert started.is_set()
+
+
+def test_a_service_closed_while_its_disk_tier_opens_leaves_the_tier_closed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk tier opens on a thread at start-up (a large dir's index takes a while). A close
+    meanwhile (a deploy that stops a frontend as it starts) cancels the start-up, but not the thread:
+    the close must wait for that open and then close the tier, not close first and leave the tier
+    opened afterwards (its index writer running, its membership of the dir held)."""
+    started, release = threading.Event(), threading.Event()
+    real_open = DiskCache.open
+
+    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
+        started.set()
+        release.wait(5)  # holds the thread before the open until the close has begun
+        return real_open(cache, sweep)
+
+    monkeypatch.setattr(DiskCache, "open", held_open)
+
+    async def close_while_it_opens() -> DiskCache:
+        app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
+        starting = asyncio.ensure_future(app.service.start())
+        await asyncio.to_thread(started.wait, 5)
+        closing = asyncio.ensure_future(app.aclose())
+        await asyncio.sleep(0.1)  # the close has cancelled the start-up and reached the disk tier
+        release.set()
+        await closing
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return app.service.runtime.disk
+
+    disk = asyncio.run(close_while_it_opens())
+    assert started.is_set()
+    assert not disk.is_open, "the disk tier opened after the service was closed"
 
 
 def test_a_descriptor_opened_on_a_thread_for_a_cancelled_caller_is_closed_not_lost(root: Path) -> None:
