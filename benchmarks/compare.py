@@ -252,7 +252,7 @@ def _nginx_rows(result: Run, url: str, files: dict[str, bytes], work: Path, seco
         port = free_port()
         cache, published = work / f"c-nginx-{mode}", work / f"p-nginx-{mode}"
         blocks.append((f"nginx + servefiles, {mode}", mode, port,
-                       serve(url, cache, "--nginx", mode, "--publish-dir", str(published))))
+                       serve(url, cache, "--nginx", mode, "--publish-dir", str(published))))  # fmt: skip
     for name, block, port, command in blocks:
         upstream = Server(command) if command is not None else None
         if upstream is not None:

@@ -450,7 +450,8 @@ def machine_ticks() -> tuple[int, int]:
 
 def snapshot(deployment: Deployment, url: str, start: bool) -> Snapshot:
     """CPU times and counters; the scrape and the block counts stay outside the CPU window (before
-    it at the start of a phase, after it at the end: their own backend is gone by then)."""
+    it at the start of a phase, after it at the end). The block counts' own connection is closed
+    before the CPU is read; its backend may outlive the close by a moment (negligible)."""
     counters = scrape(deployment.metrics) if deployment.metrics and start else {}
     blocks = asyncio.run(database_blocks(url)) if start else (0, 0)
     taken = Snapshot(sum(server.cpu_seconds() for server in deployment.servers),

@@ -127,7 +127,10 @@ class Runtime:
     async def start(self) -> None:
         """Open the store and the disk tier and follow the feed; runs once, however many requests race to it.
 
-        Raises :class:`StoreUnavailable` when the database cannot be reached (a later call tries again)."""
+        Raises :class:`StoreUnavailable` when the database cannot be reached (a later call tries again)
+        or while :meth:`close` runs (a start then would open what the close has just closed)."""
+        if self.state == "stopping":
+            raise StoreUnavailable("servefiles is closing")
         if self._started is None:
             self._started = asyncio.ensure_future(self._start())
         await asyncio.shield(self._started)
@@ -139,8 +142,9 @@ class Runtime:
         task.add_done_callback(self._background.discard)
 
     def _start_soon(self) -> None:
-        """Begin :meth:`start` without waiting for it (a failure is kept for the health report)."""
-        if self._started is None:
+        """Begin :meth:`start` without waiting for it (a failure is kept for the health report); not
+        while :meth:`close` runs."""
+        if self._started is None and self.state != "stopping":
             self._started = asyncio.ensure_future(self._start())
             self._started.add_done_callback(lambda done: done.cancelled() or done.exception())
 
@@ -269,9 +273,10 @@ class Runtime:
         if starting is not None and not starting.done():
             starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
             await asyncio.wait([starting])
-        if self._opening is not None:  # a disk open still running on its thread ends before the close
-            await asyncio.wait([self._opening])
-            self._opening = None
+        opening = self._opening
+        if opening is not None:  # a disk open still running on its thread ends before the close
+            await asyncio.wait([opening])
+            self._opening = None  # none can begin meanwhile: start() refuses while stopping
         self._store_answered = False
         if self.feed is not None:
             await self.feed.close()

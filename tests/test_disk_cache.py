@@ -37,6 +37,7 @@ from servefiles.cache.verified import (
     VerifiedContents,
     changes_seen_at_once,
 )
+from servefiles.cache.writer import DiskWriter
 from servefiles.errors import CacheWriteError
 from servefiles.localfs import file_system_type
 from servefiles.metrics import Metrics
@@ -44,6 +45,7 @@ from servefiles.store import open_store
 from servefiles.store.types import FileMeta
 
 from .alarms import alarm
+from .asgi_servers import asgi_request
 from .tools import open_descriptors_of
 
 MiB = 1024 * 1024
@@ -1171,7 +1173,7 @@ def test_a_small_entry_adopted_for_a_cancelled_fill_leaves_no_descriptor_open(
     cache: DiskCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fill that finds its file installed by another process reads a small one whole on a thread
-    (Filler._adopt). Cancelled while that thread opens it (a client gone, a shutdown), the thread
+    (Filler._adopt). Cancelled while that thread opens it (a shutdown: Filler.close), the thread
     runs on: what it opened must be closed, not left to the cancelled caller (it was, when the
     open and the read were two hops: the descriptor of the first was lost)."""
     data = os.urandom(5000)
@@ -1195,9 +1197,9 @@ def test_a_small_entry_adopted_for_a_cancelled_fill_leaves_no_descriptor_open(
             release.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(100):  # the thread finishes on its own
-                if not open_descriptors_of(entry.path):
-                    break
+            for _ in range(100):  # the thread finishes on its own (it may not have opened the file yet:
+                if not open_descriptors_of(entry.path):  # the check that counts is the one below, after
+                    break  # asyncio.run, which waits for the loop's threads)
                 await asyncio.sleep(0.02)
 
     asyncio.run(cancel_while_it_opens())
@@ -1211,13 +1213,16 @@ def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
     """Sharing the dir with another process, a fill takes the key's fill lock on a thread. Cancelled
     meanwhile (a shutdown), the thread runs on and takes it: the lock must be let go then, not held
     until this process exits (every later fill of the key, here or elsewhere, would wait for it)."""
-    started, release = threading.Event(), threading.Event()
+    started, release, taken = threading.Event(), threading.Event(), threading.Event()
     real_try_acquire = FillLock.try_acquire
 
     def held_try_acquire(lock: FillLock) -> bool:
         started.set()
         release.wait(5)  # holds the thread inside the take until the fill is cancelled
-        return real_try_acquire(lock)
+        try:
+            return real_try_acquire(lock)
+        finally:
+            taken.set()
 
     async def cancel_while_it_locks(cache: DiskCache) -> None:
         async with open_store(f"sqlite:///{tmp_path / 'files.db'}") as store:
@@ -1226,12 +1231,7 @@ def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
             await asyncio.to_thread(started.wait, 5)
             await filler.close(grace_seconds=0)  # cancels the fill's task
             release.set()
-            for _ in range(100):  # the thread finishes on its own
-                if real_try_acquire(lock := cache.lock("k")):
-                    lock.release()
-                    return
-                await asyncio.sleep(0.02)
-            raise AssertionError("the fill lock taken for the cancelled fill is still held")
+            assert await asyncio.to_thread(taken.wait, 5)  # the thread has taken the lock (or failed to)
 
     with contextlib.ExitStack() as stack:
         cache = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))
@@ -1241,6 +1241,9 @@ def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
         assert not cache.alone()
         monkeypatch.setattr(FillLock, "try_acquire", held_try_acquire)
         asyncio.run(cancel_while_it_locks(cache))
+        lock = cache.lock("k")
+        assert real_try_acquire(lock), "the fill lock taken for the cancelled fill is still held"
+        lock.release()
     assert started.is_set()
 
 
@@ -1276,6 +1279,125 @@ def test_a_service_closed_while_its_disk_tier_opens_leaves_the_tier_closed(
     disk = asyncio.run(close_while_it_opens())
     assert started.is_set()
     assert not disk.is_open, "the disk tier opened after the service was closed"
+
+
+def test_a_start_asked_for_while_the_service_closes_is_refused(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a close waits for the disk tier's open, a request must not start the service again:
+    that start would open the tier a second time, after the close, and leave it open. It gets a 503
+    (the service is closing), the tier is opened once, and closed at the end."""
+    started, release = threading.Event(), threading.Event()
+    opens: list[int] = []
+    real_open = DiskCache.open
+
+    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
+        opens.append(1)
+        started.set()
+        release.wait(5)
+        return real_open(cache, sweep)
+
+    monkeypatch.setattr(DiskCache, "open", held_open)
+
+    async def ask_while_it_closes() -> tuple[int, ServeFiles]:
+        app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
+        starting = asyncio.ensure_future(app.service.start())
+        await asyncio.to_thread(started.wait, 5)
+        closing = asyncio.ensure_future(app.aclose())
+        await asyncio.sleep(0.1)  # the close now waits for the open
+        asked = await asgi_request(app, "GET", b"/media/a.png")
+        release.set()
+        await closing
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return asked.status, app
+
+    status, app = asyncio.run(ask_while_it_closes())
+    assert status == 503
+    assert len(opens) == 1, "the service was started again during its close"
+    assert not app.service.runtime.disk.is_open
+    assert app.service.runtime.state == "stopped"
+
+
+def test_a_fill_cancelled_while_a_thread_commits_its_file_aborts_it_only_after(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sharing the dir, a fill's writes and commit run on a thread. A close that cancels the fill
+    meanwhile must let that step end before the fill aborts its writer: an abort beside a running
+    commit closed the writer's descriptor under it (the commit then closed it again, maybe someone
+    else's by then)."""
+    data = os.urandom(300_000)
+    events: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    real_commit, real_abort = DiskWriter.commit, DiskWriter.abort
+
+    def held_commit(writer: DiskWriter) -> DiskEntry:
+        events.append("commit begins")
+        started.set()
+        release.wait(5)
+        try:
+            return real_commit(writer)
+        finally:
+            events.append("commit ends")
+
+    def recorded_abort(writer: DiskWriter) -> None:
+        events.append("abort")
+        real_abort(writer)
+
+    async def cancel_while_it_commits(cache: DiskCache) -> None:
+        async with open_store(f"sqlite:///{tmp_path / 'files.db'}") as store:
+            await store.put("k", data)
+            meta = await store.stat("k")
+            assert meta is not None
+            filler = Filler(store, cache, None, Metrics(), wait_seconds=5)
+            filler.start(meta)
+            await asyncio.to_thread(started.wait, 5)
+            closing = asyncio.ensure_future(filler.close(grace_seconds=0))  # cancels the fill
+            await asyncio.sleep(0.1)
+            release.set()
+            await closing
+
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))
+        cache.open()
+        other = stack.enter_context(contextlib.closing(DiskCache(root, MiB)))  # a second user of the dir
+        other.open()
+        monkeypatch.setattr(DiskWriter, "commit", held_commit)
+        monkeypatch.setattr(DiskWriter, "abort", recorded_abort)
+        asyncio.run(cancel_while_it_commits(cache))
+    assert events[:2] == ["commit begins", "commit ends"], events
+
+
+def test_a_descriptor_taken_for_a_caller_cancelled_as_its_loop_ends_is_still_closed(root: Path) -> None:
+    """``asyncio.run`` cancels whatever is pending as it ends, the work a cancelled caller left on a
+    thread included: what that thread opens afterwards must still be closed (the loop will not run
+    a callback for it again)."""
+    path = root / "file"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"bytes")
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_open() -> int:
+        started.set()
+        release.wait(5)
+        try:
+            return os.open(path, os.O_RDONLY)
+        finally:
+            finished.set()
+
+    async def leave_while_it_opens() -> None:
+        caller = asyncio.ensure_future(opened_on_thread(slow_open))
+        await asyncio.to_thread(started.wait, 5)
+        threading.Timer(0.2, release.set).start()  # the thread ends after the loop has begun to end
+        assert not caller.done()  # still waiting as the loop ends: asyncio.run cancels it
+
+    asyncio.run(leave_while_it_opens())
+    assert finished.wait(5)
+    for _ in range(50):  # the thread closes it itself, just after
+        if not open_descriptors_of(path):
+            break
+        time.sleep(0.02)
+    assert open_descriptors_of(path) == [], "the descriptor opened for the cancelled caller was left open"
 
 
 def test_a_descriptor_opened_on_a_thread_for_a_cancelled_caller_is_closed_not_lost(root: Path) -> None:

@@ -354,9 +354,13 @@ def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_50
     finally:
         # What the exit hook would have closed, closed here on this thread (the loop no longer runs):
         # left pending, the service's tasks are destroyed with the adapter once nothing holds it.
-        process.loop.run_until_complete(process.mount.service.close())
-        app.close()
-        process.loop.close()
+        try:
+            process.loop.run_until_complete(process.mount.service.close())
+        finally:
+            try:
+                app.close()
+            finally:
+                process.loop.close()
 
 
 def test_a_small_miss_answers_the_request_thread_before_its_write_behind(

@@ -327,9 +327,9 @@ class DiskCache:
         that adopts another process's entry, nginx's X-Accel path): hashed the first time this
         process reads that very file, not again while its stamp is unchanged (verified.py)."""
         meta = entry.meta
-        vouched = self.vouched(entry, stamp)
-        read_at = 0.0 if vouched else time.time()
         try:
+            vouched = self.vouched(entry, stamp)
+            read_at = 0.0 if vouched else time.time()
             data = os.pread(fd, meta.size, 0)
         finally:
             os.close(fd)

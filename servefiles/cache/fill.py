@@ -37,6 +37,7 @@ from ..localfs import open_regular
 from ..metrics import Metrics
 from ..store import Store
 from ..store.types import FileMeta, Head
+from ..threadwork import finished_on_thread, taken_on_thread
 from .disk import DiskCache
 from .layout import DiskEntry
 from .locks import FillLock
@@ -82,7 +83,7 @@ async def read_fd(fd: int, start: int, end: int, inline: bool, block: int = READ
         want = min(block, end - pos)
         data = os.pread(fd, want, pos) if inline or want <= INLINE_READ else _read_cached(fd, want, pos)
         if data is None:
-            data = await asyncio.to_thread(os.pread, fd, want, pos)
+            data = await finished_on_thread(os.pread, fd, want, pos)  # fd is the caller's: never closed under it
         if not data:
             raise OSError(f"cache file ended at byte {pos} of {end}")
         pos += len(data)
@@ -92,30 +93,11 @@ async def read_fd(fd: int, start: int, end: int, inline: bool, block: int = READ
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
-async def taken_on_thread(take: Callable[[], _T], give_back: Callable[[_T], None]) -> _T:
-    """``take()`` run on a thread: what it took (a descriptor, a lock), the caller's to give back.
-
-    If the caller is cancelled meanwhile (a client gone, a shutdown), the thread still runs to its
-    end, and what it then took is given back (``give_back(result)``, on the loop) instead of lost:
-    a descriptor left open, a fill lock held until the process exits (every later fill of that key,
-    here and in the other processes, would wait for it in vain)."""
-    taking = asyncio.ensure_future(asyncio.to_thread(take))
-    try:
-        return await asyncio.shield(taking)
-    except asyncio.CancelledError:
-        taking.add_done_callback(functools.partial(_give_back, give_back))
-        raise
-
-
-def _give_back(give_back: Callable[[_T], None], taking: asyncio.Future[_T]) -> None:
-    if not taking.cancelled() and taking.exception() is None:
-        give_back(taking.result())
-
-
 async def opened_on_thread(open_fd: Callable[[], int | None]) -> int | None:
-    """``open_fd()`` run on a thread (:func:`taken_on_thread`): the descriptor it opened (None:
-    none), the caller's to close; closed instead of lost if the caller is cancelled meanwhile (a
-    whole large file hashed on that thread, :meth:`DiskCache.open_checked`, is a long window)."""
+    """``open_fd()`` run on a thread (:func:`~servefiles.threadwork.taken_on_thread`): the
+    descriptor it opened (None: none), the caller's to close; closed instead of lost if the caller
+    is cancelled meanwhile (a whole large file hashed on that thread, :meth:`DiskCache.open_checked`,
+    is a long window)."""
     return await taken_on_thread(open_fd, _close_fd)
 
 
@@ -125,8 +107,8 @@ def _close_fd(fd: int | None) -> None:
 
 
 async def lock_taken_on_thread(lock: FillLock) -> bool:
-    """``lock.try_acquire()`` on a thread (:func:`taken_on_thread`): whether it is held now; let go
-    again if the caller is cancelled meanwhile."""
+    """``lock.try_acquire()`` on a thread (:func:`~servefiles.threadwork.taken_on_thread`): whether
+    it is held now; let go again if the caller is cancelled meanwhile."""
     return await taken_on_thread(lock.try_acquire, lambda taken: lock.release() if taken else None)
 
 
@@ -394,7 +376,9 @@ class Filler:
             self._fills.pop((meta.key, meta.revision), None)
             self.metrics.fills.observe(time.perf_counter() - started)
             if locked and lock is not None:
-                await asyncio.to_thread(lock.release)
+                # On the loop (an unlink and a close): a thread's work item, queued behind others when
+                # a close cancels this task again, would be dropped, and the lock held until exit.
+                lock.release()
 
     def _current_entry(self, meta: FileMeta) -> DiskEntry | None:
         entry = self.disk.find(meta.key)
@@ -419,7 +403,7 @@ class Filler:
     async def _adopt(self, fill: Fill, entry: DiskEntry) -> None:
         """Serve the waiters from an entry that is already on disk, checked as a disk hit's is: the
         entry another process just installed may share a file that was in place already, and no one
-        here hashed that. A small one is read whole (:meth:`DiskCache.read_whole`), a large one
+        here hashed that. A small one is read whole (:meth:`DiskCache.read_entry`), a large one
         hashed in blocks (:meth:`DiskCache.check_open`)."""
         if not fill.small:
             fd = await opened_on_thread(functools.partial(self.disk.open_checked, entry))
@@ -495,21 +479,27 @@ class Filler:
             self.memory.offer(fill.meta.key, MemoryEntry(fill.file, fill.body))
 
     async def _on_disk(
-        self, meta: FileMeta, call: Callable[..., _T], *args: object, limit: int = INLINE_WRITE_BYTES
-    ) -> _T:
+        self, meta: FileMeta, call: Callable[..., _T], *args: object, limit: int = INLINE_WRITE_BYTES,
+        give_back: Callable[[_T], None] | None = None,
+    ) -> _T:  # fmt: skip
         """``call(*args)``, a step of writing ``meta``'s cache file: on the loop for a file of at
         most ``limit`` bytes in a cache dir this process has to itself (sharing it, an install
         waits for SQLite's write lock, which another process may hold for long), else on a
         thread. ``limit``: :data:`INLINE_WRITE_BYTES` for a step that may touch the whole file
         (a whole write, a commit, which may hash a file already in place to share it);
-        :data:`INLINE_STREAM_BYTES` for one chunk of a streamed fill."""
+        :data:`INLINE_STREAM_BYTES` for one chunk of a streamed fill. ``give_back``: for a step that
+        makes something (a writer): how to undo it if the fill is cancelled while the thread runs.
+        A fill cancelled during a step on a thread goes on only once that step has ended."""
         if meta.size <= limit and self.disk.alone():
             return call(*args)
-        return await asyncio.to_thread(call, *args)
+        if give_back is not None:  # what it makes is given back if the fill is cancelled meanwhile
+            return await taken_on_thread(functools.partial(call, *args), give_back)
+        # A cancelled fill aborts its writer: only once this step has ended.
+        return await finished_on_thread(call, *args)
 
     async def _begin(self, meta: FileMeta) -> DiskWriter | None:
         try:
-            return await self._on_disk(meta, self.disk.begin, meta)
+            return await self._on_disk(meta, self.disk.begin, meta, give_back=DiskWriter.abort)
         except CacheWriteError as exc:
             self._count_failure(meta, exc)
             return None

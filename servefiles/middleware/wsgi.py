@@ -183,7 +183,11 @@ class ServeFilesWSGI:
         then gets a 503 or a cut body, never a wait for a loop that will not run again (Python
         joins those threads after its exit hooks)."""
         process = process or self._current()
-        future = asyncio.run_coroutine_threadsafe(coroutine, process.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, process.loop)
+        except RuntimeError:  # the loop is closed: the process is exiting (_close_process)
+            coroutine.close()  # never started: no "never awaited" warning
+            raise StoreUnavailable("servefiles is closing") from None
         while True:
             try:
                 return future.result(timeout=LOOP_CHECK_SECONDS)
@@ -205,11 +209,20 @@ class ServeFilesWSGI:
         _OPEN_AT_EXIT.discard(process)  # closed: nothing left to hold it (and its tiers) until exit
         if process.pid != os.getpid() or not process.loop.is_running():
             return
+        loop = process.loop
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(process.mount.service.close(), process.loop).result(timeout=10)
-        process.loop.call_soon_threadsafe(process.loop.stop)
+            asyncio.run_coroutine_threadsafe(process.mount.service.close(), loop).result(timeout=10)
+        with contextlib.suppress(Exception):  # the loop's own threads end with it (asyncio.run does the same)
+            asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
         process.thread.join(timeout=10)
         process.readers.shutdown(wait=False, cancel_futures=True)
+        # The service's close may have given up above (a disk tier still opening after 10 s): the
+        # tier's own close waits for that open, then closes it; it does nothing if it is closed.
+        with contextlib.suppress(Exception):
+            process.mount.service.runtime.disk.close()
+        if not process.thread.is_alive():
+            loop.close()
 
     def close(self) -> None:
         """Stop this process's loop, closing the store and the disk index (also run at exit)."""
@@ -409,15 +422,16 @@ class _ClosedAtExit:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._open.clear()  # the parent's processes: not this one's to close
 
-    def add(self, process: object, close: Callable[[], None]) -> None:
+    def add(self, process: _Process, close: Callable[[], None]) -> None:
         with self._lock:
             self._open[id(process)] = close
             if not self._hooked:
                 self._hooked = True
                 _register_at_exit(self._close_all)
 
-    def discard(self, process: object) -> None:
+    def discard(self, process: _Process) -> None:
         with self._lock:
             self._open.pop(id(process), None)
 
@@ -427,6 +441,7 @@ class _ClosedAtExit:
     def _close_all(self) -> None:
         with self._lock:
             closes = list(self._open.values())
+            self._hooked = False  # an adapter started after this (from another exit hook) hooks again
         for close in reversed(closes):  # the last started first, as separate hooks ran
             try:  # threading runs its exit hooks unguarded: one that raised would skip the rest
                 close()

@@ -18,6 +18,7 @@ a wrong byte (nginx's If-None-Match and If-Range never match the content hash).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ from ..keys import canonical_key
 from ..service import PREPARED_CACHE_ENTRIES, FileService, Reply
 from ..shared_lru import SharedLRU
 from ..store.types import FileMeta
+from ..threadwork import finished_on_thread
 from .config import TREE_LOCATION
 from .redirect import ACCEL_BLOCKERS, accel_redirect
 from .tree import PublishedTree
@@ -261,7 +263,7 @@ class AccelLayer:
                 return None  # damaged in place, and dropped: the file service refetches it
         elif files.disk.vouched(entry, stamp):
             os.close(fd)
-        elif not await asyncio.to_thread(files.disk.check_whole, entry, fd, stamp, small=False):
+        elif not await finished_on_thread(functools.partial(files.disk.check_whole, small=False), entry, fd, stamp):
             return None  # too large to hash on the loop; damaged, and dropped: refetched
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
