@@ -267,33 +267,37 @@ class Runtime:
             logger.warning("disk cache: could not drop %s: %s", key, exc, extra={"key": key})
 
     async def close(self) -> None:
-        """Stop the feed, background work and fills; close a store opened here and the disk index."""
+        """Stop the feed, background work and fills; close a store opened here and the disk index.
+        However it ends (a hook that raises, a close cancelled), the disk index is closed and the
+        state is "stopped", from which :meth:`start` may run again."""
         self.state = "stopping"
-        starting = self._started
-        if starting is not None and not starting.done():
-            starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
-            await asyncio.wait([starting])
-        opening = self._opening
-        if opening is not None:  # a disk open still running on its thread ends before the close
-            await asyncio.wait([opening])
-            self._opening = None  # none can begin meanwhile: start() refuses while stopping
-        self._store_answered = False
-        if self.feed is not None:
-            await self.feed.close()
-            self._past_feed_failures += self.feed.failures
-            self.feed = self.view.feed = None
-        for task in list(self._background):
-            task.cancel()
-        if self.filler is not None:
-            await self.filler.close()
-        if self._url is not None and self._store is not None:
-            store, self._store = self._store, None
-            await store.close()
-        for hook in self.hooks.after_close:
-            await asyncio.to_thread(hook)
-        self.disk.close()
-        self._started = None
-        self.state = "stopped"
+        try:
+            starting = self._started
+            if starting is not None and not starting.done():
+                starting.cancel()  # a start-up still waiting on the database: nothing to wait for now
+                await asyncio.wait([starting])
+            opening = self._opening
+            if opening is not None:  # a disk open still running on its thread ends before the close
+                await asyncio.wait([opening])
+                self._opening = None  # none can begin meanwhile: start() refuses while stopping
+            self._store_answered = False
+            if self.feed is not None:
+                await self.feed.close()
+                self._past_feed_failures += self.feed.failures
+                self.feed = self.view.feed = None
+            for task in list(self._background):
+                task.cancel()
+            if self.filler is not None:
+                await self.filler.close()
+            if self._url is not None and self._store is not None:
+                store, self._store = self._store, None
+                await store.close()
+            for hook in self.hooks.after_close:
+                await asyncio.to_thread(hook)
+        finally:
+            self.disk.close()  # waits for an open still on its thread (its lock) if the wait above was cut
+            self._started = None
+            self.state = "stopped"
 
     def health(self) -> dict[str, Any]:
         """The detailed liveness report (:func:`servefiles.probes.health_report` of :meth:`probe`)."""

@@ -9,8 +9,7 @@ while its last write is still going). Two ways out, one per kind of work:
 - :func:`taken_on_thread`: the work takes something the caller must give back. If the caller is
   cancelled, it is given back exactly once, by whichever side sees it last (the thread, once its
   work ends, or the caller, if the work had ended already), so nothing depends on the event loop
-  running again (``asyncio.run`` cancels what is pending as it ends; the WSGI adapter stops its
-  loop at exit).
+  running again (``asyncio.run`` cancels what is pending as it ends, then runs no callback).
 - :func:`finished_on_thread`: the work uses something the caller owns. If the caller is
   cancelled, it waits for the thread to end before the cancellation goes on, so its cleanup never
   runs beside that work.
@@ -22,7 +21,10 @@ cancelled (cancelling one still queued drops the work item, and with it a close 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
@@ -30,6 +32,8 @@ from typing import Generic, TypeVar, cast
 __all__ = ["finished_on_thread", "taken_on_thread"]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("servefiles")
 
 
 class _Handover(Generic[_T]):
@@ -49,8 +53,8 @@ async def taken_on_thread(take: Callable[[], _T], give_back: Callable[[_T], None
 
     If the caller is cancelled meanwhile (a shutdown), ``give_back(result)`` runs once the work
     has ended: on the thread if it was still running, at once on the caller's side if it had
-    ended. An exception from ``take`` took nothing and is the caller's (or dropped, if it left).
-    An exception from ``give_back`` run on the thread is lost with the thread's result."""
+    ended. An exception from ``take`` took nothing and is the caller's (or dropped, if it left);
+    one from ``give_back`` is logged, and the cancellation goes on."""
     handover: _Handover[_T] = _Handover()
 
     def run() -> _T:
@@ -59,28 +63,43 @@ async def taken_on_thread(take: Callable[[], _T], give_back: Callable[[_T], None
             if not handover.abandoned:
                 handover.result, handover.has_result = taken, True
                 return taken
-        give_back(taken)  # the caller is gone: nobody else will
+        _give_back_quietly(give_back, taken)  # the caller is gone: nobody else will
         return taken
 
-    running = asyncio.get_running_loop().run_in_executor(None, run)
+    running = _on_executor(run)
     try:
         return await asyncio.shield(running)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled, or the task torn down: the caller will not take it
         with handover.lock:
             handover.abandoned = True
             taken, owed = handover.result, handover.has_result
         if owed:
-            give_back(cast(_T, taken))  # has_result: the thread's own result
+            _give_back_quietly(give_back, cast(_T, taken))  # has_result: the thread's own result
         raise
+
+
+def _give_back_quietly(give_back: Callable[[_T], None], taken: _T) -> None:
+    try:
+        give_back(taken)
+    except Exception as exc:  # never instead of the cancellation, nor lost without a word
+        logger.warning("could not give back what a thread took for a cancelled caller: %s: %s", type(exc).__name__, exc)
 
 
 async def finished_on_thread(call: Callable[..., _T], *args: object) -> _T:
     """``call(*args)`` on a thread. If the caller is cancelled meanwhile, the cancellation waits
     for the thread to end (and then goes on, the result dropped): the caller's cleanup of what the
     call uses (a writer it aborts, a descriptor it closes) never runs beside it."""
-    running = asyncio.get_running_loop().run_in_executor(None, functools.partial(call, *args))
+    running = _on_executor(functools.partial(call, *args))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        await asyncio.wait([running])
+        while not running.done():  # cancelled again meanwhile (a close itself cancelled): still wait
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([running])
         raise
+
+
+def _on_executor(work: Callable[[], _T]) -> asyncio.Future[_T]:
+    """``work()`` on the loop's default executor, in a copy of the caller's context (as
+    ``asyncio.to_thread`` runs it: log records keep what the app put in context variables)."""
+    return asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, work)

@@ -1319,6 +1319,31 @@ def test_a_start_asked_for_while_the_service_closes_is_refused(
     assert app.service.runtime.state == "stopped"
 
 
+def test_a_close_that_fails_part_way_still_closes_the_disk_tier_and_may_start_again(tmp_path: Path) -> None:
+    """A close cut short (an after-close hook that raises) ends "stopped" with the disk tier closed:
+    left "stopping", every later start would be refused (a 503 for good)."""
+
+    def failing_hook() -> None:
+        raise OSError("the hook failed")
+
+    async def close_then_start() -> ServeFiles:
+        app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=tmp_path / "cache")
+        await app.service.start()
+        app.service.runtime.hooks.after_close.append(failing_hook)
+        with pytest.raises(OSError, match="the hook failed"):
+            await app.service.runtime.close()
+        assert app.service.runtime.state == "stopped"
+        assert not app.service.runtime.disk.is_open
+        app.service.runtime.hooks.after_close.remove(failing_hook)
+        await app.service.start()  # starts again
+        assert app.service.runtime.running
+        await app.aclose()
+        return app
+
+    app = asyncio.run(close_then_start())
+    assert app.service.runtime.state == "stopped"
+
+
 def test_a_fill_cancelled_while_a_thread_commits_its_file_aborts_it_only_after(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

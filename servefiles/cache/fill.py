@@ -430,8 +430,8 @@ class Filler:
         if writer is None:
             fill.finish()  # no disk copy at all: every waiter reads the store
             return
-        fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
         try:
+            fill.fd = open_regular(writer.path)  # our temp file: still, never follow or block
             written = True
             async for chunk in self._source(fill):
                 written = await self._write(writer, chunk, fill) is not None
@@ -458,7 +458,8 @@ class Filler:
         if len(fill.body) == meta.size:
             self._remember(fill)
         try:
-            await asyncio.shield(self._on_disk(meta, self.disk.store, meta, fill.body))
+            # Cancelled (a close), the write still ends before the fill does, and its lock goes.
+            await self._on_disk(meta, self.disk.store, meta, fill.body)
         except CacheWriteError as exc:
             self._count_failure(meta, exc)
         fill.finish()

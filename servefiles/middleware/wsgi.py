@@ -193,7 +193,8 @@ class ServeFilesWSGI:
                 return future.result(timeout=LOOP_CHECK_SECONDS)
             except FutureTimeout:
                 if not process.loop.is_running():
-                    future.cancel()
+                    if not process.loop.is_closed():  # a cancel is delivered through the loop
+                        future.cancel()
                     raise StoreUnavailable("servefiles is closing") from None
 
     def _reply(self, coroutine: Coroutine[Any, Any, Reply], process: _Process) -> Reply:
@@ -212,17 +213,16 @@ class ServeFilesWSGI:
         loop = process.loop
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(process.mount.service.close(), loop).result(timeout=10)
-        with contextlib.suppress(Exception):  # the loop's own threads end with it (asyncio.run does the same)
-            asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=10)
+        # Stopped, not closed: a request thread may still hand it work (and gets a 503: _run); the
+        # loop, its executor and their idle threads go once nothing holds the adapter.
         loop.call_soon_threadsafe(loop.stop)
         process.thread.join(timeout=10)
         process.readers.shutdown(wait=False, cancel_futures=True)
-        # The service's close may have given up above (a disk tier still opening after 10 s): the
-        # tier's own close waits for that open, then closes it; it does nothing if it is closed.
-        with contextlib.suppress(Exception):
-            process.mount.service.runtime.disk.close()
         if not process.thread.is_alive():
-            loop.close()
+            # The service's close may have given up above (a disk tier still opening after 10 s):
+            # the tier's own close waits for that open, then closes it (nothing, if it is closed).
+            with contextlib.suppress(Exception):
+                process.mount.service.runtime.disk.close()
 
     def close(self) -> None:
         """Stop this process's loop, closing the store and the disk index (also run at exit)."""

@@ -36,7 +36,7 @@ from ..keys import canonical_key
 from ..service import PREPARED_CACHE_ENTRIES, FileService, Reply
 from ..shared_lru import SharedLRU
 from ..store.types import FileMeta
-from ..threadwork import finished_on_thread
+from ..threadwork import taken_on_thread
 from .config import TREE_LOCATION
 from .redirect import ACCEL_BLOCKERS, accel_redirect
 from .tree import PublishedTree
@@ -263,7 +263,9 @@ class AccelLayer:
                 return None  # damaged in place, and dropped: the file service refetches it
         elif files.disk.vouched(entry, stamp):
             os.close(fd)
-        elif not await finished_on_thread(functools.partial(files.disk.check_whole, small=False), entry, fd, stamp):
+        # check_whole closes fd: the work must run even if this request is cancelled, and it need not wait.
+        elif not await taken_on_thread(functools.partial(files.disk.check_whole, entry, fd, stamp, small=False),
+                                       _nothing_to_give_back):  # fmt: skip
             return None  # too large to hash on the loop; damaged, and dropped: refetched
         if tree is not None and tree.accepts(entry.meta) and await self._publish(entry):
             location = TREE_LOCATION + quote(entry.meta.key, safe="/")
@@ -385,3 +387,7 @@ class AccelLayer:
         assert self.tree is not None
         with self._gate:
             return not self._closed and self.tree.publish_entry(self.files.disk, entry)
+
+
+def _nothing_to_give_back(intact: bool) -> None:
+    """For work on a thread that keeps nothing for its caller (it closes what it was handed)."""
