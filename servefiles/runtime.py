@@ -133,7 +133,15 @@ class Runtime:
             raise StoreUnavailable("servefiles is closing")
         if self._started is None:
             self._started = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._started)
+        started = self._started
+        try:
+            await asyncio.shield(started)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if started.cancelled() and task is not None and not task.cancelling():
+                # The start-up was cancelled by a close, not this caller: a 503, not a dropped request.
+                raise StoreUnavailable("servefiles is closing") from None
+            raise
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background until it ends or :meth:`close` cancels it."""

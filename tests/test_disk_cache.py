@@ -1319,6 +1319,35 @@ def test_a_start_asked_for_while_the_service_closes_is_refused(
     assert app.service.runtime.state == "stopped"
 
 
+def test_a_request_waiting_for_the_start_up_when_a_close_begins_gets_a_503(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request starts the service and waits for it; a close meanwhile cancels the
+    start-up. That request is answered 503 (the service is closing), not dropped with the
+    cancellation that was meant for the start-up."""
+    started, release = threading.Event(), threading.Event()
+    real_open = DiskCache.open
+
+    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
+        started.set()
+        release.wait(5)
+        return real_open(cache, sweep)
+
+    monkeypatch.setattr(DiskCache, "open", held_open)
+
+    async def close_while_it_waits() -> int:
+        app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
+        asked = asyncio.ensure_future(asgi_request(app, "GET", b"/media/a.png"))  # starts the service
+        await asyncio.to_thread(started.wait, 5)
+        closing = asyncio.ensure_future(app.aclose())
+        await asyncio.sleep(0.1)
+        release.set()
+        await closing
+        return (await asked).status
+
+    assert asyncio.run(close_while_it_waits()) == 503
+
+
 def test_a_close_that_fails_part_way_still_closes_the_disk_tier_and_may_start_again(tmp_path: Path) -> None:
     """A close cut short (an after-close hook that raises) ends "stopped" with the disk tier closed:
     left "stopping", every later start would be refused (a 503 for good)."""
