@@ -38,7 +38,7 @@ from servefiles.cache.verified import (
     changes_seen_at_once,
 )
 from servefiles.cache.writer import DiskWriter
-from servefiles.errors import CacheWriteError
+from servefiles.errors import CacheWriteError, StoreUnavailable
 from servefiles.localfs import file_system_type
 from servefiles.metrics import Metrics
 from servefiles.store import open_store
@@ -1272,7 +1272,7 @@ def test_a_service_closed_while_its_disk_tier_opens_leaves_the_tier_closed(
         await asyncio.sleep(0.1)  # the close has cancelled the start-up and reached the disk tier
         release.set()
         await closing
-        with contextlib.suppress(asyncio.CancelledError):
+        with pytest.raises(StoreUnavailable):  # its start-up was cancelled by the close: "closing"
             await starting
         return app.service.runtime.disk
 
@@ -1308,7 +1308,7 @@ def test_a_start_asked_for_while_the_service_closes_is_refused(
         asked = await asgi_request(app, "GET", b"/media/a.png")
         release.set()
         await closing
-        with contextlib.suppress(asyncio.CancelledError):
+        with pytest.raises(StoreUnavailable):  # its start-up was cancelled by the close: "closing"
             await starting
         return asked.status, app
 
