@@ -1247,22 +1247,41 @@ def test_a_fill_cancelled_while_it_takes_its_lock_lets_the_lock_go(
     assert started.is_set()
 
 
+@dataclasses.dataclass
+class HeldDiskOpen:
+    """The disk tier's open, held on its thread: ``started`` once a thread is in it, ``release`` to
+    let it go on; ``opens`` counts the calls."""
+
+    started: threading.Event
+    release: threading.Event
+    opens: list[int]
+
+
+@pytest.fixture
+def held_disk_open(monkeypatch: pytest.MonkeyPatch) -> HeldDiskOpen:
+    """Every :meth:`DiskCache.open` waits (up to 5 s) for ``release`` before it opens: a slow start-up
+    (a large dir's index), for a close or a request to meet it."""
+    held = HeldDiskOpen(threading.Event(), threading.Event(), [])
+    real_open = DiskCache.open
+
+    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
+        held.opens.append(1)
+        held.started.set()
+        held.release.wait(5)
+        return real_open(cache, sweep)
+
+    monkeypatch.setattr(DiskCache, "open", held_open)
+    return held
+
+
 def test_a_service_closed_while_its_disk_tier_opens_leaves_the_tier_closed(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, tmp_path: Path, held_disk_open: HeldDiskOpen
 ) -> None:
     """The disk tier opens on a thread at start-up (a large dir's index takes a while). A close
     meanwhile (a deploy that stops a frontend as it starts) cancels the start-up, but not the thread:
     the close must wait for that open and then close the tier, not close first and leave the tier
     opened afterwards (its index writer running, its membership of the dir held)."""
-    started, release = threading.Event(), threading.Event()
-    real_open = DiskCache.open
-
-    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
-        started.set()
-        release.wait(5)  # holds the thread before the open until the close has begun
-        return real_open(cache, sweep)
-
-    monkeypatch.setattr(DiskCache, "open", held_open)
+    started, release = held_disk_open.started, held_disk_open.release
 
     async def close_while_it_opens() -> DiskCache:
         app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
@@ -1282,22 +1301,12 @@ def test_a_service_closed_while_its_disk_tier_opens_leaves_the_tier_closed(
 
 
 def test_a_start_asked_for_while_the_service_closes_is_refused(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, tmp_path: Path, held_disk_open: HeldDiskOpen
 ) -> None:
     """While a close waits for the disk tier's open, a request must not start the service again:
     that start would open the tier a second time, after the close, and leave it open. It gets a 503
     (the service is closing), the tier is opened once, and closed at the end."""
-    started, release = threading.Event(), threading.Event()
-    opens: list[int] = []
-    real_open = DiskCache.open
-
-    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
-        opens.append(1)
-        started.set()
-        release.wait(5)
-        return real_open(cache, sweep)
-
-    monkeypatch.setattr(DiskCache, "open", held_open)
+    started, release, opens = held_disk_open.started, held_disk_open.release, held_disk_open.opens
 
     async def ask_while_it_closes() -> tuple[int, ServeFiles]:
         app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
@@ -1320,20 +1329,12 @@ def test_a_start_asked_for_while_the_service_closes_is_refused(
 
 
 def test_a_request_waiting_for_the_start_up_when_a_close_begins_gets_a_503(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, tmp_path: Path, held_disk_open: HeldDiskOpen
 ) -> None:
     """The first request starts the service and waits for it; a close meanwhile cancels the
     start-up. That request is answered 503 (the service is closing), not dropped with the
     cancellation that was meant for the start-up."""
-    started, release = threading.Event(), threading.Event()
-    real_open = DiskCache.open
-
-    def held_open(cache: DiskCache, sweep: bool = True) -> StartupReport:
-        started.set()
-        release.wait(5)
-        return real_open(cache, sweep)
-
-    monkeypatch.setattr(DiskCache, "open", held_open)
+    started, release = held_disk_open.started, held_disk_open.release
 
     async def close_while_it_waits() -> int:
         app = ServeFiles(None, db=f"sqlite:///{tmp_path / 'files.db'}", cache_dir=root)
