@@ -44,11 +44,12 @@ __all__ = ["CacheSettings", "FileService", "Found", "Reply", "Source"]
 
 logger = logging.getLogger("servefiles")
 
-PREPARED_CACHE_ENTRIES = 8192
-"""Versions whose per-file header work is kept (about 1.1 KB each: 9 MiB when full). More than the
-disk tier's entries on a typical site: rebuilding them cost 3 % of a hit's time on the long-tail
-workload with 4,096 for 10,000 files; 16,384 (and 1.4 KB each) took up to 22 MiB of a frontend's
-100 MiB (benchmarks/RESULTS.md, 2026-11-30)."""
+PREPARED_CACHE_ENTRIES = 4096
+"""Versions whose per-file header work is kept (about 1.1 KB each, 1.7-2.2 KB with the metadata only
+it keeps alive; a memory-tier copy carries its own). Measured on the issue-15 workload (10,000
+files, benchmarks/RESULTS.md, 2026-12-02): 4,096 instead of 8,192 took 5-9 MiB off a frontend's
+peak RSS (96-107 -> 91-98 MiB) for 11-22 rebuilds per 100 requests instead of 2-4, about 1 µs of
+CPU per request at 6.5 µs a rebuild; 2,048 saved little more (88-97 MiB) for 18-36 rebuilds."""
 STALE_HEADER = (b"x-servefiles-stale", b"store-unavailable")
 HEAD_BYTES = 4 * CHUNK_SIZE
 """Content a miss asks for with the metadata (1 MiB): the whole of most files (every avatar and
