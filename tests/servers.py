@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class Frontend:
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as this object: it may restart
+        # Closed with this object (left to the collector, an open file is a ResourceWarning in the test run).
+        weakref.finalize(self, self._log.close)
 
     def command(self) -> list[str]:
         serve = [sys.executable, "-m", "servefiles", "serve", "--port", str(self.port), "--log-level", "warning"]

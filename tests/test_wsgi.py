@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ import pytest
 
 from servefiles import ServeFilesWSGI, open_store
 from servefiles.cache.disk import DiskCache, DiskEntry
+from servefiles.errors import StoreUnavailable
 from servefiles.middleware.wsgi import _OPEN_AT_EXIT
 from servefiles.store.types import FileMeta
 
@@ -329,6 +331,28 @@ def test_a_closed_adapter_is_not_held_until_exit(store_url: str, tmp_path: Path)
         del app
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None], "a closed adapter is still referenced"
+
+
+def test_a_closed_adapter_closes_its_loop(store_url: str, tmp_path: Path) -> None:
+    """Closing an adapter closes its process's event loop once the loop's thread has ended: left to
+    the collector it would be an unclosed loop (a ResourceWarning). Work a request thread still hands
+    that loop afterwards is refused with StoreUnavailable (a 503), never a wait."""
+    app = ServeFilesWSGI(None, db=store_url, cache_dir=tmp_path / "cache")
+    assert _call(app, "GET", "/media/none.bin")[0].startswith("404")  # its loop runs
+    process = app._process
+    assert process is not None
+    app.close()
+    assert not process.thread.is_alive()
+    assert process.loop.is_closed()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        app._run(asyncio.sleep(0), process)  # what a request thread that took the process before the close does
+    assert time.monotonic() - started < 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        del process, app
+        gc.collect()
+    assert not [w for w in caught if "event loop" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_a_request_thread_still_running_after_the_loop_stopped_at_exit_gets_a_503(

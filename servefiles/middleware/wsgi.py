@@ -213,8 +213,6 @@ class ServeFilesWSGI:
         loop = process.loop
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(process.mount.service.close(), loop).result(timeout=10)
-        # Stopped, not closed: a request thread may still hand it work (and gets a 503: _run); the
-        # loop, its executor and their idle threads go once nothing holds the adapter.
         loop.call_soon_threadsafe(loop.stop)
         process.thread.join(timeout=10)
         process.readers.shutdown(wait=False, cancel_futures=True)
@@ -223,6 +221,11 @@ class ServeFilesWSGI:
             # the tier's own close waits for that open, then closes it (nothing, if it is closed).
             with contextlib.suppress(Exception):
                 process.mount.service.runtime.disk.close()
+            # Closed once its thread has ended (left to the collector, an unclosed loop is a
+            # ResourceWarning): a request thread that still hands it work gets a 503 (_run), and
+            # its default executor's idle threads are let go.
+            with contextlib.suppress(Exception):
+                loop.close()
 
     def close(self) -> None:
         """Stop this process's loop, closing the store and the disk index (also run at exit)."""
