@@ -192,9 +192,9 @@ class ServeFilesWSGI:
             try:
                 return future.result(timeout=LOOP_CHECK_SECONDS)
             except FutureTimeout:
+                # A stopped loop never runs again (it is closed next): no cancel, which would be
+                # delivered through it, and would raise in a callback if the close came between.
                 if not process.loop.is_running():
-                    if not process.loop.is_closed():  # a cancel is delivered through the loop
-                        future.cancel()
                     raise StoreUnavailable("servefiles is closing") from None
 
     def _reply(self, coroutine: Coroutine[Any, Any, Reply], process: _Process) -> Reply:
