@@ -228,7 +228,7 @@ class ServeFilesWSGI:
                 loop.close()
 
     def close(self) -> None:
-        """Stop this process's loop, closing the store and the disk index (also run at exit)."""
+        """Close the store and the disk index, then stop and close this process's loop (also run at exit)."""
         with self._lock:
             process, self._process = self._process, None
         if process is not None:
