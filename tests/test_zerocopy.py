@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from servefiles.middleware import zerocopy
 from servefiles.middleware.zerocopy import ZeroCopySend
 
 from .asgi_servers import ASGIApp, Message, Receive, Scope, Send, uvicorn_server
+from .servers import cli, running
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -159,16 +162,17 @@ def test_a_cache_file_out_of_the_page_cache_is_read_not_sent_by_sendfile(sqlite_
     run_in("uvloop", main)
 
 
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_what_a_full_socket_leaves_of_a_file_goes_through_the_transport(
-    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loop: str, holds: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that does not read yet: sendfile stops when the socket is full, the rest is
     written as body bytes (uvicorn's flow control waits), and every byte arrives in order."""
     data = os.urandom(24 * 1024 * 1024)  # more than both ends' socket buffers hold
     path = tmp_path / "big.bin"
     path.write_bytes(data)
-    app = FileApp(path)
+    app = FileApp(path, holds=holds)
 
     async def main() -> None:
         with counting_sendfile(monkeypatch) as counts:
@@ -197,25 +201,32 @@ async def lifespan(receive: Receive, send: Send) -> None:
 
 class FileApp:
     """A bare ASGI app that answers every GET or HEAD with ``path`` by zerocopysend, claiming
-    ``length`` bytes (the file's size unless given)."""
+    ``length`` bytes (the file's size unless given); ``holds``: the head held for the file
+    (:func:`zerocopy.hold_head`: written into a corked socket)."""
 
-    def __init__(self, path: Path, length: int | None = None) -> None:
+    def __init__(self, path: Path, length: int | None = None, holds: bool = False) -> None:
         self.path = path
         self.length = path.stat().st_size if length is None else length
+        self.holds = holds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
         assert zerocopy.EXTENSION in scope["extensions"]
+        if self.holds:
+            zerocopy.hold_head(scope)
         headers = [(b"content-length", str(self.length).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         with open(self.path, "rb") as file:  # noqa: ASYNC230 - a local file, opened at once
             await send({"type": zerocopy.EXTENSION, "file": file, "offset": 0, "count": self.length})
 
 
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
 @pytest.mark.parametrize("loop", sorted(LOOPS))
-def test_a_file_shorter_than_its_content_length_ends_the_connection_early(loop: str, tmp_path: Path) -> None:
+def test_a_file_shorter_than_its_content_length_ends_the_connection_early(
+    loop: str, holds: bool, tmp_path: Path
+) -> None:
     """The file was cut after the app looked at it: the client gets what there was and a closed
     connection, never a hang or bytes that are not the file's."""
     data = os.urandom(200_000)
@@ -223,7 +234,7 @@ def test_a_file_shorter_than_its_content_length_ends_the_connection_early(loop: 
     path.write_bytes(data)
 
     async def main() -> None:
-        async with serving(FileApp(path, length=len(data) + 1000)) as base:
+        async with serving(FileApp(path, length=len(data) + 1000, holds=holds)) as base:
             host, port = base.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"GET /cut.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive asked for
@@ -236,12 +247,13 @@ def test_a_file_shorter_than_its_content_length_ends_the_connection_early(loop: 
     run_in(loop, main)
 
 
-def test_a_head_answered_with_zerocopysend_has_no_body(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
+def test_a_head_answered_with_zerocopysend_has_no_body(tmp_path: Path, holds: bool) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(os.urandom(100_000))
 
     async def main() -> None:
-        async with serving(FileApp(path)) as base, httpx.AsyncClient(base_url=base) as client:
+        async with serving(FileApp(path, holds=holds)) as base, httpx.AsyncClient(base_url=base) as client:
             for _ in range(2):  # the connection stays usable: the response ended where it should
                 head = await client.head("/f.bin")
                 assert head.status_code == 200 and head.content == b""
@@ -267,13 +279,14 @@ def test_h11_is_not_offered_zerocopysend(sqlite_url: str, tmp_path: Path) -> Non
     run_in("uvloop", main)
 
 
-def test_the_client_leaving_mid_file_stops_the_send_and_the_server_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
+def test_the_client_leaving_mid_file_stops_the_send_and_the_server_goes_on(tmp_path: Path, holds: bool) -> None:
     data = os.urandom(24 * 1024 * 1024)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
 
     async def main() -> None:
-        async with serving(FileApp(path)) as base, httpx.AsyncClient(base_url=base) as client:
+        async with serving(FileApp(path, holds=holds)) as base, httpx.AsyncClient(base_url=base) as client:
             host, port = base.removeprefix("http://").split(":")
             sock = socket.create_connection((host, int(port)))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -299,27 +312,35 @@ async def raw_get(base: str, target: str, keep_alive: bool = False) -> bytes:
 
 
 class RaisingApp:
-    """Starts a response, then fails before (``raises``) or without (returning) any body."""
+    """Starts a response, then fails before (``raises``) or without (returning) any body; ``holds``:
+    having asked for the head to wait for the body (:func:`zerocopy.hold_head`)."""
 
-    def __init__(self, raises: bool) -> None:
+    def __init__(self, raises: bool, holds: bool = False) -> None:
         self.raises = raises
+        self.holds = holds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
+        if self.holds:
+            zerocopy.hold_head(scope)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         if self.raises:
             raise RuntimeError("the body could not be read")
 
 
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
 @pytest.mark.parametrize("raises", [True, False], ids=["raises", "returns"])
 @pytest.mark.parametrize("loop", sorted(LOOPS))
-def test_a_response_the_app_ends_without_a_body_is_cut_as_without_the_wrapper(loop: str, raises: bool) -> None:
-    """The status line the app sent, then a closed connection (the body cut short), never a 500."""
+def test_a_response_the_app_ends_without_a_body_is_cut_as_without_the_wrapper(
+    loop: str, raises: bool, holds: bool
+) -> None:
+    """The status line the app sent, then a closed connection (the body cut short), never a 500;
+    a head held for a body that never came is written all the same."""
 
     async def main() -> None:
-        async with serving(RaisingApp(raises)) as base:
+        async with serving(RaisingApp(raises, holds)) as base:
             received = await raw_get(base, "/x", keep_alive=True)
         assert received.startswith(b"HTTP/1.1 200 "), received
         assert received.endswith(b"\r\n\r\n")  # the head, then the end of the connection
@@ -327,8 +348,9 @@ def test_a_response_the_app_ends_without_a_body_is_cut_as_without_the_wrapper(lo
     run_in(loop, main)
 
 
+@pytest.mark.parametrize("holds", [False, True], ids=["", "held"])
 @pytest.mark.parametrize("loop", sorted(LOOPS))
-def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, tmp_path: Path) -> None:
+def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, holds: bool, tmp_path: Path) -> None:
     """Three GETs in one write on one connection: uvicorn starts each after the last response
     ended, and each file's bytes, written straight to the socket, stay between their own heads."""
     files = [tmp_path / f"{n}.bin" for n in range(3)]
@@ -343,7 +365,7 @@ def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, tmp_pa
             await super().__call__(scope, receive, send)
 
     async def main() -> None:
-        async with serving(ByPath(files[0])) as base:
+        async with serving(ByPath(files[0], holds=holds)) as base:
             host, port = base.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"".join(b"GET /%d.bin HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(3)))
@@ -354,6 +376,55 @@ def test_pipelined_requests_get_their_files_whole_and_in_order(loop: str, tmp_pa
                 length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                 assert await asyncio.wait_for(reader.readexactly(length), 10) == path.read_bytes()
             writer.close()
+
+    run_in(loop, main)
+
+
+def pattern(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+class HoldingApp:
+    """Answers a GET or HEAD of ``/N`` with N bytes (HEAD: none), its head held for the body
+    (:func:`zerocopy.hold_head`); ``/304`` with a 304."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        name = scope["path"].lstrip("/")
+        status, size = (304, 0) if name == "304" else (200, int(name))
+        body = pattern(size)
+        zerocopy.hold_head(scope)
+        headers = [(b"etag", b'"x"')] if status == 304 else [(b"content-length", str(size).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_held_heads_go_out_whole_and_in_order(loop: str) -> None:
+    """GETs, a HEAD (uvicorn writes no body for it: the head is written when the app returns), a
+    304 and an empty 200, pipelined on one connection: each response whole, in the order asked."""
+    asked = [("GET", "3000"), ("HEAD", "5000"), ("GET", "304"), ("GET", "0"), ("GET", "200000"), ("GET", "10")]
+
+    async def main() -> None:
+        async with serving(HoldingApp()) as base:
+            host, port = base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"".join(f"{method} /{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for method, name in asked))
+            await writer.drain()
+            for method, name in asked:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 304 " if name == "304" else b"HTTP/1.1 200 "), (method, name, head)
+                if method == "GET" and name != "304":
+                    size = int(name)
+                    assert f"content-length: {size}\r\n".encode() in head.lower()
+                    body = await asyncio.wait_for(reader.readexactly(size), 10)
+                    assert body == pattern(size)
+            writer.write(b"GET /7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # still in step
+            rest = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\n" + pattern(7))
 
     run_in(loop, main)
 
@@ -382,3 +453,94 @@ def test_a_middleware_that_may_not_pass_zerocopysend_on_gets_bytes(
         assert zerocopy.EXTENSION not in spy.sent, spy.sent
 
     run_in("uvloop", main)
+
+
+def loop_writes(pid: int) -> int:
+    """The write system calls (write, writev, sendfile) the main thread of process ``pid``, its event
+    loop's, has made so far: ``syscw`` of its /proc io file."""
+    text = Path(f"/proc/{pid}/task/{pid}/io").read_text()
+    found = re.search(r"^syscw: (\d+)$", text, re.MULTILINE)
+    assert found, text
+    return int(found.group(1))
+
+
+def test_servefiles_serve_writes_a_cached_files_head_and_body_in_one_system_call(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """uvicorn writes a head at ``http.response.start`` and a body at ``http.response.body``: two
+    writes, two TCP segments, two wake-ups of the client. ``servefiles serve`` holds the head of a
+    cached file's GET for its body (one ``writev``); a HEAD and a 304, which have no body, cost one
+    write each as before. Counted on the real server's loop thread, over one kept-alive connection."""
+    data = os.urandom(10_000)
+    source = tmp_path / "a.png"
+    source.write_bytes(data)
+    assert cli("put", "--db", sqlite_url, str(source), "a.png").returncode == 0
+    requests = 20
+    cache = str(tmp_path / "cache")
+    with running("--db", sqlite_url, "--cache-dir", cache) as frontend, httpx.Client(base_url=frontend.base) as client:
+        assert frontend.proc is not None
+        pid = frontend.proc.pid
+        etag = ""
+        for _ in range(3):  # a miss, then memory hits
+            response = client.get("/media/a.png")
+            assert response.status_code == 200 and response.content == data
+            etag = response.headers["etag"]
+        writes = {}
+        for name, method, headers in [
+            ("GET", "GET", {}),
+            ("HEAD", "HEAD", {}),
+            ("304", "GET", {"if-none-match": etag}),
+        ]:
+            before = loop_writes(pid)
+            for _ in range(requests):
+                response = client.request(method, "/media/a.png", headers=headers)
+                assert response.status_code == (304 if name == "304" else 200)
+                assert response.content == (data if name == "GET" else b"")
+            writes[name] = loop_writes(pid) - before
+    assert writes == {"GET": requests, "HEAD": requests, "304": requests}
+
+
+def segments_in(sock: socket.socket) -> tuple[int, int]:
+    """(TCP segments ``sock`` has received, its receive MSS): ``tcpi_segs_in`` and ``tcpi_rcv_mss``
+    of Linux's ``struct tcp_info`` (offsets 140 and 20, an append-only kernel ABI)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 140)[0], struct.unpack_from("I", info, 20)[0]
+
+
+def test_servefiles_serve_sends_a_heads_in_the_tcp_segment_of_its_bodys_first_bytes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Counted by the client's kernel: a 10 KB memory hit arrives in one segment (head and body
+    written together), and a 400 KB disk hit sent by sendfile in as few segments as its head and
+    bytes fill (the head written into a corked socket), not one more for a head alone."""
+    files = {"a.png": os.urandom(10_000), "b.jpg": os.urandom(400_000)}
+    for key, data in files.items():
+        (tmp_path / key).write_bytes(data)
+        assert cli("put", "--db", sqlite_url, str(tmp_path / key), key).returncode == 0
+    with running("--db", sqlite_url, "--cache-dir", str(tmp_path / "cache")) as frontend:
+        sock = socket.create_connection(("127.0.0.1", frontend.port))
+        try:
+            counts: dict[str, list[int]] = {key: [] for key in files}
+            heads: dict[str, int] = {}
+            mss = 0
+            for round_ in range(8):  # the first two: a miss and the copy's first read, not counted
+                for key, data in files.items():
+                    before, _ = segments_in(sock)
+                    sock.sendall(f"GET /media/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    received = b""
+                    while b"\r\n\r\n" not in received:
+                        received += sock.recv(1 << 20)
+                    head, _, body = received.partition(b"\r\n\r\n")
+                    while len(body) < len(data):
+                        body += sock.recv(1 << 20)
+                    assert head.startswith(b"HTTP/1.1 200 ") and body == data
+                    time.sleep(0.05)  # every segment of the response is in
+                    after, mss = segments_in(sock)
+                    heads[key] = len(head) + 4
+                    if round_ >= 2:
+                        counts[key].append(after - before)
+        finally:
+            sock.close()
+    assert min(counts["a.png"]) == 1, counts
+    fewest = -(-(heads["b.jpg"] + len(files["b.jpg"])) // mss)  # what the head and the bytes fill
+    assert fewest <= min(counts["b.jpg"]) < 1 + -(-len(files["b.jpg"]) // mss), (counts, mss)

@@ -23,12 +23,24 @@ then reads the file as it would anywhere else). h11's cycle is not taken, and no
 offered over TLS: ``sendfile`` writes plain bytes into the socket. A middleware between this and
 :class:`ServeFiles` that wraps ``send`` may not know the message: :class:`ServeFiles` uses it only
 through a ``send`` it knows carries it (:data:`SENDER_SLOT`).
+
+It also lets the app have a response's head go out with the body's first bytes (:func:`hold_head`).
+uvicorn writes the head at ``http.response.start`` and the body at ``http.response.body``: two
+system calls and two TCP segments, and each segment wakes the client's reader. :class:`ServeFiles`
+asks for the head of every GET to be held: with body bytes, both go in one ``writev``; with a file
+sent by ``sendfile``, the head is written into a corked socket (``TCP_CORK``, as nginx's
+``tcp_nopush``) and leaves with the file's first bytes. Measured on loopback, 2 cores, alternating
+rounds: a bare app under uvicorn, 10 KiB bodies, 41,400-41,600 requests/s in two writes and
+48,100-50,500 in one; ``servefiles serve``, 10 KiB memory hits 27,300-28,700 against 29,900-31,500
+held, and 400 KB disk hits (sendfile) 6,800-9,900 against 7,600-10,300 corked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -39,6 +51,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXTENSION = "http.response.zerocopysend"
+HOLDER_SLOT = "servefiles.zerocopy.holder"
+"""A scope key: what :func:`hold_head` asks (the request's sender). Removed when the request ends."""
 SENDER_SLOT = "servefiles.zerocopy.send"
 """A scope key: the ``send`` that carries ``zerocopysend`` out. A middleware between this and the
 app that wraps ``send`` without passing that message on (a gzip middleware) would drop it, so
@@ -79,10 +93,13 @@ class ZeroCopySend:
                 if extensions is None:
                     scope["extensions"] = extensions = {}
                 extensions[EXTENSION] = _OFFERED
-                send = scope[SENDER_SLOT] = _Sender(cycle, send)
+                sender = scope[SENDER_SLOT] = scope[HOLDER_SLOT] = _Sender(cycle, send)
                 try:
-                    await self.app(scope, receive, send)
+                    await self.app(scope, receive, sender)
                 finally:
+                    # A head still held: the app ended its response without a body (it raised, or
+                    # returned). Written now, before uvicorn closes the connection, as without a hold.
+                    sender.release_head()
                     # The scope holds the sender, the sender uvicorn's cycle, the cycle the scope: left
                     # in place, every request would be a reference cycle of some ten objects that only
                     # the garbage collector frees (tests/test_request_garbage.py; a memory hit under
@@ -90,6 +107,7 @@ class ZeroCopySend:
                     # pop: a middleware inside may have removed it, and a KeyError here would hide
                     # the app's own exception.
                     scope.pop(SENDER_SLOT, None)
+                    scope.pop(HOLDER_SLOT, None)
                 return
         await self.app(scope, receive, send)
 
@@ -105,6 +123,19 @@ def passed_on(scope: Scope, send: Send, wrapper: Send) -> None:
     (``zerocopysend`` too): the app may still use the extension through ``wrapper``."""
     if scope.get(SENDER_SLOT) is send:
         scope[SENDER_SLOT] = wrapper
+
+
+def hold_head(scope: Scope) -> None:
+    """The head of the response about to start waits for the body's first bytes, and goes out with
+    them in one system call (or, for a ``zerocopysend``, in the same TCP segment). Call it right
+    before ``http.response.start``, only when the body's first bytes are in hand or one read away (a
+    head held while the app waits would keep the client waiting too), and only through a ``send``
+    that :func:`carried_out` vouches for (it passes both messages on unchanged). uvicorn writes no
+    body for a HEAD request: its head is held until the app returns. Nothing happens where
+    :class:`ZeroCopySend` did not offer its extension (another server, h11, TLS)."""
+    sender: _Sender | None = scope.get(HOLDER_SLOT)
+    if sender is not None:
+        sender.hold_head()
 
 
 def carried_out(scope: Scope, send: Send) -> bool:
@@ -144,6 +175,71 @@ class _Sender:
         if message["type"] == EXTENSION:
             return send_file(self.cycle, self.send, message)
         return self.send(message)
+
+    def hold_head(self) -> None:
+        """uvicorn's next write on this connection, the response's head, waits for the one after it."""
+        cycle = self.cycle
+        if type(cycle.transport) is not _HeldHead:
+            cycle.transport = _HeldHead(cycle, cycle.transport)
+
+    def release_head(self) -> None:
+        """Give uvicorn its transport back, a head still held written first."""
+        transport = self.cycle.transport
+        if type(transport) is _HeldHead:
+            transport.release()
+
+
+class _HeldHead:
+    """Stands in for uvicorn's transport (the cycle's ``transport``) while a response's head waits:
+    the first write once the response has started (the head) is kept, and written together with the
+    next (the body's first bytes) in one ``writelines``, which uvloop makes one ``writev`` without
+    copying either (asyncio joins them); then the transport is given back. Only the calls uvicorn's
+    cycle makes on its transport are answered."""
+
+    __slots__ = ("cycle", "head", "transport")
+
+    def __init__(self, cycle: Any, transport: Any) -> None:
+        self.cycle = cycle
+        self.transport = transport
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.head is None and self.cycle.response_started:
+            self.head = data  # uvicorn writes a head at once, whole: http.response.start
+            return
+        head = self.release_held()
+        if head is None:
+            self.transport.write(data)  # not a head (a 100 Continue before the response began)
+        elif data:
+            self.transport.writelines((head, data))
+        else:
+            self.transport.write(head)  # an empty body: a 304's, or a 200 of an empty file
+
+    def release(self) -> None:
+        """Give the transport back, writing a head still held (unless the connection is closing:
+        uvloop refuses a write then, and the client is gone)."""
+        head = self.release_held()
+        if head is not None and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def release_held(self) -> bytes | None:
+        """Give the transport back; the head held (None: none was), for the caller to write."""
+        self.cycle.transport = self.transport
+        head, self.head = self.head, None
+        return head
+
+    def close(self) -> None:
+        self.release()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self.transport.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self.transport.get_write_buffer_size())
 
 
 async def send_file(cycle: Any, send: Send, message: Message) -> None:
@@ -186,8 +282,40 @@ async def send_file(cycle: Any, send: Send, message: Message) -> None:
 
 async def _sendfile(cycle: Any, fd: int, offset: int, count: int) -> int | None:
     """Bytes ``sendfile`` put into the socket, from ``offset``, until ``count`` or a full socket
-    (0 when the transport still held bytes, or had no socket); None when the client is gone."""
+    (0 when the transport still held bytes, or had no socket); None when the client is gone.
+
+    A head held for the body (:func:`hold_head`) is written with the socket corked (``TCP_CORK``,
+    nginx's ``tcp_nopush``), so that it leaves in one segment with the file's first bytes; the
+    socket is uncorked once ``sendfile`` is done. Measured (400 KB disk hits under uvicorn, 5
+    alternating rounds on 2 cores): 9,526 requests/s against 8,283 with the head sent alone."""
     transport = cycle.transport
+    if type(transport) is not _HeldHead:
+        return await _sendfile_body(cycle, transport, fd, offset, count)
+    head = transport.release_held()
+    transport = cycle.transport
+    if not head or transport.is_closing():
+        return await _sendfile_body(cycle, transport, fd, offset, count)
+    sock = transport.get_extra_info("socket") if _CORK is not None else None
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+    except OSError:
+        sock = None  # not corked: the head goes out alone
+    try:
+        transport.write(head)
+        return await _sendfile_body(cycle, transport, fd, offset, count)
+    finally:
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the connection may be gone by now
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+
+
+_CORK: int | None = getattr(socket, "TCP_CORK", None)
+"""Linux's; elsewhere the head goes out alone."""
+
+
+async def _sendfile_body(cycle: Any, transport: Any, fd: int, offset: int, count: int) -> int | None:
+    """:func:`_sendfile`'s work on uvicorn's own ``transport``."""
     if transport.get_write_buffer_size():
         await asyncio.sleep(0)  # the head was buffered: the transport writes it when it can
         if cycle.disconnected:
