@@ -213,9 +213,10 @@ class ServeFiles:
         response, body = reply.response, reply.body
         segments = response.body
         headers = [*response.headers, date_header()] if self.date_header else response.headers
-        if scope["method"] == "GET" and carried_out(scope, send):
+        if (body is not None or segments) and scope["method"] == "GET" and carried_out(scope, send):
             # The head goes out with the body's first bytes, which are in hand or one read away (a
-            # fetched body is primed): one system call and one TCP segment fewer per response.
+            # fetched body is primed): one system call and one TCP segment fewer per response. (A
+            # reply of no body at all, a 304 or nginx's redirect, is written in one call anyway.)
             hold_head(scope)
         try:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
