@@ -97,17 +97,20 @@ class ZeroCopySend:
                 try:
                     await self.app(scope, receive, sender)
                 finally:
-                    # A head still held: the app ended its response without a body (it raised, or
-                    # returned). Written now, before uvicorn closes the connection, as without a hold.
-                    sender.release_head()
-                    # The scope holds the sender, the sender uvicorn's cycle, the cycle the scope: left
-                    # in place, every request would be a reference cycle of some ten objects that only
-                    # the garbage collector frees (tests/test_request_garbage.py; a memory hit under
-                    # uvicorn cost 50.5 µs of CPU with it, 43-47 without, the collector untuned). A
-                    # pop: a middleware inside may have removed it, and a KeyError here would hide
-                    # the app's own exception.
-                    scope.pop(SENDER_SLOT, None)
-                    scope.pop(HOLDER_SLOT, None)
+                    try:
+                        # A head still held: the app ended its response without a body (it raised,
+                        # or returned). Written now, before uvicorn closes the connection, as
+                        # without a hold.
+                        sender.release_head()
+                    finally:
+                        # The scope holds the sender, the sender uvicorn's cycle, the cycle the
+                        # scope: left in place, every request would be a reference cycle of some ten
+                        # objects that only the garbage collector frees (tests/test_request_garbage.py;
+                        # a memory hit under uvicorn cost 50.5 µs of CPU with it, 43-47 without, the
+                        # collector untuned). A pop: a middleware inside may have removed it, and a
+                        # KeyError here would hide the app's own exception.
+                        scope.pop(SENDER_SLOT, None)
+                        scope.pop(HOLDER_SLOT, None)
                 return
         await self.app(scope, receive, send)
 
@@ -130,8 +133,8 @@ def hold_head(scope: Scope) -> None:
     them in one system call (or, for a ``zerocopysend``, in the same TCP segment). Call it right
     before ``http.response.start``, only when the body's first bytes are in hand or one read away (a
     head held while the app waits would keep the client waiting too), and only through a ``send``
-    that :func:`carried_out` vouches for (it passes both messages on unchanged). uvicorn writes no
-    body for a HEAD request: its head is held until the app returns. Nothing happens where
+    that :func:`carried_out` vouches for (it passes both messages on unchanged). Nothing happens
+    for a HEAD request (it has no body to wait for), once the response has started, or where
     :class:`ZeroCopySend` did not offer its extension (another server, h11, TLS)."""
     sender: _Sender | None = scope.get(HOLDER_SLOT)
     if sender is not None:
@@ -177,10 +180,14 @@ class _Sender:
         return self.send(message)
 
     def hold_head(self) -> None:
-        """uvicorn's next write on this connection, the response's head, waits for the one after it."""
+        """uvicorn's next write on this connection, the response's head, waits for the one after it.
+        Not for a HEAD request: uvicorn writes no body for it, yet completes the response and may
+        start the next pipelined one, whose head would then overtake this one. Not once the
+        response has started: the write held would be the body's."""
         cycle = self.cycle
-        if type(cycle.transport) is not _HeldHead:
-            cycle.transport = _HeldHead(cycle, cycle.transport)
+        if cycle.response_started or cycle.scope["method"] == "HEAD" or type(cycle.transport) is _HeldHead:
+            return
+        cycle.transport = _HeldHead(cycle, cycle.transport)
 
     def release_head(self) -> None:
         """Give uvicorn its transport back, a head still held written first."""
