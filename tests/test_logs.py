@@ -120,6 +120,21 @@ def test_text_is_the_default_and_the_access_log_is_off_unless_asked_for(database
     assert line.startswith('127.0.0.1 "GET /media/logs/small.txt" 200 10 ') and line.endswith(" disk"), line
 
 
+def test_the_access_log_names_the_client_a_proxy_on_this_host_forwarded(database: str, tmp_path: Path) -> None:
+    """Behind nginx (``X-Forwarded-For``, nginx-config's block sets it), the line names the client, not
+    nginx: uvicorn's proxy headers, which ``servefiles serve`` runs only for its access log."""
+    frontend = served(database, tmp_path, "--access-log")
+    try:
+        with httpx.Client(base_url=frontend.base) as client:
+            forwarded = {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"}
+            assert client.get("/media/logs/small.txt", headers=forwarded).status_code == 200
+            assert client.get("/media/logs/small.txt").status_code == 200
+    finally:
+        frontend.stop()
+    lines = [line for line in frontend.output().splitlines() if "/media/logs" in line]
+    assert [line.split(" ", 1)[0] for line in lines] == ["203.0.113.7", "127.0.0.1"], lines
+
+
 def test_an_error_before_serving_is_one_json_line_in_json_format(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

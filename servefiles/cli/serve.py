@@ -187,9 +187,12 @@ def serve(db_url: str | None, read_db: str | None, cache_dir: Path | None, host:
     tune_process()  # the allocator's and the collector's settings: see servefiles.tuning
     # uvicorn keeps the logging set up above (log_config=None); its access log, which shows query
     # strings (a signed URL's signature), is replaced by servefiles' own (--access-log).
+    # uvicorn's proxy headers (the client's address and scheme from X-Forwarded-*, nginx's) are
+    # read by servefiles' access log alone: without it, their middleware is not run at all (10 KiB
+    # memory hits, 10 alternating rounds: 31,069 requests/s on average without it, 29,719 with).
     run_uvicorn(served, app.admin_app(), admin_host, admin_port, host=host,
                 port=port, log_level=log_level, lifespan="on", h11_max_incomplete_event_size=limits.head_bytes,
-                date_header=False, log_config=None, access_log=False)  # fmt: skip
+                date_header=False, log_config=None, access_log=False, proxy_headers=access_log)  # fmt: skip
 
 
 def served_app(app: ServeFiles, limits: RequestLimits, access_log: bool) -> ASGIApp:
