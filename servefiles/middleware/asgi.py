@@ -213,7 +213,10 @@ class ServeFiles:
         response, body = reply.response, reply.body
         segments = response.body
         headers = [*response.headers, date_header()] if self.date_header else response.headers
-        if (body is not None or segments) and scope["method"] == "GET" and carried_out(scope, send):
+        method = scope["method"]
+        # Whether this send reaches ZeroCopySend unchanged: asked once, for the head and the body.
+        vouched = (body is not None or bool(segments)) and carried_out(scope, send)
+        if vouched and method == "GET":
             # The head goes out with the body's first bytes, which are in hand or one read away (a
             # fetched body is primed): one system call and one TCP segment fewer per response. (A
             # reply of no body at all, a 304 or nginx's redirect, is written in one call anyway.)
@@ -227,8 +230,8 @@ class ServeFiles:
         sent = self.service.metrics.bytes_sent
         try:
             extensions = scope.get("extensions") or _NONE
-            zero_copy = isinstance(body, DiskBody) and carried_out(scope, send)  # only a disk hit can use it
-            way = plan(reply, scope["method"], _PATHSEND in extensions, True, zero_copy)
+            zero_copy = vouched and isinstance(body, DiskBody)  # only a disk hit can use it
+            way = plan(reply, method, _PATHSEND in extensions, True, zero_copy)
             if way.way == "whole":
                 await send({"type": "http.response.body", "body": way.data})
             elif way.way == "read":
