@@ -45,7 +45,7 @@ class RawResponse:
 @contextlib.asynccontextmanager
 async def uvicorn_server(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
     """A real uvicorn server (lifespan on) on a free loopback port, in this event loop; yields its
-    base URL. ``options``: more of uvicorn's settings (``http="h11"``)."""
+    base URL. ``options``: more of uvicorn's settings (``http="h11"``; ``log_level`` "warning" unless given)."""
     # proto=IPPROTO_TCP, as uvicorn's own sockets: asyncio sets TCP_NODELAY only on those, and
     # without it every response written in two parts waits for a delayed ACK (40 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -57,9 +57,8 @@ async def uvicorn_server(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
         host="127.0.0.1",
         port=port,
         lifespan="on",
-        log_level="warning",
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
-        **options,
+        **{"log_level": "warning", **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn on {port}")

@@ -25,6 +25,7 @@ import pytest
 import uvloop
 
 from servefiles import ServeFiles, open_store, pagecache
+from servefiles.http.model import field_lines
 from servefiles.middleware import zerocopy
 from servefiles.middleware.zerocopy import ZeroCopySend
 
@@ -49,6 +50,7 @@ class Spy:
         self.app = app
         self.sent: list[str] = []
         self.offered: list[bool] = []
+        self.lined: list[bool] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -56,6 +58,8 @@ class Spy:
 
             async def recording(message: Message) -> None:
                 self.sent.append(message["type"])
+                if message["type"] == "http.response.start":
+                    self.lined.append(zerocopy.HEAD_LINES in message)
                 await send(message)
 
             zerocopy.passed_on(scope, send, recording)  # every message goes on, zerocopysend too
@@ -552,3 +556,198 @@ def test_servefiles_serve_sends_a_heads_in_the_tcp_segment_of_its_bodys_first_by
     assert min(counts["a.png"]) == 1, counts
     fewest = -(-(heads["b.jpg"] + len(files["b.jpg"])) // mss)  # what the head and the bytes fill
     assert fewest <= min(counts["b.jpg"]) < 1 + -(-len(files["b.jpg"]) // mss), (counts, mss)
+
+
+# -- heads written from field lines rendered once (zerocopy.HEAD_LINES) ---------------------------
+
+LINED_HEADERS = [(b"Content-Type", b"text/plain"), (b"ETag", b'"v1"'), (b"x-tabbed", b"a\tb"), (b"X-Empty", b"")]
+"""Mixed-case names (uvicorn lower-cases them), a tab inside a value, an empty value."""
+
+
+class LinesApp:
+    """Answers ``/200`` (a 5-byte body), ``/304`` and ``/204`` with :data:`LINED_HEADERS`; with the
+    query ``lines``, the start message also carries them as field lines (:data:`zerocopy.HEAD_LINES`).
+    With ``refused`` its headers hold a value uvicorn refuses while its lines are valid: which of
+    the two wrote the head shows then (uvicorn's path fails the response with a 500)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        status = int(scope["path"].lstrip("/"))
+        headers = list(LINED_HEADERS)
+        if status == 200:
+            headers.append((b"Content-Length", b"5"))
+        lines = field_lines(headers)
+        assert lines is not None
+        query = scope["query_string"].decode().split("&")
+        if "refused" in query:
+            headers.append((b"x-refused", b"new\nline"))
+        message: Message = {"type": "http.response.start", "status": status, "headers": headers}
+        if "lines" in query:
+            message[zerocopy.HEAD_LINES] = (lines, 5 if status == 200 else None)
+        await send(message)
+        await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
+
+
+async def exchange(base: str, requests: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Each request on one connection in turn: (its response's head, its body), read by the
+    head's Content-Length; the last request should close the connection (its body: to the end)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answers = []
+    try:
+        for number, request in enumerate(requests, 1):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            if number == len(requests):
+                body = await asyncio.wait_for(reader.read(), 10)
+            else:
+                length = re.search(rb"\r\ncontent-length: (\d+)\r\n", head)
+                head_only = request.startswith(b"HEAD ") or not length
+                body = b"" if head_only else await reader.readexactly(int(length.group(1)))  # type: ignore[union-attr]
+            answers.append((head, body))
+    finally:
+        writer.close()
+    return answers
+
+
+def request_of(method: str, target: str, headers: dict[str, str]) -> bytes:
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"{method} {target} HTTP/1.1\r\nHost: x\r\n{fields}\r\n".encode()
+
+
+def undated(head: bytes) -> bytes:
+    return re.sub(rb"\r\ndate: [^\r]*", b"", head)
+
+
+@pytest.mark.parametrize("date_header", [False, True], ids=["", "uvicorn-dates"])
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_head_written_from_field_lines_is_the_one_uvicorn_writes_from_the_headers(
+    loop: str, date_header: bool
+) -> None:
+    """GET and HEAD of a 200, a 304 and a 204, each asked with and without field lines on one
+    kept-alive connection: the same head byte for byte (uvicorn's default headers, its date too
+    when it adds one, then the app's, lower-cased), the same body, and the connection goes on."""
+    asked = [("GET", "200"), ("HEAD", "200"), ("GET", "304"), ("GET", "204")]
+
+    async def main() -> None:
+        requests = [f"{method} /{status}{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                    for method, status in asked for query in ("", "?lines")]  # fmt: skip
+        async with serving(LinesApp(), date_header=date_header, access_log=False) as base:
+            answers = await exchange(base, [*requests, b"GET /200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"])
+        for (method, status), plain, lined in zip(asked, answers[0::2], answers[1::2], strict=False):
+            assert plain[0].startswith(f"HTTP/1.1 {status} ".encode()), plain
+            assert undated(lined[0]) == undated(plain[0]) and lined[1] == plain[1], (method, status, plain, lined)
+            assert (b"\r\ndate: " in lined[0]) is date_header
+            assert b'\r\nserver: uvicorn\r\ncontent-type: text/plain\r\netag: "v1"\r\nx-tabbed: a\tb\r\n' in lined[0]
+            assert lined[1] == (b"hello" if (method, status) == ("GET", "200") else b"")
+
+    run_in(loop, main)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "extra", "lined"),
+    [
+        ("GET /200?lines&refused HTTP/1.1", "", True),
+        ("GET /304?lines&refused HTTP/1.1", "", True),
+        ("GET /200?lines&refused HTTP/1.1", "Connection: close\r\n", False),  # uvicorn adds connection: close
+        ("GET /200?lines&refused HTTP/1.0", "", False),  # not kept alive
+        ("GET /200?refused HTTP/1.1", "", False),
+    ],
+    ids=["200", "304", "connection-close", "http-1.0", "no-lines"],
+)
+def test_field_lines_are_written_only_where_uvicorn_would_write_nothing_else(
+    request_line: str, extra: str, lined: bool
+) -> None:
+    """Where the head is written from the lines, the headers (here: refused by uvicorn) are not
+    looked at; where uvicorn's head would differ (a connection to close) or no lines came, uvicorn
+    writes it from the headers, and refuses the bad one as it always does (it cuts the connection:
+    the response had started)."""
+
+    async def main() -> None:
+        async with serving(LinesApp(), access_log=False) as base:
+            host, port = base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"{request_line}\r\nHost: x\r\n{extra}\r\n".encode())
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial
+            writer.close()
+        if lined:
+            assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 304 ")) and b"x-refused" not in head, head
+        else:
+            assert head == b"", head
+
+    run_in("uvloop", main)
+
+
+def test_an_access_log_line_is_written_by_uvicorn_as_before(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn's own access log (``servefiles serve`` turns it off; an app's uvicorn may not): the
+    head is then uvicorn's to write, and the line is logged."""
+
+    async def main() -> None:
+        async with serving(LinesApp(), access_log=True, log_level="info", log_config=None) as base:
+            host, port = base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /200?lines&refused HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # uvicorn refused the header
+            writer.close()
+
+    with caplog.at_level("INFO", logger="uvicorn.access"):
+        run_in("uvloop", main)
+    assert any("/200?lines&refused" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("byte", [*range(0x20), 0x7F])
+def test_field_lines_refuse_a_control_character_in_a_value_or_a_name(byte: int) -> None:
+    """RFC 9110 §5.5: no control character but HTAB in a field value; §5.1: a name is a token.
+    A header that would split or corrupt the head is never rendered (the server refuses it)."""
+    char = bytes([byte])
+    assert (field_lines([(b"x", b"a" + char + b"b")]) is None) is (byte != 0x09)
+    assert field_lines([(b"x" + char, b"v")]) is None
+    assert field_lines([(b"x-1", b"v"), (b"a b", b"v")]) is None
+    assert field_lines([(b"", b"v")]) is None
+
+
+def test_field_lines_are_what_uvicorn_would_write() -> None:
+    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+    headers = [(b"Content-Type", b"image/png"), (b"x-custom", b"\x80\xff latin-1"), (b"a!#$%&'*+-.^_`|~9", b"")]
+    expected = b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers)
+    assert field_lines(headers) == expected
+    assert not any(HEADER_RE.search(name) or HEADER_VALUE_RE.search(value) for name, value in headers)
+
+
+def test_servefiles_heads_from_field_lines_are_the_heads_uvicorn_writes(sqlite_url: str, tmp_path: Path) -> None:
+    """:class:`ServeFiles` under the wrapper and under uvicorn alone, one store: the same heads
+    (but the date) for a miss, a memory hit, a HEAD, a 304 and a range, and the wrapper's were
+    written from field lines for a file's 200 and 304 as prepared (not for the 206, whose headers
+    are the range's)."""
+    data = os.urandom(3000)
+    asked: list[tuple[str, dict[str, str]]] = [("GET", {}), ("GET", {}), ("HEAD", {}), ("GET", {"range": "bytes=0-9"})]
+
+    async def main() -> None:
+        wrapped, plain = (await cached_app(sqlite_url, tmp_path / "c1", {"a.png": data}),
+                          ServeFiles(None, db=sqlite_url, cache_dir=tmp_path / "c2"))  # fmt: skip
+        spy = Spy(wrapped)
+        heads: list[list[bytes]] = []
+        async with serving(spy, access_log=False) as lined, uvicorn_server(plain, access_log=False) as unlined:
+            for base in (lined, unlined):
+                async with httpx.AsyncClient(base_url=base) as client:
+                    etag = (await client.get("/media/a.png")).headers["etag"]
+                requests = [*asked, ("GET", {"if-none-match": etag})]
+                raw = [request_of(method, "/media/a.png", headers) for method, headers in requests]
+                closing = request_of("GET", "/media/a.png", {"connection": "close"})
+                answers = await exchange(base, [*raw, closing])
+                heads.append([undated(head) for head, _ in answers])
+                assert [body for _, body in answers] == [data, data, b"", data[:10], b"", data]
+        assert heads[0] == heads[1]
+        assert [head[:12] for head in heads[0]] == [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 206",
+                                                   b"HTTP/1.1 304", b"HTTP/1.1 200"]  # fmt: skip
+        # The first GET (through httpx) and the six above; the closing one is uvicorn's (connection: close),
+        # but it came with lines all the same.
+        assert spy.lined == [True, True, True, True, False, True, True], spy.lined
+
+    run_in("uvloop", main)

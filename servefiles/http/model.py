@@ -7,12 +7,13 @@ here are shared by the read decision and the ready-made replies.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from .. import defaults
 
-__all__ = ["ByteRange", "Header", "HttpPolicy", "Response", "Segment"]
+__all__ = ["ByteRange", "Header", "HttpPolicy", "Response", "Segment", "field_lines"]
 
 Header: TypeAlias = tuple[bytes, bytes]
 """A header as ASGI carries it: lower-case name bytes, latin-1 value bytes."""
@@ -81,6 +82,24 @@ OWS = " \t"
 MAX_DIGITS = 19
 HUGE: int = 10**MAX_DIGITS
 """Stands for any number of more than 19 digits: larger than every real file."""
+
+
+_NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+"""A byte no field name may hold (RFC 9110 §5.1: a name is a token, §5.6.2)."""
+_NOT_FIELD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+"""A byte no field value may hold (RFC 9110 §5.5: no control character but HTAB)."""
+
+
+def field_lines(headers: list[Header]) -> bytes | None:
+    """``headers`` as HTTP/1.1 field lines (RFC 9112 §5: ``name: value`` CRLF each; names
+    lower-cased, as uvicorn writes them), or None when a name is not a token or a value holds a
+    control character (such a header must never reach the wire as it is: the server refuses it)."""
+    lines: list[bytes] = []
+    for name, value in headers:
+        if not name or _NOT_TOKEN.search(name) or _NOT_FIELD_VALUE.search(value):
+            return None
+        lines += (name.lower(), b": ", value, b"\r\n")
+    return b"".join(lines)
 
 
 def ascii_int(number: int) -> bytes:

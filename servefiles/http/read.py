@@ -21,7 +21,7 @@ from ..content_types import DEFAULT_CONTENT_TYPE, check_content_type, is_active_
 from ..errors import InvalidContentType
 from ..store.types import FileMeta
 from .dates import http_date, parse_http_date, whole_seconds
-from .model import NOSNIFF, OWS, ByteRange, Header, HttpPolicy, Response, Segment, ascii_int
+from .model import NOSNIFF, OWS, ByteRange, Header, HttpPolicy, Response, Segment, ascii_int, field_lines
 from .ranges import content_range, parse_range
 from .replies import method_not_allowed, precondition_failed, range_not_satisfiable
 from .validators import if_match_holds, if_none_match_matches, if_range_holds, strong_etag, unmodified_at
@@ -54,6 +54,8 @@ class PreparedFile:
 
     __slots__ = (
         "_full_body",
+        "_lines_200",
+        "_lines_304",
         "_native_200",
         "content_type",
         "etag",
@@ -114,6 +116,27 @@ class PreparedFile:
         self.headers_304 = [(b"etag", self.etag), cache_control, NOSNIFF]
         self._full_body = (ByteRange(0, meta.size),) if meta.size else ()
         self._native_200: tuple[tuple[str, str], ...] | None = None
+        # Rendered on first use (a WSGI server never asks); b"": a header that cannot be written.
+        self._lines_200: bytes | None = None
+        self._lines_304: bytes | None = None
+
+    def field_lines(self, response: Response) -> bytes | None:
+        """``response``'s headers as HTTP/1.1 field lines (:func:`~.model.field_lines`), rendered
+        once per file: when they are this file's 200 or 304 headers as :func:`respond` gave them
+        (None otherwise: a range, a private grant's Cache-Control, a Last-Modified held to the
+        clock, any header an adapter added). An HTTP/1.1 server's head needs no other work then."""
+        status, headers = response.status, response.headers
+        if status == 200 and headers == self.headers_200:
+            lines = self._lines_200
+            if lines is None:
+                lines = self._lines_200 = field_lines(headers) or b""
+        elif status == 304 and headers == self.headers_304:
+            lines = self._lines_304
+            if lines is None:
+                lines = self._lines_304 = field_lines(headers) or b""
+        else:
+            return None
+        return lines or None
 
     def native_headers_200(self) -> list[tuple[str, str]]:
         """:attr:`headers_200` as PEP 3333's native strings (latin-1), a fresh list: decoded the

@@ -30,7 +30,7 @@ from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
 from .sending import plan
 from .wiring import Mount, Options, mount
 from .zerocopy import EXTENSION as ZEROCOPYSEND
-from .zerocopy import carried_out, hold_head
+from .zerocopy import HEAD_LINES, carried_out, hold_head
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -214,15 +214,23 @@ class ServeFiles:
         segments = response.body
         headers = [*response.headers, date_header()] if self.date_header else response.headers
         method = scope["method"]
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
         # Whether this send reaches ZeroCopySend unchanged: asked once, for the head and the body.
-        vouched = (body is not None or bool(segments)) and carried_out(scope, send)
+        carried = carried_out(scope, send)
+        vouched = carried and (body is not None or bool(segments))
+        if carried and reply.file is not None:
+            # A file's 200 or 304 as prepared: its head is written from lines rendered once.
+            lines = reply.file.field_lines(response)
+            if lines is not None:
+                length = reply.file.meta.size if response.status == 200 else None
+                start[HEAD_LINES] = (lines + date_line() if self.date_header else lines, length)
         if vouched and method == "GET":
             # The head goes out with the body's first bytes, which are in hand or one read away (a
             # fetched body is primed): one system call and one TCP segment fewer per response. (A
             # reply of no body at all, a 304 or nginx's redirect, is written in one call anyway.)
             hold_head(scope)
         try:
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send(start)
         except BaseException:  # the client gone, a server that raises then: the body's descriptor goes too
             if body is not None:
                 body.close()
@@ -392,14 +400,24 @@ _PATHSEND = "http.response.pathsend"
 _NONE: dict[str, Any] = {}
 
 
-_last_date: tuple[int, tuple[bytes, bytes]] = (-1, (b"date", b""))
+_last_date: tuple[int, tuple[bytes, bytes], bytes] = (-1, (b"date", b""), b"")
 
 
 def date_header() -> tuple[bytes, bytes]:
     """``Date`` (RFC 9110 §6.6.1) from this host's clock, read now: after the response was
     decided, so never before the time its Last-Modified was held to. Formatted once a second."""
+    return _date()[1]
+
+
+def date_line() -> bytes:
+    """:func:`date_header` as an HTTP/1.1 field line (``date: …`` CRLF)."""
+    return _date()[2]
+
+
+def _date() -> tuple[int, tuple[bytes, bytes], bytes]:
     global _last_date
     second = int(time.time())
     if _last_date[0] != second:
-        _last_date = (second, (b"date", formatdate(second, usegmt=True).encode("ascii")))
-    return _last_date[1]
+        value = formatdate(second, usegmt=True).encode("ascii")
+        _last_date = (second, (b"date", value), b"date: " + value + b"\r\n")
+    return _last_date
