@@ -20,13 +20,14 @@ from typing import Any, Unpack
 
 from .. import defaults, http
 from ..access import AccessPolicy, Decision
-from ..bodies import Body, DiskBody
+from ..bodies import Body, DiskBody, MemoryBody
 from ..errors import StoreUnavailable, UploadAborted
 from ..http import ByteRange
 from ..service import Reply
 from ..store import FileMeta, PutSource, Store
 from ..store.base import WritePrecondition
 from ..write_api import REQUEST_HEADERS as WRITE_HEADERS
+from .inline import DECIDED_SLOT, Answer
 from .sending import plan
 from .wiring import Mount, Options, mount
 from .zerocopy import EXTENSION as ZEROCOPYSEND
@@ -155,9 +156,12 @@ class ServeFiles:
                         if access.kind == "ask":
                             access = await self._private.ask_async(scope, key, access)
                 headers = request_headers(scope["headers"])
-                # A hit is decided without a coroutine (Mount.cached); the rest on the loop, as it may wait.
-                reply = self.mount.cached(method, raw_key, headers, access) or await self.mount.serve(
-                    method, raw_key, headers, access, asked=True
+                # A hit is decided without a coroutine (Mount.cached); the rest on the loop, as it may
+                # wait. answer_now may have decided it already (a file it could not write at once).
+                reply = (
+                    scope.pop(DECIDED_SLOT, None)
+                    or self.mount.cached(method, raw_key, headers, access)
+                    or await self.mount.serve(method, raw_key, headers, access, asked=True)
                 )
                 if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
                     scope[REPLY_SLOT] = reply
@@ -188,6 +192,49 @@ class ServeFiles:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             await self._send(Reply(http.not_found()), scope, send)
+
+    def answer_now(self, scope: Scope) -> Answer | None:
+        """The response to a GET or HEAD of a public file if it can be written at once, without
+        an ASGI task (:mod:`servefiles.middleware.inline`): a fresh hit whose body is in hand (a
+        memory hit, a small disk hit read whole), its HEAD, its 304 — decided as :meth:`__call__`
+        decides it first (:meth:`Mount.cached`) and counted alike (its duration: the decision's,
+        as the write is the server's). None for everything
+        else; a hit it decided but cannot write (a file for ``sendfile``, a range, a stale copy's
+        Warning) goes in the scope (:data:`DECIDED_SLOT`) for :meth:`__call__` to send."""
+        method: str = scope["method"]
+        if self._private is not None or method not in _READS:
+            return None
+        route, raw_key = self.mount.route(method, scope["path"])
+        if route != "files":
+            return None
+        started = time.perf_counter()
+        reply = self.mount.cached(method, raw_key, request_headers(scope["headers"]))
+        if reply is None:
+            return None
+        lines = self._head_lines(reply)
+        body = reply.body
+        if lines is None or not (body is None or method == "HEAD" or type(body) is MemoryBody):
+            scope[DECIDED_SLOT] = reply
+            return None
+        way = plan(reply, method, False)
+        if way.way != "whole":
+            scope[DECIDED_SLOT] = reply
+            return None
+        if body is not None:
+            body.close()
+        status = reply.response.status
+        self.service.metrics.bytes_sent.inc(way.counted)
+        self._timings(status, reply.source).observe(time.perf_counter() - started)
+        return Answer(status, lines, way.data)
+
+    def _head_lines(self, reply: Reply) -> bytes | None:
+        """The head's field lines of a file's 200 or 304 as prepared, with the Date (None: another
+        response, whose head the server builds from its headers)."""
+        file = reply.file
+        lines = file.field_lines(reply.response) if file is not None else None
+        if lines is None or not self.date_header:
+            return lines
+        return lines + date_line()
 
     def _check(self, policy: AccessPolicy, scope: Scope, raw_key: str) -> tuple[str, Decision] | None:
         """The canonical key of a read of a private key and the access decision before any hook runs
@@ -220,10 +267,9 @@ class ServeFiles:
         vouched = carried and (body is not None or bool(segments))
         if carried and reply.file is not None:
             # A file's 200 or 304 as prepared: its head is written from lines rendered once.
-            lines = reply.file.field_lines(response)
+            lines = self._head_lines(reply)
             if lines is not None:
-                length = reply.file.meta.size if response.status == 200 else None
-                start[HEAD_LINES] = (lines + date_line() if self.date_header else lines, length)
+                start[HEAD_LINES] = (lines, reply.file.meta.size if response.status == 200 else None)
         if vouched and method == "GET":
             # The head goes out with the body's first bytes, which are in hand or one read away (a
             # fetched body is primed): one system call and one TCP segment fewer per response. (A

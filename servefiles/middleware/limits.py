@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .. import defaults, http
 from .asgi import ASGIApp, Receive, Scope, Send, date_header
+from .inline import Answer, answer_now_of
 
 __all__ = ["BoundedRequests", "RequestLimits"]
 
@@ -85,6 +86,14 @@ class BoundedRequests:
         self.limits = limits
         self.date_header = date_header
         self.on_refused = on_refused
+
+    def answer_now(self, scope: Scope) -> Answer | None:
+        """The app's ``answer_now`` for a request within the limits (:mod:`.inline`); None for one
+        over them, which :meth:`__call__` then refuses and counts."""
+        inner = answer_now_of(self.app)
+        if inner is None or self.limits.refusal(_target(scope), scope["headers"]) is not None:
+            return None
+        return inner(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

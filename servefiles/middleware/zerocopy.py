@@ -129,6 +129,12 @@ class ZeroCopySend:
                 return
         await self.app(scope, receive, send)
 
+    def answer_now(self, scope: Scope) -> Any:
+        """The app's ``answer_now``, passed on (:mod:`servefiles.middleware.inline`): a response
+        written at once needs no ``zerocopysend``."""
+        inner = getattr(self.app, "answer_now", None)
+        return inner(scope) if callable(inner) else None
+
     def _check(self, cycle: object) -> None:
         """Offer nothing from now on unless the cycle has every attribute this uses (the first one)."""
         self._checked = True
@@ -200,7 +206,7 @@ list they were rendered from: uvicorn replaces the list when a value changes (th
 second), and keeps it otherwise."""
 
 
-def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+def default_lines(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """uvicorn's default ``headers`` as field lines (None: one cannot be written as it is)."""
     global _defaults
     if _defaults[0] is not headers:
@@ -246,7 +252,7 @@ class _Sender:
         ):  # fmt: skip
             return False
         status_line = _STATUS_LINES.get(status)
-        defaults = _default_lines(cycle.default_headers)
+        defaults = default_lines(cycle.default_headers)
         if status_line is None or defaults is None:
             return False
         if content_length is None:
