@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from servefiles import open_store
 from servefiles.http.model import field_lines
 from servefiles.middleware import inline
 from servefiles.middleware.inline import Answer
@@ -37,6 +38,10 @@ class Twofold:
     def answer_now(self, scope: Scope) -> Answer | None:
         self.asked_now.append(scope["path"])
         parts = scope["path"].strip("/").split("/")
+        if parts[0] == "boom":
+            raise RuntimeError("a fault of the app's")
+        if parts[0] == "odd":  # a status uvicorn has no line for
+            return Answer(999, b"", b"")
         if parts[0] != "now":
             return None
         body = b"n" * int(parts[1])
@@ -53,6 +58,8 @@ class Twofold:
         parts = scope["path"].strip("/").split("/")
         if parts[0] == "task":
             await asyncio.sleep(float(parts[1]))
+            body = b"t"
+        elif parts[0] in ("boom", "odd"):
             body = b"t"
         else:
             body = b"n" * int(parts[1])
@@ -131,6 +138,25 @@ def test_a_request_whose_head_uvicorn_would_write_otherwise_runs_as_a_task(versi
             assert b"\r\nconnection: close\r\n" in head
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/boom/1", "/odd/1"])
+def test_an_answer_that_fails_or_cannot_be_written_runs_as_a_task(path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``answer_now`` raising (a fault of the app's, logged) or answering what uvicorn has no status
+    line for: the request runs as a task, which answers it; never uvicorn's 400 for a bad request."""
+
+    async def main() -> None:
+        async with uvicorn_server(Twofold(), http=PROTOCOL, access_log=False, proxy_headers=False) as base:
+            reader, writer = await connect(base)
+            writer.write(request("GET", path) + request("GET", "/now/2"))
+            first, body = await read_response(reader, "GET")
+            second, _ = await read_response(reader, "GET")
+            writer.close()
+        assert first.startswith(b"HTTP/1.1 200 ") and by(first) == "task" and body == b"t", first
+        assert by(second) == "inline"
+
+    asyncio.run(main())
+    assert any("inline failed" in record.getMessage() for record in caplog.records) is (path == "/boom/1")
 
 
 def test_uvicorns_access_log_keeps_every_request_a_task() -> None:
@@ -270,6 +296,35 @@ async def exchange_all(base: str, asked: list[tuple[str, str, dict[str, str]]]) 
         answers.append(await read_response(reader, method))
     writer.close()
     return answers
+
+
+def test_a_request_not_answered_inline_is_looked_up_once(sqlite_url: str, tmp_path: Path) -> None:
+    """What ``answer_now`` found (a 404, a miss, a file for ``sendfile``) is what the ASGI path
+    carries out: the cached tiers are asked once per request, as without the protocol (a second
+    look counts a copy's hit twice, opens a file twice). Counted by a pass-through wrapper."""
+    from servefiles import ServeFiles
+    from servefiles.middleware.zerocopy import ZeroCopySend
+
+    async def main() -> None:
+        async with open_store(sqlite_url) as store:
+            await store.put("small.png", os.urandom(2_000))
+            await store.put("large.jpg", os.urandom(300_000))
+        app = ServeFiles(None, db=sqlite_url, cache_dir=tmp_path / "c")
+        looks: list[str] = []
+        cached = app.mount.cached
+
+        def counted(method: str, raw_key: str, *args: Any) -> Any:
+            looks.append(raw_key)
+            return cached(method, raw_key, *args)
+
+        app.mount.cached = counted  # type: ignore[method-assign]
+        options: dict[str, Any] = {"http": PROTOCOL, "access_log": False, "proxy_headers": False}
+        async with uvicorn_server(ZeroCopySend(app), **options) as base, httpx.AsyncClient(base_url=base) as client:
+            for key in ("missing.png", "small.png", "large.jpg") * 4:
+                await client.get(f"/media/{key}")
+        assert sorted(looks) == sorted(["missing.png", "small.png", "large.jpg"] * 4), looks
+
+    asyncio.run(main())
 
 
 def test_answer_now_leaves_private_files_probes_and_writes_to_the_asgi_path(sqlite_url: str, tmp_path: Path) -> None:

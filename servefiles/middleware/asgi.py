@@ -157,12 +157,14 @@ class ServeFiles:
                             access = await self._private.ask_async(scope, key, access)
                 headers = request_headers(scope["headers"])
                 # A hit is decided without a coroutine (Mount.cached); the rest on the loop, as it may
-                # wait. answer_now may have decided it already (a file it could not write at once).
-                reply = (
-                    scope.pop(DECIDED_SLOT, None)
-                    or self.mount.cached(method, raw_key, headers, access)
-                    or await self.mount.serve(method, raw_key, headers, access, asked=True)
-                )
+                # wait. answer_now may have looked already: its reply (one it could not write at
+                # once), or None (no cached copy answers), and when it began.
+                decided: tuple[Reply | None, float] | None = scope.pop(DECIDED_SLOT, None)
+                if decided is None:
+                    reply = self.mount.cached(method, raw_key, headers, access)
+                else:
+                    reply, started = decided
+                reply = reply or await self.mount.serve(method, raw_key, headers, access, asked=True)
                 if REPLY_SLOT in scope:  # servefiles serve --access-log: the line names the tier and the key
                     scope[REPLY_SLOT] = reply
                 await self._send(reply, scope, send, receive)
@@ -198,9 +200,10 @@ class ServeFiles:
         an ASGI task (:mod:`servefiles.middleware.inline`): a fresh hit whose body is in hand (a
         memory hit, a small disk hit read whole), its HEAD, its 304 — decided as :meth:`__call__`
         decides it first (:meth:`Mount.cached`) and counted alike (its duration: the decision's,
-        as the write is the server's). None for everything
-        else; a hit it decided but cannot write (a file for ``sendfile``, a range, a stale copy's
-        Warning) goes in the scope (:data:`DECIDED_SLOT`) for :meth:`__call__` to send."""
+        as the write is the server's). None for everything else, with what it found in the scope
+        (:data:`DECIDED_SLOT`) for :meth:`__call__`, so that nothing is looked up twice: a reply it
+        cannot write (a file for ``sendfile``, a range, a stale copy's Warning, a 404), or None
+        when no cached copy answers (a miss)."""
         method: str = scope["method"]
         if self._private is not None or method not in _READS:
             return None
@@ -209,20 +212,19 @@ class ServeFiles:
             return None
         started = time.perf_counter()
         reply = self.mount.cached(method, raw_key, request_headers(scope["headers"]))
-        if reply is None:
+        lines = self._head_lines(reply) if reply is not None else None
+        if reply is None or lines is None:
+            scope[DECIDED_SLOT] = (reply, started)
             return None
-        lines = self._head_lines(reply)
-        body = reply.body
-        if lines is None or not (body is None or method == "HEAD" or type(body) is MemoryBody):
-            scope[DECIDED_SLOT] = reply
-            return None
-        way = plan(reply, method, False)
-        if way.way != "whole":
-            scope[DECIDED_SLOT] = reply
+        body, status = reply.body, reply.response.status
+        way = plan(reply, method, False) if body is None or type(body) is MemoryBody or method == "HEAD" else None
+        # The body must be what the head says: uvicorn's send checks that, nothing does here.
+        stated = reply.meta.size if reply.meta is not None and status == 200 and method == "GET" else 0
+        if way is None or way.way != "whole" or len(way.data) != stated:
+            scope[DECIDED_SLOT] = (reply, started)
             return None
         if body is not None:
             body.close()
-        status = reply.response.status
         self.service.metrics.bytes_sent.inc(way.counted)
         self._timings(status, reply.source).observe(time.perf_counter() - started)
         return Answer(status, lines, way.data)

@@ -14,7 +14,9 @@ The head is the one uvicorn would write (its status line and default headers, th
 field lines and the Date, :data:`servefiles.middleware.zerocopy.HEAD_LINES`); where uvicorn would
 write something else or wait — ``connection: close``, its own access log, a paused transport, a
 client expecting ``100 Continue``, a request past uvicorn's concurrency limit — the request runs
-as a task. This reaches into uvicorn's protocol (not its public API), like :class:`ZeroCopySend`:
+as a task. One difference shows: a client that half-closes its side right after its request
+(``shutdown(SHUT_WR)``, ``nc -N``) gets an answer written inline, while uvicorn drops a request
+still waiting for its task then. This reaches into uvicorn's protocol (not its public API), like :class:`ZeroCopySend`:
 :func:`inline_protocol` gives the class only for the uvicorn it was written against.
 """
 
@@ -112,19 +114,24 @@ def inline_protocol() -> type | None:
             except Exception:  # a fault of the app's, not the client's: the task path answers it
                 logger.exception("answering %s inline failed; it runs as a task", cycle.scope.get("path"))
                 return False
-            if answer is None:
+            status_line = STATUS_LINE.get(answer.status) if answer is not None else None
+            if answer is None or status_line is None:
                 return False
             cycle.response_started = True
             cycle.waiting_for_100_continue = False
-            head = b"".join((STATUS_LINE[answer.status], defaults, answer.lines, b"\r\n"))
-            if answer.body:
-                self.transport.writelines((head, answer.body))
-            else:
-                self.transport.write(head)
-            cycle.response_complete = True
-            # As uvicorn's send ends a response: the next pipelined request (handed back to the
-            # loop above, not answered in this call: no recursion), or the keep-alive timer.
-            self.on_response_complete()
+            try:
+                head = b"".join((status_line, defaults, answer.lines, b"\r\n"))
+                if answer.body:
+                    self.transport.writelines((head, answer.body))
+                else:
+                    self.transport.write(head)
+                cycle.response_complete = True
+                # As uvicorn's send ends a response: the next pipelined request (handed back to
+                # the loop above, not answered in this call: no recursion), or the keep-alive timer.
+                self.on_response_complete()
+            except Exception:  # never the parser's "invalid request" (a 400) for a fault of ours
+                logger.exception("answering %s inline failed; connection closed", cycle.scope.get("path"))
+                self.transport.close()
             return True
 
     return InlineHits
