@@ -90,6 +90,9 @@ class Reply:
     file: PreparedFile | None = None
     """That version's prepared headers, when the reply was decided from them (an adapter may reuse
     their work: :meth:`PreparedFile.native_headers_200`)."""
+    rendered: http.FieldLines | None = None
+    """The response's headers already rendered as field lines (an nginx redirect's, made once per
+    version), for an HTTP/1.1 server's head while the response still carries those headers."""
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,12 @@ def metric(text: str, name: str) -> float:
     return total
 
 
+def past_last_modified() -> None:
+    """Until the second after a file just written: before it, its Last-Modified is stated as the
+    response's own time (RFC 9110 §8.8.2.1), which two servers asked one after the other differ in."""
+    time.sleep(1.05 - time.time() % 1 + 1)
+
+
 def counters(client: httpx.Client) -> dict[str, float]:
     text = client.get("/_servefiles/metrics").text
     return {
@@ -254,6 +261,7 @@ def test_servefiles_serve_answers_hits_with_the_heads_and_counts_of_its_asgi_pat
     for key, data in files.items():
         (tmp_path / key).write_bytes(data)
         assert cli("put", "--db", sqlite_url, str(tmp_path / key), key).returncode == 0
+    past_last_modified()
     heads: list[list[bytes]] = []
     deltas: list[dict[str, float]] = []
     for way, extra in (("inline", []), ("task", ["--access-log"])):
@@ -339,3 +347,95 @@ def test_answer_now_leaves_private_files_probes_and_writes_to_the_asgi_path(sqli
                          ("GET", "/elsewhere")]:  # fmt: skip
         scope = {"type": "http", "method": method, "path": path, "headers": []}
         assert public.answer_now(scope) is None and inline.DECIDED_SLOT not in scope, (method, path)
+
+
+def test_servefiles_serve_accel_redirects_are_answered_with_the_heads_of_its_asgi_path(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """``--nginx accel``: a GET's redirect (``X-Accel-Redirect``, rendered once per version), its
+    304, a HEAD and a range (servefiles answers those itself), inline and as tasks (``--access-log``):
+    the same heads but the date, the same bodies, the same counts."""
+    data = os.urandom(5_000)
+    (tmp_path / "a.png").write_bytes(data)
+    assert cli("put", "--db", sqlite_url, str(tmp_path / "a.png"), "a.png").returncode == 0
+    past_last_modified()
+    heads: list[list[bytes]] = []
+    deltas: list[dict[str, float]] = []
+    for way, extra in (("inline", []), ("task", ["--access-log"])):
+        args = ["--db", sqlite_url, "--cache-dir", str(tmp_path / way), "--metrics", "--nginx", "accel", *extra]
+        with running(*args) as frontend, httpx.Client(base_url=frontend.base) as client:
+            for _ in range(3):  # the miss, then the copy on disk hashed once
+                etag = client.get("/media/a.png").headers["etag"]
+            before = counters(client)
+            asked: list[tuple[str, str, dict[str, str]]] = [
+                ("GET", "a.png", {}), ("GET", "a.png", {"if-none-match": etag}), ("HEAD", "a.png", {}),
+                ("GET", "a.png", {"range": "bytes=0-1"}), ("GET", "a.png", {}),
+            ]  # fmt: skip
+            answers = asyncio.run(exchange_all(frontend.base, asked))
+            after = counters(client)
+        heads.append([re.sub(rb"\r\ndate: [^\r]*", b"", head) for head, _ in answers])
+        deltas.append({name: after[name] - before[name] for name in after})
+        assert [body for _, body in answers] == [b"", b"", b"", data[:2], b""]
+    assert heads[0] == heads[1]
+    assert b"\r\nx-accel-redirect: " in heads[0][0] and heads[0][1].startswith(b"HTTP/1.1 304 ")
+    assert deltas[0] == deltas[1] and deltas[0]["timed"] == 5, deltas
+
+
+@pytest.mark.parametrize("nginx", [None, "accel"])
+def test_answer_now_answers_hits_whose_bodies_are_in_hand_and_hands_the_rest_on(
+    nginx: str | None, sqlite_url: str, tmp_path: Path
+) -> None:
+    """In process, on a started ServeFiles: a small file's GET (its bytes, or with ``nginx="accel"``
+    the redirect to its cache file), HEAD and 304 are answers, head lines and all; a file too large
+    to read whole, a range and a missing key are not, and what was found is in the scope."""
+    from servefiles import ServeFiles
+
+    from .asgi_servers import asgi_lifespan
+
+    small, large = os.urandom(5_000), os.urandom(300_000)
+
+    def scope_of(method: str, key: str, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": f"/media/{key}", "headers": headers or []}
+
+    async def main() -> None:
+        async with open_store(sqlite_url) as store:
+            await store.put("a.png", small)
+            await store.put("b.jpg", large)
+        app: Any = ServeFiles(None, db=sqlite_url, cache_dir=tmp_path / "c", nginx=nginx, date_header=True)
+        async with (
+            asgi_lifespan(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+        ):
+            for _ in range(3):  # misses, then the copies' first reads
+                etag = (await client.get("/media/a.png")).headers["etag"]
+                await client.get("/media/b.jpg")
+            get = app.answer_now(scope_of("GET", "a.png"))
+            assert get is not None and get.status == 200 and b"\r\ndate: " in b"\r\n" + get.lines
+            if nginx == "accel":
+                assert get.body == b"" and b"x-accel-redirect: " in get.lines and b"content-length: 0\r\n" in get.lines
+            else:
+                assert get.body == small and b"content-length: 5000\r\n" in get.lines
+            assert f"etag: {etag}\r\n".encode() in get.lines
+            head = app.answer_now(scope_of("HEAD", "a.png"))
+            assert (
+                head is not None
+                and (head.status, head.body) == (200, b"")
+                and b"content-length: 5000\r\n" in head.lines
+            )
+            not_modified = app.answer_now(scope_of("GET", "a.png", [(b"if-none-match", etag.encode())]))
+            assert not_modified is not None and (not_modified.status, not_modified.body) == (304, b"")
+            if nginx == "accel":  # a file of any size is nginx's to send: a redirect
+                large_get = app.answer_now(scope_of("GET", "b.jpg"))
+                assert large_get is not None and b"x-accel-redirect: " in large_get.lines
+            handed_on = [("a.png", [(b"range", b"bytes=0-1")], 206), ("none.png", [], None)]
+            if nginx is None:  # a file for sendfile
+                handed_on.append(("b.jpg", [], 200))
+            for key, headers, status in handed_on:
+                scope = scope_of("GET", key, headers)
+                assert app.answer_now(scope) is None, key
+                reply, _ = scope[inline.DECIDED_SLOT]
+                assert (None if reply is None else reply.response.status) in (status, 404), (key, reply)
+                if reply is not None and reply.body is not None:
+                    reply.body.close()
+
+    asyncio.run(main())

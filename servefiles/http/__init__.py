@@ -16,7 +16,7 @@ This face re-exports the names the rest of servefiles uses.
 """
 
 from ..content_types import is_active_content
-from .model import ByteRange, Header, HttpPolicy, Response, Segment
+from .model import ByteRange, FieldLines, Header, HttpPolicy, Response, Segment
 from .ranges import parse_range
 from .read import PreparedFile, evaluate_preconditions, respond
 from .replies import (
@@ -41,6 +41,7 @@ from .write import check_upload, content_length, unmodified_since, write_precond
 __all__ = [
     "RETRY_AFTER_SECONDS",
     "ByteRange",
+    "FieldLines",
     "Header",
     "HttpPolicy",
     "PreparedFile",

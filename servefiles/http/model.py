@@ -13,7 +13,7 @@ from typing import Literal, TypeAlias
 
 from .. import defaults
 
-__all__ = ["ByteRange", "Header", "HttpPolicy", "Response", "Segment", "field_lines"]
+__all__ = ["ByteRange", "FieldLines", "Header", "HttpPolicy", "Response", "Segment", "field_lines"]
 
 Header: TypeAlias = tuple[bytes, bytes]
 """A header as ASGI carries it: lower-case name bytes, latin-1 value bytes."""
@@ -100,6 +100,24 @@ def field_lines(headers: list[Header]) -> bytes | None:
             return None
         lines += (name.lower(), b": ", value, b"\r\n")
     return b"".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldLines:
+    """Headers rendered once as field lines (:func:`field_lines`), kept with the headers they came
+    from: :meth:`of` gives them for a response that still carries exactly those headers."""
+
+    headers: tuple[Header, ...]
+    lines: bytes
+
+    @classmethod
+    def render(cls, headers: list[Header]) -> FieldLines | None:
+        """None for headers that cannot be written as they are (see :func:`field_lines`)."""
+        lines = field_lines(headers)
+        return None if lines is None else cls(tuple(headers), lines)
+
+    def of(self, response: Response) -> bytes | None:
+        return self.lines if tuple(response.headers) == self.headers else None
 
 
 def ascii_int(number: int) -> bytes:

@@ -219,7 +219,7 @@ class ServeFiles:
         body, status = reply.body, reply.response.status
         way = plan(reply, method, False) if body is None or type(body) is MemoryBody or method == "HEAD" else None
         # The body must be what the head says: uvicorn's send checks that, nothing does here.
-        stated = reply.meta.size if reply.meta is not None and status == 200 and method == "GET" else 0
+        stated = reply.file.meta.size if reply.file is not None and status == 200 and method == "GET" else 0
         if way is None or way.way != "whole" or len(way.data) != stated:
             scope[DECIDED_SLOT] = (reply, started)
             return None
@@ -230,10 +230,13 @@ class ServeFiles:
         return Answer(status, lines, way.data)
 
     def _head_lines(self, reply: Reply) -> bytes | None:
-        """The head's field lines of a file's 200 or 304 as prepared, with the Date (None: another
-        response, whose head the server builds from its headers)."""
-        file = reply.file
+        """The head's field lines of a file's 200 or 304 as prepared, or of a reply rendered once (an
+        nginx redirect), with the Date (None: another response, whose head the server builds from
+        its headers)."""
+        file, rendered = reply.file, reply.rendered
         lines = file.field_lines(reply.response) if file is not None else None
+        if lines is None and rendered is not None:
+            lines = rendered.of(reply.response)
         if lines is None or not self.date_header:
             return lines
         return lines + date_line()

@@ -55,11 +55,13 @@ class _Redirect:
     for the ``lstat`` of each hit), the prepared headers, the internal location, and the redirect's
     headers (:func:`accel_redirect`) once its Last-Modified no longer depends on the clock."""
 
-    __slots__ = ("_headers", "entry", "file", "location")
+    __slots__ = ("_headers", "entry", "file", "location", "rendered")
 
     def __init__(self, entry: DiskEntry, file: PreparedFile, location: str) -> None:
         self.entry, self.file, self.location = entry, file, location
         self._headers: tuple[Header, ...] | None = None
+        self.rendered: http.FieldLines | None = None
+        """The headers as field lines, once they no longer depend on the clock."""
 
     def headers(self, now: float) -> list[Header]:
         """A fresh list of the redirect's headers at ``now`` (seconds since the epoch)."""
@@ -69,6 +71,7 @@ class _Redirect:
         headers = accel_redirect(self.file, self.location, now).headers
         if now >= self.file.last_modified_epoch:  # stated() leaves Last-Modified as it is from now on
             self._headers = tuple(headers)
+            self.rendered = http.FieldLines.render(headers)
         return headers
 
 
@@ -229,10 +232,10 @@ class AccelLayer:
         now = time.time()
         response = http.respond("GET", headers, file, now)
         if response.status != 200:
-            return Reply(response, None, "disk", meta)
+            return Reply(response, None, "disk", meta, file)
         self.files.disk.touch(meta.key)
         self.files.runtime.admission.seen(meta.key)
-        return Reply(http.Response(200, redirect.headers(now)), None, "disk", meta)
+        return Reply(http.Response(200, redirect.headers(now)), None, "disk", meta, rendered=redirect.rendered)
 
     async def _accelerated(self, method: str, headers: Mapping[str, str], key: str) -> Reply | None:
         """The redirect of a request for a file on disk, or None where it does not apply or
