@@ -3,8 +3,9 @@
 The public API: :func:`open_store`, the :class:`ServeFiles` ASGI and
 :class:`ServeFilesWSGI` WSGI middleware (which also take uploads, over HTTP and from
 Python; private folders with signed, expiring URLs and an ``authorize`` hook), the types and
-errors they hand out, :class:`Signer` for signing URLs elsewhere, and :class:`ZeroCopySend`, which
-lets uvicorn send disk-tier hits with ``sendfile(2)``. Django: :mod:`servefiles.contrib.django`.
+errors they hand out, :class:`Signer` for signing URLs elsewhere, :class:`ZeroCopySend`, which
+lets uvicorn send disk-tier hits with ``sendfile(2)``, and :func:`inline_protocol`, uvicorn's
+protocol answering cache hits without a task. Django: :mod:`servefiles.contrib.django`.
 
 ``__version__`` is the installed distribution's version (pyproject.toml's, the one source).
 """
@@ -27,7 +28,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .keys import canonical_key
-from .middleware import ServeFiles, ServeFilesWSGI, ZeroCopySend
+from .middleware import ServeFiles, ServeFilesWSGI, ZeroCopySend, inline_protocol
 from .signing import CLOCK_SKEW_SECONDS, Signer, new_signing_key
 from .store import Change, FileMeta, Store, open_store
 from .tuning import tune_allocator, tune_collector, tune_process
@@ -59,6 +60,7 @@ __all__ = [
     "UploadTooLarge",
     "ZeroCopySend",
     "canonical_key",
+    "inline_protocol",
     "new_signing_key",
     "open_store",
     "tune_allocator",
