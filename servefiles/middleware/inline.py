@@ -16,8 +16,9 @@ write something else or wait — ``connection: close``, its own access log, a pa
 client expecting ``100 Continue``, a request past uvicorn's concurrency limit — the request runs
 as a task. One difference shows: a client that half-closes its side right after its request
 (``shutdown(SHUT_WR)``, ``nc -N``) gets an answer written inline, while uvicorn drops a request
-still waiting for its task then. This reaches into uvicorn's protocol (not its public API), like :class:`ZeroCopySend`:
-:func:`inline_protocol` gives the class only for the uvicorn it was written against.
+still waiting for its task then. This reaches into uvicorn's protocol (not its public API), like
+:class:`ZeroCopySend`: :func:`inline_protocol` gives the class only for the uvicorn it was
+written against.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ Scope = MutableMapping[str, Any]
 logger = logging.getLogger("servefiles")
 
 DECIDED_SLOT = "servefiles.inline.decided"
-"""A scope key: the reply :meth:`ServeFiles.answer_now` decided but could not write at once (a
-file to send by ``sendfile``, a range), for the app to carry out instead of deciding again."""
+"""A scope key: ``(reply, started)``, what :meth:`ServeFiles.answer_now` found but could not write
+at once (a file to send by ``sendfile``, a range, a 404; None: no cached copy answers, a miss) and
+when it began (``time.perf_counter()`` seconds), for the app to carry out instead of looking again."""
 
 
 @dataclass(frozen=True, slots=True)
