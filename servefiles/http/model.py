@@ -8,6 +8,7 @@ here are shared by the read decision and the ready-made replies.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -90,7 +91,7 @@ _NOT_FIELD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 """A byte no field value may hold (RFC 9110 §5.5: no control character but HTAB)."""
 
 
-def field_lines(headers: list[Header]) -> bytes | None:
+def field_lines(headers: Iterable[Header]) -> bytes | None:
     """``headers`` as HTTP/1.1 field lines (RFC 9112 §5: ``name: value`` CRLF each; names
     lower-cased, as uvicorn writes them), or None when a name is not a token or a value holds a
     control character (such a header must never reach the wire as it is: the server refuses it)."""
@@ -111,7 +112,7 @@ class FieldLines:
     lines: bytes
 
     @classmethod
-    def render(cls, headers: list[Header]) -> FieldLines | None:
+    def render(cls, headers: Sequence[Header]) -> FieldLines | None:
         """None for headers that cannot be written as they are (see :func:`field_lines`)."""
         lines = field_lines(headers)
         return None if lines is None else cls(tuple(headers), lines)

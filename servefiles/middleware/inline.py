@@ -28,7 +28,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .zerocopy import default_lines
+from .zerocopy import httptools_cycle, uvicorn_defaults, uvicorn_head
 
 Scope = MutableMapping[str, Any]
 logger = logging.getLogger("servefiles")
@@ -66,10 +66,10 @@ _PROTOCOL_METHODS = ("_start_asgi_task", "_unset_keepalive_if_required", "on_res
 def inline_protocol() -> type | None:
     """:class:`InlineHits` for uvicorn's httptools protocol (None without httptools, or for a
     uvicorn whose protocol lacks what it uses: then every request runs as a task)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-    except ImportError:
+    if httptools_cycle() is None:  # no httptools (its status lines are loaded for uvicorn_head)
         return None
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     if not all(hasattr(HttpToolsProtocol, name) for name in _PROTOCOL_METHODS):
         return None
 
@@ -104,11 +104,10 @@ def inline_protocol() -> type | None:
             """Write the app's answer to ``cycle``'s request and end the response as uvicorn's
             ``send`` would (True), or nothing (False: it runs as a task)."""
             answer_now = self._answer_now
-            defaults = default_lines(cycle.default_headers)
+            defaults = uvicorn_defaults(cycle)
             if (
                 answer_now is None or defaults is None or app is not self.app
-                or not cycle.keep_alive or cycle.access_log or cycle.waiting_for_100_continue
-                or self.flow.write_paused or self.transport.is_closing()
+                or cycle.waiting_for_100_continue or self.transport.is_closing()
             ):  # fmt: skip
                 return False
             try:
@@ -116,13 +115,12 @@ def inline_protocol() -> type | None:
             except Exception:  # a fault of the app's, not the client's: the task path answers it
                 logger.exception("answering %s inline failed; it runs as a task", cycle.scope.get("path"))
                 return False
-            status_line = STATUS_LINE.get(answer.status) if answer is not None else None
-            if answer is None or status_line is None:
+            head = uvicorn_head(answer.status, defaults, answer.lines) if answer is not None else None
+            if answer is None or head is None:
                 return False
             cycle.response_started = True
             cycle.waiting_for_100_continue = False
             try:
-                head = b"".join((status_line, defaults, answer.lines, b"\r\n"))
                 if answer.body:
                     self.transport.writelines((head, answer.body))
                 else:

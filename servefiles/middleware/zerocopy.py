@@ -93,7 +93,7 @@ class ZeroCopySend:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._cycle: type | None = _httptools_cycle() if hasattr(os, "sendfile") else None
+        self._cycle: type | None = httptools_cycle() if hasattr(os, "sendfile") else None
         self._checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,7 +186,9 @@ _OFFERED: dict[str, Any] = {}
 """The extension's entry in the scope (it has no settings): one dict for every request."""
 
 
-def _httptools_cycle() -> type | None:
+def httptools_cycle() -> type | None:
+    """uvicorn's httptools request-response cycle class, its status lines loaded for
+    :func:`uvicorn_head` (None without httptools)."""
     global _STATUS_LINES
     try:
         from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
@@ -206,12 +208,31 @@ list they were rendered from: uvicorn replaces the list when a value changes (th
 second), and keeps it otherwise."""
 
 
-def default_lines(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """uvicorn's default ``headers`` as field lines (None: one cannot be written as it is)."""
     global _defaults
     if _defaults[0] is not headers:
         _defaults = (headers, field_lines(headers))
     return _defaults[1]
+
+
+def uvicorn_defaults(cycle: Any) -> bytes | None:
+    """uvicorn's default headers on ``cycle`` (``server``; ``date`` when uvicorn adds it) as field
+    lines, where its httptools ``send`` would write a head of nothing but its status line, those and
+    the app's headers; None where it would write more or wait: an access log line, a connection to
+    close (``connection: close`` added), a paused transport, default headers it would refuse."""
+    if not cycle.keep_alive or cycle.access_log or cycle.flow.write_paused:
+        return None
+    return _default_lines(cycle.default_headers)
+
+
+def uvicorn_head(status: int, defaults: bytes, lines: bytes) -> bytes | None:
+    """The head uvicorn's ``send`` writes for an ``http.response.start`` of ``status`` whose
+    headers are ``lines`` (field lines, :data:`HEAD_LINES`) after ``defaults``
+    (:func:`uvicorn_defaults`); None for a status it has no line for. (:func:`httptools_cycle`
+    loads its status lines.)"""
+    status_line = _STATUS_LINES.get(status)
+    return None if status_line is None else b"".join((status_line, defaults, lines, b"\r\n"))
 
 
 class _Sender:
@@ -246,14 +267,9 @@ class _Sender:
         status it has no line for, a body without a length (chunked), default headers it would
         refuse."""
         cycle = self.cycle
-        if (
-            cycle.response_started or cycle.disconnected or cycle.flow.write_paused
-            or not cycle.keep_alive or cycle.access_log
-        ):  # fmt: skip
-            return False
-        status_line = _STATUS_LINES.get(status)
-        defaults = default_lines(cycle.default_headers)
-        if status_line is None or defaults is None:
+        defaults = None if cycle.response_started or cycle.disconnected else uvicorn_defaults(cycle)
+        head = None if defaults is None else uvicorn_head(status, defaults, lines)
+        if head is None:
             return False
         if content_length is None:
             if status not in (204, 304) and cycle.scope["method"] != "HEAD":
@@ -263,7 +279,7 @@ class _Sender:
             cycle.chunked_encoding = False
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
-        cycle.transport.write(b"".join((status_line, defaults, lines, b"\r\n")))
+        cycle.transport.write(head)
         return True
 
     def hold_head(self) -> None:

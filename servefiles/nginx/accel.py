@@ -71,7 +71,7 @@ class _Redirect:
         headers = accel_redirect(self.file, self.location, now).headers
         if now >= self.file.last_modified_epoch:  # stated() leaves Last-Modified as it is from now on
             self._headers = tuple(headers)
-            self.rendered = http.FieldLines.render(headers)
+            self.rendered = http.FieldLines.render(self._headers)  # the same tuple, not a copy
         return headers
 
 
